@@ -1,0 +1,90 @@
+//! `cargo xtask`: the project's automation, written in Rust so that CI and a
+//! developer's machine run exactly the same steps with nothing but cargo.
+//!
+//! The binary only parses arguments and hands over to one module per command.
+//!
+//! # Layout
+//!
+//! - [`ci`]: the full gate (fmt, clippy, rustdoc, tests), as CI runs it.
+//! - [`test`](mod@test): `cargo test --workspace` against throwaway Redis and PostgreSQL.
+//! - [`services`]: finds or installs the server binaries, starts the
+//!   throwaway servers and guarantees they are stopped again.
+//! - [`shell`]: running child processes with errors that name the command.
+
+// Printing progress and step headers to stdout is this tool's whole job; the
+// workspace-wide lint exists to keep stray prints out of the service crates.
+#![allow(clippy::print_stdout)]
+
+mod ci;
+mod services;
+mod shell;
+mod test;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+Usage: cargo xtask <command> [args]
+
+Commands:
+  test [ARGS...]  Run `cargo test --workspace ARGS...` against a throwaway
+                  Redis and PostgreSQL (installed with apt-get if missing).
+                  If ARGS select packages (-p/--package), `--workspace` is
+                  left out so that only those packages are tested.
+                  If KAIROS_TEST_REDIS_URL and KAIROS_TEST_DATABASE_URL are
+                  both set, those servers are used and nothing is started.
+  ci              fmt check, clippy -D warnings, rustdoc -D warnings, then
+                  the same as `test`. Stops at the first failing step.
+  help            Print this message.
+
+Exported to the tests:
+  KAIROS_TEST_REDIS_URL     redis://127.0.0.1:<port>/
+  KAIROS_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:<port>/kairos
+  KAIROS_TEST_REDIS_SERVER  path of the redis-server binary
+  KAIROS_TEST_PG_BIN        PostgreSQL bin directory (initdb, pg_ctl, ...)
+";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let command = args.next();
+    let rest: Vec<OsString> = args.collect();
+
+    let result = match command.as_ref().and_then(|c| c.to_str()) {
+        None | Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("test") => test::run(&rest).map(exit_code),
+        Some("ci") => {
+            if !rest.is_empty() {
+                eprintln!("error: `cargo xtask ci` takes no arguments\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            ci::run().map(|()| ExitCode::SUCCESS)
+        }
+        // Internal: the watchdog that stops the throwaway servers once its
+        // parent xtask is gone, however it went (see `services`).
+        Some(services::REAPER_COMMAND) => services::reap(&rest).map(|()| ExitCode::SUCCESS),
+        Some(_) => {
+            let shown = command.unwrap_or_default();
+            eprintln!("error: unknown command {shown:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Turns the tests' exit code into ours, so callers see what cargo reported.
+fn exit_code(code: i32) -> ExitCode {
+    // Exit codes outside 0..=255 cannot be passed on as they are; any failure
+    // must stay a failure, so clamp rather than wrap.
+    ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
+}

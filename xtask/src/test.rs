@@ -1,0 +1,117 @@
+//! `cargo xtask test`: runs the workspace tests against real Redis and
+//! PostgreSQL, so nobody has to start servers by hand and no test is skipped
+//! for want of one.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+
+use anyhow::Result;
+
+use crate::services::{self, Servers};
+use crate::shell;
+
+/// Environment variables through which tests find their servers.
+pub(crate) const REDIS_URL_VAR: &str = "KAIROS_TEST_REDIS_URL";
+pub(crate) const DATABASE_URL_VAR: &str = "KAIROS_TEST_DATABASE_URL";
+pub(crate) const REDIS_SERVER_VAR: &str = "KAIROS_TEST_REDIS_SERVER";
+pub(crate) const PG_BIN_VAR: &str = "KAIROS_TEST_PG_BIN";
+
+/// Runs `cargo test` with `extra_args` and returns its exit code.
+///
+/// The servers are stopped before this returns, whatever the tests did.
+pub(crate) fn run(extra_args: &[OsString]) -> Result<i32> {
+    let preset = std::env::var_os(REDIS_URL_VAR).is_some_and(|v| !v.is_empty())
+        && std::env::var_os(DATABASE_URL_VAR).is_some_and(|v| !v.is_empty());
+
+    // Held until the tests are done: dropping it stops the servers.
+    let servers: Option<Servers>;
+    let mut vars: Vec<(&str, OsString)> = Vec::new();
+    if preset {
+        println!("==> using the servers named by {REDIS_URL_VAR} and {DATABASE_URL_VAR}");
+        servers = None;
+        // Tests that start their own servers still need the binaries; pass
+        // on what is installed, but install nothing the caller did not ask for.
+        if std::env::var_os(REDIS_SERVER_VAR).is_none()
+            && let Some(redis) = services::find_redis_server()
+        {
+            vars.push((REDIS_SERVER_VAR, redis.into()));
+        }
+        if std::env::var_os(PG_BIN_VAR).is_none()
+            && let Some(bin) = services::find_pg_bin()
+        {
+            vars.push((PG_BIN_VAR, bin.into()));
+        }
+    } else {
+        let started = Servers::start()?;
+        vars.push((REDIS_URL_VAR, started.redis_url().into()));
+        vars.push((DATABASE_URL_VAR, started.database_url().into()));
+        vars.push((REDIS_SERVER_VAR, started.redis_server().into()));
+        vars.push((PG_BIN_VAR, started.pg_bin().into()));
+        servers = Some(started);
+    }
+
+    let mut cmd = shell::cargo();
+    cmd.arg("test");
+    if !selects_packages(extra_args) {
+        cmd.arg("--workspace");
+    }
+    cmd.args(extra_args).envs(vars.iter().map(|(k, v)| (k, v)));
+    println!("==> {}", shell::describe(&cmd));
+    let status = shell::status(&mut cmd);
+
+    // Stop the servers before reporting, so their shutdown messages do not
+    // land after our last line and nothing outlives this function.
+    drop(servers);
+
+    let status = status?;
+    Ok(status
+        .code()
+        // Killed by a signal: report it the way a shell would.
+        .or_else(|| status.signal().map(|sig| 128 + sig))
+        .unwrap_or(1))
+}
+
+/// Whether the caller picked packages itself. `cargo test --workspace -p x`
+/// silently tests the whole workspace, so `--workspace` must then be left out.
+fn selects_packages(args: &[OsString]) -> bool {
+    args.iter()
+        .map(|a| a.to_string_lossy())
+        // Everything after a bare `--` belongs to the test binaries.
+        .take_while(|a| a != "--")
+        .any(|a| {
+            a == "-p"
+                || a == "--package"
+                || a.starts_with("--package=")
+                || (a.starts_with("-p") && !a.starts_with("--"))
+                || a == "--manifest-path"
+                || a.starts_with("--manifest-path=")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn package_flags_drop_workspace() {
+        assert!(selects_packages(&args(&["-p", "xtask"])));
+        assert!(selects_packages(&args(&["-pxtask"])));
+        assert!(selects_packages(&args(&["--package=xtask"])));
+        assert!(selects_packages(&args(&[
+            "--release",
+            "--package",
+            "xtask"
+        ])));
+    }
+
+    #[test]
+    fn other_flags_and_test_binary_args_keep_workspace() {
+        assert!(!selects_packages(&args(&[])));
+        assert!(!selects_packages(&args(&["--doc", "--release"])));
+        assert!(!selects_packages(&args(&["--", "-p", "--package"])));
+    }
+}
