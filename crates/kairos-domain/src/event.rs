@@ -1,0 +1,121 @@
+//! Events: what happened to a session, for the audit trail and `EVENT` messages
+//! (contract section 5).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{GroupId, ParticipantId, SessionId};
+
+/// The kinds of event of contract section 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// The session was created.
+    SessionCreated,
+    /// The session was started.
+    SessionStarted,
+    /// A participant ended their cycle (switch).
+    CycleSwitched,
+    /// The session was paused (by a command, or by a timeout without `auto_advance`).
+    SessionPaused,
+    /// The session was resumed.
+    SessionResumed,
+    /// A participant's (or group's) bank ran out.
+    ParticipantExpired,
+    /// A `per_cycle` cycle ran out.
+    CycleTimeout,
+    /// The session was completed.
+    SessionCompleted,
+    /// The session was cancelled.
+    SessionCancelled,
+    /// Time ran out and the session ended.
+    SessionExpired,
+}
+
+impl EventType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SessionCreated => "session_created",
+            Self::SessionStarted => "session_started",
+            Self::CycleSwitched => "cycle_switched",
+            Self::SessionPaused => "session_paused",
+            Self::SessionResumed => "session_resumed",
+            Self::ParticipantExpired => "participant_expired",
+            Self::CycleTimeout => "cycle_timeout",
+            Self::SessionCompleted => "session_completed",
+            Self::SessionCancelled => "session_cancelled",
+            Self::SessionExpired => "session_expired",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::SessionCreated,
+            Self::SessionStarted,
+            Self::CycleSwitched,
+            Self::SessionPaused,
+            Self::SessionResumed,
+            Self::ParticipantExpired,
+            Self::CycleTimeout,
+            Self::SessionCompleted,
+            Self::SessionCancelled,
+            Self::SessionExpired,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+
+    /// Timeouts and expiries are the notable events sent as `EVENT` messages.
+    pub fn is_timeout(self) -> bool {
+        matches!(
+            self,
+            Self::ParticipantExpired | Self::CycleTimeout | Self::SessionExpired
+        )
+    }
+}
+
+/// One event. `event_id` is derived from (session, creation instant, version,
+/// position), so a retried commit produces the same ids and audit writes are
+/// idempotent, while a session id reused after deletion gets fresh ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique and deterministic (see the type's documentation).
+    pub event_id: Uuid,
+    /// The session.
+    pub session_id: SessionId,
+    /// The session version this event produced.
+    pub version: u64,
+    /// What happened.
+    pub event_type: EventType,
+    /// The participant concerned, if any.
+    pub participant_id: Option<ParticipantId>,
+    /// The group concerned, if any.
+    pub group_id: Option<GroupId>,
+    /// When it took effect (for timeouts: the deadline).
+    pub at_ms: i64,
+    /// The concerned clock's remaining time after the event.
+    pub time_remaining_ms: Option<i64>,
+    /// The time the ended cycle lasted (switch, timeout), if any.
+    pub time_elapsed_ms: Option<i64>,
+    /// The client-defined action of an `auto_action` timeout.
+    pub action: Option<String>,
+    /// Extra details (e.g. the next participant).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Namespace for event ids (UUIDv5).
+const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_2a44_0c2d_4f5e_9a7b_5d1e_3c8f_0a11);
+
+impl Event {
+    /// The deterministic id of the `seq`-th event of `version`.
+    pub fn make_id(session_id: SessionId, created_at_ms: i64, version: u64, seq: usize) -> Uuid {
+        let mut name = [0u8; 16 + 8 + 8 + 8];
+        name[..16].copy_from_slice(session_id.as_uuid().as_bytes());
+        name[16..24].copy_from_slice(&created_at_ms.to_be_bytes());
+        name[24..32].copy_from_slice(&version.to_be_bytes());
+        name[32..].copy_from_slice(&(seq as u64).to_be_bytes());
+        Uuid::new_v5(&EVENT_NAMESPACE, &name)
+    }
+}

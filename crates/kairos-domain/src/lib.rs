@@ -1,0 +1,76 @@
+//! # kairos-domain
+//!
+//! The core of SyncKairos, a shared-clock service: the time model, the session
+//! state machine, events, the ports the core needs, and the application
+//! service over them. It is pure: no async runtime, no network, no database,
+//! no wall clock. Time comes in through the [`Clock`] port and every decision
+//! is a function of (state, command, now), so any Rust service can link this
+//! crate for the clock math alone.
+//!
+//! # Layout
+//!
+//! - [`ids`]: session, participant and group ids, parsed once.
+//! - [`config`]: the session config and every validation rule of the contract.
+//! - [`session`]: the stored state of a session, for all five sync modes.
+//! - [`machine`]: the transition function [`machine::decide`] and [`machine::next_deadline`].
+//! - [`view`]: the read model at any instant, deadlines applied as of their deadline.
+//! - [`event`]: audit events.
+//! - [`auth`]: the authorization matrix.
+//! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`].
+//! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set, publish.
+//!
+//! # Example
+//!
+//! ```
+//! use kairos_domain::{machine, view, Command, SessionConfig, SessionId, Status};
+//!
+//! let config = SessionConfig::parse(&serde_json::json!({
+//!     "sync_mode": "per_participant",
+//!     "participants": [
+//!         {"participant_id": "white", "total_time_ms": 60000},
+//!         {"participant_id": "black", "total_time_ms": 60000}
+//!     ]
+//! })).expect("a valid config");
+//! let id: SessionId = "123e4567-e89b-12d3-a456-426614174000".parse().unwrap();
+//! let (session, _created) = machine::create(config, id, None, 0);
+//! let started = machine::decide(&session, &Command::Start, None, 0).unwrap().state;
+//!
+//! // Nobody presses the clock: white's minute runs out at t = 60 s. A read at
+//! // 61 s already shows the expiry, as of the deadline.
+//! let v = view::view(&started, 61_000);
+//! assert_eq!(v.status, Status::Expired);
+//! assert_eq!(v.session_completed_at_ms, Some(60_000));
+//! assert_eq!(v.participants[0].time_remaining_ms, 0);
+//! assert_eq!(v.participants[0].time_used_ms, 60_000);
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod event;
+pub mod ids;
+pub mod machine;
+pub mod ports;
+pub mod service;
+pub mod session;
+pub mod view;
+
+pub use auth::{Action, Actor, Role};
+pub use config::{FieldError, SessionConfig};
+pub use event::{Event, EventType};
+pub use ids::{GroupId, IdError, ParticipantId, SessionId};
+pub use machine::{Command, Decision, TransitionError};
+pub use ports::{
+    AuditError, AuditSink, BusError, BusMessage, Clock, Commit, EventBus, Outbox, OutboxEntry,
+    SessionStore, StoreError, Subscription,
+};
+pub use service::{Executed, ServiceError, SessionService};
+pub use session::{Group, Participant, Session, Status, SyncMode, TimeoutAction, TimeoutKind};
+pub use view::{GroupView, ParticipantView, SessionView};
+
+#[cfg(any(test, feature = "mocks"))]
+pub use ports::{
+    MockAuditSink, MockClock, MockEventBus, MockOutbox, MockSessionStore,
+};

@@ -1,0 +1,212 @@
+//! Ports: what the core needs from the outside world, as traits.
+//!
+//! Each trait's documentation states what an implementation MUST do; the
+//! in-memory adapters and the Redis/PostgreSQL adapters are held to the same
+//! text, and the shared service-level test suite checks it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_core::Stream;
+
+use crate::event::Event;
+use crate::ids::SessionId;
+use crate::session::Session;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The compare-and-set lost: the stored version is not the expected one
+    /// (or the session is gone). Nothing was written.
+    #[error("version conflict: the session changed or was removed")]
+    VersionConflict,
+    /// `create` found the id taken. Nothing was written.
+    #[error("session already exists")]
+    AlreadyExists,
+    /// The backend is unreachable or timed out; the caller may retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (corrupt data, a bug); not worth retrying.
+    #[error("store failure: {0}")]
+    Other(String),
+}
+
+/// One atomic state change, written all or nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    /// The new state; its `version` is greater than `expected_version`.
+    pub state: Session,
+    /// The version the stored state must have for the commit to apply.
+    pub expected_version: u64,
+    /// The state's next deadline ([`crate::machine::next_deadline`]), or `None` to drop it.
+    pub deadline: Option<i64>,
+    /// The events of the change, in version order, for the durable outbox.
+    pub events: Vec<Event>,
+}
+
+/// The primary store of session state, with its deadline index and event outbox.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Returns the stored state, or `None` if there is no such session
+    /// (never created, deleted, or expired by its TTL).
+    async fn load(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
+
+    /// Stores a new session with its deadline (none for a pending session) and events.
+    /// MUST fail with [`StoreError::AlreadyExists`] and write nothing if the id is taken,
+    /// atomically with respect to concurrent `create` calls on any instance.
+    async fn create(&self, state: &Session, events: &[Event]) -> Result<(), StoreError>;
+
+    /// Applies `commit` atomically: if and only if the stored version equals
+    /// `commit.expected_version`, writes the state (renewing its TTL), sets or
+    /// removes its entry in the deadline index, and appends the events to the
+    /// outbox. Otherwise MUST write nothing and return [`StoreError::VersionConflict`].
+    /// No other outcome may be observable by any instance.
+    async fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+
+    /// Removes the session and its deadline entry. Returns whether it existed.
+    async fn delete(&self, id: SessionId) -> Result<bool, StoreError>;
+
+    /// Returns up to `limit` sessions whose deadline is at or before `now_ms`,
+    /// and hides each from other callers for `lease_ms` so that instances do
+    /// not duplicate work. A claimed session whose deadline is still in the
+    /// index after the lease (its claimer died) MUST be returned again.
+    /// Claiming is an optimisation: exactly-once comes from `commit`'s compare-and-set.
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<SessionId>, StoreError>;
+
+    /// Cheap liveness probe for `/health` and `/ready`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// An entry of the durable outbox: one event and the id to acknowledge it by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// Backend-specific position (a Redis stream id, a sequence number).
+    pub id: String,
+    /// The event.
+    pub event: Event,
+}
+
+/// The durable outbox the audit worker drains.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// Returns up to `max` entries not yet acknowledged and not leased to
+    /// another consumer, leasing them to `consumer`. Entries leased to a
+    /// consumer that did not acknowledge them within `reclaim_after_ms` MUST
+    /// be returned again (to any consumer).
+    async fn read(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after_ms: i64,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Acknowledges entries: they MUST never be returned again.
+    async fn ack(&self, ids: &[String]) -> Result<(), StoreError>;
+
+    /// How many entries wait, and the age in ms of the oldest (0 when empty).
+    async fn backlog(&self, now_ms: i64) -> Result<(u64, i64), StoreError>;
+}
+
+/// What travels between instances about a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusMessage {
+    /// A committed version of the session (one message per version, in order).
+    Updated {
+        /// The state at that version.
+        state: Arc<Session>,
+        /// The events of that version.
+        events: Vec<Event>,
+        /// The instant the version took effect; views are computed at it.
+        at_ms: i64,
+    },
+    /// The session was deleted.
+    Deleted {
+        /// Which.
+        session_id: SessionId,
+        /// When.
+        at_ms: i64,
+    },
+    /// The subscriber fell behind and messages were dropped: resynchronise from the store.
+    Lagged,
+}
+
+/// A subscription: the messages of one session, in publication order. Dropping
+/// it unsubscribes.
+pub type Subscription = Pin<Box<dyn Stream<Item = BusMessage> + Send>>;
+
+/// Why a bus call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// The bus is unreachable.
+    #[error("event bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The bus between instances: every instance's subscribers see every commit.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes to every subscriber of the message's session on every
+    /// instance. MUST NOT fail the caller (the commit already happened):
+    /// implementations log and count their failures; clients recover by version.
+    async fn publish(&self, message: BusMessage);
+
+    /// Subscribes to one session's messages. An implementation SHOULD receive
+    /// traffic for a session only while it has at least one subscription to it.
+    async fn subscribe(&self, session_id: SessionId) -> Result<Subscription, BusError>;
+
+    /// False while the bus cannot deliver (e.g. its subscriber connection is down).
+    fn is_healthy(&self) -> bool;
+}
+
+/// Why an audit call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    /// The audit database is unreachable; retry later.
+    #[error("audit store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("audit failure: {0}")]
+    Other(String),
+}
+
+/// The audit trail.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait AuditSink: Send + Sync + 'static {
+    /// Writes a batch of events. MUST be idempotent on `event_id` (writing an
+    /// event twice stores it once) and MUST NOT return `Ok` before the batch is durable.
+    async fn write(&self, events: &[Event]) -> Result<(), AuditError>;
+
+    /// A session's events, newest first (by version), at most `limit`, only those
+    /// with `at_ms` strictly before `before_ms` when given.
+    async fn history(
+        &self,
+        session_id: SessionId,
+        limit: usize,
+        before_ms: Option<i64>,
+    ) -> Result<Vec<Event>, AuditError>;
+}
+
+/// The authority on "now", in ms since the Unix epoch. Every instance of a
+/// deployment MUST agree on it (e.g. by tracking the store's clock), and it
+/// SHOULD never go backwards.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait Clock: Send + Sync + 'static {
+    /// The current instant.
+    fn now_ms(&self) -> i64;
+}
+
+impl<T: Clock + ?Sized> Clock for Arc<T> {
+    fn now_ms(&self) -> i64 {
+        (**self).now_ms()
+    }
+}

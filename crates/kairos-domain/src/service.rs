@@ -1,0 +1,299 @@
+//! The application service: load, decide, commit with compare-and-set, publish.
+//!
+//! Generic over its ports so the same code runs on the in-memory adapters,
+//! on Redis, and on mocks. It holds no state of its own: any instance can
+//! serve any request.
+
+use std::sync::Arc;
+
+use crate::auth::{Action, Actor, authorize};
+use crate::config::SessionConfig;
+use crate::event::Event;
+use crate::ids::{ParticipantId, SessionId};
+use crate::machine::{self, Command, TransitionError, settle_deadlines};
+use crate::ports::{BusMessage, Clock, Commit, EventBus, SessionStore, StoreError};
+use crate::session::Session;
+use crate::view::{SessionView, view};
+
+/// How often a command without `expected_version` is retried after losing a
+/// compare-and-set race before the service gives up. Each retry means another
+/// writer committed, so this bounds only pathological contention.
+pub const MAX_CAS_ATTEMPTS: usize = 64;
+
+/// Why a service call failed: the client's mistakes and the system's faults,
+/// kept apart so the transport can map each to its status code in one place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// No such session.
+    #[error("session {0} not found")]
+    NotFound(SessionId),
+    /// The id is taken.
+    #[error("session {0} already exists")]
+    AlreadyExists(SessionId),
+    /// The state machine refused the command (status, participant, version).
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The caller lacks the right.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The primary store is unreachable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything unexpected.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => Self::Unavailable(m),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The result of a state-changing command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Executed {
+    /// The session as of the commit.
+    pub view: SessionView,
+    /// The participant whose clock the command found run out.
+    pub expired_participant_id: Option<ParticipantId>,
+    /// Deadlines applied by this commit (for lateness metrics).
+    pub fired_deadlines: Vec<i64>,
+    /// The instant the commit took effect.
+    pub at_ms: i64,
+}
+
+/// The service, generic over its ports.
+///
+/// The ports may be trait objects (`SessionService<dyn SessionStore, dyn
+/// EventBus, dyn Clock>`), which is how the transport holds it so that
+/// adapters are chosen at start-up without generics leaking into handlers.
+pub struct SessionService<S: ?Sized, B: ?Sized, C: ?Sized> {
+    store: Arc<S>,
+    bus: Arc<B>,
+    clock: Arc<C>,
+}
+
+impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+impl<S: ?Sized, B: ?Sized, C: ?Sized> std::fmt::Debug for SessionService<S, B, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionService").finish_non_exhaustive()
+    }
+}
+
+impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionService<S, B, C> {
+    /// Wires the service to its ports.
+    pub fn new(store: Arc<S>, bus: Arc<B>, clock: Arc<C>) -> Self {
+        Self { store, bus, clock }
+    }
+
+    /// The store port.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The bus port.
+    pub fn bus(&self) -> &Arc<B> {
+        &self.bus
+    }
+
+    /// The clock port.
+    pub fn clock(&self) -> &Arc<C> {
+        &self.clock
+    }
+
+    /// Creates a session. `generated_id` is used when the config names none
+    /// (the domain has no randomness of its own).
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        config: SessionConfig,
+        generated_id: SessionId,
+    ) -> Result<SessionView, ServiceError> {
+        if !authorize(actor, Action::Create, None) {
+            return Err(ServiceError::Forbidden("only admin and host may create sessions"));
+        }
+        let id = config.session_id.unwrap_or(generated_id);
+        let now = self.clock.now_ms();
+        let (state, event) = machine::create(config, id, actor.sub.clone(), now);
+        match self.store.create(&state, std::slice::from_ref(&event)).await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists) => return Err(ServiceError::AlreadyExists(id)),
+            Err(e) => return Err(e.into()),
+        }
+        let view = view(&state, now);
+        self.bus
+            .publish(BusMessage::Updated {
+                state: Arc::new(state),
+                events: vec![event],
+                at_ms: now,
+            })
+            .await;
+        Ok(view)
+    }
+
+    /// Loads a session as of now, checking the caller may read it.
+    pub async fn get(&self, actor: &Actor, id: SessionId) -> Result<SessionView, ServiceError> {
+        let (state, now) = self.load_authorized(actor, id, Action::Read).await?;
+        Ok(view(&state, now))
+    }
+
+    /// Checks that `actor` may perform `action` on the session; returns its stored state.
+    pub async fn load_authorized(
+        &self,
+        actor: &Actor,
+        id: SessionId,
+        action: Action,
+    ) -> Result<(Session, i64), ServiceError> {
+        let state = self
+            .store
+            .load(id)
+            .await?
+            .ok_or(ServiceError::NotFound(id))?;
+        let now = self.clock.now_ms();
+        if !authorize(actor, action, Some(&settle_deadlines(&state, now))) {
+            return Err(ServiceError::Forbidden("this token may not do that to this session"));
+        }
+        Ok((state, now))
+    }
+
+    /// Runs a client command with optimistic locking. Without
+    /// `expected_version`, a lost compare-and-set race is retried on the
+    /// fresh state, so concurrent commands never lose an update.
+    pub async fn execute(
+        &self,
+        actor: &Actor,
+        id: SessionId,
+        command: Command,
+        expected_version: Option<u64>,
+    ) -> Result<Executed, ServiceError> {
+        let action = match command {
+            Command::Switch { .. } => Action::Switch,
+            _ => Action::Control,
+        };
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (stored, now) = self.load_authorized(actor, id, action).await?;
+            let decision = machine::decide(&stored, &command, expected_version, now)?;
+            let commit = Commit {
+                deadline: machine::next_deadline(&decision.state),
+                expected_version: stored.version,
+                events: decision.events,
+                state: decision.state,
+            };
+            match self.store.commit(&commit).await {
+                Ok(()) => {
+                    let executed = Executed {
+                        view: view(&commit.state, now),
+                        expired_participant_id: decision.expired_participant_id,
+                        fired_deadlines: decision.fired_deadlines,
+                        at_ms: now,
+                    };
+                    self.publish_versions(decision.intermediate, commit, now).await;
+                    return Ok(executed);
+                }
+                // Lost a race: reload and decide again on the fresh state.
+                // With an expected version the next decide reports the conflict.
+                Err(StoreError::VersionConflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Internal(format!(
+            "gave up after {MAX_CAS_ATTEMPTS} compare-and-set conflicts"
+        )))
+    }
+
+    /// Applies the due deadlines of one session (the timeout worker's call).
+    /// Returns the deadlines applied, or an empty list when none was due (or
+    /// another instance applied them first): each deadline takes effect once.
+    pub async fn fire_due(&self, id: SessionId) -> Result<Vec<i64>, ServiceError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(stored) = self.store.load(id).await? else {
+                return Ok(Vec::new());
+            };
+            let now = self.clock.now_ms();
+            let decision = match machine::decide(&stored, &Command::Timeout, None, now) {
+                Ok(d) => d,
+                Err(TransitionError::NothingDue) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let commit = Commit {
+                deadline: machine::next_deadline(&decision.state),
+                expected_version: stored.version,
+                events: decision.events,
+                state: decision.state,
+            };
+            match self.store.commit(&commit).await {
+                Ok(()) => {
+                    let fired = decision.fired_deadlines;
+                    self.publish_versions(decision.intermediate, commit, now).await;
+                    return Ok(fired);
+                }
+                Err(StoreError::VersionConflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Internal(format!(
+            "gave up after {MAX_CAS_ATTEMPTS} compare-and-set conflicts"
+        )))
+    }
+
+    /// Deletes a session: cancels it if still live (so the audit trail and
+    /// subscribers see why), removes it, and tells subscribers.
+    pub async fn delete(&self, actor: &Actor, id: SessionId) -> Result<(), ServiceError> {
+        let (stored, _) = self.load_authorized(actor, id, Action::Control).await?;
+        if !stored.status.is_ended() {
+            match self.execute(actor, id, Command::Cancel, None).await {
+                // Ended meanwhile (a timeout, a concurrent cancel): just remove it.
+                Ok(_) | Err(ServiceError::Transition(TransitionError::InvalidTransition { .. })) => {}
+                Err(ServiceError::NotFound(_)) => return Err(ServiceError::NotFound(id)),
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.store.delete(id).await? {
+            return Err(ServiceError::NotFound(id));
+        }
+        self.bus
+            .publish(BusMessage::Deleted {
+                session_id: id,
+                at_ms: self.clock.now_ms(),
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Publishes one message per committed version, in version order.
+    async fn publish_versions(&self, intermediate: Vec<Session>, commit: Commit, now: i64) {
+        let mut events = commit.events;
+        for state in intermediate {
+            let rest = events.split_off(events.partition_point(|e| e.version <= state.version));
+            let mine: Vec<Event> = std::mem::replace(&mut events, rest);
+            let at_ms = state.updated_at_ms;
+            self.bus
+                .publish(BusMessage::Updated {
+                    state: Arc::new(state),
+                    events: mine,
+                    at_ms,
+                })
+                .await;
+        }
+        self.bus
+            .publish(BusMessage::Updated {
+                state: Arc::new(commit.state),
+                events,
+                at_ms: now,
+            })
+            .await;
+    }
+}

@@ -1,0 +1,262 @@
+//! The read model: every number of a session at a given instant.
+//!
+//! A read is a pure function of (stored state, now): deadlines that passed
+//! are applied as of their deadline first, so a read after a timeout but
+//! before any worker ran already shows it (contract section 1).
+
+use crate::ids::{GroupId, ParticipantId, SessionId};
+use crate::machine::settle_deadlines;
+use crate::session::{Session, Status, SyncMode, TimeoutAction};
+
+/// One participant as seen at `server_time_ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantView {
+    /// Who.
+    pub participant_id: ParticipantId,
+    /// Rotation position.
+    pub participant_index: u32,
+    /// Group membership.
+    pub group_id: Option<GroupId>,
+    /// The bank (starting time plus increments).
+    pub total_time_ms: i64,
+    /// Time used, the running cycle included.
+    pub time_used_ms: i64,
+    /// Time left on the clock this participant plays on (never negative).
+    pub time_remaining_ms: i64,
+    /// Cycles started.
+    pub cycle_count: u32,
+    /// Whether this participant is the active one.
+    pub is_active: bool,
+    /// Ran out and left the rotation.
+    pub has_expired: bool,
+}
+
+/// One group as seen at `server_time_ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupView {
+    /// Which group.
+    pub group_id: GroupId,
+    /// Rotation position.
+    pub group_index: u32,
+    /// The bank.
+    pub total_time_ms: i64,
+    /// Time used, the running cycle included.
+    pub time_used_ms: i64,
+    /// Time left (never negative).
+    pub time_remaining_ms: i64,
+    /// Whether this group is the active one.
+    pub is_active: bool,
+    /// Ran out and left the rotation.
+    pub has_expired: bool,
+}
+
+/// A session as seen at `server_time_ms` (contract section 3, "Session view").
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    /// The session.
+    pub session_id: SessionId,
+    /// Sync mode.
+    pub sync_mode: SyncMode,
+    /// Status at `server_time_ms`.
+    pub status: Status,
+    /// Version at `server_time_ms` (due deadlines included).
+    pub version: u64,
+    /// Participants in rotation order.
+    pub participants: Vec<ParticipantView>,
+    /// The active participant.
+    pub active_participant_id: Option<ParticipantId>,
+    /// Session bank (global), as configured.
+    pub total_time_ms: Option<i64>,
+    /// Cycle length (per_cycle).
+    pub time_per_cycle_ms: Option<i64>,
+    /// Increment per switch.
+    pub increment_ms: i64,
+    /// Bank cap / stopwatch limit.
+    pub max_time_ms: Option<i64>,
+    /// When the current cycle started.
+    pub cycle_started_at_ms: Option<i64>,
+    /// When the session started.
+    pub session_started_at_ms: Option<i64>,
+    /// When it ended.
+    pub session_completed_at_ms: Option<i64>,
+    /// When it was created.
+    pub created_at_ms: i64,
+    /// When it last changed.
+    pub updated_at_ms: i64,
+    /// Client metadata.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The instant every number here is computed at.
+    pub server_time_ms: i64,
+    /// The active group (per_group).
+    pub active_group_id: Option<GroupId>,
+    /// Groups in rotation order.
+    pub groups: Vec<GroupView>,
+    /// The session countdown (global mode only).
+    pub time_remaining_ms: Option<i64>,
+    /// Running time since start, pauses excluded.
+    pub elapsed_ms: i64,
+    /// What a timeout does.
+    pub action_on_timeout: TimeoutAction,
+    /// Start the next cycle at once after a skipped one.
+    pub auto_advance: bool,
+}
+
+/// The view of `state` at `now`, with every deadline up to `now` applied.
+///
+/// ```
+/// use kairos_domain::{machine, view, Command, SessionConfig, SessionId};
+/// let cfg = SessionConfig::parse(&serde_json::json!({
+///     "sync_mode": "per_participant",
+///     "participants": [{"participant_id": "white", "total_time_ms": 300000},
+///                      {"participant_id": "black", "total_time_ms": 300000}],
+///     "increment_ms": 2000
+/// })).unwrap();
+/// let id: SessionId = "123e4567-e89b-12d3-a456-426614174000".parse().unwrap();
+/// let (s, _) = machine::create(cfg, id, None, 0);
+/// let s = machine::decide(&s, &Command::Start, None, 1_000).unwrap().state;
+/// // White thinks for 15 s, then presses the clock.
+/// let s = machine::decide(&s, &Command::Switch { next: None }, None, 16_000).unwrap().state;
+/// let v = view::view(&s, 20_000);
+/// assert_eq!(v.participants[0].total_time_ms, 302_000);
+/// assert_eq!(v.participants[0].time_used_ms, 15_000);
+/// assert_eq!(v.participants[0].time_remaining_ms, 287_000);
+/// // Black has been thinking for 4 s.
+/// assert_eq!(v.participants[1].time_remaining_ms, 296_000);
+/// ```
+pub fn view(state: &Session, now: i64) -> SessionView {
+    let s = settle_deadlines(state, now);
+    view_settled(&s, now)
+}
+
+/// The view of a state known to have no deadline due at `now`.
+fn view_settled(s: &Session, now: i64) -> SessionView {
+    let live = Live::at(s, now);
+    let participants = s
+        .participants
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let active = s.active == Some(i);
+            ParticipantView {
+                participant_id: p.id.clone(),
+                participant_index: p.index,
+                group_id: p.group_id.clone(),
+                total_time_ms: p.total_time_ms,
+                time_used_ms: p
+                    .time_used_ms
+                    .saturating_add(if active { live.cycle } else { 0 }),
+                time_remaining_ms: participant_remaining(s, i, &live),
+                cycle_count: p.cycle_count,
+                is_active: active,
+                has_expired: p.has_expired,
+            }
+        })
+        .collect();
+    let groups = s
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let active = s.active_group == Some(i);
+            GroupView {
+                group_id: g.id.clone(),
+                group_index: g.index,
+                total_time_ms: g.total_time_ms,
+                time_used_ms: g
+                    .time_used_ms
+                    .saturating_add(if active { live.cycle } else { 0 }),
+                time_remaining_ms: group_remaining(s, i, &live),
+                is_active: active,
+                has_expired: g.has_expired,
+            }
+        })
+        .collect();
+    SessionView {
+        session_id: s.id,
+        sync_mode: s.sync_mode,
+        status: s.status,
+        version: s.version,
+        participants,
+        active_participant_id: s.active_participant().map(|p| p.id.clone()),
+        total_time_ms: s.total_time_ms,
+        time_per_cycle_ms: s.time_per_cycle_ms,
+        increment_ms: s.increment_ms,
+        max_time_ms: s.max_time_ms,
+        cycle_started_at_ms: s.cycle_started_at_ms,
+        session_started_at_ms: s.session_started_at_ms,
+        session_completed_at_ms: s.session_completed_at_ms,
+        created_at_ms: s.created_at_ms,
+        updated_at_ms: s.updated_at_ms,
+        metadata: s.metadata.clone(),
+        server_time_ms: now,
+        active_group_id: s.active_group().map(|g| g.id.clone()),
+        groups,
+        time_remaining_ms: (s.sync_mode == SyncMode::Global)
+            .then(|| global_remaining(s, &live)),
+        elapsed_ms: live.elapsed,
+        action_on_timeout: s.action_on_timeout.clone(),
+        auto_advance: s.auto_advance,
+    }
+}
+
+/// The running cycle and session time at an instant.
+struct Live {
+    cycle: i64,
+    elapsed: i64,
+}
+
+impl Live {
+    fn at(s: &Session, now: i64) -> Self {
+        let seg = match (s.status, s.segment_started_at_ms) {
+            (Status::Running, Some(start)) => now.saturating_sub(start).max(0),
+            _ => 0,
+        };
+        Self {
+            cycle: s.cycle_used_ms.saturating_add(seg),
+            elapsed: s.elapsed_ms.saturating_add(seg),
+        }
+    }
+}
+
+fn left(bank: i64, used: i64) -> i64 {
+    bank.saturating_sub(used).max(0)
+}
+
+fn global_remaining(s: &Session, live: &Live) -> i64 {
+    left(s.total_time_ms.unwrap_or(0), live.elapsed)
+}
+
+fn group_remaining(s: &Session, g: usize, live: &Live) -> i64 {
+    let grp = &s.groups[g];
+    let cycle = if s.active_group == Some(g) { live.cycle } else { 0 };
+    left(grp.total_time_ms, grp.time_used_ms.saturating_add(cycle))
+}
+
+fn participant_remaining(s: &Session, i: usize, live: &Live) -> i64 {
+    let p = &s.participants[i];
+    let cycle = if s.active == Some(i) { live.cycle } else { 0 };
+    match s.sync_mode {
+        SyncMode::PerParticipant => left(p.total_time_ms, p.time_used_ms.saturating_add(cycle)),
+        SyncMode::PerCycle => left(s.time_per_cycle_ms.unwrap_or(0), cycle),
+        SyncMode::PerGroup => p
+            .group_id
+            .as_ref()
+            .and_then(|g| s.group_position(g))
+            .map_or(0, |g| group_remaining(s, g, live)),
+        SyncMode::Global => global_remaining(s, live),
+        SyncMode::CountUp => s.max_time_ms.map_or(0, |m| left(m, live.elapsed)),
+    }
+}
+
+/// Remaining time on participant `who`'s clock at `at` (for events).
+pub(crate) fn clock_remaining_for(s: &Session, who: Option<usize>, at: i64) -> Option<i64> {
+    let live = Live::at(s, at);
+    match who {
+        Some(i) if i < s.participants.len() => Some(participant_remaining(s, i, &live)),
+        _ => match s.sync_mode {
+            SyncMode::Global => Some(global_remaining(s, &live)),
+            SyncMode::CountUp => s.max_time_ms.map(|m| left(m, live.elapsed)),
+            _ => None,
+        },
+    }
+}
