@@ -1,0 +1,22 @@
+//! In-process adapters: everything the service needs to run as one instance
+//! with nothing installed (the embedded default), and the fast test double of
+//! the same ports the Redis and PostgreSQL adapters implement.
+//!
+//! # Layout
+//!
+//! - [`store`]: [`MemoryStore`], a `SessionStore` and `Outbox` with TTLs and a deadline index.
+//! - [`bus`]: [`MemoryBus`], an `EventBus` on tokio broadcast channels, one per watched session.
+//! - [`audit`]: [`MemoryAudit`], an `AuditSink` that keeps recent events per session.
+//! - [`clock`]: [`SystemClock`], the host clock, never going backwards.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod bus;
+pub mod clock;
+pub mod store;
+
+pub use audit::MemoryAudit;
+pub use bus::MemoryBus;
+pub use clock::SystemClock;
+pub use store::MemoryStore;
