@@ -209,7 +209,9 @@ pub fn next_deadline(s: &Session) -> Option<i64> {
     }
     let seg = s.segment_started_at_ms?;
     let remaining = settled_remaining(s)?;
-    Some(seg.saturating_add(remaining.max(0)))
+    // A deadline past i64::MAX never comes; saturating it would expire a
+    // clock at i64::MAX with time left on it.
+    seg.checked_add(remaining.max(0))
 }
 
 /// Applies `command` to `state` at `now`: due deadlines first (each as of its
@@ -385,7 +387,9 @@ fn apply_command(
             }
             bump(s, now);
             settle(s, now);
-            charge_cycle(s, false);
+            // The last cycle stays the current one, stopped (not charged):
+            // views add it for the active participant, so in `per_cycle`
+            // what was left of it stays visible instead of a fresh cycle.
             s.segment_started_at_ms = None;
             s.session_completed_at_ms = Some(now);
             let (status, ty) = if *command == Command::Complete {
@@ -426,7 +430,9 @@ fn apply_timeout(s: &mut Session, at: i64, events: &mut Vec<Event>) {
     s.version += 1;
     s.updated_at_ms = s.updated_at_ms.max(at);
     let exhausted = s.active;
-    let cycle = charge_cycle(s, false);
+    // Charged only if another cycle begins; an ending session keeps it as
+    // its stopped current cycle (see `Command::Complete`).
+    let cycle = s.cycle_used_ms;
     let action = (s.action_on_timeout.kind == TimeoutKind::AutoAction)
         .then(|| s.action_on_timeout.action.clone())
         .flatten();
@@ -485,6 +491,7 @@ fn apply_timeout(s: &mut Session, at: i64, events: &mut Vec<Event>) {
     match next_eligible(s) {
         None => end_expired(s, exhausted, at, None, action, meta, events),
         Some(next) => {
+            charge_cycle(s, false);
             begin_cycle(s, Some(next), at);
             if !s.auto_advance {
                 s.status = Status::Paused;

@@ -141,7 +141,8 @@ fn view_settled(s: &Session, now: i64) -> SessionView {
                 participant_id: p.id.clone(),
                 participant_index: p.index,
                 group_id: p.group_id.clone(),
-                total_time_ms: p.total_time_ms,
+                // In per_group the bank a participant plays on is its group's.
+                total_time_ms: group_bank(s, p).unwrap_or(p.total_time_ms),
                 time_used_ms: p
                     .time_used_ms
                     .saturating_add(if active { live.cycle } else { 0 }),
@@ -218,6 +219,14 @@ impl Live {
     }
 }
 
+fn group_bank(s: &Session, p: &crate::session::Participant) -> Option<i64> {
+    if s.sync_mode != SyncMode::PerGroup {
+        return None;
+    }
+    let g = s.group_position(p.group_id.as_ref()?)?;
+    Some(s.groups[g].total_time_ms)
+}
+
 fn left(bank: i64, used: i64) -> i64 {
     bank.saturating_sub(used).max(0)
 }
@@ -251,6 +260,10 @@ fn participant_remaining(s: &Session, i: usize, live: &Live) -> i64 {
 /// Remaining time on participant `who`'s clock at `at` (for events).
 pub(crate) fn clock_remaining_for(s: &Session, who: Option<usize>, at: i64) -> Option<i64> {
     let live = Live::at(s, at);
+    if s.sync_mode == SyncMode::CountUp && s.max_time_ms.is_none() {
+        // An unbounded stopwatch has no remaining time to report.
+        return None;
+    }
     match who {
         Some(i) if i < s.participants.len() => Some(participant_remaining(s, i, &live)),
         _ => match s.sync_mode {
