@@ -1,0 +1,199 @@
+//! The one place where errors become status codes and wire error codes
+//! (contract section 3, "Errors").
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use kairos_domain::{FieldError, ServiceError, TransitionError};
+use serde_json::{Value, json};
+
+/// The wire error codes of the contract (plus the two transport ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// 400: bad JSON, wrong types, a broken rule, a bad path id, an unknown participant.
+    ValidationError,
+    /// 400: the command is not allowed in the session's status.
+    InvalidStateTransition,
+    /// 401: no valid token.
+    Unauthorized,
+    /// 403: a valid token without the right.
+    Forbidden,
+    /// 404: no such session.
+    SessionNotFound,
+    /// 404: no such route (ext).
+    NotFound,
+    /// 405: the route exists with another method (ext).
+    MethodNotAllowed,
+    /// 409: `expected_version` differs.
+    Conflict,
+    /// 409: the session id is taken.
+    SessionExists,
+    /// 413: body over the limit.
+    PayloadTooLarge,
+    /// 429: over a rate limit.
+    RateLimited,
+    /// 503: the primary store is unreachable, or the instance is full or draining.
+    Unavailable,
+    /// 500: anything unexpected.
+    InternalError,
+}
+
+impl Code {
+    /// The wire code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ValidationError => "VALIDATION_ERROR",
+            Self::InvalidStateTransition => "INVALID_STATE_TRANSITION",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::SessionNotFound => "SESSION_NOT_FOUND",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::Conflict => "CONFLICT",
+            Self::SessionExists => "SESSION_EXISTS",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::InternalError => "INTERNAL_ERROR",
+        }
+    }
+
+    /// The HTTP status of the code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::ValidationError | Self::InvalidStateTransition => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::SessionNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict | Self::SessionExists => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error answer: `{"error": {"code", "message", "details"?}}`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ApiError {
+    /// Wire code.
+    pub code: Code,
+    /// Human-readable, safe to show (never internals).
+    pub message: String,
+    /// Structured details (field errors, versions).
+    pub details: Option<Value>,
+    /// Seconds for `Retry-After` (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a code and message.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
+    }
+
+    /// Adds details.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// A validation error listing every bad field.
+    pub fn validation(fields: Vec<FieldError>) -> Self {
+        let message = match fields.as_slice() {
+            [one] => format!("{} {}", one.field, one.message),
+            _ => format!("{} fields are invalid", fields.len()),
+        };
+        Self::new(Code::ValidationError, message).with_details(json!(fields))
+    }
+
+    /// A validation error on one field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldError::new(field, message)])
+    }
+
+    /// A 500 that names only the request id; the cause goes to the log.
+    pub fn internal(request_id: &str) -> Self {
+        Self::new(
+            Code::InternalError,
+            format!("internal error; quote request id {request_id} when reporting it"),
+        )
+        .with_details(json!({ "request_id": request_id }))
+    }
+
+    /// The body of this error.
+    pub fn body(&self) -> Value {
+        let mut error = json!({"code": self.code.as_str(), "message": self.message});
+        if let Some(details) = &self.details {
+            error["details"] = details.clone();
+        }
+        json!({ "error": error })
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(secs) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if self.code == Code::Unauthorized {
+            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        response.json(self.body())
+    }
+}
+
+/// Maps a service error; `request_id` goes into 500 bodies, the cause to the log.
+pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
+    match err {
+        ServiceError::NotFound(id) => {
+            ApiError::new(Code::SessionNotFound, format!("session {id} not found"))
+        }
+        ServiceError::AlreadyExists(id) => {
+            ApiError::new(Code::SessionExists, format!("session {id} already exists"))
+        }
+        ServiceError::Forbidden(why) => ApiError::new(Code::Forbidden, why),
+        ServiceError::Transition(t) => match t {
+            TransitionError::InvalidTransition { .. } | TransitionError::ParticipantExpired(_) => {
+                ApiError::new(Code::InvalidStateTransition, t.to_string())
+            }
+            TransitionError::UnknownParticipant(_) => {
+                ApiError::field("next_participant_id", t.to_string())
+            }
+            TransitionError::Conflict { expected, actual } => {
+                ApiError::new(Code::Conflict, t.to_string()).with_details(json!({
+                    "expected_version": expected,
+                    "actual_version": actual,
+                }))
+            }
+            TransitionError::NothingDue => {
+                tracing::error!(request_id, "a client command produced NothingDue");
+                ApiError::internal(request_id)
+            }
+        },
+        ServiceError::Unavailable(cause) => {
+            tracing::warn!(request_id, %cause, "primary store unavailable");
+            ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(Code::Unavailable, "the session store is unreachable; retry shortly")
+            }
+        }
+        ServiceError::Internal(cause) => {
+            tracing::error!(request_id, %cause, "internal error");
+            ApiError::internal(request_id)
+        }
+    }
+}

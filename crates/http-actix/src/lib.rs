@@ -1,0 +1,87 @@
+//! # http-actix
+//!
+//! The transport of SyncKairos: REST and WebSocket on actix-web, the error
+//! format, Prometheus metrics, the OpenAPI document and its page. It is the
+//! only crate that knows HTTP and the wire JSON; it talks to the core only
+//! through [`kairos_domain::SessionService`] over trait-object ports.
+//!
+//! # Layout
+//!
+//! - [`state`]: [`AppState`], settings, lifecycle (ready flag, shutdown broadcast).
+//! - [`error`]: [`ApiError`] and the one mapping from service errors to wire codes.
+//! - [`dto`]: wire shapes of views, events and command bodies.
+//! - [`auth`]: turns a request into an `Actor`.
+//! - [`rest`]: the REST endpoints.
+//! - [`ws`]: the WebSocket endpoint; [`hub`] shares one bus subscription per session.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`openapi`]: the OpenAPI document generated from the handlers.
+//! - [`middleware`]: request ids, request logging and HTTP metrics.
+
+pub mod auth;
+pub mod dto;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod middleware;
+pub mod openapi;
+pub mod rest;
+pub mod state;
+pub mod ws;
+
+use std::net::TcpListener;
+
+use actix_web::{App, HttpServer, web};
+
+pub use error::{ApiError, Code};
+pub use metrics::Metrics;
+pub use state::{AppState, AuditHealth, AuditHealthFn, AuthMode, HttpSettings, Lifecycle, Service};
+
+/// Registers every route of the public API on `cfg`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    rest::configure(cfg);
+    cfg.route("/ws", web::get().to(ws::ws_query))
+        .route("/v1/sessions/{id}/ws", web::get().to(ws::ws_path));
+    openapi::configure(cfg);
+}
+
+/// Builds the main HTTP server on `listener` (not yet running). The caller
+/// awaits the returned server and stops it through its handle.
+pub fn serve(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    workers: Option<usize>,
+) -> std::io::Result<actix_web::dev::Server> {
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(middleware::observe))
+            .configure(configure)
+            .default_service(web::to(rest::not_found))
+    })
+    // The drain happens before the server is stopped (SHUTDOWN_DRAIN_SECONDS),
+    // so the server's own grace period only has to cover in-flight requests.
+    .shutdown_timeout(5)
+    .disable_signals();
+    if let Some(n) = workers {
+        server = server.workers(n);
+    }
+    Ok(server.listen(listener)?.run())
+}
+
+/// Builds the metrics-only server for `METRICS_PORT`.
+pub fn serve_metrics(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+) -> std::io::Result<actix_web::dev::Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/metrics", web::get().to(rest::metrics))
+    })
+    .workers(1)
+    .shutdown_timeout(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

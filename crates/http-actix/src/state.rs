@@ -1,0 +1,171 @@
+//! What every handler shares: the service over trait-object ports, the
+//! transport's settings, metrics, and the instance's lifecycle flags.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kairos_domain::{AuditSink, Clock, EventBus, SessionService, SessionStore};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// The service as the transport holds it: adapters chosen at start-up.
+pub type Service = SessionService<dyn SessionStore, dyn EventBus, dyn Clock>;
+
+/// How the audit trail is doing, for `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditHealth {
+    /// Writing and drained.
+    Ok,
+    /// Behind (database down or backlog growing).
+    Degraded,
+    /// No audit store configured.
+    Disabled,
+}
+
+impl AuditHealth {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Degraded => "degraded",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// Whether calls need a token (contract section 6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Every caller is an admin; for local development. Logged loudly at start.
+    Off,
+}
+
+/// Transport settings, from the server's configuration.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Server pings every this often.
+    pub ws_heartbeat_interval: Duration,
+    /// Connections silent this long are dropped.
+    pub ws_connection_timeout: Duration,
+    /// Most WebSocket connections this instance holds.
+    pub ws_max_connections: usize,
+    /// Most messages one WebSocket client may send per minute (close 1008 above it).
+    pub ws_messages_per_minute: u32,
+    /// Auth mode.
+    pub auth: AuthMode,
+    /// Serve `/metrics` on the main port too (METRICS_PORT == PORT).
+    pub metrics_on_main_port: bool,
+    /// The product version reported by `/health` and `/v1/time`.
+    pub version: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            ws_heartbeat_interval: Duration::from_millis(5_000),
+            ws_connection_timeout: Duration::from_millis(30_000),
+            ws_max_connections: 50_000,
+            ws_messages_per_minute: 100,
+            auth: AuthMode::Off,
+            metrics_on_main_port: false,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+/// Lifecycle of this instance: ready flag and the shutdown broadcast that
+/// every WebSocket task listens to (the mini-redis pattern).
+#[derive(Debug)]
+pub struct Lifecycle {
+    ready: AtomicBool,
+    draining: AtomicBool,
+    shutdown_tx: watch::Sender<bool>,
+    started: Instant,
+}
+
+impl Lifecycle {
+    /// A lifecycle that is not ready yet.
+    pub fn new() -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            shutdown_tx: watch::channel(false).0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Marks the instance ready to serve.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Starts draining: `/ready` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Tells every WebSocket to close with 1001 (going away).
+    pub fn close_sockets(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// Whether the instance serves (ready and not draining).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether draining started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A receiver that turns `true` when sockets must close.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reports the audit trail's health (the audit worker updates it).
+pub type AuditHealthFn = Arc<dyn Fn() -> AuditHealth + Send + Sync>;
+
+/// Shared by every handler (wrapped in `web::Data`).
+pub struct AppState {
+    /// The application service.
+    pub service: Service,
+    /// The audit trail, for `GET /v1/sessions/{id}/events`.
+    pub audit: Option<Arc<dyn AuditSink>>,
+    /// The audit trail's health.
+    pub audit_health: AuditHealthFn,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Settings.
+    pub settings: HttpSettings,
+    /// Ready flag and shutdown broadcast.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Open WebSocket connections on this instance.
+    pub ws_connections: AtomicUsize,
+    /// Shares one bus subscription per watched session among this instance's WebSockets.
+    pub hub: crate::hub::Hub,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("settings", &self.settings)
+            .field("ws_connections", &self.ws_connections)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,299 @@
+//! Configuration from the environment (contract section 7): typed and
+//! validated once at start, with an error that names the bad variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// A configuration error, naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Everything the server reads from its environment.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Address to bind (`BIND_ADDR`, default 127.0.0.1).
+    pub bind_addr: IpAddr,
+    /// Main port (`PORT`, default 8080; 0 picks a free one).
+    pub port: u16,
+    /// Metrics port (`METRICS_PORT`, default 9090; equal to `PORT` serves both on one).
+    pub metrics_port: u16,
+    /// Session TTL after the last change (`SESSION_TTL_SECONDS`, default 3600).
+    pub session_ttl: Duration,
+    /// Server ping interval (`WS_HEARTBEAT_INTERVAL_MS`, default 5000).
+    pub ws_heartbeat_interval: Duration,
+    /// Idle WebSocket timeout (`WS_CONNECTION_TIMEOUT_MS`, default 30000).
+    pub ws_connection_timeout: Duration,
+    /// WebSocket cap per instance (`WS_MAX_CONNECTIONS`, default 50000).
+    pub ws_max_connections: usize,
+    /// Drain before closing sockets on shutdown (`SHUTDOWN_DRAIN_SECONDS`, default 15).
+    pub shutdown_drain: Duration,
+    /// Log format (`LOG_FORMAT`, default pretty).
+    pub log_format: LogFormat,
+    /// HTTP worker threads (`HTTP_WORKERS`, default: one per core).
+    pub http_workers: Option<usize>,
+}
+
+impl fmt::Debug for Settings {
+    // Hand-written so that secrets added later can never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("bind_addr", &self.bind_addr)
+            .field("port", &self.port)
+            .field("metrics_port", &self.metrics_port)
+            .field("session_ttl", &self.session_ttl)
+            .field("ws_heartbeat_interval", &self.ws_heartbeat_interval)
+            .field("ws_connection_timeout", &self.ws_connection_timeout)
+            .field("ws_max_connections", &self.ws_max_connections)
+            .field("shutdown_drain", &self.shutdown_drain)
+            .field("log_format", &self.log_format)
+            .field("http_workers", &self.http_workers)
+            .finish()
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bind_addr: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            metrics_port: 9090,
+            session_ttl: Duration::from_secs(3600),
+            ws_heartbeat_interval: Duration::from_millis(5000),
+            ws_connection_timeout: Duration::from_millis(30_000),
+            ws_max_connections: 50_000,
+            shutdown_drain: Duration::from_secs(15),
+            log_format: LogFormat::Pretty,
+            http_workers: None,
+        }
+    }
+}
+
+/// Variables this build documents but cannot honour yet: refusing to start
+/// is safer than silently running without what the operator asked for.
+const NOT_YET: &[(&str, &str)] = &[
+    (
+        "REDIS_URL",
+        "the Redis adapters are not in this build yet; unset it to run the embedded single-instance store",
+    ),
+    ("REDIS_MODE", "the Redis adapters are not in this build yet"),
+    (
+        "DATABASE_URL",
+        "the PostgreSQL audit adapter is not in this build yet; unset it (the embedded default keeps an in-memory trail)",
+    ),
+    (
+        "JWT_SECRET",
+        "token authentication is not in this build yet; unset it to run with AUTH_MODE=off on a trusted network only",
+    ),
+    (
+        "ALLOWED_ORIGINS",
+        "origin checks are not in this build yet; unset it, and do not expose this build to untrusted browsers",
+    ),
+];
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        for (variable, message) in NOT_YET {
+            if get(variable).is_some() {
+                return Err(ConfigError {
+                    variable,
+                    message: (*message).to_owned(),
+                });
+            }
+        }
+        let d = Self::default();
+        let auth = get("AUTH_MODE");
+        if let Some(mode) = auth.as_deref() {
+            if mode != "off" {
+                return Err(ConfigError {
+                    variable: "AUTH_MODE",
+                    message: format!(
+                        "{mode:?} is not supported by this build; only \"off\" (tokens are not in this build yet)"
+                    ),
+                });
+            }
+        }
+        if let Some(v) = get("RATE_LIMITS") {
+            if v != "off" && v != "on" {
+                return Err(ConfigError {
+                    variable: "RATE_LIMITS",
+                    message: format!("expected \"on\" or \"off\", got {v:?}"),
+                });
+            }
+        }
+        let port = parse(&get, "PORT", d.port)?;
+        Ok(Self {
+            bind_addr: parse(&get, "BIND_ADDR", d.bind_addr)?,
+            port,
+            metrics_port: parse(&get, "METRICS_PORT", d.metrics_port)?,
+            session_ttl: Duration::from_secs(positive(&get, "SESSION_TTL_SECONDS", 3600)?),
+            ws_heartbeat_interval: Duration::from_millis(positive(
+                &get,
+                "WS_HEARTBEAT_INTERVAL_MS",
+                5000,
+            )?),
+            ws_connection_timeout: Duration::from_millis(positive(
+                &get,
+                "WS_CONNECTION_TIMEOUT_MS",
+                30_000,
+            )?),
+            ws_max_connections: usize::try_from(positive(&get, "WS_MAX_CONNECTIONS", 50_000)?)
+                .unwrap_or(usize::MAX),
+            shutdown_drain: Duration::from_secs(parse(&get, "SHUTDOWN_DRAIN_SECONDS", 15u64)?),
+            log_format: match get("LOG_FORMAT").as_deref() {
+                None | Some("pretty") => LogFormat::Pretty,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError {
+                        variable: "LOG_FORMAT",
+                        message: format!("expected \"json\" or \"pretty\", got {other:?}"),
+                    });
+                }
+            },
+            http_workers: match get("HTTP_WORKERS") {
+                None => None,
+                Some(_) => Some(usize::try_from(positive(&get, "HTTP_WORKERS", 1)?).unwrap_or(1)),
+            },
+        })
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match get(variable) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError {
+            variable,
+            message: format!("cannot parse {raw:?}: {e}"),
+        }),
+    }
+}
+
+fn positive(
+    get: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    let v: u64 = parse(get, variable, default)?;
+    if v == 0 {
+        return Err(ConfigError {
+            variable,
+            message: "must be greater than zero".into(),
+        });
+    }
+    Ok(v)
+}
+
+/// Help text listing every variable, for `--help`.
+pub const ENV_HELP: &str = "\
+Configuration (environment variables; see docs/operations.md):
+  BIND_ADDR                 address to bind (default 127.0.0.1)
+  PORT                      main port (default 8080; 0 = any free port)
+  METRICS_PORT              Prometheus /metrics port (default 9090; = PORT to share the main port)
+  SESSION_TTL_SECONDS       sessions expire this long after their last change (default 3600)
+  WS_HEARTBEAT_INTERVAL_MS  server ping interval (default 5000)
+  WS_CONNECTION_TIMEOUT_MS  drop WebSockets silent this long (default 30000)
+  WS_MAX_CONNECTIONS        WebSocket cap per instance (default 50000)
+  SHUTDOWN_DRAIN_SECONDS    on SIGTERM: not ready at once, sockets closed with 1001 after this (default 15)
+  AUTH_MODE                 off (the only mode of this build; every caller is admin)
+  RATE_LIMITS               on | off
+  LOG_FORMAT                pretty | json (default pretty)
+  RUST_LOG                  log filter (default info)
+  HTTP_WORKERS              HTTP worker threads (default: one per core)
+Not yet in this build (the server refuses to start when set): REDIS_URL, REDIS_MODE,
+DATABASE_URL, JWT_SECRET, ALLOWED_ORIGINS.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn nothing_set_gives_the_embedded_default() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.bind_addr.to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let s = from(&[
+            ("BIND_ADDR", "0.0.0.0"),
+            ("PORT", "9000"),
+            ("METRICS_PORT", "9000"),
+            ("SESSION_TTL_SECONDS", "60"),
+            ("WS_HEARTBEAT_INTERVAL_MS", "1000"),
+            ("WS_CONNECTION_TIMEOUT_MS", "3000"),
+            ("WS_MAX_CONNECTIONS", "7"),
+            ("SHUTDOWN_DRAIN_SECONDS", "0"),
+            ("LOG_FORMAT", "json"),
+            ("AUTH_MODE", "off"),
+            ("RATE_LIMITS", "off"),
+        ])
+        .unwrap();
+        assert_eq!(s.port, 9000);
+        assert_eq!(s.metrics_port, 9000);
+        assert_eq!(s.session_ttl, Duration::from_secs(60));
+        assert_eq!(s.ws_heartbeat_interval, Duration::from_millis(1000));
+        assert_eq!(s.ws_connection_timeout, Duration::from_millis(3000));
+        assert_eq!(s.ws_max_connections, 7);
+        assert_eq!(s.shutdown_drain, Duration::ZERO);
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let e = from(&[("PORT", "eighty")]).unwrap_err();
+        assert_eq!(e.variable, "PORT");
+        assert!(e.to_string().contains("PORT"), "{e}");
+        assert_eq!(from(&[("WS_MAX_CONNECTIONS", "0")]).unwrap_err().variable, "WS_MAX_CONNECTIONS");
+        assert_eq!(from(&[("LOG_FORMAT", "xml")]).unwrap_err().variable, "LOG_FORMAT");
+        assert_eq!(from(&[("BIND_ADDR", "localhost:1")]).unwrap_err().variable, "BIND_ADDR");
+        assert_eq!(from(&[("AUTH_MODE", "jwt")]).unwrap_err().variable, "AUTH_MODE");
+    }
+
+    #[test]
+    fn features_not_in_this_build_are_refused_not_ignored() {
+        for var in ["REDIS_URL", "DATABASE_URL", "JWT_SECRET", "ALLOWED_ORIGINS", "REDIS_MODE"] {
+            assert_eq!(from(&[(var, "x")]).unwrap_err().variable, var);
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! # server
+//!
+//! The `kairos-server` binary's library: it alone knows the configuration
+//! and which adapters exist. The binary parses arguments and calls
+//! [`startup::Application::build`] then `run_until_stopped`.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from the environment, validated once.
+//! - [`telemetry`]: `tracing` set-up.
+//! - [`startup`]: wiring, serving, graceful shutdown.
+//! - [`workers`]: the timeout scheduler and the audit drain.
+
+pub mod config;
+pub mod startup;
+pub mod telemetry;
+pub mod workers;
+
+pub use config::Settings;
+pub use startup::Application;

@@ -1,0 +1,167 @@
+//! Background workers: the timeout scheduler and the audit drain. Each runs
+//! until the shutdown signal flips, then returns, so shutdown can wait for
+//! them (no detached task is left behind).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http_actix::{AuditHealth, Metrics, Service};
+use kairos_domain::{AuditSink, Outbox};
+use tokio::sync::watch;
+
+/// How often the scheduler looks for due deadlines. Small, because lateness
+/// from deadline to clients is a product promise (p99 under 20 ms).
+pub const TIMEOUT_POLL: Duration = Duration::from_millis(5);
+/// Due sessions claimed per poll.
+const CLAIM_BATCH: usize = 512;
+/// A claim hides a session from other instances this long; if the claimer
+/// dies, another instance fires it after the lease.
+const CLAIM_LEASE_MS: i64 = 5_000;
+/// Timeouts applied concurrently within one batch.
+const FIRE_CONCURRENCY: usize = 64;
+
+/// Fires due deadlines until `shutdown` turns true.
+pub async fn timeout_worker(service: Service, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let now = service.clock().now_ms();
+        match service.store().claim_due(now, CLAIM_BATCH, CLAIM_LEASE_MS).await {
+            Ok(due) if !due.is_empty() => {
+                let full = due.len() == CLAIM_BATCH;
+                futures_util::stream::iter(due)
+                    .for_each_concurrent(FIRE_CONCURRENCY, |id| {
+                        let service = service.clone();
+                        let metrics = metrics.clone();
+                        async move {
+                            match service.fire_due(id).await {
+                                Ok(fired) => {
+                                    let now = service.clock().now_ms();
+                                    for deadline in fired {
+                                        metrics.timeouts_fired.inc();
+                                        let late_ms = now.saturating_sub(deadline).max(0);
+                                        metrics.timeout_lateness.observe(late_ms as f64 / 1000.0);
+                                    }
+                                }
+                                Err(e) => {
+                                    metrics.store_errors.inc();
+                                    tracing::warn!(session_id = %id, error = %e, "applying a timeout failed; retried after the lease");
+                                }
+                            }
+                        }
+                    })
+                    .await;
+                if full {
+                    // More may be due right now: go again without sleeping.
+                    continue;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics.store_errors.inc();
+                tracing::warn!(error = %e, "claiming due deadlines failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TIMEOUT_POLL) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Shared audit status for `/health`: ok, degraded, disabled.
+#[derive(Debug, Default)]
+pub struct AuditStatus(AtomicU8);
+
+impl AuditStatus {
+    /// Current status.
+    pub fn get(&self) -> AuditHealth {
+        match self.0.load(Ordering::Relaxed) {
+            1 => AuditHealth::Degraded,
+            2 => AuditHealth::Disabled,
+            _ => AuditHealth::Ok,
+        }
+    }
+
+    fn set(&self, h: AuditHealth) {
+        let v = match h {
+            AuditHealth::Ok => 0,
+            AuditHealth::Degraded => 1,
+            AuditHealth::Disabled => 2,
+        };
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Events moved per batch from the outbox to the audit trail.
+const AUDIT_BATCH: usize = 500;
+/// An entry leased by a consumer that did not acknowledge it within this is
+/// handed to another (the consumer died between reading and acknowledging).
+const AUDIT_RECLAIM_MS: i64 = 30_000;
+
+/// Drains the outbox into the audit trail until `shutdown` turns true:
+/// read a batch, write it, acknowledge only after the write succeeded, back
+/// off while the trail is down.
+pub async fn audit_worker(
+    outbox: Arc<dyn Outbox>,
+    audit: Arc<dyn AuditSink>,
+    service: Service,
+    metrics: Metrics,
+    status: Arc<AuditStatus>,
+    consumer: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut pause = Duration::from_millis(50);
+        match outbox.read(&consumer, AUDIT_BATCH, AUDIT_RECLAIM_MS).await {
+            Ok(batch) if !batch.is_empty() => {
+                let events: Vec<_> = batch.iter().map(|e| e.event.clone()).collect();
+                match audit.write(&events).await {
+                    Ok(()) => {
+                        let ids: Vec<String> = batch.into_iter().map(|e| e.id).collect();
+                        if let Err(e) = outbox.ack(&ids).await {
+                            tracing::warn!(error = %e, "acknowledging audited events failed; they will be written again (idempotent)");
+                        }
+                        metrics.audit_written.inc_by(events.len() as u64);
+                        backoff = Duration::from_millis(100);
+                        pause = Duration::ZERO;
+                    }
+                    Err(e) => {
+                        status.set(AuditHealth::Degraded);
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "audit write failed; backing off");
+                        pause = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics.store_errors.inc();
+                tracing::warn!(error = %e, "reading the outbox failed");
+                pause = backoff;
+            }
+        }
+        if let Ok((len, age)) = outbox.backlog(service.clock().now_ms()).await {
+            metrics.audit_backlog.set(i64::try_from(len).unwrap_or(i64::MAX));
+            metrics.audit_backlog_age_ms.set(age);
+            if len == 0 {
+                status.set(AuditHealth::Ok);
+            } else if age > 10_000 {
+                status.set(AuditHealth::Degraded);
+            }
+        }
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}

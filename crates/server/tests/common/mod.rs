@@ -1,0 +1,157 @@
+//! Shared test harness: `spawn_app()` starts the real server on free ports
+//! with the embedded adapters and gives each test its own instance.
+#![allow(dead_code)] // Each test binary uses a different subset of the helpers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use server::{Application, Settings};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn test_settings() -> Settings {
+    Settings {
+        port: 0,
+        metrics_port: 0,
+        shutdown_drain: Duration::from_millis(300),
+        http_workers: Some(2),
+        ..Settings::default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(test_settings()).await
+}
+
+pub async fn spawn_with(settings: Settings) -> TestApp {
+    let app = Application::build(settings).expect("app builds");
+    let addr = app.addr();
+    let metrics_addr = app.metrics_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    // Wait until it answers.
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("http://{addr}/ready")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    TestApp {
+        addr,
+        metrics_addr,
+        http,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Sends a request and returns (status, JSON body or Null).
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let text = res.text().await.expect("body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
+    }
+
+    pub async fn create(&self, config: Value) -> Value {
+        let (status, body) = self.call("POST", "/v1/sessions", Some(config)).await;
+        assert_eq!(status, 201, "create failed: {body}");
+        body["data"].clone()
+    }
+
+    pub async fn command(&self, id: &str, name: &str, body: Option<Value>) -> (u16, Value) {
+        self.call("POST", &format!("/v1/sessions/{id}/{name}"), body).await
+    }
+
+    pub async fn get(&self, id: &str) -> Value {
+        let (status, body) = self.call("GET", &format!("/v1/sessions/{id}"), None).await;
+        assert_eq!(status, 200, "get failed: {body}");
+        body["data"].clone()
+    }
+
+    /// Stops the server (SIGTERM path) and waits for it to exit.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.take() {
+            Some(h) => h.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A chess clock: two players, `bank_ms` each, `inc_ms` increment.
+pub fn chess(bank_ms: i64, inc_ms: i64) -> Value {
+    json!({
+        "sync_mode": "per_participant",
+        "participants": [
+            {"participant_id": "white", "total_time_ms": bank_ms},
+            {"participant_id": "black", "total_time_ms": bank_ms}
+        ],
+        "increment_ms": inc_ms
+    })
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
