@@ -36,10 +36,12 @@ impl AuditHealth {
 }
 
 /// Whether calls need a token (contract section 6).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum AuthMode {
     /// Every caller is an admin; for local development. Logged loudly at start.
     Off,
+    /// HS256 JWTs signed with `JWT_SECRET`.
+    Jwt(crate::auth::JwtAuth),
 }
 
 /// Transport settings, from the server's configuration.

@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use http_actix::auth::Secret;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -13,6 +15,20 @@ pub enum LogFormat {
     Json,
     /// Human-readable, for a terminal.
     Pretty,
+}
+
+/// How callers are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// `AUTH_MODE=off`: every caller is an admin.
+    Off,
+    /// HS256 tokens signed with `JWT_SECRET`.
+    Jwt {
+        /// The signing secret (at least 32 bytes; never printed).
+        secret: Secret,
+        /// Clock leeway on `exp`, seconds (`JWT_LEEWAY_SECONDS`, default 5).
+        leeway_s: u64,
+    },
 }
 
 /// A configuration error, naming the variable.
@@ -48,6 +64,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// HTTP worker threads (`HTTP_WORKERS`, default: one per core).
     pub http_workers: Option<usize>,
+    /// Authentication (`AUTH_MODE`, `JWT_SECRET`, `JWT_LEEWAY_SECONDS`).
+    pub auth: Auth,
 }
 
 impl fmt::Debug for Settings {
@@ -64,6 +82,7 @@ impl fmt::Debug for Settings {
             .field("shutdown_drain", &self.shutdown_drain)
             .field("log_format", &self.log_format)
             .field("http_workers", &self.http_workers)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -81,6 +100,7 @@ impl Default for Settings {
             shutdown_drain: Duration::from_secs(15),
             log_format: LogFormat::Pretty,
             http_workers: None,
+            auth: Auth::Off,
         }
     }
 }
@@ -96,10 +116,6 @@ const NOT_YET: &[(&str, &str)] = &[
     (
         "DATABASE_URL",
         "the PostgreSQL audit adapter is not in this build yet; unset it (the embedded default keeps an in-memory trail)",
-    ),
-    (
-        "JWT_SECRET",
-        "token authentication is not in this build yet; unset it to run with AUTH_MODE=off on a trusted network only",
     ),
     (
         "ALLOWED_ORIGINS",
@@ -126,17 +142,7 @@ impl Settings {
             }
         }
         let d = Self::default();
-        let auth = get("AUTH_MODE");
-        if let Some(mode) = auth.as_deref() {
-            if mode != "off" {
-                return Err(ConfigError {
-                    variable: "AUTH_MODE",
-                    message: format!(
-                        "{mode:?} is not supported by this build; only \"off\" (tokens are not in this build yet)"
-                    ),
-                });
-            }
-        }
+        let auth = parse_auth(&get)?;
         if let Some(v) = get("RATE_LIMITS") {
             if v != "off" && v != "on" {
                 return Err(ConfigError {
@@ -178,7 +184,37 @@ impl Settings {
                 None => None,
                 Some(_) => Some(usize::try_from(positive(&get, "HTTP_WORKERS", 1)?).unwrap_or(1)),
             },
+            auth,
         })
+    }
+}
+
+/// `AUTH_MODE` defaults to `jwt` when `JWT_SECRET` is set, else `off`.
+fn parse_auth(get: &impl Fn(&str) -> Option<String>) -> Result<Auth, ConfigError> {
+    let secret = get("JWT_SECRET");
+    let mode = get("AUTH_MODE").unwrap_or_else(|| {
+        if secret.is_some() { "jwt" } else { "off" }.to_owned()
+    });
+    match mode.as_str() {
+        "off" => Ok(Auth::Off),
+        "jwt" => {
+            let raw = secret.ok_or(ConfigError {
+                variable: "JWT_SECRET",
+                message: "is required when AUTH_MODE=jwt".into(),
+            })?;
+            let secret = Secret::new(raw).map_err(|message| ConfigError {
+                variable: "JWT_SECRET",
+                message,
+            })?;
+            Ok(Auth::Jwt {
+                secret,
+                leeway_s: parse(get, "JWT_LEEWAY_SECONDS", 5u64)?,
+            })
+        }
+        other => Err(ConfigError {
+            variable: "AUTH_MODE",
+            message: format!("expected \"jwt\" or \"off\", got {other:?}"),
+        }),
     }
 }
 
@@ -225,13 +261,15 @@ Configuration (environment variables; see docs/operations.md):
   WS_CONNECTION_TIMEOUT_MS  drop WebSockets silent this long (default 30000)
   WS_MAX_CONNECTIONS        WebSocket cap per instance (default 50000)
   SHUTDOWN_DRAIN_SECONDS    on SIGTERM: not ready at once, sockets closed with 1001 after this (default 15)
-  AUTH_MODE                 off (the only mode of this build; every caller is admin)
+  AUTH_MODE                 jwt | off (default: jwt when JWT_SECRET is set, else off = everyone is admin)
+  JWT_SECRET                HS256 secret, at least 32 bytes
+  JWT_LEEWAY_SECONDS        clock leeway on token expiry (default 5)
   RATE_LIMITS               on | off
   LOG_FORMAT                pretty | json (default pretty)
   RUST_LOG                  log filter (default info)
   HTTP_WORKERS              HTTP worker threads (default: one per core)
 Not yet in this build (the server refuses to start when set): REDIS_URL, REDIS_MODE,
-DATABASE_URL, JWT_SECRET, ALLOWED_ORIGINS.";
+DATABASE_URL, ALLOWED_ORIGINS.";
 
 #[cfg(test)]
 mod tests {
@@ -287,12 +325,24 @@ mod tests {
         assert_eq!(from(&[("WS_MAX_CONNECTIONS", "0")]).unwrap_err().variable, "WS_MAX_CONNECTIONS");
         assert_eq!(from(&[("LOG_FORMAT", "xml")]).unwrap_err().variable, "LOG_FORMAT");
         assert_eq!(from(&[("BIND_ADDR", "localhost:1")]).unwrap_err().variable, "BIND_ADDR");
-        assert_eq!(from(&[("AUTH_MODE", "jwt")]).unwrap_err().variable, "AUTH_MODE");
+        assert_eq!(from(&[("AUTH_MODE", "jwt")]).unwrap_err().variable, "JWT_SECRET");
+        assert_eq!(from(&[("AUTH_MODE", "basic")]).unwrap_err().variable, "AUTH_MODE");
+        assert_eq!(from(&[("JWT_SECRET", "too-short")]).unwrap_err().variable, "JWT_SECRET");
+    }
+
+    #[test]
+    fn a_secret_turns_tokens_on_and_never_prints() {
+        let secret = "0123456789abcdef0123456789abcdef-secret";
+        let s = from(&[("JWT_SECRET", secret)]).unwrap();
+        assert!(matches!(s.auth, Auth::Jwt { leeway_s: 5, .. }));
+        assert!(!format!("{s:?}").contains(secret));
+        let off = from(&[("JWT_SECRET", secret), ("AUTH_MODE", "off")]).unwrap();
+        assert_eq!(off.auth, Auth::Off);
     }
 
     #[test]
     fn features_not_in_this_build_are_refused_not_ignored() {
-        for var in ["REDIS_URL", "DATABASE_URL", "JWT_SECRET", "ALLOWED_ORIGINS", "REDIS_MODE"] {
+        for var in ["REDIS_URL", "DATABASE_URL", "ALLOWED_ORIGINS", "REDIS_MODE"] {
             assert_eq!(from(&[(var, "x")]).unwrap_err().variable, var);
         }
     }

@@ -10,10 +10,12 @@
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`startup`]: wiring, serving, graceful shutdown.
 //! - [`workers`]: the timeout scheduler and the audit drain.
+//! - [`token`]: `kairos-server token`, minting tokens from `JWT_SECRET`.
 
 pub mod config;
 pub mod startup;
 pub mod telemetry;
+pub mod token;
 pub mod workers;
 
 pub use config::Settings;

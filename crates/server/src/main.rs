@@ -1,5 +1,6 @@
 //! `kairos-server`: parses the command line and the environment, then runs
-//! the service until SIGTERM or SIGINT.
+//! the service until SIGTERM or SIGINT (or mints a token).
+#![allow(clippy::print_stdout)] // `token` prints its token: that is its output.
 
 use std::process::ExitCode;
 
@@ -18,12 +19,46 @@ struct Cli {
 enum Cmd {
     /// Run the service (the default).
     Serve,
+    /// Print a token signed with JWT_SECRET, e.g. `kairos-server token --role host --sub alice`.
+    Token {
+        /// admin, host, player or viewer.
+        #[arg(long)]
+        role: String,
+        /// Subject: who the token is for (owner of the sessions it creates).
+        #[arg(long)]
+        sub: String,
+        /// Restrict the token to this session id.
+        #[arg(long)]
+        sid: Option<String>,
+        /// The participant a player plays as.
+        #[arg(long)]
+        pid: Option<String>,
+        /// Lifetime: 90s, 30m, 1h, 7d (default 1h).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => serve(),
+        Cmd::Token {
+            role,
+            sub,
+            sid,
+            pid,
+            ttl,
+        } => match server::token::mint_from_env(&role, &sub, sid, pid, &ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kairos-server token: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
@@ -36,9 +71,11 @@ fn serve() -> ExitCode {
         }
     };
     telemetry::init(settings.log_format);
-    tracing::warn!(
-        "AUTH_MODE=off: every caller is an admin. Fine on your machine; never expose this to a network you do not trust."
-    );
+    if settings.auth == server::config::Auth::Off {
+        tracing::warn!(
+            "AUTH_MODE=off: every caller is an admin. Fine on your machine; never expose this to a network you do not trust. Set JWT_SECRET to require tokens."
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -76,7 +76,12 @@ impl Application {
             ws_heartbeat_interval: settings.ws_heartbeat_interval,
             ws_connection_timeout: settings.ws_connection_timeout,
             ws_max_connections: settings.ws_max_connections,
-            auth: AuthMode::Off,
+            auth: match &settings.auth {
+                crate::config::Auth::Off => AuthMode::Off,
+                crate::config::Auth::Jwt { secret, leeway_s } => {
+                    AuthMode::Jwt(http_actix::auth::JwtAuth::new(secret, *leeway_s))
+                }
+            },
             metrics_on_main_port: metrics_listener.is_none(),
             ..HttpSettings::default()
         };

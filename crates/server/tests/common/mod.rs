@@ -1,6 +1,7 @@
 //! Shared test harness: `spawn_app()` starts the real server on free ports
 //! with the embedded adapters and gives each test its own instance.
 #![allow(dead_code)] // Each test binary uses a different subset of the helpers.
+#![allow(unreachable_pub)] // `pub` here means "shared by the test binaries", which are separate crates.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -74,8 +75,22 @@ impl TestApp {
 
     /// Sends a request and returns (status, JSON body or Null).
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(None, method, path, body).await
+    }
+
+    /// As [`Self::call`], with `Authorization: Bearer <token>` when given.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -124,6 +139,30 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// Settings with tokens required (`JWT_SECRET` = [`TEST_SECRET`]).
+pub fn secured_settings() -> Settings {
+    Settings {
+        auth: server::config::Auth::Jwt {
+            secret: http_actix::auth::Secret::new(TEST_SECRET.into()).expect("secret"),
+            leeway_s: 0,
+        },
+        ..test_settings()
+    }
+}
+
+/// A token signed with [`TEST_SECRET`], valid for an hour.
+pub fn token(role: &str, sub: &str, sid: Option<&str>, pid: Option<&str>) -> String {
+    let secret = http_actix::auth::Secret::new(TEST_SECRET.into()).expect("secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    server::token::mint_token(&secret, role, sub, sid.map(Into::into), pid.map(Into::into), "1h", now)
+        .expect("token")
 }
 
 /// A chess clock: two players, `bank_ms` each, `inc_ms` increment.
