@@ -7,6 +7,7 @@
 //! - [`store`]: [`MemoryStore`], a `SessionStore` and `Outbox` with TTLs and a deadline index.
 //! - [`bus`]: [`MemoryBus`], an `EventBus` on tokio broadcast channels, one per watched session.
 //! - [`audit`]: [`MemoryAudit`], an `AuditSink` that keeps recent events per session.
+//! - [`ratelimit`]: [`MemoryRateLimiter`], GCRA state for one instance.
 //! - [`clock`]: [`SystemClock`], the host clock, never going backwards.
 
 #![forbid(unsafe_code)]
@@ -14,9 +15,11 @@
 pub mod audit;
 pub mod bus;
 pub mod clock;
+pub mod ratelimit;
 pub mod store;
 
 pub use audit::MemoryAudit;
 pub use bus::MemoryBus;
 pub use clock::SystemClock;
+pub use ratelimit::MemoryRateLimiter;
 pub use store::MemoryStore;

@@ -87,6 +87,8 @@ pub struct ApiError {
     pub details: Option<Value>,
     /// Seconds for `Retry-After` (429, 503).
     pub retry_after: Option<u64>,
+    /// The limit that refused the request (429), for the `RateLimit-*` headers.
+    pub rate_limit: Option<kairos_domain::RateDecision>,
 }
 
 impl ApiError {
@@ -97,6 +99,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            rate_limit: None,
         }
     }
 
@@ -148,6 +151,11 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let Some(secs) = self.retry_after {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Some(d) = &self.rate_limit {
+            response.insert_header(("ratelimit-limit", d.limit.to_string()));
+            response.insert_header(("ratelimit-remaining", d.remaining.to_string()));
+            response.insert_header(("ratelimit-reset", crate::limits::ceil_secs(d.reset_ms).to_string()));
         }
         if self.code == Code::Unauthorized {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));

@@ -13,42 +13,47 @@
 //! - [`auth`]: turns a request into an `Actor`.
 //! - [`rest`]: the REST endpoints.
 //! - [`ws`]: the WebSocket endpoint; [`hub`] shares one bus subscription per session.
+//! - [`limits`]: rate limits and their headers.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
 //! - [`middleware`]: request ids, request logging and HTTP metrics.
+//! - [`web`]: the demo page (`/`) and the browser SDK (`/sdk/kairos.js`).
 
 pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod rest;
 pub mod state;
+pub mod web;
 pub mod ws;
 
 use std::net::TcpListener;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, HttpServer};
 
 pub use error::{ApiError, Code};
 pub use metrics::Metrics;
 pub use state::{AppState, AuditHealth, AuditHealthFn, AuthMode, HttpSettings, Lifecycle, Service};
 
 /// Registers every route of the public API on `cfg`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
     rest::configure(cfg);
-    cfg.route("/ws", web::get().to(ws::ws_query))
-        .route("/v1/sessions/{id}/ws", web::get().to(ws::ws_path));
+    cfg.route("/ws", actix_web::web::get().to(ws::ws_query))
+        .route("/v1/sessions/{id}/ws", actix_web::web::get().to(ws::ws_path));
     openapi::configure(cfg);
+    web::configure(cfg);
 }
 
 /// Builds the main HTTP server on `listener` (not yet running). The caller
 /// awaits the returned server and stops it through its handle.
 pub fn serve(
     listener: TcpListener,
-    state: web::Data<AppState>,
+    state: actix_web::web::Data<AppState>,
     workers: Option<usize>,
 ) -> std::io::Result<actix_web::dev::Server> {
     let mut server = HttpServer::new(move || {
@@ -56,7 +61,7 @@ pub fn serve(
             .app_data(state.clone())
             .wrap(actix_web::middleware::from_fn(middleware::observe))
             .configure(configure)
-            .default_service(web::to(rest::not_found))
+            .default_service(actix_web::web::to(rest::not_found))
     })
     // The drain happens before the server is stopped (SHUTDOWN_DRAIN_SECONDS),
     // so the server's own grace period only has to cover in-flight requests.
@@ -71,12 +76,12 @@ pub fn serve(
 /// Builds the metrics-only server for `METRICS_PORT`.
 pub fn serve_metrics(
     listener: TcpListener,
-    state: web::Data<AppState>,
+    state: actix_web::web::Data<AppState>,
 ) -> std::io::Result<actix_web::dev::Server> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .route("/metrics", web::get().to(rest::metrics))
+            .route("/metrics", actix_web::web::get().to(rest::metrics))
     })
     .workers(1)
     .shutdown_timeout(1)

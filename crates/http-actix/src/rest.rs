@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::auth::authenticate;
 use crate::dto::{CommandBody, WireEvent, WireView};
 use crate::error::{ApiError, Code, from_service};
+use crate::limits::{self, Kind};
 use crate::middleware::request_id;
 use crate::state::AppState;
 
@@ -106,6 +107,10 @@ fn data(value: impl serde::Serialize) -> HttpResponse {
         (status = 400, description = "VALIDATION_ERROR listing every bad field", body = crate::openapi::ErrorBody),
         (status = 409, description = "SESSION_EXISTS", body = crate::openapi::ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED (Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "UNAVAILABLE: the store is unreachable (Retry-After)", body = crate::openapi::ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -116,6 +121,7 @@ pub async fn create_session(
 ) -> Result<HttpResponse, ApiError> {
     let rid = request_id(&req);
     let actor = authenticate(&req, &state)?;
+    let rate = limits::check(&state, Kind::Create, &caller(&state, &actor, &req)).await?;
     let body = read_json(&req, payload).await?;
     let config = SessionConfig::parse(&body).map_err(ApiError::validation)?;
     let generated = SessionId::from_uuid(uuid::Uuid::new_v4());
@@ -126,9 +132,11 @@ pub async fn create_session(
         .map_err(|e| from_service(e, &rid))?;
     let location = format!("/v1/sessions/{}", view.session_id);
     tracing::info!(session_id = %view.session_id, "session created");
-    Ok(HttpResponse::Created()
+    let mut response = HttpResponse::Created()
         .insert_header((header::LOCATION, location))
-        .json(json!({ "data": WireView::from_view(view, None) })))
+        .json(json!({ "data": WireView::from_view(view, None) }));
+    limits::apply_headers(&mut response, rate.as_ref());
+    Ok(response)
 }
 
 /// Read a session as of now.
@@ -139,6 +147,10 @@ pub async fn create_session(
         (status = 200, description = "The session view", body = crate::openapi::ViewEnvelope),
         (status = 400, description = "VALIDATION_ERROR: the id is not a UUID", body = crate::openapi::ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED (Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "UNAVAILABLE: the store is unreachable (Retry-After)", body = crate::openapi::ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(session_id = %path))]
@@ -150,12 +162,15 @@ pub async fn get_session(
     let rid = request_id(&req);
     let id = parse_id(&path)?;
     let actor = authenticate(&req, &state)?;
+    let rate = limits::check(&state, Kind::Get, &caller(&state, &actor, &req)).await?;
     let view = state
         .service
         .get(&actor, id)
         .await
         .map_err(|e| from_service(e, &rid))?;
-    Ok(data(WireView::from_view(view, None)))
+    let mut response = data(WireView::from_view(view, None));
+    limits::apply_headers(&mut response, rate.as_ref());
+    Ok(response)
 }
 
 /// Start, switch, pause, resume, complete or cancel a session.
@@ -171,6 +186,10 @@ pub async fn get_session(
         (status = 400, description = "VALIDATION_ERROR or INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND, or an unknown command", body = crate::openapi::ErrorBody),
         (status = 409, description = "CONFLICT: expected_version differs", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED (Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "UNAVAILABLE: the store is unreachable (Retry-After)", body = crate::openapi::ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(session_id = %path.0, command = %path.1))]
@@ -216,6 +235,11 @@ pub async fn session_command(
     };
     let (id, command, expected) = command;
     let actor = authenticate(&req, &state)?;
+    let rate = if is_switch {
+        limits::check(&state, Kind::Switch, &id.to_string()).await?
+    } else {
+        None
+    };
     let started = Instant::now();
     let result = state.service.execute(&actor, id, command, expected).await;
     if is_switch {
@@ -230,10 +254,12 @@ pub async fn session_command(
         }
         from_service(e, &rid)
     })?;
-    Ok(data(WireView::from_view(
+    let mut response = data(WireView::from_view(
         executed.view,
         executed.expired_participant_id,
-    )))
+    ));
+    limits::apply_headers(&mut response, rate.as_ref());
+    Ok(response)
 }
 
 /// Delete a session (cancelled first if still live).
@@ -243,6 +269,10 @@ pub async fn session_command(
     responses(
         (status = 204, description = "Deleted; subscribers got SESSION_DELETED"),
         (status = 404, description = "SESSION_NOT_FOUND", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED (Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "UNAVAILABLE: the store is unreachable (Retry-After)", body = crate::openapi::ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(session_id = %path))]
@@ -273,7 +303,10 @@ pub async fn delete_session(
     responses(
         (status = 200, description = "Events, newest first", body = crate::openapi::EventsEnvelope),
         (status = 404, description = "SESSION_NOT_FOUND", body = crate::openapi::ErrorBody),
-        (status = 503, description = "UNAVAILABLE: no audit store", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED (Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "UNAVAILABLE: the store is unreachable (Retry-After)", body = crate::openapi::ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(session_id = %path))]
@@ -353,14 +386,34 @@ pub async fn session_events(
 /// Server time, for clients estimating their clock offset.
 #[utoipa::path(
     get, path = "/v1/time", tag = "time",
-    responses((status = 200, description = "Server time", body = crate::openapi::TimeBody))
+    responses(
+        (status = 200, description = "Server time", body = crate::openapi::TimeBody),
+        (status = 429, description = "RATE_LIMITED", body = crate::openapi::ErrorBody),
+    )
 )]
-pub async fn time(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
+pub async fn time(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ip = state
+        .limiter
+        .as_ref()
+        .and_then(|l| limits::client_ip(&req, &l.limits.trusted_proxies))
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let rate = limits::check(&state, Kind::Time, &format!("ip:{ip}")).await?;
+    let mut response = HttpResponse::Ok().json(json!({
         "timestamp_ms": state.service.clock().now_ms(),
         "server_version": state.settings.version,
         "drift_tolerance_ms": 50,
-    }))
+    }));
+    limits::apply_headers(&mut response, rate.as_ref());
+    Ok(response)
+}
+
+/// The rate-limit key of the caller: its token subject, else its IP.
+fn caller(state: &AppState, actor: &kairos_domain::Actor, req: &HttpRequest) -> String {
+    let trusted = state
+        .limiter
+        .as_ref()
+        .map_or(&[][..], |l| l.limits.trusted_proxies.as_slice());
+    limits::caller_key(actor, req, trusted)
 }
 
 async fn store_ok(state: &AppState) -> bool {

@@ -159,6 +159,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Open WebSocket connections on this instance.
     pub ws_connections: AtomicUsize,
+    /// Rate limits; `None` disables them (as does `RATE_LIMITS=off`).
+    pub limiter: Option<crate::limits::Limiter>,
     /// Shares one bus subscription per watched session among this instance's WebSockets.
     pub hub: crate::hub::Hub,
 }

@@ -17,6 +17,7 @@
 //! - [`event`]: audit events.
 //! - [`auth`]: the authorization matrix.
 //! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`].
+//! - [`ratelimit`]: GCRA and the [`ratelimit::RateLimiter`] port.
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set, publish.
 //!
 //! # Example
@@ -53,6 +54,7 @@ pub mod event;
 pub mod ids;
 pub mod machine;
 pub mod ports;
+pub mod ratelimit;
 pub mod service;
 pub mod session;
 pub mod view;
@@ -62,6 +64,7 @@ pub use config::{FieldError, SessionConfig};
 pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{Command, Decision, TransitionError};
+pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Clock, Commit, EventBus, Outbox, OutboxEntry,
     SessionStore, StoreError, Subscription,
@@ -74,3 +77,5 @@ pub use view::{GroupView, ParticipantView, SessionView};
 pub use ports::{
     MockAuditSink, MockClock, MockEventBus, MockOutbox, MockSessionStore,
 };
+#[cfg(any(test, feature = "mocks"))]
+pub use ratelimit::MockRateLimiter;

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use http_actix::auth::Secret;
+use http_actix::limits::RateLimits;
+use kairos_domain::Limit;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,12 @@ pub struct Settings {
     pub http_workers: Option<usize>,
     /// Authentication (`AUTH_MODE`, `JWT_SECRET`, `JWT_LEEWAY_SECONDS`).
     pub auth: Auth,
+    /// Rate limits (`RATE_LIMITS`, `RATE_LIMIT_*`, `TRUSTED_PROXIES`).
+    pub rate_limits: RateLimits,
+    /// Messages one WebSocket client may send per minute (`WS_MESSAGES_PER_MINUTE`, default 100).
+    pub ws_messages_per_minute: u32,
+    /// WebSockets one token subject may hold on an instance (`WS_MAX_CONNECTIONS_PER_USER`, default 5).
+    pub ws_max_connections_per_user: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -83,6 +91,9 @@ impl fmt::Debug for Settings {
             .field("log_format", &self.log_format)
             .field("http_workers", &self.http_workers)
             .field("auth", &self.auth)
+            .field("rate_limits", &self.rate_limits)
+            .field("ws_messages_per_minute", &self.ws_messages_per_minute)
+            .field("ws_max_connections_per_user", &self.ws_max_connections_per_user)
             .finish()
     }
 }
@@ -101,6 +112,9 @@ impl Default for Settings {
             log_format: LogFormat::Pretty,
             http_workers: None,
             auth: Auth::Off,
+            rate_limits: RateLimits::default(),
+            ws_messages_per_minute: 100,
+            ws_max_connections_per_user: 5,
         }
     }
 }
@@ -143,14 +157,7 @@ impl Settings {
         }
         let d = Self::default();
         let auth = parse_auth(&get)?;
-        if let Some(v) = get("RATE_LIMITS") {
-            if v != "off" && v != "on" {
-                return Err(ConfigError {
-                    variable: "RATE_LIMITS",
-                    message: format!("expected \"on\" or \"off\", got {v:?}"),
-                });
-            }
-        }
+        let rate_limits = parse_rate_limits(&get)?;
         let port = parse(&get, "PORT", d.port)?;
         Ok(Self {
             bind_addr: parse(&get, "BIND_ADDR", d.bind_addr)?,
@@ -185,8 +192,63 @@ impl Settings {
                 Some(_) => Some(usize::try_from(positive(&get, "HTTP_WORKERS", 1)?).unwrap_or(1)),
             },
             auth,
+            rate_limits,
+            ws_messages_per_minute: u32::try_from(positive(&get, "WS_MESSAGES_PER_MINUTE", 100)?)
+                .unwrap_or(u32::MAX),
+            ws_max_connections_per_user: usize::try_from(positive(
+                &get,
+                "WS_MAX_CONNECTIONS_PER_USER",
+                5,
+            )?)
+            .unwrap_or(usize::MAX),
         })
     }
+}
+
+fn parse_rate_limits(get: &impl Fn(&str) -> Option<String>) -> Result<RateLimits, ConfigError> {
+    let d = RateLimits::default();
+    let enabled = match get("RATE_LIMITS").as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err(ConfigError {
+                variable: "RATE_LIMITS",
+                message: format!("expected \"on\" or \"off\", got {other:?}"),
+            });
+        }
+    };
+    let count = |var: &'static str, default: Limit| -> Result<Limit, ConfigError> {
+        let n = positive(get, var, u64::from(default.count))?;
+        Ok(Limit {
+            count: u32::try_from(n).unwrap_or(u32::MAX),
+            period_ms: default.period_ms,
+        })
+    };
+    let trusted_proxies = match get("TRUSTED_PROXIES") {
+        None => Vec::new(),
+        Some(raw) => raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| ConfigError {
+                        variable: "TRUSTED_PROXIES",
+                        message: format!("{s:?} is not an IP address or CIDR block"),
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(RateLimits {
+        enabled,
+        switch: count("RATE_LIMIT_SWITCH_PER_SECOND", d.switch)?,
+        create: count("RATE_LIMIT_CREATE_PER_MINUTE", d.create)?,
+        get: count("RATE_LIMIT_GET_PER_MINUTE", d.get)?,
+        time: count("RATE_LIMIT_TIME_PER_MINUTE", d.time)?,
+        ws_connect: count("RATE_LIMIT_WS_CONNECT_PER_MINUTE", d.ws_connect)?,
+        trusted_proxies,
+    })
 }
 
 /// `AUTH_MODE` defaults to `jwt` when `JWT_SECRET` is set, else `off`.
@@ -264,7 +326,13 @@ Configuration (environment variables; see docs/operations.md):
   AUTH_MODE                 jwt | off (default: jwt when JWT_SECRET is set, else off = everyone is admin)
   JWT_SECRET                HS256 secret, at least 32 bytes
   JWT_LEEWAY_SECONDS        clock leeway on token expiry (default 5)
-  RATE_LIMITS               on | off
+  RATE_LIMITS               on | off (default on; off for load tests)
+  RATE_LIMIT_SWITCH_PER_SECOND, RATE_LIMIT_CREATE_PER_MINUTE, RATE_LIMIT_GET_PER_MINUTE,
+  RATE_LIMIT_TIME_PER_MINUTE, RATE_LIMIT_WS_CONNECT_PER_MINUTE
+                            the limits (defaults 10, 5, 100, 60, 5)
+  TRUSTED_PROXIES           proxies whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated)
+  WS_MESSAGES_PER_MINUTE    messages one WebSocket client may send (default 100; above: close 1008)
+  WS_MAX_CONNECTIONS_PER_USER  WebSockets per token subject on one instance (default 5)
   LOG_FORMAT                pretty | json (default pretty)
   RUST_LOG                  log filter (default info)
   HTTP_WORKERS              HTTP worker threads (default: one per core)
@@ -305,8 +373,18 @@ mod tests {
             ("LOG_FORMAT", "json"),
             ("AUTH_MODE", "off"),
             ("RATE_LIMITS", "off"),
+            ("RATE_LIMIT_SWITCH_PER_SECOND", "20"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1"),
+            ("WS_MESSAGES_PER_MINUTE", "50"),
+            ("WS_MAX_CONNECTIONS_PER_USER", "2"),
         ])
         .unwrap();
+        assert!(!s.rate_limits.enabled);
+        assert_eq!(s.rate_limits.switch, Limit::per_second(20));
+        assert_eq!(s.rate_limits.create, Limit::per_minute(5));
+        assert_eq!(s.rate_limits.trusted_proxies.len(), 2);
+        assert_eq!(s.ws_messages_per_minute, 50);
+        assert_eq!(s.ws_max_connections_per_user, 2);
         assert_eq!(s.port, 9000);
         assert_eq!(s.metrics_port, 9000);
         assert_eq!(s.session_ttl, Duration::from_secs(60));
@@ -324,6 +402,8 @@ mod tests {
         assert!(e.to_string().contains("PORT"), "{e}");
         assert_eq!(from(&[("WS_MAX_CONNECTIONS", "0")]).unwrap_err().variable, "WS_MAX_CONNECTIONS");
         assert_eq!(from(&[("LOG_FORMAT", "xml")]).unwrap_err().variable, "LOG_FORMAT");
+        assert_eq!(from(&[("RATE_LIMITS", "maybe")]).unwrap_err().variable, "RATE_LIMITS");
+        assert_eq!(from(&[("TRUSTED_PROXIES", "nope")]).unwrap_err().variable, "TRUSTED_PROXIES");
         assert_eq!(from(&[("BIND_ADDR", "localhost:1")]).unwrap_err().variable, "BIND_ADDR");
         assert_eq!(from(&[("AUTH_MODE", "jwt")]).unwrap_err().variable, "JWT_SECRET");
         assert_eq!(from(&[("AUTH_MODE", "basic")]).unwrap_err().variable, "AUTH_MODE");

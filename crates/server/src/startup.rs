@@ -83,6 +83,7 @@ impl Application {
                 }
             },
             metrics_on_main_port: metrics_listener.is_none(),
+            ws_messages_per_minute: settings.ws_messages_per_minute,
             ..HttpSettings::default()
         };
         let status = audit_status.clone();
@@ -95,6 +96,10 @@ impl Application {
             settings: http,
             lifecycle: Arc::new(Lifecycle::new()),
             ws_connections: AtomicUsize::new(0),
+            limiter: Some(http_actix::limits::Limiter {
+                backend: Arc::new(adapter_memory::MemoryRateLimiter::new()),
+                limits: settings.rate_limits.clone(),
+            }),
         });
         Ok(Self {
             settings,

@@ -26,6 +26,11 @@ pub fn test_settings() -> Settings {
         metrics_port: 0,
         shutdown_drain: Duration::from_millis(300),
         http_workers: Some(2),
+        // Tests hammer one server from one IP; rate-limit tests turn them on.
+        rate_limits: http_actix::limits::RateLimits {
+            enabled: false,
+            ..Default::default()
+        },
         ..Settings::default()
     }
 }

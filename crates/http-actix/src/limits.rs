@@ -1,0 +1,212 @@
+//! Rate limits of contract section 7: which limit applies to which request,
+//! who the client is, and the `RateLimit-*` / `Retry-After` headers.
+//!
+//! The counting itself is a [`RateLimiter`] port: in process for one
+//! instance, a Redis script when instances share limits.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use actix_web::HttpRequest;
+use actix_web::HttpResponse;
+use ipnet::IpNet;
+use kairos_domain::ratelimit::{Limit, RateDecision, RateLimiter};
+
+use crate::error::{ApiError, Code};
+use crate::state::AppState;
+
+/// Every configurable limit (defaults are the contract's table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    /// `RATE_LIMITS=off` turns every limit off (load tests).
+    pub enabled: bool,
+    /// Switches per session (REST and WebSocket): 10 per second.
+    pub switch: Limit,
+    /// Creates per `sub` or IP: 5 per minute.
+    pub create: Limit,
+    /// Session reads per `sub` or IP: 100 per minute.
+    pub get: Limit,
+    /// `/v1/time` per IP: 60 per minute.
+    pub time: Limit,
+    /// WebSocket connects per IP: 5 per minute.
+    pub ws_connect: Limit,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            switch: Limit::per_second(10),
+            create: Limit::per_minute(5),
+            get: Limit::per_minute(100),
+            time: Limit::per_minute(60),
+            ws_connect: Limit::per_minute(5),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Which limit a request falls under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `POST /v1/sessions/{id}/switch`, WS `SWITCH`.
+    Switch,
+    /// `POST /v1/sessions`.
+    Create,
+    /// `GET /v1/sessions/{id}`.
+    Get,
+    /// `GET /v1/time`.
+    Time,
+    /// WebSocket connects.
+    WsConnect,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Switch => "switch",
+            Self::Create => "create",
+            Self::Get => "get",
+            Self::Time => "time",
+            Self::WsConnect => "ws",
+        }
+    }
+}
+
+/// The limiter and its settings, as the handlers hold them.
+#[derive(Clone)]
+pub struct Limiter {
+    /// Where the counts live.
+    pub backend: Arc<dyn RateLimiter>,
+    /// The limits.
+    pub limits: RateLimits,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+/// The client's address: the peer, or the first `X-Forwarded-For` hop when
+/// the peer is a trusted proxy (anyone else could forge the header).
+pub fn client_ip(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = req.peer_addr().map(|a| a.ip());
+    let peer_trusted = peer.is_some_and(|p| trusted.iter().any(|net| net.contains(&p)));
+    if peer_trusted {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|first| first.trim().parse::<IpAddr>().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    peer
+}
+
+/// Counts one request of `kind` for `key`. `Ok(None)` when limits are off;
+/// an error 429 `RATE_LIMITED` (with the headers) when over the limit. A
+/// failing limiter lets the request through: availability of the clock
+/// service matters more than a limit, and the failure is logged.
+pub async fn check(state: &AppState, kind: Kind, key: &str) -> Result<Option<RateDecision>, ApiError> {
+    let Some(limiter) = &state.limiter else {
+        return Ok(None);
+    };
+    if !limiter.limits.enabled {
+        return Ok(None);
+    }
+    let limit = match kind {
+        Kind::Switch => limiter.limits.switch,
+        Kind::Create => limiter.limits.create,
+        Kind::Get => limiter.limits.get,
+        Kind::Time => limiter.limits.time,
+        Kind::WsConnect => limiter.limits.ws_connect,
+    };
+    let now = state.service.clock().now_ms();
+    let full_key = format!("{}:{key}", kind.name());
+    match limiter.backend.check(&full_key, limit, now).await {
+        Ok(d) if d.allowed => Ok(Some(d)),
+        Ok(d) => Err(ApiError {
+            retry_after: Some(ceil_secs(d.retry_after_ms)),
+            rate_limit: Some(d),
+            ..ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "over the limit of {} per {} s; retry after {} s",
+                    d.limit,
+                    limit.period_ms / 1000,
+                    ceil_secs(d.retry_after_ms)
+                ),
+            )
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "rate limiter unavailable; letting the request through");
+            Ok(None)
+        }
+    }
+}
+
+/// Whole seconds, rounded up (headers count in seconds).
+pub fn ceil_secs(ms: i64) -> u64 {
+    u64::try_from(ms.max(0)).unwrap_or(0).div_ceil(1000)
+}
+
+/// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
+pub fn apply_headers(response: &mut HttpResponse, decision: Option<&RateDecision>) {
+    let Some(d) = decision else {
+        return;
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", d.limit.to_string()),
+        ("ratelimit-remaining", d.remaining.to_string()),
+        ("ratelimit-reset", ceil_secs(d.reset_ms).to_string()),
+    ] {
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&value) {
+            headers.insert(actix_web::http::header::HeaderName::from_static(name), v);
+        }
+    }
+}
+
+/// The key of a caller: its token subject, else its IP.
+pub fn caller_key(actor: &kairos_domain::Actor, req: &HttpRequest, trusted: &[IpNet]) -> String {
+    match &actor.sub {
+        Some(sub) => format!("sub:{sub}"),
+        None => format!("ip:{}", client_ip(req, trusted).map_or_else(|| "unknown".into(), |ip| ip.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let via_proxy = TestRequest::default()
+            .peer_addr("10.1.2.3:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "203.0.113.9, 10.1.2.3"))
+            .to_http_request();
+        assert_eq!(client_ip(&via_proxy, &trusted), Some("203.0.113.9".parse().unwrap()));
+        let direct = TestRequest::default()
+            .peer_addr("198.51.100.7:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "203.0.113.9"))
+            .to_http_request();
+        assert_eq!(client_ip(&direct, &trusted), Some("198.51.100.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_secs(0), 0);
+        assert_eq!(ceil_secs(1), 1);
+        assert_eq!(ceil_secs(1000), 1);
+        assert_eq!(ceil_secs(1001), 2);
+        assert_eq!(ceil_secs(-5), 0);
+    }
+}
