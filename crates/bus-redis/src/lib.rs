@@ -1,0 +1,77 @@
+//! The event bus between SyncKairos instances on Redis Pub/Sub: every commit
+//! made on any instance reaches the WebSocket subscribers of its session on
+//! every instance.
+//!
+//! # Design
+//!
+//! - **One channel per session**, `<prefix>:{<session id>}:bus`. Standalone
+//!   and Sentinel use `PUBLISH`/`SUBSCRIBE`; Cluster uses sharded
+//!   `SPUBLISH`/`SSUBSCRIBE`, so a message travels only to the shard owning
+//!   the session's slot (the braces make the session id the hash tag, the
+//!   same as the store's keys).
+//! - **Traffic only for watched sessions.** An instance subscribes a session
+//!   in Redis when it gets its first local subscriber and unsubscribes when
+//!   the last one is dropped. Local subscribers share one broadcast channel
+//!   per session: N WebSockets watching a session cost one Redis
+//!   subscription and one decoding per message. A subscriber that falls
+//!   behind gets [`BusMessage::Lagged`](kairos_domain::BusMessage::Lagged).
+//! - **One subscriber connection, one owner.** A background task owns the
+//!   Pub/Sub connection, receives messages, applies subscription changes sent
+//!   to it over a channel, and pings the connection when idle. When the
+//!   connection is lost it reconnects with exponential backoff, subscribes
+//!   every watched session again, then sends `Lagged` to every local
+//!   subscriber (the WebSocket layer resynchronises them from the store).
+//!   `is_healthy()` (of [`EventBus`](kairos_domain::EventBus)) is false from
+//!   the loss until that is done.
+//! - **Publishing never waits on Redis.** `publish` encodes the message
+//!   (JSON: the state with its version, the events, the instant) and pushes
+//!   it on a bounded queue; a publisher task sends what is queued in
+//!   pipelines on a multiplexed connection, in order. A full queue or a Redis
+//!   error drops the message, with a warning and a counter ([`BusStats`]):
+//!   clients notice the version gap and resync.
+//! - **No detached task.** [`RedisBus::connect`] takes a shutdown signal and
+//!   returns [`RedisBusTasks`] to join.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), bus_redis::ConnectError> {
+//! use bus_redis::{RedisBus, RedisBusConfig};
+//!
+//! let (stop, shutdown) = tokio::sync::watch::channel(false);
+//! let (bus, tasks) =
+//!     RedisBus::connect(RedisBusConfig::standalone("redis://127.0.0.1:6379/"), shutdown).await?;
+//! // ... hand `bus` to the service as its `EventBus` ...
+//! let _ = stop.send(true);
+//! tasks.join().await;
+//! # drop(bus);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`config`]: [`RedisBusConfig`] and [`RedisTopology`] (standalone, Sentinel, Cluster).
+//! - `bus`: [`RedisBus`], the `EventBus` implementation, and [`RedisBusTasks`].
+//! - `local`: the per-session broadcast channels of this instance.
+//! - `subscriber`: the task owning the Pub/Sub connection.
+//! - `publisher`: the task sending queued messages in pipelines.
+//! - `wire`: channel names and the message encoding shared by all instances.
+//! - `connect`: where Redis is now (follows Sentinel failovers).
+//! - `stats`: [`BusStats`], the counters behind the metrics.
+//! - `shutdown`: how the tasks wait for the shutdown signal.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod bus;
+pub mod config;
+mod connect;
+mod local;
+mod publisher;
+mod shutdown;
+mod stats;
+mod subscriber;
+mod wire;
+
+pub use bus::{ConnectError, RedisBus, RedisBusTasks};
+pub use config::{RedisBusConfig, RedisTopology};
+pub use stats::BusStats;

@@ -1,0 +1,393 @@
+//! [`RedisConnection`]: one handle over the three ways of reaching Redis
+//! (standalone, Sentinel, Cluster), with the time limit every call gets and
+//! the one place where Redis errors become [`StoreError`]s.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kairos_domain::StoreError;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, ServerErrorKind, Value,
+};
+
+use crate::config::{RedisConfig, RedisMode, redact_url};
+
+/// A cheap-to-clone handle to Redis in any [`RedisMode`]. Commands may be
+/// sent concurrently through clones: they are multiplexed (and thereby
+/// pipelined) over one connection per server.
+///
+/// Obtained from [`RedisConnection::connect`] or
+/// [`crate::RedisStore::connection`]; [`crate::RedisClock`] takes one.
+#[derive(Clone)]
+pub struct RedisConnection {
+    kind: ConnKind,
+    timeout: Duration,
+}
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            ConnKind::Standalone(_) => "standalone",
+            ConnKind::Sentinel(_) => "sentinel",
+            ConnKind::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisConnection")
+            .field("mode", &kind)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The connection kinds. Each implements [`ConnectionLike`], so scripts and
+/// commands run the same way on all three.
+#[derive(Clone)]
+pub(crate) enum ConnKind {
+    /// Reconnects by itself after a failed command (see [`connect_standalone`]).
+    Standalone(ConnectionManager),
+    /// Asks Sentinel for the primary and re-asks after a connection error.
+    Sentinel(SentinelConn),
+    /// Routes each command by the slot of its first key.
+    Cluster(ClusterConnection),
+}
+
+impl RedisConnection {
+    /// Connects in the configured mode. Fails with
+    /// [`StoreError::Unavailable`] within `config.command_timeout` when Redis
+    /// cannot be reached, and with [`StoreError::Other`] when the
+    /// configuration itself is unusable (a malformed URL).
+    pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        config
+            .validate()
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let timeout = config.command_timeout;
+        let kind = within(timeout, "connect", async {
+            Ok(match &config.mode {
+                RedisMode::Standalone => {
+                    ConnKind::Standalone(connect_standalone(&config.url, timeout).await?)
+                }
+                RedisMode::Sentinel {
+                    master_name,
+                    sentinels,
+                } => ConnKind::Sentinel(
+                    SentinelConn::connect(&config.url, master_name, sentinels, timeout).await?,
+                ),
+                RedisMode::Cluster { nodes } => {
+                    let seeds = if nodes.is_empty() {
+                        std::slice::from_ref(&config.url)
+                    } else {
+                        nodes.as_slice()
+                    };
+                    ConnKind::Cluster(connect_cluster(seeds, timeout).await?)
+                }
+            })
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Other(m) => StoreError::Other(format!(
+                "cannot connect to Redis at {}: {m}",
+                redact_url(&config.url)
+            )),
+            other => other,
+        })?;
+        Ok(Self { kind, timeout })
+    }
+
+    /// The limit applied to every call made through this handle.
+    pub fn command_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A clone of the underlying connection, to send commands through.
+    pub(crate) fn kind(&self) -> ConnKind {
+        self.kind.clone()
+    }
+
+    /// Runs the request `make` builds (on a clone of this connection) under
+    /// the command timeout, mapping errors. `what` names the operation in
+    /// error messages.
+    ///
+    /// A request refused at connect time never reached a server, so it is
+    /// sent once more: the refusal may be the stale outcome of a reconnect
+    /// attempted while Redis was down, and the retry (which starts a fresh
+    /// attempt) lets the first call after Redis is back succeed.
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        what: &'static str,
+        mut make: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(ConnKind) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        within(self.timeout, what, async {
+            match make(self.kind()).await {
+                Err(e) if e.is_connection_refusal() => make(self.kind()).await,
+                other => other,
+            }
+            .map_err(|e| map_error(what, e))
+        })
+        .await
+    }
+
+    /// Redis `TIME` as microseconds since the Unix epoch. In Cluster mode it
+    /// always asks the primary of one fixed slot, so that every instance
+    /// reads the same server's clock.
+    pub(crate) async fn server_time_us(&self) -> Result<i64, StoreError> {
+        let value = self
+            .run("TIME", |conn| async move {
+                let cmd = redis::cmd("TIME");
+                match conn {
+                    ConnKind::Cluster(mut c) => {
+                        let route = Route::with_key("{p00}", SlotAddr::Master);
+                        c.route_command(
+                            cmd,
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                        )
+                        .await
+                    }
+                    mut other => cmd.query_async::<Value>(&mut other).await,
+                }
+            })
+            .await?;
+        let (secs, micros): (i64, i64) = redis::from_redis_value(value)
+            .map_err(|e| StoreError::Other(format!("unexpected TIME reply: {e}")))?;
+        Ok(secs.saturating_mul(1_000_000).saturating_add(micros))
+    }
+}
+
+/// Runs `fut` for at most `limit`; past it, [`StoreError::Unavailable`].
+async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "{what}: no answer from Redis within {} ms",
+            limit.as_millis()
+        ))),
+    }
+}
+
+/// Whether an error means "Redis is not reachable (right now)": the caller
+/// gets a 503 and may retry. Everything else (a refused password, a script
+/// error, a reply of the wrong shape) is a fault worth a 500: retrying
+/// would not help.
+pub(crate) fn is_unavailable(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            ) | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::ClusterConnectionNotFound
+        )
+}
+
+/// The one mapping from Redis errors to store errors.
+pub(crate) fn map_error(what: &'static str, e: RedisError) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(format!("{what}: {e}"))
+    } else {
+        StoreError::Other(format!("{what}: {e}"))
+    }
+}
+
+/// A standalone connection that reconnects by itself.
+///
+/// The manager reconnects when a command fails on a dropped connection; the
+/// attempt is shared by all callers. It is given no retries of its own: a
+/// refused connect then fails at once (a fast 503) and the next call starts
+/// a fresh attempt, so the store recovers on the first call after Redis is
+/// back instead of after a backoff. Connect and response timeouts equal the
+/// command timeout, which bounds a black-holed server the same way.
+async fn connect_standalone(url: &str, timeout: Duration) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(url).map_err(|e| StoreError::Other(e.to_string()))?;
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(0)
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|e| map_error("connect", e))
+}
+
+/// A cluster connection from seed nodes.
+async fn connect_cluster(
+    seeds: &[String],
+    timeout: Duration,
+) -> Result<ClusterConnection, StoreError> {
+    let client = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        // Redirections (MOVED/ASK) during resharding need a few quick retries;
+        // the command timeout still bounds the whole call.
+        .retries(3)
+        .min_retry_wait(5)
+        .max_retry_wait(50)
+        .build()
+        .map_err(|e| StoreError::Other(e.to_string()))?;
+    client
+        .get_async_connection()
+        .await
+        .map_err(|e| map_error("connect", e))
+}
+
+/// A connection to the primary Sentinel names, re-resolved after errors.
+#[derive(Clone)]
+pub(crate) struct SentinelConn {
+    inner: Arc<SentinelInner>,
+}
+
+struct SentinelInner {
+    /// A tokio mutex: resolving the primary awaits Sentinel, and concurrent
+    /// callers should wait for that one resolution rather than start their own.
+    client: tokio::sync::Mutex<SentinelClient>,
+    /// The current primary's connection. A std mutex: it is only held to
+    /// clone or replace the handle, never across an await.
+    current: Mutex<Option<MultiplexedConnection>>,
+    config: AsyncConnectionConfig,
+}
+
+impl SentinelConn {
+    async fn connect(
+        url: &str,
+        master_name: &str,
+        sentinels: &[String],
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        // Credentials and database of the primary come from the main URL.
+        let info = url
+            .into_connection_info()
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(info.redis_settings().clone());
+        let client = SentinelClient::build(
+            sentinels.iter().map(String::as_str).collect(),
+            master_name.to_owned(),
+            Some(node),
+            SentinelServerType::Master,
+        )
+        .map_err(|e| StoreError::Other(e.to_string()))?;
+        let conn = Self {
+            inner: Arc::new(SentinelInner {
+                client: tokio::sync::Mutex::new(client),
+                current: Mutex::new(None),
+                config: AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout)),
+            }),
+        };
+        conn.get().await.map_err(|e| map_error("connect", e))?;
+        Ok(conn)
+    }
+
+    fn cached(&self) -> Option<MultiplexedConnection> {
+        // A poisoned lock only means a panic while swapping an Option: the
+        // value inside is still a valid (possibly stale) handle.
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, conn: Option<MultiplexedConnection>) {
+        *self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
+    }
+
+    /// The primary's connection, asking Sentinel when there is none.
+    async fn get(&self) -> RedisResult<MultiplexedConnection> {
+        if let Some(conn) = self.cached() {
+            return Ok(conn);
+        }
+        let mut client = self.inner.client.lock().await;
+        // Another caller may have resolved it while we waited for the lock.
+        if let Some(conn) = self.cached() {
+            return Ok(conn);
+        }
+        let conn = client
+            .async_get_client()
+            .await?
+            .get_multiplexed_async_connection_with_config(&self.inner.config)
+            .await?;
+        self.set(Some(conn.clone()));
+        Ok(conn)
+    }
+
+    /// Forgets the primary after an error that suggests it moved or died
+    /// (a failover demotes it to a read-only replica), so the next call asks Sentinel.
+    fn check<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result
+            && (is_unavailable(e) || e.is_unrecoverable_error())
+        {
+            self.set(None);
+        }
+        result
+    }
+}
+
+impl ConnectionLike for ConnKind {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(s) => Box::pin(async move {
+                let result = async { s.get().await?.req_packed_command(cmd).await }.await;
+                s.check(result)
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(s) => Box::pin(async move {
+                let result = async {
+                    s.get()
+                        .await?
+                        .req_packed_commands(pipeline, offset, count)
+                        .await
+                }
+                .await;
+                s.check(result)
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(s) => s.cached().map_or(0, |c| c.get_db()),
+        }
+    }
+}

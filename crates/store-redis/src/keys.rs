@@ -1,0 +1,144 @@
+//! The key layout: sessions spread over [`PARTITIONS`] hash-tagged
+//! partitions, so a Redis Cluster spreads them over its nodes while every
+//! key one commit touches stays in one slot.
+//!
+//! For a session in partition `NN` (two digits) and the default prefix:
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `kairos:{pNN}:s:<uuid>` | hash | `v` = version (decimal), `s` = encoded state; PEXPIRE = session TTL |
+//! | `kairos:{pNN}:deadlines` | sorted set | member = session uuid, score = deadline (ms), or a claim's lease end |
+//! | `kairos:{pNN}:outbox` | stream | one entry per event, field `e` = the event's JSON; consumer group `audit` |
+//!
+//! No key is hot (the deadline index and the outbox are split 64 ways), and
+//! no script ever touches two slots.
+
+use kairos_domain::SessionId;
+
+/// How many partitions the keys are spread over. A constant, not a setting:
+/// every instance of a deployment must map a session to the same partition,
+/// and changing it would orphan every stored session. 64 hash tags spread
+/// evenly over clusters of up to a few dozen primaries, while a sweep over
+/// all partitions (deadline claims, outbox reads) stays one pipelined round
+/// of 64 small script calls.
+pub const PARTITIONS: usize = 64;
+
+/// The partition of a session: FNV-1a (64 bit) over the UUID's 16 bytes,
+/// folded, modulo [`PARTITIONS`]. Stable across processes, versions and
+/// platforms (unlike `std`'s randomly seeded hasher), and well mixed even for
+/// UUID versions whose low bytes are constant (v1's node id).
+pub fn partition_of(id: &SessionId) -> usize {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    for byte in id.as_uuid().as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(PRIME);
+    }
+    let folded = hash ^ (hash >> 32);
+    // The modulo is below PARTITIONS, so the cast cannot truncate.
+    (folded % PARTITIONS as u64) as usize
+}
+
+/// The precomputed key names of every partition, for one key prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    partitions: Vec<PartitionKeys>,
+}
+
+/// The key names of one partition.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionKeys {
+    /// `<prefix>{pNN}:s:`: a session's state key is this plus its uuid.
+    pub(crate) state_prefix: String,
+    /// `<prefix>{pNN}:deadlines`.
+    pub(crate) deadlines: String,
+    /// `<prefix>{pNN}:outbox`.
+    pub(crate) outbox: String,
+}
+
+impl Keys {
+    /// The names for `prefix` (checked by `RedisConfig::validate` to hold no braces).
+    pub(crate) fn new(prefix: &str) -> Self {
+        let partitions = (0..PARTITIONS)
+            .map(|p| {
+                let tag = format!("{prefix}{{p{p:02}}}");
+                PartitionKeys {
+                    state_prefix: format!("{tag}:s:"),
+                    deadlines: format!("{tag}:deadlines"),
+                    outbox: format!("{tag}:outbox"),
+                }
+            })
+            .collect();
+        Self { partitions }
+    }
+
+    /// The keys of partition `p` (< [`PARTITIONS`]).
+    pub(crate) fn partition(&self, p: usize) -> &PartitionKeys {
+        &self.partitions[p % PARTITIONS]
+    }
+
+    /// The state key of a session.
+    pub(crate) fn state(&self, id: &SessionId) -> String {
+        format!("{}{}", self.partition(partition_of(id)).state_prefix, id)
+    }
+}
+
+/// Splits `budget` over `n` partitions as evenly as possible: the first
+/// `budget % n` get one more. The quotas add up to exactly `budget`, so a
+/// sweep never takes more than it may return.
+pub(crate) fn split_budget(budget: usize, n: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let (base, extra) = (budget / n, budget % n);
+    (0..n).map(|i| base + usize::from(i < extra)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> SessionId {
+        SessionId::from_uuid(uuid::Uuid::from_u128(n))
+    }
+
+    #[test]
+    fn partition_is_stable_and_spreads_sequential_ids() {
+        // A fixed expectation guards against an accidental change of the
+        // hash, which would orphan every stored session.
+        let fixed: SessionId = "123e4567-e89b-12d3-a456-426614174000"
+            .parse()
+            .expect("a valid uuid");
+        assert_eq!(partition_of(&fixed), 48);
+        assert_eq!(partition_of(&id(0)), 28);
+        let mut seen = [0usize; PARTITIONS];
+        for n in 0..6400u128 {
+            // Ids differing only in their high bytes (like v1 uuids of one node).
+            seen[partition_of(&id(n << 64))] += 1;
+        }
+        assert!(seen.iter().all(|&c| c > 50 && c < 150), "{seen:?}");
+    }
+
+    #[test]
+    fn keys_share_the_partition_hash_tag() {
+        let keys = Keys::new("kairos:");
+        let s = id(42);
+        let p = partition_of(&s);
+        let tag = format!("{{p{p:02}}}");
+        assert_eq!(keys.state(&s), format!("kairos:{tag}:s:{s}"));
+        assert_eq!(
+            keys.partition(p).deadlines,
+            format!("kairos:{tag}:deadlines")
+        );
+        assert_eq!(keys.partition(p).outbox, format!("kairos:{tag}:outbox"));
+    }
+
+    #[test]
+    fn budgets_add_up() {
+        assert_eq!(split_budget(10, 4), vec![3, 3, 2, 2]);
+        assert_eq!(split_budget(3, 5), vec![1, 1, 1, 0, 0]);
+        assert_eq!(split_budget(5, 0), Vec::<usize>::new());
+        assert_eq!(split_budget(1000, 64).iter().sum::<usize>(), 1000);
+    }
+}

@@ -1,0 +1,366 @@
+//! [`RedisStore`]: the [`SessionStore`] on Redis. Each state change is one
+//! Lua script call on one partition (state, deadline index and outbox in one
+//! atomic round trip); deadline claims sweep all partitions concurrently.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use futures_util::future::try_join_all;
+use kairos_domain::{Commit, Event, Session, SessionId, SessionStore, StoreError, machine};
+use redis::{FromRedisValue, Script};
+
+use crate::codec::{StateCodec, encode_event};
+use crate::config::RedisConfig;
+use crate::conn::RedisConnection;
+use crate::keys::{Keys, PARTITIONS, partition_of, split_budget};
+use crate::scripts::Scripts;
+
+/// The Redis [`SessionStore`] (and [`kairos_domain::Outbox`], in
+/// [`crate::outbox`]). Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct RedisStore {
+    pub(crate) conn: RedisConnection,
+    pub(crate) keys: Keys,
+    pub(crate) scripts: Scripts,
+    ttl_ms: i64,
+    pub(crate) outbox_enabled: bool,
+    codec: StateCodec,
+    /// Where the next outbox read starts its sweep, so that no partition is
+    /// always served last.
+    pub(crate) read_rotation: AtomicUsize,
+    /// The same for deadline claims.
+    claim_rotation: AtomicUsize,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("conn", &self.conn)
+            .field("ttl_ms", &self.ttl_ms)
+            .field("outbox_enabled", &self.outbox_enabled)
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The consumer group of the outbox streams.
+pub(crate) const GROUP: &str = "audit";
+
+/// Upper bound on the waves of one sweep (see [`RedisStore::sweep`]): enough
+/// to visit every partition one by one plus a few refills of the busy ones.
+const MAX_WAVES: usize = PARTITIONS + 8;
+
+impl RedisStore {
+    /// Connects (see [`RedisConnection::connect`]) and builds the store.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        let conn = RedisConnection::connect(config).await?;
+        Self::with_connection(conn, config).await
+    }
+
+    /// Builds the store on an existing connection, preloading its scripts.
+    /// Uses `config`'s TTL, outbox flag and key prefix (not its URL or mode).
+    pub async fn with_connection(
+        conn: RedisConnection,
+        config: &RedisConfig,
+    ) -> Result<Self, StoreError> {
+        config
+            .validate()
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let store = Self {
+            conn,
+            keys: Keys::new(&config.key_prefix),
+            scripts: Scripts::new(),
+            ttl_ms: i64::try_from(config.session_ttl.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1),
+            outbox_enabled: config.outbox_enabled,
+            codec: StateCodec::DEFAULT,
+            read_rotation: AtomicUsize::new(0),
+            claim_rotation: AtomicUsize::new(0),
+        };
+        store.preload_scripts().await?;
+        Ok(store)
+    }
+
+    /// The connection, to share with [`crate::RedisClock`].
+    pub fn connection(&self) -> RedisConnection {
+        self.conn.clone()
+    }
+
+    /// Loads the scripts so the first commits do not pay for it. Only an
+    /// optimisation: every call falls back to loading on `NOSCRIPT`.
+    async fn preload_scripts(&self) -> Result<(), StoreError> {
+        for script in self.scripts.all() {
+            self.conn
+                .run("SCRIPT LOAD", |mut conn| async move {
+                    script.prepare_invoke().load_async(&mut conn).await
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `script` with `keys` and `args` in one round trip.
+    pub(crate) async fn eval<T: FromRedisValue>(
+        &self,
+        what: &'static str,
+        script: &Script,
+        keys: &[&str],
+        args: &[Vec<u8>],
+    ) -> Result<T, StoreError> {
+        self.conn
+            .run(what, |mut conn| async move {
+                let mut invocation = script.prepare_invoke();
+                for key in keys {
+                    invocation.key(*key);
+                }
+                for arg in args {
+                    invocation.arg(arg.as_slice());
+                }
+                invocation.invoke_async(&mut conn).await
+            })
+            .await
+    }
+
+    /// The arguments a state write shares between `create` and `commit`:
+    /// encoded state, TTL, deadline (or empty), member, events.
+    fn write_args(
+        &self,
+        state: &Session,
+        deadline: Option<i64>,
+        events: &[Event],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut args = Vec::with_capacity(4 + events.len());
+        args.push(self.codec.encode(state)?);
+        args.push(self.ttl_ms.to_string().into_bytes());
+        args.push(
+            deadline
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+                .into_bytes(),
+        );
+        args.push(state.id.to_string().into_bytes());
+        // With the outbox off nothing drains the streams: write no events at all.
+        if self.outbox_enabled {
+            for event in events {
+                args.push(encode_event(event)?);
+            }
+        }
+        Ok(args)
+    }
+
+    /// Visits the partitions in waves, starting at `start`, asking each for
+    /// at most a quota; the quotas of a wave add up to what is still wanted,
+    /// so the sweep never takes (claims, leases) more than `budget` items.
+    ///
+    /// The first wave covers every partition when the budget allows (one
+    /// concurrent round of small calls, pipelined on the connection). A
+    /// partition that filled its quota may hold more; later waves give the
+    /// leftover budget to those. With a budget below [`PARTITIONS`] the
+    /// partitions are visited `budget` at a time until the budget is spent
+    /// or all were seen.
+    ///
+    /// `visit(partition, quota)` returns the items and whether the quota was
+    /// filled.
+    pub(crate) async fn sweep<T, F, Fut>(
+        start: usize,
+        budget: usize,
+        mut visit: F,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        F: FnMut(usize, usize) -> Fut,
+        Fut: Future<Output = Result<(Vec<T>, bool), StoreError>>,
+    {
+        let mut out = Vec::new();
+        let mut unvisited: VecDeque<usize> =
+            (0..PARTITIONS).map(|i| (start + i) % PARTITIONS).collect();
+        let mut full: VecDeque<usize> = VecDeque::new();
+        for _ in 0..MAX_WAVES {
+            let remaining = budget.saturating_sub(out.len());
+            let source = if remaining == 0 {
+                break;
+            } else if !unvisited.is_empty() {
+                &mut unvisited
+            } else if !full.is_empty() {
+                &mut full
+            } else {
+                break;
+            };
+            let wave: Vec<usize> = source.drain(..remaining.min(source.len())).collect();
+            let quotas = split_budget(remaining, wave.len());
+            let calls = wave.iter().zip(quotas).map(|(&p, quota)| {
+                let call = visit(p, quota);
+                async move { call.await.map(|result| (p, result)) }
+            });
+            for (p, (items, filled)) in try_join_all(calls).await? {
+                out.extend(items);
+                if filled {
+                    full.push_back(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Claims up to `quota` due deadlines of partition `p`.
+    async fn claim_partition(
+        &self,
+        p: usize,
+        quota: usize,
+        now_ms: i64,
+        lease_until: i64,
+    ) -> Result<(Vec<SessionId>, bool), StoreError> {
+        let keys = self.keys.partition(p);
+        let (scanned, members): (usize, Vec<String>) = self
+            .eval(
+                "claim_due",
+                &self.scripts.claim,
+                &[&keys.deadlines],
+                &[
+                    now_ms.to_string().into_bytes(),
+                    quota.to_string().into_bytes(),
+                    lease_until.to_string().into_bytes(),
+                    keys.state_prefix.clone().into_bytes(),
+                ],
+            )
+            .await?;
+        let mut ids = Vec::with_capacity(members.len());
+        for member in members {
+            match member.parse::<SessionId>() {
+                Ok(id) => ids.push(id),
+                // Only this crate writes the index; a foreign member is
+                // reported rather than silently dropped (its lease keeps it
+                // from flooding the log).
+                Err(_) => tracing::warn!(
+                    member,
+                    partition = p,
+                    "ignoring a non-uuid member in the deadline index"
+                ),
+            }
+        }
+        Ok((ids, scanned >= quota))
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    #[tracing::instrument(skip(self), fields(session_id = %id))]
+    async fn load(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        let key = self.keys.state(&id);
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .run("load", |mut conn| {
+                let key = &key;
+                async move {
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg("s")
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        bytes.map(|b| StateCodec::decode(&b)).transpose()
+    }
+
+    #[tracing::instrument(skip(self, state, events), fields(session_id = %state.id, version = state.version))]
+    async fn create(&self, state: &Session, events: &[Event]) -> Result<(), StoreError> {
+        let p = partition_of(&state.id);
+        let keys = self.keys.partition(p);
+        let state_key = self.keys.state(&state.id);
+        let mut args = vec![state.version.to_string().into_bytes()];
+        args.extend(self.write_args(state, machine::next_deadline(state), events)?);
+        let created: i64 = self
+            .eval(
+                "create",
+                &self.scripts.create,
+                &[&state_key, &keys.deadlines, &keys.outbox],
+                &args,
+            )
+            .await?;
+        if created == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::AlreadyExists)
+        }
+    }
+
+    #[tracing::instrument(
+        skip(self, commit),
+        fields(session_id = %commit.state.id, expected_version = commit.expected_version, version = commit.state.version)
+    )]
+    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        let state = &commit.state;
+        let p = partition_of(&state.id);
+        let keys = self.keys.partition(p);
+        let state_key = self.keys.state(&state.id);
+        let mut args = vec![
+            commit.expected_version.to_string().into_bytes(),
+            state.version.to_string().into_bytes(),
+        ];
+        args.extend(self.write_args(state, commit.deadline, &commit.events)?);
+        let outcome: i64 = self
+            .eval(
+                "commit",
+                &self.scripts.commit,
+                &[&state_key, &keys.deadlines, &keys.outbox],
+                &args,
+            )
+            .await?;
+        match outcome {
+            1 => Ok(()),
+            // 0: another writer got there first; -1: the session is gone
+            // (deleted or expired). The port reports both as a conflict.
+            _ => Err(StoreError::VersionConflict),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(session_id = %id))]
+    async fn delete(&self, id: SessionId) -> Result<bool, StoreError> {
+        let keys = self.keys.partition(partition_of(&id));
+        let state_key = self.keys.state(&id);
+        let removed: i64 = self
+            .eval(
+                "delete",
+                &self.scripts.delete,
+                &[&state_key, &keys.deadlines],
+                &[id.to_string().into_bytes()],
+            )
+            .await?;
+        Ok(removed > 0)
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let lease_until = now_ms.saturating_add(lease_ms.max(0));
+        let start = self.claim_rotation.fetch_add(1, Ordering::Relaxed) % PARTITIONS;
+        Self::sweep(start, limit, |p, quota| {
+            self.claim_partition(p, quota, now_ms, lease_until)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self
+            .conn
+            .run("ping", |mut conn| async move {
+                redis::cmd("PING").query_async(&mut conn).await
+            })
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Other(format!("unexpected PING reply {pong:?}")))
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Helpers shared by the Redis integration tests: the test Redis from
+//! `cargo xtask test`, stores with a private key prefix, session builders,
+//! a raw connection to look at keys, and a Redis server of our own.
+
+#![allow(dead_code, unreachable_pub)] // Each test binary uses a different subset.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kairos_domain::{Event, Session, SessionConfig, SessionId, machine};
+use store_redis::{PARTITIONS, RedisConfig, RedisStore, partition_of};
+
+/// The shared test Redis. Panics (never skips) when it is not configured.
+pub fn redis_url() -> String {
+    std::env::var("KAIROS_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "KAIROS_TEST_REDIS_URL is not set: run these tests with `cargo xtask test -p store-redis`, \
+             which starts a throwaway Redis and sets it"
+        )
+    })
+}
+
+/// A configuration for the shared Redis with a prefix of its own, so tests
+/// running concurrently never see each other's keys.
+pub fn config() -> RedisConfig {
+    let mut config = RedisConfig::new(redis_url());
+    config.key_prefix = format!("kt:{}:", uuid::Uuid::new_v4().simple());
+    config
+}
+
+/// A store on a fresh prefix, outbox on.
+pub async fn store() -> (RedisStore, RedisConfig) {
+    let config = config();
+    let store = RedisStore::connect(&config)
+        .await
+        .expect("connects to the test Redis");
+    (store, config)
+}
+
+/// A raw connection, to inspect keys the way an operator would.
+pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("a valid url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects")
+}
+
+/// The key names of a session, as documented in `store_redis::keys`.
+pub struct SessionKeys {
+    pub state: String,
+    pub deadlines: String,
+    pub outbox: String,
+}
+
+pub fn keys_of(config: &RedisConfig, id: &SessionId) -> SessionKeys {
+    let tag = format!("{}{{p{:02}}}", config.key_prefix, partition_of(id));
+    SessionKeys {
+        state: format!("{tag}:s:{id}"),
+        deadlines: format!("{tag}:deadlines"),
+        outbox: format!("{tag}:outbox"),
+    }
+}
+
+/// Every partition's outbox key.
+pub fn outbox_keys(config: &RedisConfig) -> Vec<String> {
+    (0..PARTITIONS)
+        .map(|p| format!("{}{{p{p:02}}}:outbox", config.key_prefix))
+        .collect()
+}
+
+/// Redis `TIME` in ms.
+pub async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    secs * 1000 + micros / 1000
+}
+
+pub fn new_id() -> SessionId {
+    SessionId::from_uuid(uuid::Uuid::new_v4())
+}
+
+/// A pending two-player chess clock and its `session_created` event.
+pub fn chess(bank_ms: i64, now: i64) -> (Session, Event) {
+    with_participants(2, bank_ms, now)
+}
+
+/// A pending per-participant session with `n` participants.
+pub fn with_participants(n: usize, bank_ms: i64, now: i64) -> (Session, Event) {
+    let participants: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"participant_id": format!("p{i}"), "total_time_ms": bank_ms}))
+        .collect();
+    let config = SessionConfig::parse(&serde_json::json!({
+        "sync_mode": "per_participant",
+        "participants": participants,
+        "increment_ms": 1000,
+        "metadata": {"table": 7}
+    }))
+    .expect("a valid config");
+    machine::create(config, new_id(), Some("owner".into()), now)
+}
+
+/// The state after `state` with its version bumped (what a commit writes).
+pub fn bumped(state: &Session) -> Session {
+    let mut next = state.clone();
+    next.version += 1;
+    next.updated_at_ms += 1;
+    next
+}
+
+/// A `redis-server` of the test's own, on a free loopback port, in a temp
+/// directory, with AOF on so that restarts keep the data. Killed by pid on drop.
+pub struct OwnRedis {
+    pub port: u16,
+    dir: PathBuf,
+    /// Arguments after the common ones (or a config file first, for Sentinel).
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    /// A plain server with AOF on.
+    pub fn start() -> Self {
+        Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    /// A server with extra arguments (cluster mode, ...).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let mut server = Self::prepare();
+        server.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        server.restart();
+        server
+    }
+
+    /// A Sentinel monitoring the primary on `primary_port` as `master_name`
+    /// (quorum 1: it is the only Sentinel).
+    pub fn start_sentinel(master_name: &str, primary_port: u16) -> Self {
+        let mut server = Self::prepare();
+        let conf = server.dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!("sentinel monitor {master_name} 127.0.0.1 {primary_port} 1\n"),
+        )
+        .expect("writes sentinel.conf");
+        // redis-server takes the config file first, then `--sentinel`.
+        server.extra = vec![conf.display().to_string(), "--sentinel".into()];
+        server.restart();
+        server
+    }
+
+    fn prepare() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "kairos-store-redis-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self {
+            port,
+            dir,
+            extra: Vec::new(),
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts the server (again, on the same port and directory) and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let binary = std::env::var("KAIROS_TEST_REDIS_SERVER").unwrap_or_else(|_| {
+            panic!(
+                "KAIROS_TEST_REDIS_SERVER is not set: run these tests with `cargo xtask test -p store-redis`"
+            )
+        });
+        let (config_file, options) = match self.extra.first() {
+            Some(first) if !first.starts_with("--") => (vec![first.clone()], &self.extra[1..]),
+            _ => (Vec::new(), &self.extra[..]),
+        };
+        let child = Command::new(binary)
+            .args(config_file)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(options)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut conn) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not come up on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server by pid: a stopped
+    /// server still accepts connections (the kernel does) but never answers.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("runs kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// Kills the server (SIGKILL, by pid) and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A stopped (SIGSTOP) process still dies of SIGKILL.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port nothing listens on (right now).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binds port 0")
+        .port()
+}

@@ -1,0 +1,135 @@
+//! Smoke tests of the Cluster and Sentinel modes on servers of the test's
+//! own: the same scripts run through each kind of connection. (Failover is
+//! not exercised here.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{OwnRedis, bumped, chess};
+use kairos_domain::{Clock, Commit, Outbox, SessionStore, StoreError};
+use store_redis::{PARTITIONS, RedisClock, RedisConfig, RedisMode, RedisStore};
+
+/// Create, commit, CAS conflict, claim, outbox round trip and clock on `store`.
+async fn exercise(store: &RedisStore) {
+    let mut ids = Vec::new();
+    // Enough sessions to land in many partitions (and so on every cluster node).
+    for _ in 0..(PARTITIONS * 2) {
+        let (session, created) = chess(60_000, 1_000);
+        store.create(&session, &[created]).await.expect("created");
+        let next = bumped(&session);
+        let commit = Commit {
+            state: next.clone(),
+            expected_version: 1,
+            deadline: Some(2_000),
+            events: vec![],
+        };
+        store.commit(&commit).await.expect("commits");
+        assert_eq!(
+            store.commit(&commit).await,
+            Err(StoreError::VersionConflict)
+        );
+        assert_eq!(store.load(session.id).await, Ok(Some(next)));
+        ids.push(session.id);
+    }
+    let mut claimed = store.claim_due(2_000, 1_000, 60_000).await.expect("claims");
+    claimed.sort();
+    ids.sort();
+    assert_eq!(claimed, ids);
+    let entries = store.read("worker", 1_000, 60_000).await.expect("reads");
+    assert_eq!(entries.len(), ids.len());
+    store
+        .ack(&entries.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+        .await
+        .expect("acks");
+    assert_eq!(store.backlog(0).await.map(|(n, _)| n), Ok(0));
+    assert_eq!(store.delete(ids[0]).await, Ok(true));
+    assert_eq!(store.ping().await, Ok(()));
+
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let (clock, _task) = RedisClock::connect(store.connection(), Duration::from_secs(60), stopped)
+        .await
+        .expect("clock");
+    assert!(clock.now_ms() > 1_577_836_800_000, "epoch milliseconds");
+}
+
+fn query<T: redis::FromRedisValue>(port: u16, cmd: &mut redis::Cmd) -> T {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("url");
+    let mut conn = client.get_connection().expect("connects");
+    cmd.query(&mut conn).expect("query")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_runs_every_operation() {
+    // Three primaries, slots split in thirds, introduced to each other.
+    let nodes: Vec<OwnRedis> = (0..3)
+        .map(|_| OwnRedis::start_with(&["--cluster-enabled", "yes", "--appendonly", "no"]))
+        .collect();
+    let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+    for (node, (from, to)) in nodes.iter().zip(ranges) {
+        let _: String = query(
+            node.port,
+            redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(from).arg(to),
+        );
+    }
+    for other in &nodes[1..] {
+        let _: String = query(
+            nodes[0].port,
+            redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(other.port),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = nodes.iter().all(|n| {
+            let info: String = query(n.port, redis::cmd("CLUSTER").arg("INFO"));
+            info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+        });
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut config = RedisConfig::new(nodes[0].url());
+    config.mode = RedisMode::Cluster {
+        nodes: nodes.iter().map(OwnRedis::url).collect(),
+    };
+    let store = RedisStore::connect(&config)
+        .await
+        .expect("connects to the cluster");
+
+    exercise(&store).await;
+
+    // The partitions really are spread: every node holds some deadline index.
+    for node in &nodes {
+        let keys: Vec<String> = query(node.port, redis::cmd("KEYS").arg("kairos:*:deadlines"));
+        assert!(!keys.is_empty(), "node {} holds no partition", node.port);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_mode_finds_the_primary_and_runs_every_operation() {
+    let primary = OwnRedis::start_with(&["--appendonly", "no"]);
+    let sentinel = OwnRedis::start_sentinel("kairos-primary", primary.port);
+    let mut config = RedisConfig::new("redis://ignored-host:1/");
+    config.mode = RedisMode::Sentinel {
+        master_name: "kairos-primary".into(),
+        sentinels: vec![sentinel.url()],
+    };
+
+    let store = RedisStore::connect(&config)
+        .await
+        .expect("connects through Sentinel");
+
+    exercise(&store).await;
+    let sessions: Vec<String> = query(primary.port, redis::cmd("KEYS").arg("kairos:*:s:*"));
+    assert_eq!(
+        sessions.len(),
+        PARTITIONS * 2 - 1,
+        "the data is on the primary"
+    );
+}

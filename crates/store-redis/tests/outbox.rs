@@ -1,0 +1,176 @@
+//! `RedisStore` as an `Outbox` against a real Redis: read, lease, reclaim
+//! after idle, acknowledge, backlog, and the outbox switched off.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{bumped, chess, outbox_keys, raw, redis_now_ms, redis_url, store};
+use kairos_domain::{Command, Commit, Event, Outbox, SessionStore, machine};
+use redis::AsyncCommands;
+use store_redis::RedisStore;
+
+/// Creates `n` sessions and starts each: 2 events per session, spread over partitions.
+async fn write_events(store: &RedisStore, n: usize) -> Vec<Event> {
+    let mut events = Vec::new();
+    for _ in 0..n {
+        let (session, created) = chess(60_000, 1_000);
+        store
+            .create(&session, std::slice::from_ref(&created))
+            .await
+            .expect("created");
+        let decision = machine::decide(&session, &Command::Start, None, 2_000).expect("starts");
+        events.push(created);
+        events.extend(decision.events.iter().cloned());
+        store
+            .commit(&Commit {
+                deadline: machine::next_deadline(&decision.state),
+                expected_version: session.version,
+                events: decision.events,
+                state: decision.state,
+            })
+            .await
+            .expect("commits");
+    }
+    events
+}
+
+fn ids_of(events: impl IntoIterator<Item = Event>) -> BTreeSet<uuid::Uuid> {
+    events.into_iter().map(|e| e.event_id).collect()
+}
+
+#[tokio::test]
+async fn entries_are_leased_acknowledged_and_reclaimed_after_idle() {
+    let (store, _) = store().await;
+    let written = write_events(&store, 3).await;
+
+    // A first consumer takes everything; a second finds nothing free.
+    let first = store.read("worker-a", 100, 60_000).await.expect("reads");
+    assert_eq!(
+        ids_of(first.iter().map(|e| e.event.clone())),
+        ids_of(written.clone())
+    );
+    assert_eq!(
+        first
+            .iter()
+            .find(|e| e.event == written[0])
+            .map(|e| &e.event),
+        Some(&written[0])
+    );
+    assert_eq!(store.read("worker-b", 100, 60_000).await, Ok(vec![]));
+
+    // worker-a writes two of them to the audit store and dies.
+    let (done, lost) = first.split_at(2);
+    store
+        .ack(&done.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+        .await
+        .expect("acks");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Idle past 200 ms: worker-b reclaims exactly the unacknowledged ones.
+    let reclaimed = store.read("worker-b", 100, 200).await.expect("reads");
+    assert_eq!(
+        ids_of(reclaimed.iter().map(|e| e.event.clone())),
+        ids_of(lost.iter().map(|e| e.event.clone()))
+    );
+    assert_eq!(
+        store.read("worker-a", 100, 60_000).await,
+        Ok(vec![]),
+        "leased to worker-b now"
+    );
+
+    store
+        .ack(&reclaimed.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+        .await
+        .expect("acks");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        store.read("worker-c", 100, 0).await,
+        Ok(vec![]),
+        "acknowledged entries never return"
+    );
+    assert_eq!(store.backlog(0).await, Ok((0, 0)));
+}
+
+#[tokio::test]
+async fn read_returns_at_most_max_and_the_rest_later() {
+    let (store, _) = store().await;
+    let written = write_events(&store, 20).await;
+
+    let mut seen = Vec::new();
+    for max in [1, 5, 13] {
+        let batch = store.read("worker", max, 60_000).await.expect("reads");
+        assert_eq!(batch.len(), max);
+        seen.extend(batch);
+    }
+    let rest = store.read("worker", 1_000, 60_000).await.expect("reads");
+    assert_eq!(rest.len(), 40 - 19);
+    seen.extend(rest);
+
+    assert_eq!(ids_of(seen.into_iter().map(|e| e.event)), ids_of(written));
+}
+
+#[tokio::test]
+async fn backlog_counts_waiting_entries_and_ages_the_oldest() {
+    let (store, _) = store().await;
+    assert_eq!(store.backlog(0).await, Ok((0, 0)));
+    let mut conn = raw(&redis_url()).await;
+    let before = redis_now_ms(&mut conn).await;
+    write_events(&store, 4).await;
+    let after = redis_now_ms(&mut conn).await;
+
+    let (count, age) = store.backlog(after + 5_000).await.expect("backlog");
+
+    assert_eq!(count, 8);
+    assert!(
+        (5_000..=5_000 + (after - before)).contains(&age),
+        "age {age}"
+    );
+    // Leased but unacknowledged entries still wait.
+    let leased = store.read("worker", 3, 60_000).await.expect("reads");
+    assert_eq!(store.backlog(after).await.map(|(c, _)| c), Ok(8));
+    store
+        .ack(&leased.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+        .await
+        .expect("acks");
+    assert_eq!(store.backlog(after).await.map(|(c, _)| c), Ok(5));
+}
+
+#[tokio::test]
+async fn with_the_outbox_off_nothing_is_written() {
+    let mut config = common::config();
+    config.outbox_enabled = false;
+    let store = RedisStore::connect(&config).await.expect("connects");
+
+    write_events(&store, 10).await;
+    let (session, created) = chess(60_000, 1_000);
+    store
+        .create(&session, std::slice::from_ref(&created))
+        .await
+        .expect("created");
+    store
+        .commit(&Commit {
+            state: bumped(&session),
+            expected_version: 1,
+            deadline: None,
+            events: vec![created],
+        })
+        .await
+        .expect("commits");
+
+    let mut conn = raw(&redis_url()).await;
+    for key in outbox_keys(&config) {
+        let exists: bool = conn.exists(&key).await.expect("EXISTS");
+        assert!(!exists, "{key} must not exist");
+    }
+    assert_eq!(store.read("worker", 100, 0).await, Ok(vec![]));
+    assert_eq!(store.backlog(0).await, Ok((0, 0)));
+}
+
+#[tokio::test]
+async fn unknown_ids_are_refused() {
+    let (store, _) = store().await;
+    assert!(store.ack(&["nonsense".to_owned()]).await.is_err());
+    assert_eq!(store.ack(&[]).await, Ok(()));
+}

@@ -1,0 +1,371 @@
+//! `RedisStore` as a `SessionStore` against a real Redis: round trips,
+//! compare-and-set, TTLs, the deadline index and deadline claims.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bumped, chess, keys_of, new_id, raw, redis_url, store, with_participants};
+use kairos_domain::{Command, Commit, SessionStore, StoreError, machine};
+use redis::AsyncCommands;
+use store_redis::RedisStore;
+
+#[tokio::test]
+async fn create_then_load_returns_the_same_state() {
+    let (store, _) = store().await;
+    for n in [2, 1000] {
+        let (session, created) = with_participants(n, 60_000, 1_000);
+
+        store.create(&session, &[created]).await.expect("created");
+        let loaded = store.load(session.id).await.expect("loads");
+
+        assert_eq!(loaded.as_ref(), Some(&session));
+    }
+    assert_eq!(store.load(new_id()).await, Ok(None));
+}
+
+#[tokio::test]
+async fn create_refuses_a_taken_id_and_writes_nothing() {
+    let (store, config) = store().await;
+    let (session, created) = chess(60_000, 1_000);
+    store
+        .create(&session, std::slice::from_ref(&created))
+        .await
+        .expect("created");
+    let mut other = bumped(&session);
+    other.metadata.insert("intruder".into(), true.into());
+
+    let second = store.create(&other, &[created]).await;
+
+    assert_eq!(second, Err(StoreError::AlreadyExists));
+    assert_eq!(store.load(session.id).await, Ok(Some(session.clone())));
+    let mut conn = raw(&redis_url()).await;
+    let len: u64 = conn
+        .xlen(keys_of(&config, &session.id).outbox)
+        .await
+        .expect("XLEN");
+    assert_eq!(len, 1, "only the first create's event is in the outbox");
+}
+
+#[tokio::test]
+async fn commit_applies_on_the_expected_version_only() {
+    let (store, config) = store().await;
+    let (session, created) = chess(60_000, 1_000);
+    store.create(&session, &[created]).await.expect("created");
+    let decision = machine::decide(&session, &Command::Start, None, 2_000).expect("starts");
+    let started = Commit {
+        deadline: machine::next_deadline(&decision.state),
+        expected_version: session.version,
+        events: decision.events,
+        state: decision.state,
+    };
+
+    store.commit(&started).await.expect("first commit applies");
+
+    assert_eq!(
+        store.load(session.id).await,
+        Ok(Some(started.state.clone()))
+    );
+    let keys = keys_of(&config, &session.id);
+    let mut conn = raw(&redis_url()).await;
+    let score: Option<f64> = conn
+        .zscore(&keys.deadlines, session.id.to_string())
+        .await
+        .expect("ZSCORE");
+    assert_eq!(score, Some(62_000.0), "started at 2 s with a 60 s bank");
+    let len_before: u64 = conn.xlen(&keys.outbox).await.expect("XLEN");
+    assert_eq!(len_before, 2, "created + started");
+
+    // The same commit again: the stored version is no longer the expected one.
+    let mut stale = started.clone();
+    stale.state = bumped(&started.state);
+    stale.deadline = Some(99_000);
+    let replay = store.commit(&stale).await;
+
+    assert_eq!(replay, Err(StoreError::VersionConflict));
+    assert_eq!(
+        store.load(session.id).await,
+        Ok(Some(started.state.clone()))
+    );
+    let score: Option<f64> = conn
+        .zscore(&keys.deadlines, session.id.to_string())
+        .await
+        .expect("ZSCORE");
+    assert_eq!(
+        score,
+        Some(62_000.0),
+        "deadline untouched by the lost commit"
+    );
+    let len_after: u64 = conn.xlen(&keys.outbox).await.expect("XLEN");
+    assert_eq!(len_after, len_before, "no event from the lost commit");
+}
+
+#[tokio::test]
+async fn commit_on_a_missing_session_is_a_conflict_and_writes_nothing() {
+    let (store, config) = store().await;
+    let (session, created) = chess(60_000, 1_000);
+    let commit = Commit {
+        state: bumped(&session),
+        expected_version: session.version,
+        deadline: Some(5_000),
+        events: vec![created],
+    };
+
+    assert_eq!(
+        store.commit(&commit).await,
+        Err(StoreError::VersionConflict)
+    );
+
+    let keys = keys_of(&config, &session.id);
+    let mut conn = raw(&redis_url()).await;
+    let exists: bool = conn.exists(&keys.state).await.expect("EXISTS");
+    let score: Option<f64> = conn
+        .zscore(&keys.deadlines, session.id.to_string())
+        .await
+        .expect("ZSCORE");
+    let len: u64 = conn.xlen(&keys.outbox).await.expect("XLEN");
+    assert_eq!((exists, score, len), (false, None, 0));
+}
+
+#[tokio::test]
+async fn ttl_is_set_on_create_renewed_on_commit_and_expiry_removes_the_session() {
+    let mut config = common::config();
+    config.session_ttl = Duration::from_millis(1_500);
+    let store = RedisStore::connect(&config).await.expect("connects");
+    let (session, created) = chess(60_000, 1_000);
+    let keys = keys_of(&config, &session.id);
+    let mut conn = raw(&redis_url()).await;
+
+    store.create(&session, &[created]).await.expect("created");
+    let pttl: i64 = conn.pttl(&keys.state).await.expect("PTTL");
+    assert!((1_000..=1_500).contains(&pttl), "PTTL after create: {pttl}");
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let aged: i64 = conn.pttl(&keys.state).await.expect("PTTL");
+    assert!(aged <= 950, "PTTL counts down: {aged}");
+    let next = bumped(&session);
+    store
+        .commit(&Commit {
+            state: next.clone(),
+            expected_version: 1,
+            deadline: None,
+            events: vec![],
+        })
+        .await
+        .expect("commits");
+    let renewed: i64 = conn.pttl(&keys.state).await.expect("PTTL");
+    assert!(
+        renewed > aged + 300,
+        "PTTL renewed by the commit: {aged} -> {renewed}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    assert_eq!(store.load(session.id).await, Ok(None), "expired by its TTL");
+    let again = Commit {
+        state: bumped(&next),
+        expected_version: next.version,
+        deadline: None,
+        events: vec![],
+    };
+    assert_eq!(store.commit(&again).await, Err(StoreError::VersionConflict));
+}
+
+#[tokio::test]
+async fn deadline_index_follows_commits_and_delete() {
+    let (store, config) = store().await;
+    let (session, created) = chess(60_000, 1_000);
+    let keys = keys_of(&config, &session.id);
+    let member = session.id.to_string();
+    let mut conn = raw(&redis_url()).await;
+    store.create(&session, &[created]).await.expect("created");
+    let pending: Option<f64> = conn.zscore(&keys.deadlines, &member).await.expect("ZSCORE");
+    assert_eq!(pending, None, "a pending session has no deadline");
+
+    let v2 = bumped(&session);
+    store
+        .commit(&Commit {
+            state: v2.clone(),
+            expected_version: 1,
+            deadline: Some(10_000),
+            events: vec![],
+        })
+        .await
+        .expect("adds");
+    let added: Option<f64> = conn.zscore(&keys.deadlines, &member).await.expect("ZSCORE");
+    let v3 = bumped(&v2);
+    store
+        .commit(&Commit {
+            state: v3.clone(),
+            expected_version: 2,
+            deadline: Some(25_000),
+            events: vec![],
+        })
+        .await
+        .expect("moves");
+    let moved: Option<f64> = conn.zscore(&keys.deadlines, &member).await.expect("ZSCORE");
+    let v4 = bumped(&v3);
+    store
+        .commit(&Commit {
+            state: v4.clone(),
+            expected_version: 3,
+            deadline: None,
+            events: vec![],
+        })
+        .await
+        .expect("removes");
+    let removed: Option<f64> = conn.zscore(&keys.deadlines, &member).await.expect("ZSCORE");
+    assert_eq!(
+        (added, moved, removed),
+        (Some(10_000.0), Some(25_000.0), None)
+    );
+
+    store
+        .commit(&Commit {
+            state: bumped(&v4),
+            expected_version: 4,
+            deadline: Some(30_000),
+            events: vec![],
+        })
+        .await
+        .expect("adds again");
+    assert_eq!(store.delete(session.id).await, Ok(true));
+    let after_delete: Option<f64> = conn.zscore(&keys.deadlines, &member).await.expect("ZSCORE");
+    let exists: bool = conn.exists(&keys.state).await.expect("EXISTS");
+    assert_eq!((after_delete, exists), (None, false));
+    assert_eq!(store.delete(session.id).await, Ok(false));
+    assert_eq!(store.load(session.id).await, Ok(None));
+}
+
+/// Creates a session and commits it with `deadline`.
+async fn with_deadline(store: &RedisStore, deadline: i64) -> kairos_domain::SessionId {
+    let (session, created) = chess(60_000, 1_000);
+    store.create(&session, &[created]).await.expect("created");
+    store
+        .commit(&Commit {
+            state: bumped(&session),
+            expected_version: 1,
+            deadline: Some(deadline),
+            events: vec![],
+        })
+        .await
+        .expect("commits");
+    session.id
+}
+
+#[tokio::test]
+async fn claim_due_returns_due_sessions_only_and_hides_them_for_the_lease() {
+    let (store, _) = store().await;
+    let mut due = Vec::new();
+    for d in [1_000, 2_000, 3_000, 5_000] {
+        due.push(with_deadline(&store, d).await);
+    }
+    let later = with_deadline(&store, 9_000).await;
+
+    let mut claimed = store.claim_due(5_000, 100, 1_000).await.expect("claims");
+
+    claimed.sort();
+    due.sort();
+    assert_eq!(claimed, due, "everything at or before now, nothing after");
+    assert!(!claimed.contains(&later));
+    // Leased until 6 s: another instance at 5.5 s sees nothing (the 9 s one is not due).
+    assert_eq!(store.claim_due(5_500, 100, 1_000).await, Ok(vec![]));
+    // The claimer died: at 6 s the lease is over and they are due again.
+    let mut again = store.claim_due(6_000, 100, 1_000).await.expect("claims");
+    again.sort();
+    assert_eq!(again, due);
+}
+
+#[tokio::test]
+async fn claim_due_respects_the_limit_and_leaves_the_rest_due() {
+    let (store, _) = store().await;
+    let mut all = Vec::new();
+    for i in 0..150 {
+        all.push(with_deadline(&store, 1_000 + i).await);
+    }
+
+    for limit in [1, 7, 100] {
+        let claimed = store
+            .claim_due(10_000, limit, 60_000)
+            .await
+            .expect("claims");
+        assert_eq!(claimed.len(), limit, "limit {limit}");
+    }
+    // 108 claimed so far (hidden by their lease); the 42 others are still due.
+    let rest = store
+        .claim_due(10_000, 1_000, 60_000)
+        .await
+        .expect("claims");
+    assert_eq!(rest.len(), 150 - 108);
+    assert_eq!(store.claim_due(10_000, 1_000, 60_000).await, Ok(vec![]));
+}
+
+#[tokio::test]
+async fn claim_due_purges_entries_whose_session_is_gone() {
+    let (store, config) = store().await;
+    let live = with_deadline(&store, 1_000).await;
+    let gone = with_deadline(&store, 1_000).await;
+    let keys = keys_of(&config, &gone);
+    let mut conn = raw(&redis_url()).await;
+    // As if the TTL had expired: the state key vanishes, the index entry stays.
+    let _: i64 = conn.del(&keys.state).await.expect("DEL");
+
+    let claimed = store.claim_due(2_000, 10, 1_000).await.expect("claims");
+
+    assert_eq!(claimed, vec![live]);
+    let score: Option<f64> = conn
+        .zscore(&keys.deadlines, gone.to_string())
+        .await
+        .expect("ZSCORE");
+    assert_eq!(score, None, "the orphan entry is removed");
+}
+
+#[tokio::test]
+async fn a_commit_after_a_claim_replaces_the_lease_with_the_true_deadline() {
+    let (store, config) = store().await;
+    let (session, created) = chess(60_000, 1_000);
+    store.create(&session, &[created]).await.expect("created");
+    let v2 = bumped(&session);
+    store
+        .commit(&Commit {
+            state: v2.clone(),
+            expected_version: 1,
+            deadline: Some(1_000),
+            events: vec![],
+        })
+        .await
+        .expect("commits");
+    assert_eq!(
+        store.claim_due(1_000, 10, 60_000).await,
+        Ok(vec![session.id])
+    );
+
+    store
+        .commit(&Commit {
+            state: bumped(&v2),
+            expected_version: 2,
+            deadline: Some(3_000),
+            events: vec![],
+        })
+        .await
+        .expect("the claimer commits");
+
+    let mut conn = raw(&redis_url()).await;
+    let score: Option<f64> = conn
+        .zscore(
+            keys_of(&config, &session.id).deadlines,
+            session.id.to_string(),
+        )
+        .await
+        .expect("ZSCORE");
+    assert_eq!(score, Some(3_000.0));
+    assert_eq!(
+        store.claim_due(3_000, 10, 60_000).await,
+        Ok(vec![session.id])
+    );
+}
+
+#[tokio::test]
+async fn ping_answers() {
+    let (store, _) = store().await;
+    assert_eq!(store.ping().await, Ok(()));
+}
