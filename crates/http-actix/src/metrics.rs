@@ -37,6 +37,10 @@ pub struct Metrics {
     pub audit_backlog_age_ms: IntGauge,
     /// Events written to the audit trail.
     pub audit_written: IntCounter,
+    /// 1 while the event bus can deliver (its subscriber connection is up).
+    pub bus_subscriber_up: IntGauge,
+    /// Bus messages that could not be published (failed or dropped), since start.
+    pub bus_publish_failures: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -108,6 +112,14 @@ impl Metrics {
             audit_written: counter(
                 "kairos_audit_events_written_total",
                 "Events written to the audit trail",
+            ),
+            bus_subscriber_up: gauge(
+                "kairos_bus_subscriber_up",
+                "1 while the event bus subscriber connection is up",
+            ),
+            bus_publish_failures: gauge(
+                "kairos_bus_publish_failures_total",
+                "Bus messages not published (failed or dropped) since start",
             ),
             registry,
         }

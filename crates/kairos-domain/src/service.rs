@@ -18,7 +18,7 @@ use crate::view::{SessionView, view};
 /// How often a command without `expected_version` is retried after losing a
 /// compare-and-set race before the service gives up. Each retry means another
 /// writer committed, so this bounds only pathological contention.
-pub const MAX_CAS_ATTEMPTS: usize = 64;
+pub const MAX_CAS_ATTEMPTS: usize = 1024;
 
 /// Why a service call failed: the client's mistakes and the system's faults,
 /// kept apart so the transport can map each to its status code in one place.

@@ -19,6 +19,29 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Where Redis is, when instances share it (`REDIS_URL`, `REDIS_MODE`, ...).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// The standalone server; with Sentinel its credentials and database are
+    /// used; with Cluster a seed node when `REDIS_CLUSTER_NODES` is empty.
+    pub url: String,
+    /// Standalone, Sentinel or Cluster.
+    pub mode: store_redis::RedisMode,
+    /// Every Redis call gives up after this (`REDIS_COMMAND_TIMEOUT_MS`, default 250).
+    pub command_timeout: Duration,
+}
+
+impl fmt::Debug for RedisSettings {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &store_redis::redact_url(&self.url))
+            .field("mode", &self.mode)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
 /// How callers are authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Auth {
@@ -74,6 +97,8 @@ pub struct Settings {
     pub ws_messages_per_minute: u32,
     /// WebSockets one token subject may hold on an instance (`WS_MAX_CONNECTIONS_PER_USER`, default 5).
     pub ws_max_connections_per_user: usize,
+    /// Redis; `None` runs the embedded in-process store (one instance only).
+    pub redis: Option<RedisSettings>,
 }
 
 impl fmt::Debug for Settings {
@@ -94,6 +119,7 @@ impl fmt::Debug for Settings {
             .field("rate_limits", &self.rate_limits)
             .field("ws_messages_per_minute", &self.ws_messages_per_minute)
             .field("ws_max_connections_per_user", &self.ws_max_connections_per_user)
+            .field("redis", &self.redis)
             .finish()
     }
 }
@@ -115,6 +141,7 @@ impl Default for Settings {
             rate_limits: RateLimits::default(),
             ws_messages_per_minute: 100,
             ws_max_connections_per_user: 5,
+            redis: None,
         }
     }
 }
@@ -122,11 +149,6 @@ impl Default for Settings {
 /// Variables this build documents but cannot honour yet: refusing to start
 /// is safer than silently running without what the operator asked for.
 const NOT_YET: &[(&str, &str)] = &[
-    (
-        "REDIS_URL",
-        "the Redis adapters are not in this build yet; unset it to run the embedded single-instance store",
-    ),
-    ("REDIS_MODE", "the Redis adapters are not in this build yet"),
     (
         "DATABASE_URL",
         "the PostgreSQL audit adapter is not in this build yet; unset it (the embedded default keeps an in-memory trail)",
@@ -158,6 +180,7 @@ impl Settings {
         let d = Self::default();
         let auth = parse_auth(&get)?;
         let rate_limits = parse_rate_limits(&get)?;
+        let redis = parse_redis(&get)?;
         let port = parse(&get, "PORT", d.port)?;
         Ok(Self {
             bind_addr: parse(&get, "BIND_ADDR", d.bind_addr)?,
@@ -201,8 +224,53 @@ impl Settings {
                 5,
             )?)
             .unwrap_or(usize::MAX),
+            redis,
         })
     }
+}
+
+fn parse_redis(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisSettings>, ConfigError> {
+    let url = get("REDIS_URL");
+    let mode_raw = get("REDIS_MODE");
+    if url.is_none() && mode_raw.is_none() {
+        return Ok(None);
+    }
+    let mode = store_redis::RedisMode::parse(
+        mode_raw.as_deref().unwrap_or("standalone"),
+        get("REDIS_SENTINEL_MASTER").as_deref(),
+        get("REDIS_SENTINELS").as_deref(),
+        get("REDIS_CLUSTER_NODES").as_deref(),
+    )
+    .map_err(|e| ConfigError {
+        variable: match &e {
+            store_redis::ConfigError::MissingMasterName => "REDIS_SENTINEL_MASTER",
+            store_redis::ConfigError::MissingSentinels => "REDIS_SENTINELS",
+            _ => "REDIS_MODE",
+        },
+        message: e.to_string(),
+    })?;
+    let url = match (&mode, url) {
+        (_, Some(url)) => url,
+        (store_redis::RedisMode::Cluster { nodes }, None) if !nodes.is_empty() => nodes[0].clone(),
+        (store_redis::RedisMode::Sentinel { .. }, None) => "redis://".to_owned(),
+        _ => {
+            return Err(ConfigError {
+                variable: "REDIS_URL",
+                message: "is required (e.g. redis://127.0.0.1:6379/)".into(),
+            });
+        }
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+        return Err(ConfigError {
+            variable: "REDIS_URL",
+            message: format!("expected a redis:// URL, got {:?}", store_redis::redact_url(&url)),
+        });
+    }
+    Ok(Some(RedisSettings {
+        url,
+        mode,
+        command_timeout: Duration::from_millis(positive(get, "REDIS_COMMAND_TIMEOUT_MS", 250)?),
+    }))
 }
 
 fn parse_rate_limits(get: &impl Fn(&str) -> Option<String>) -> Result<RateLimits, ConfigError> {
@@ -336,8 +404,13 @@ Configuration (environment variables; see docs/operations.md):
   LOG_FORMAT                pretty | json (default pretty)
   RUST_LOG                  log filter (default info)
   HTTP_WORKERS              HTTP worker threads (default: one per core)
-Not yet in this build (the server refuses to start when set): REDIS_URL, REDIS_MODE,
-DATABASE_URL, ALLOWED_ORIGINS.";
+  REDIS_URL                 redis://[user:password@]host:port/[db]; unset = in-process store (one instance)
+  REDIS_MODE                standalone | sentinel | cluster (default standalone)
+  REDIS_SENTINEL_MASTER     sentinel: the monitored master's name
+  REDIS_SENTINELS           sentinel: sentinel URLs, comma-separated
+  REDIS_CLUSTER_NODES       cluster: node URLs, comma-separated (default: REDIS_URL as the seed)
+  REDIS_COMMAND_TIMEOUT_MS  every Redis call gives up after this (default 250; answers 503)
+Not yet in this build (the server refuses to start when set): DATABASE_URL, ALLOWED_ORIGINS.";
 
 #[cfg(test)]
 mod tests {
@@ -411,6 +484,28 @@ mod tests {
     }
 
     #[test]
+    fn redis_settings_per_mode() {
+        let s = from(&[("REDIS_URL", "redis://u:pw@127.0.0.1:6379/")]).unwrap();
+        let r = s.redis.clone().unwrap();
+        assert_eq!(r.mode, store_redis::RedisMode::Standalone);
+        assert_eq!(r.command_timeout, Duration::from_millis(250));
+        assert!(!format!("{s:?}").contains("pw"), "the password leaked into Debug");
+        let s = from(&[
+            ("REDIS_MODE", "sentinel"),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+            ("REDIS_SENTINELS", "redis://a:26379,redis://b:26379"),
+        ])
+        .unwrap();
+        assert!(matches!(s.redis.unwrap().mode, store_redis::RedisMode::Sentinel { .. }));
+        let s = from(&[("REDIS_MODE", "cluster"), ("REDIS_CLUSTER_NODES", "redis://a:7000 redis://b:7001")]).unwrap();
+        assert_eq!(s.redis.unwrap().url, "redis://a:7000");
+        assert_eq!(from(&[("REDIS_MODE", "sentinel")]).unwrap_err().variable, "REDIS_SENTINEL_MASTER");
+        assert_eq!(from(&[("REDIS_MODE", "ring")]).unwrap_err().variable, "REDIS_MODE");
+        assert_eq!(from(&[("REDIS_MODE", "standalone")]).unwrap_err().variable, "REDIS_URL");
+        assert_eq!(from(&[("REDIS_URL", "http://x")]).unwrap_err().variable, "REDIS_URL");
+    }
+
+    #[test]
     fn a_secret_turns_tokens_on_and_never_prints() {
         let secret = "0123456789abcdef0123456789abcdef-secret";
         let s = from(&[("JWT_SECRET", secret)]).unwrap();
@@ -422,7 +517,7 @@ mod tests {
 
     #[test]
     fn features_not_in_this_build_are_refused_not_ignored() {
-        for var in ["REDIS_URL", "DATABASE_URL", "ALLOWED_ORIGINS", "REDIS_MODE"] {
+        for var in ["DATABASE_URL", "ALLOWED_ORIGINS"] {
             assert_eq!(from(&[(var, "x")]).unwrap_err().variable, var);
         }
     }

@@ -84,7 +84,7 @@ fn serve() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let app = Application::build(settings)?;
+        let app = Application::build(settings).await?;
         app.run_until_stopped_or_forced(shutdown_signal(), async {
             // Only reached after the first signal was handled.
             shutdown_signal().await;

@@ -8,25 +8,42 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use actix_web::web;
-use adapter_memory::{MemoryAudit, MemoryBus, MemoryStore, SystemClock};
-use http_actix::{AppState, AuthMode, HttpSettings, Lifecycle, Metrics, Service};
-use kairos_domain::{AuditSink, Clock, EventBus, Outbox, SessionStore};
+use adapter_memory::{MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock};
+use bus_redis::{RedisBus, RedisBusConfig};
+use http_actix::{AppState, AuditHealth, AuthMode, HttpSettings, Lifecycle, Metrics, Service};
+use kairos_domain::{AuditSink, Clock, EventBus, Outbox, RateLimiter, SessionStore};
+use store_redis::{RedisClock, RedisConfig, RedisMode, RedisRateLimiter, RedisStore};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
-use crate::config::Settings;
+use crate::config::{RedisSettings, Settings};
 use crate::workers::{self, AuditStatus};
 
-/// A built application: listeners bound, not yet serving.
+/// The adapters behind the ports, as the configuration chose them.
+struct Adapters {
+    store: Arc<dyn SessionStore>,
+    bus: Arc<dyn EventBus>,
+    clock: Arc<dyn Clock>,
+    limiter: Arc<dyn RateLimiter>,
+    /// The outbox and the audit trail it drains into, when audit is on.
+    audit: Option<(Arc<dyn Outbox>, Arc<dyn AuditSink>)>,
+}
+
+/// A built application: listeners bound, adapters connected, not yet serving.
 pub struct Application {
     settings: Settings,
     state: web::Data<AppState>,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
-    outbox: Arc<dyn Outbox>,
-    audit: Arc<dyn AuditSink>,
+    audit: Option<(Arc<dyn Outbox>, Arc<dyn AuditSink>)>,
     audit_status: Arc<AuditStatus>,
     addr: SocketAddr,
     metrics_addr: SocketAddr,
+    /// Stops the adapters' own tasks (Redis clock refresh, bus connections),
+    /// flipped last, after the workers that use them have finished.
+    adapters_stop: watch::Sender<bool>,
+    adapter_tasks: JoinSet<()>,
+    bus_stats: Option<bus_redis::RedisBus>,
 }
 
 impl std::fmt::Debug for Application {
@@ -38,9 +55,79 @@ impl std::fmt::Debug for Application {
     }
 }
 
+/// The embedded default: one instance, nothing installed.
+fn memory_adapters(settings: &Settings) -> Adapters {
+    let memory = Arc::new(MemoryStore::new(settings.session_ttl));
+    let outbox: Arc<dyn Outbox> = memory.clone();
+    let audit: Arc<dyn AuditSink> = Arc::new(MemoryAudit::new());
+    Adapters {
+        store: memory,
+        bus: Arc::new(MemoryBus::new()),
+        clock: Arc::new(SystemClock::new()),
+        limiter: Arc::new(MemoryRateLimiter::new()),
+        audit: Some((outbox, audit)),
+    }
+}
+
+/// Redis as the primary store, the bus, the clock and the rate limiter:
+/// instances become interchangeable.
+async fn redis_adapters(
+    settings: &Settings,
+    redis: &RedisSettings,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<(Adapters, bus_redis::RedisBus)> {
+    let mut config = RedisConfig::new(redis.url.clone());
+    config.mode = redis.mode.clone();
+    config.command_timeout = redis.command_timeout;
+    config.session_ttl = settings.session_ttl;
+    // Without an audit store nothing drains the outbox: do not fill it.
+    config.outbox_enabled = false;
+    let target = store_redis::redact_url(&redis.url);
+    let store = RedisStore::connect(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {target}: {e}"))?;
+    let (clock, refresh) = RedisClock::connect(store.connection(), CLOCK_REFRESH, stop.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read Redis TIME at {target}: {e}"))?;
+    tasks.spawn(async move {
+        let _ = refresh.await;
+    });
+    let bus_config = match &redis.mode {
+        RedisMode::Standalone => RedisBusConfig::standalone(redis.url.clone()),
+        RedisMode::Sentinel {
+            master_name,
+            sentinels,
+        } => RedisBusConfig::sentinel(sentinels.clone(), master_name.clone()),
+        RedisMode::Cluster { nodes } if nodes.is_empty() => {
+            RedisBusConfig::cluster(vec![redis.url.clone()])
+        }
+        RedisMode::Cluster { nodes } => RedisBusConfig::cluster(nodes.clone()),
+    };
+    let (bus, bus_tasks) = RedisBus::connect(bus_config, stop.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the Redis event bus at {target}: {e}"))?;
+    tasks.spawn(bus_tasks.join());
+    let limiter = RedisRateLimiter::new(store.connection(), config.key_prefix.clone());
+    tracing::info!(redis = %target, mode = ?redis.mode, "using Redis for state, bus, clock and rate limits");
+    Ok((
+        Adapters {
+            store: Arc::new(store),
+            bus: Arc::new(bus.clone()),
+            clock: clock as Arc<dyn Clock>,
+            limiter: Arc::new(limiter),
+            audit: None,
+        },
+        bus,
+    ))
+}
+
+/// How often instances re-measure their offset to Redis `TIME`.
+const CLOCK_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Application {
-    /// Binds the ports and wires the adapters.
-    pub fn build(settings: Settings) -> anyhow::Result<Self> {
+    /// Binds the ports and connects the adapters the settings ask for.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = TcpListener::bind((settings.bind_addr, settings.port))
             .map_err(|e| anyhow::anyhow!("cannot bind {}:{}: {e}", settings.bind_addr, settings.port))?;
         let addr = listener.local_addr()?;
@@ -61,17 +148,26 @@ impl Application {
             .as_ref()
             .map_or(Ok(addr), TcpListener::local_addr)?;
 
-        // The embedded default: one instance, nothing installed.
-        let memory = Arc::new(MemoryStore::new(settings.session_ttl));
-        let store: Arc<dyn SessionStore> = memory.clone();
-        let outbox: Arc<dyn Outbox> = memory;
-        let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new());
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-        let audit: Arc<dyn AuditSink> = Arc::new(MemoryAudit::new());
+        let (adapters_stop, stop_rx) = watch::channel(false);
+        let mut adapter_tasks = JoinSet::new();
+        let (adapters, bus_stats) = match &settings.redis {
+            None => (memory_adapters(&settings), None),
+            Some(redis) => {
+                let (a, bus) = redis_adapters(&settings, redis, &stop_rx, &mut adapter_tasks).await?;
+                (a, Some(bus))
+            }
+        };
         let audit_status = Arc::new(AuditStatus::default());
+        if adapters.audit.is_none() {
+            audit_status.set(AuditHealth::Disabled);
+        }
 
         let metrics = Metrics::new();
-        let service = Service::new(store, bus.clone(), clock.clone());
+        if bus_stats.is_none() {
+            // The in-process bus cannot disconnect.
+            metrics.bus_subscriber_up.set(1);
+        }
+        let service = Service::new(adapters.store, adapters.bus, adapters.clock);
         let http = HttpSettings {
             ws_heartbeat_interval: settings.ws_heartbeat_interval,
             ws_connection_timeout: settings.ws_connection_timeout,
@@ -90,14 +186,14 @@ impl Application {
         let state = web::Data::new(AppState {
             hub: http_actix::hub::Hub::new(service.clone()),
             service,
-            audit: Some(audit.clone()),
+            audit: adapters.audit.as_ref().map(|(_, sink)| sink.clone()),
             audit_health: Arc::new(move || status.get()),
             metrics,
             settings: http,
             lifecycle: Arc::new(Lifecycle::new()),
             ws_connections: AtomicUsize::new(0),
             limiter: Some(http_actix::limits::Limiter {
-                backend: Arc::new(adapter_memory::MemoryRateLimiter::new()),
+                backend: adapters.limiter,
                 limits: settings.rate_limits.clone(),
             }),
         });
@@ -106,11 +202,13 @@ impl Application {
             state,
             listener,
             metrics_listener,
-            outbox,
-            audit,
+            audit: adapters.audit,
             audit_status,
             addr,
             metrics_addr,
+            adapters_stop,
+            adapter_tasks,
+            bus_stats,
         })
     }
 
@@ -149,10 +247,12 @@ impl Application {
             state,
             listener,
             metrics_listener,
-            outbox,
             audit,
             audit_status,
             addr,
+            adapters_stop,
+            mut adapter_tasks,
+            bus_stats,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -162,15 +262,20 @@ impl Application {
             state.metrics.clone(),
             stop_rx.clone(),
         ));
-        workers.spawn(workers::audit_worker(
-            outbox,
-            audit,
-            state.service.clone(),
-            state.metrics.clone(),
-            audit_status,
-            format!("kairos-{}", uuid::Uuid::new_v4().simple()),
-            stop_rx.clone(),
-        ));
+        if let Some((outbox, sink)) = audit {
+            workers.spawn(workers::audit_worker(
+                outbox,
+                sink,
+                state.service.clone(),
+                state.metrics.clone(),
+                audit_status,
+                format!("kairos-{}", uuid::Uuid::new_v4().simple()),
+                stop_rx.clone(),
+            ));
+        }
+        if let Some(bus) = bus_stats {
+            workers.spawn(workers::bus_stats_worker(bus, state.metrics.clone(), stop_rx.clone()));
+        }
 
         let builder = http_actix::serve(listener, state.clone(), settings.http_workers)?;
         let server = builder.handle();
@@ -213,6 +318,8 @@ impl Application {
         while servers.join_next().await.is_some() {}
         let _ = stop_tx.send(true);
         while workers.join_next().await.is_some() {}
+        let _ = adapters_stop.send(true);
+        while adapter_tasks.join_next().await.is_some() {}
         tracing::info!("stopped");
         Ok(())
     }

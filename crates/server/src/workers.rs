@@ -86,7 +86,8 @@ impl AuditStatus {
         }
     }
 
-    fn set(&self, h: AuditHealth) {
+    /// Sets the status.
+    pub fn set(&self, h: AuditHealth) {
         let v = match h {
             AuditHealth::Ok => 0,
             AuditHealth::Degraded => 1,
@@ -162,6 +163,30 @@ pub async fn audit_worker(
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => {}
             }
+        }
+    }
+}
+
+/// Copies the Redis bus's counters into the metrics every second, so
+/// operators see a dead subscriber connection and dropped publishes.
+pub async fn bus_stats_worker(
+    bus: bus_redis::RedisBus,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use kairos_domain::EventBus;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let stats = bus.stats();
+        metrics.bus_subscriber_up.set(i64::from(bus.is_healthy()));
+        metrics
+            .bus_publish_failures
+            .set(i64::try_from(stats.publish_failed.saturating_add(stats.publish_dropped)).unwrap_or(i64::MAX));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

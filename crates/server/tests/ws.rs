@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, chess, eventually, spawn_app, spawn_with, test_settings};
+use common::{TestApp, chess, eventually, spawn_with, test_settings};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -17,8 +17,22 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How long any single expected message may take.
 const WAIT: Duration = Duration::from_secs(5);
 
+/// Rate limits off: these tests open many sockets and send many commands
+/// from one address; the limits have their own tests below.
+fn ws_settings() -> server::Settings {
+    let mut settings = test_settings();
+    settings.rate_limits.enabled = false;
+    settings
+}
+
+async fn spawn_ws() -> TestApp {
+    spawn_with(ws_settings()).await
+}
+
 async fn connect(app: &TestApp, path: &str) -> Ws {
-    let (ws, _) = connect_async(app.ws_url(path)).await.expect("WebSocket handshake");
+    let (ws, _) = connect_async(app.ws_url(path))
+        .await
+        .expect("WebSocket handshake");
     ws
 }
 
@@ -60,7 +74,11 @@ async fn closed(ws: &mut Ws) -> (u16, String, Vec<Value>) {
             .expect("a valid frame");
         match msg {
             Message::Close(Some(frame)) => {
-                return (u16::from(frame.code), frame.reason.as_str().to_owned(), before);
+                return (
+                    u16::from(frame.code),
+                    frame.reason.as_str().to_owned(),
+                    before,
+                );
             }
             Message::Close(None) => panic!("a close frame without a code"),
             Message::Text(t) => before.push(serde_json::from_str(t.as_str()).expect("JSON")),
@@ -70,7 +88,9 @@ async fn closed(ws: &mut Ws) -> (u16, String, Vec<Value>) {
 }
 
 async fn send(ws: &mut Ws, value: Value) {
-    ws.send(Message::text(value.to_string())).await.expect("send");
+    ws.send(Message::text(value.to_string()))
+        .await
+        .expect("send");
 }
 
 /// The next `STATE_UPDATE`, skipping nothing else: anything else fails.
@@ -102,7 +122,7 @@ async fn metric(app: &TestApp, name: &str) -> Option<i64> {
 
 #[tokio::test]
 async fn connect_sends_connected_then_state_sync() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 60_000).await;
     let mut ws = connect(&app, &format!("/ws?sessionId={id}")).await;
 
@@ -117,12 +137,15 @@ async fn connect_sends_connected_then_state_sync() {
     assert_eq!(sync["state"]["session_id"], id.as_str());
     assert_eq!(sync["state"]["version"], 1);
     assert_eq!(sync["state"]["status"], "pending");
-    assert_eq!(sync["state"]["participants"][0]["time_remaining_ms"], 60_000);
+    assert_eq!(
+        sync["state"]["participants"][0]["time_remaining_ms"],
+        60_000
+    );
 }
 
 #[tokio::test]
 async fn the_path_route_serves_the_same_socket() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 60_000).await;
     let mut ws = connect(&app, &format!("/v1/sessions/{id}/ws")).await;
     assert_eq!(next_json(&mut ws).await["type"], "CONNECTED");
@@ -131,8 +154,13 @@ async fn the_path_route_serves_the_same_socket() {
 
 #[tokio::test]
 async fn a_bad_or_missing_session_id_closes_with_1008() {
-    let app = spawn_app().await;
-    for path in ["/ws?sessionId=not-a-uuid", "/ws", "/ws?session=x&token=t", "/v1/sessions/nope/ws"] {
+    let app = spawn_ws().await;
+    for path in [
+        "/ws?sessionId=not-a-uuid",
+        "/ws",
+        "/ws?session=x&token=t",
+        "/v1/sessions/nope/ws",
+    ] {
         let mut ws = connect(&app, path).await;
         let (code, reason, before) = closed(&mut ws).await;
         assert_eq!(code, 1008, "{path}: {reason}");
@@ -142,7 +170,7 @@ async fn a_bad_or_missing_session_id_closes_with_1008() {
 
 #[tokio::test]
 async fn an_unknown_session_closes_with_4404() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let mut ws = connect(&app, "/ws?sessionId=123e4567-e89b-12d3-a456-426614174000").await;
     let (code, _, before) = closed(&mut ws).await;
     assert_eq!(code, 4404);
@@ -151,11 +179,15 @@ async fn an_unknown_session_closes_with_4404() {
 
 #[tokio::test]
 async fn ping_gets_pong_with_the_client_time_echoed() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 60_000).await;
     let (mut ws, _) = subscribe(&app, &id).await;
 
-    send(&mut ws, json!({"type": "PING", "client_time_ms": 1_760_970_615_123_i64})).await;
+    send(
+        &mut ws,
+        json!({"type": "PING", "client_time_ms": 1_760_970_615_123_i64}),
+    )
+    .await;
     let pong = next_json(&mut ws).await;
     assert_eq!(pong["type"], "PONG");
     assert_eq!(pong["client_time_ms"], 1_760_970_615_123_i64);
@@ -169,7 +201,7 @@ async fn ping_gets_pong_with_the_client_time_echoed() {
 
 #[tokio::test]
 async fn reconnect_gets_a_fresh_state_sync() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 60_000).await;
     let (mut ws, first) = subscribe(&app, &id).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -183,7 +215,7 @@ async fn reconnect_gets_a_fresh_state_sync() {
 
 #[tokio::test]
 async fn state_updates_arrive_in_increasing_version_order_from_rest_and_ws() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 300_000).await;
     let (mut a, _) = subscribe(&app, &id).await;
     let (mut b, _) = subscribe(&app, &id).await;
@@ -202,7 +234,10 @@ async fn state_updates_arrive_in_increasing_version_order_from_rest_and_ws() {
             seen.push((
                 update["state"]["version"].as_u64().unwrap(),
                 update["state"]["status"].as_str().unwrap().to_owned(),
-                update["state"]["active_participant_id"].as_str().unwrap().to_owned(),
+                update["state"]["active_participant_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
             ));
         }
         assert_eq!(
@@ -233,7 +268,7 @@ async fn state_updates_arrive_in_increasing_version_order_from_rest_and_ws() {
 
 #[tokio::test]
 async fn rejected_commands_answer_error_with_the_wire_code() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 60_000).await;
     let (mut ws, _) = subscribe(&app, &id).await;
 
@@ -248,20 +283,38 @@ async fn rejected_commands_answer_error_with_the_wire_code() {
     assert_eq!(app.command(&id, "start", None).await.0, 200);
     assert_eq!(next_update(&mut ws).await["state"]["version"], 2);
 
-    send(&mut ws, json!({"type": "SWITCH", "expected_version": 99, "request_id": 7})).await;
+    send(
+        &mut ws,
+        json!({"type": "SWITCH", "expected_version": 99, "request_id": 7}),
+    )
+    .await;
     let e = next_json(&mut ws).await;
     assert_eq!(e["code"], "CONFLICT");
     assert_eq!(e["request_id"], 7);
-    assert_eq!(e["details"], json!({"expected_version": 99, "actual_version": 2}));
+    assert_eq!(
+        e["details"],
+        json!({"expected_version": 99, "actual_version": 2})
+    );
 
-    send(&mut ws, json!({"type": "SWITCH", "next_participant_id": "nobody"})).await;
+    send(
+        &mut ws,
+        json!({"type": "SWITCH", "next_participant_id": "nobody"}),
+    )
+    .await;
     let e = next_json(&mut ws).await;
     assert_eq!(e["code"], "VALIDATION_ERROR");
     assert!(e.get("request_id").is_none());
 
-    send(&mut ws, json!({"type": "PAUSE", "next_participant_id": "black", "request_id": "r3"})).await;
+    send(
+        &mut ws,
+        json!({"type": "PAUSE", "next_participant_id": "black", "request_id": "r3"}),
+    )
+    .await;
     let e = next_json(&mut ws).await;
-    assert_eq!((e["code"].as_str(), e["request_id"].as_str()), (Some("VALIDATION_ERROR"), Some("r3")));
+    assert_eq!(
+        (e["code"].as_str(), e["request_id"].as_str()),
+        (Some("VALIDATION_ERROR"), Some("r3"))
+    );
 
     // Resume while running.
     send(&mut ws, json!({"type": "RESUME"})).await;
@@ -273,17 +326,23 @@ async fn rejected_commands_answer_error_with_the_wire_code() {
 
 #[tokio::test]
 async fn bad_json_unknown_types_and_binary_frames_get_error_and_the_socket_stays_open() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 60_000).await;
     let (mut ws, _) = subscribe(&app, &id).await;
 
     ws.send(Message::text("{not json")).await.unwrap();
     let e = next_json(&mut ws).await;
-    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("ERROR"), Some("VALIDATION_ERROR")));
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("ERROR"), Some("VALIDATION_ERROR"))
+    );
 
     send(&mut ws, json!({"type": "START", "request_id": "x"})).await;
     let e = next_json(&mut ws).await;
-    assert_eq!((e["code"].as_str(), e["request_id"].as_str()), (Some("VALIDATION_ERROR"), Some("x")));
+    assert_eq!(
+        (e["code"].as_str(), e["request_id"].as_str()),
+        (Some("VALIDATION_ERROR"), Some("x"))
+    );
 
     ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(next_json(&mut ws).await["code"], "VALIDATION_ERROR");
@@ -294,13 +353,15 @@ async fn bad_json_unknown_types_and_binary_frames_get_error_and_the_socket_stays
 
 #[tokio::test]
 async fn frames_over_10_kib_close_with_1009() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 60_000).await;
     let (mut ws, _) = subscribe(&app, &id).await;
 
     // Exactly 10 KiB is still accepted (and is bad JSON: an ERROR).
     let padding = " ".repeat(10 * 1024 - r#"{"type":"PING"}"#.len());
-    ws.send(Message::text(format!(r#"{{"type":"PING"}}{padding}"#))).await.unwrap();
+    ws.send(Message::text(format!(r#"{{"type":"PING"}}{padding}"#)))
+        .await
+        .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "PONG");
 
     ws.send(Message::text("x".repeat(11 * 1024))).await.unwrap();
@@ -310,7 +371,7 @@ async fn frames_over_10_kib_close_with_1009() {
 
 #[tokio::test]
 async fn more_than_100_messages_a_minute_close_with_1008() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 60_000).await;
     let (mut ws, _) = subscribe(&app, &id).await;
 
@@ -325,11 +386,13 @@ async fn more_than_100_messages_a_minute_close_with_1008() {
 
 #[tokio::test]
 async fn deleting_the_session_sends_session_deleted_then_closes_with_1000() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 60_000).await;
     let (mut ws, _) = subscribe(&app, &id).await;
 
-    let (status, _) = app.call("DELETE", &format!("/v1/sessions/{id}"), None).await;
+    let (status, _) = app
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
     assert_eq!(status, 204);
     // The cancel that deletion implies, then the deletion itself.
     let cancelled = next_update(&mut ws).await;
@@ -345,7 +408,7 @@ async fn deleting_the_session_sends_session_deleted_then_closes_with_1000() {
 
 #[tokio::test]
 async fn timeouts_reach_clients_as_state_update_then_event() {
-    let app = spawn_app().await;
+    let app = spawn_ws().await;
     let id = new_session(&app, 1_000).await;
     let (mut ws, _) = subscribe(&app, &id).await;
     assert_eq!(app.command(&id, "start", None).await.0, 200);
@@ -355,13 +418,19 @@ async fn timeouts_reach_clients_as_state_update_then_event() {
     // Nobody presses the clock: the timeout worker applies the deadline.
     let update = next_update(&mut ws).await;
     assert_eq!(update["state"]["status"], "expired");
-    assert_eq!(update["state"]["session_completed_at_ms"], started_at + 1_000);
+    assert_eq!(
+        update["state"]["session_completed_at_ms"],
+        started_at + 1_000
+    );
     let event = next_json(&mut ws).await;
     assert_eq!(event["type"], "EVENT");
     assert_eq!(event["sessionId"], id.as_str());
     assert_eq!(event["event"]["at_ms"], started_at + 1_000);
     let kind = event["event"]["event_type"].as_str().unwrap();
-    assert!(["participant_expired", "session_expired"].contains(&kind), "{kind}");
+    assert!(
+        ["participant_expired", "session_expired"].contains(&kind),
+        "{kind}"
+    );
 }
 
 #[tokio::test]
@@ -369,7 +438,7 @@ async fn silent_clients_are_dropped_and_listening_ones_are_not() {
     let app = spawn_with(server::Settings {
         ws_heartbeat_interval: Duration::from_millis(100),
         ws_connection_timeout: Duration::from_millis(400),
-        ..test_settings()
+        ..ws_settings()
     })
     .await;
     let id = new_session(&app, 60_000).await;
@@ -393,7 +462,10 @@ async fn silent_clients_are_dropped_and_listening_ones_are_not() {
     // ...with 1011, unless the client's queued pongs hit the closed socket
     // before it could read the close frame.
     loop {
-        match tokio::time::timeout(WAIT, silent.next()).await.expect("an end in time") {
+        match tokio::time::timeout(WAIT, silent.next())
+            .await
+            .expect("an end in time")
+        {
             Some(Ok(Message::Close(Some(frame)))) => {
                 assert_eq!(u16::from(frame.code), 1011, "{}", frame.reason);
                 break;
@@ -412,7 +484,7 @@ async fn silent_clients_are_dropped_and_listening_ones_are_not() {
 async fn the_connection_cap_refuses_with_503_and_slots_are_released() {
     let app = spawn_with(server::Settings {
         ws_max_connections: 2,
-        ..test_settings()
+        ..ws_settings()
     })
     .await;
     let id = new_session(&app, 60_000).await;
@@ -453,7 +525,7 @@ async fn the_connection_cap_refuses_with_503_and_slots_are_released() {
 async fn shutdown_refuses_new_sockets_then_closes_open_ones_with_1001() {
     let app = spawn_with(server::Settings {
         shutdown_drain: Duration::from_millis(500),
-        ..test_settings()
+        ..ws_settings()
     })
     .await;
     let id = new_session(&app, 60_000).await;
@@ -471,4 +543,44 @@ async fn shutdown_refuses_new_sockets_then_closes_open_ones_with_1001() {
     let (code, _, _) = closed(&mut ws).await;
     assert_eq!(code, 1001);
     stopping.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn over_the_connect_limit_sockets_close_with_1008() {
+    let mut settings = test_settings();
+    settings.rate_limits.enabled = true;
+    settings.rate_limits.ws_connect = kairos_domain::Limit::per_minute(2);
+    let app = spawn_with(settings).await;
+    let id = new_session(&app, 60_000).await;
+    let (_a, _) = subscribe(&app, &id).await;
+    let (_b, _) = subscribe(&app, &id).await;
+
+    let mut third = connect(&app, &format!("/ws?sessionId={id}")).await;
+    let (code, reason, before) = closed(&mut third).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("limit"), "{reason}");
+    assert!(before.is_empty());
+}
+
+#[tokio::test]
+async fn ws_switches_share_the_per_session_switch_limit() {
+    let mut settings = test_settings();
+    settings.rate_limits.enabled = true;
+    settings.rate_limits.switch = kairos_domain::Limit::per_second(2);
+    let app = spawn_with(settings).await;
+    let id = new_session(&app, 60_000).await;
+    let (mut ws, _) = subscribe(&app, &id).await;
+    assert_eq!(app.command(&id, "start", None).await.0, 200);
+    assert_eq!(next_update(&mut ws).await["state"]["version"], 2);
+
+    // One REST switch and one WebSocket switch use up the second's budget.
+    assert_eq!(app.command(&id, "switch", None).await.0, 200);
+    assert_eq!(next_update(&mut ws).await["state"]["version"], 3);
+    send(&mut ws, json!({"type": "SWITCH"})).await;
+    assert_eq!(next_update(&mut ws).await["state"]["version"], 4);
+    send(&mut ws, json!({"type": "SWITCH", "request_id": "third"})).await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(e["type"], "ERROR");
+    assert_eq!(e["code"], "RATE_LIMITED");
+    assert_eq!(e["request_id"], "third");
 }

@@ -40,7 +40,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(settings: Settings) -> TestApp {
-    let app = Application::build(settings).expect("app builds");
+    let app = Application::build(settings).await.expect("app builds");
     let addr = app.addr();
     let metrics_addr = app.metrics_addr();
     let (tx, rx) = oneshot::channel::<()>();
