@@ -1,6 +1,6 @@
 //! `cargo xtask test`: runs the workspace tests against real Redis and
 //! PostgreSQL, so nobody has to start servers by hand and no test is skipped
-//! for want of one.
+//! for want of one, then the browser SDK's and demo page's tests ([`web`]).
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use anyhow::Result;
 
 use crate::services::{self, Servers};
-use crate::shell;
+use crate::{shell, web};
 
 /// Environment variables through which tests find their servers.
 pub(crate) const REDIS_URL_VAR: &str = "KAIROS_TEST_REDIS_URL";
@@ -64,11 +64,17 @@ pub(crate) fn run(extra_args: &[OsString]) -> Result<i32> {
     drop(servers);
 
     let status = status?;
-    Ok(status
+    let code = status
         .code()
         // Killed by a signal: report it the way a shell would.
         .or_else(|| status.signal().map(|sig| 128 + sig))
-        .unwrap_or(1))
+        .unwrap_or(1);
+    // Then the SDK and the demo page in a browser (web/tests/), once the
+    // Rust tests pass: they need the server binary those tests just built.
+    if code == 0 && web::wanted(extra_args) {
+        web::run()?;
+    }
+    Ok(code)
 }
 
 /// Whether the caller picked packages itself. `cargo test --workspace -p x`

@@ -174,11 +174,10 @@ async fn to_docs() -> HttpResponse {
         .finish()
 }
 
-/// Registers `/openapi.json` and the `/docs` page (`/docs` and, until the
-/// demo page exists, `/` redirect to it so a newcomer lands somewhere useful).
+/// Registers `/openapi.json` and the `/docs` page (`/docs` redirects to
+/// `/docs/`; `/` is the demo page, see [`crate::web`]).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/openapi.json", web::get().to(openapi_json))
         .route("/docs", web::get().to(to_docs))
-        .route("/", web::get().to(to_docs))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document()));
 }

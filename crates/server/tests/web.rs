@@ -25,10 +25,17 @@ async fn root_serves_the_demo_page_which_loads_the_sdk() {
     let app = spawn_app().await;
     let res = get(&app, "/").await;
     assert_eq!(res.status(), 200, "/ must be the demo page, not a redirect");
-    assert!(content_type(&res).starts_with("text/html"), "{}", content_type(&res));
+    assert!(
+        content_type(&res).starts_with("text/html"),
+        "{}",
+        content_type(&res)
+    );
     let html = res.text().await.unwrap();
     assert!(html.starts_with("<!doctype html>"));
-    assert!(html.contains("/sdk/kairos.js"), "the page references the SDK");
+    assert!(
+        html.contains("/sdk/kairos.js"),
+        "the page references the SDK"
+    );
     assert!(html.contains("/demo.js"));
 
     // The page's own script imports the SDK; nothing comes from elsewhere.
@@ -58,7 +65,10 @@ async fn the_sdk_is_javascript_with_its_types_beside_it() {
     assert_eq!(res.headers()["x-content-type-options"], "nosniff");
     let etag = res.headers()["etag"].to_str().unwrap().to_owned();
     let js = res.text().await.unwrap();
-    assert!(js.starts_with("// "), "starts with a comment saying why it exists");
+    assert!(
+        js.starts_with("// "),
+        "starts with a comment saying why it exists"
+    );
     for export in [
         "export class KairosClient",
         "export class OffsetEstimator",
@@ -81,13 +91,24 @@ async fn the_sdk_is_javascript_with_its_types_beside_it() {
     let types = get(&app, "/sdk/kairos.d.ts").await;
     assert_eq!(types.status(), 200);
     assert!(content_type(&types).starts_with("text/typescript"));
-    assert!(types.text().await.unwrap().contains("export declare class KairosClient"));
+    assert!(
+        types
+            .text()
+            .await
+            .unwrap()
+            .contains("export declare class KairosClient")
+    );
 }
 
 #[tokio::test]
 async fn only_get_is_served() {
     let app = spawn_app().await;
-    let res = app.http.post(app.url("/sdk/kairos.js")).send().await.unwrap();
+    let res = app
+        .http
+        .post(app.url("/sdk/kairos.js"))
+        .send()
+        .await
+        .unwrap();
     assert!(
         res.status() == 404 || res.status() == 405,
         "unexpected {}",

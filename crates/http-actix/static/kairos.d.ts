@@ -1,0 +1,277 @@
+// Types of the SyncKairos browser SDK (/sdk/kairos.js): why this file exists.
+// The SDK is plain JavaScript so that it needs no build step; these
+// declarations give TypeScript users (and editors) its API. Served at
+// /sdk/kairos.d.ts; the API is documented in docs/sdk.md.
+
+export declare const SDK_VERSION: string;
+
+export type SyncMode = 'per_participant' | 'per_cycle' | 'per_group' | 'global' | 'count_up';
+export type SessionStatus = 'pending' | 'running' | 'paused' | 'completed' | 'cancelled' | 'expired';
+
+/** One participant of a session view (contract section 3). */
+export interface ParticipantView {
+  participant_id: string;
+  participant_index: number;
+  group_id: string | null;
+  total_time_ms: number;
+  time_used_ms: number;
+  time_remaining_ms: number;
+  cycle_count: number;
+  is_active: boolean;
+  has_expired: boolean;
+}
+
+/** One group of a session view. */
+export interface GroupView {
+  group_id: string;
+  group_index: number;
+  total_time_ms: number;
+  time_used_ms: number;
+  time_remaining_ms: number;
+  is_active: boolean;
+  has_expired: boolean;
+}
+
+/** A session view as the server sends it, computed at `server_time_ms`. */
+export interface SessionView {
+  session_id: string;
+  sync_mode: SyncMode;
+  status: SessionStatus;
+  version: number;
+  participants: ParticipantView[];
+  active_participant_id: string | null;
+  total_time_ms: number | null;
+  time_per_cycle_ms: number | null;
+  increment_ms: number;
+  max_time_ms: number | null;
+  cycle_started_at: string | null;
+  session_started_at: string | null;
+  session_completed_at: string | null;
+  created_at: string;
+  updated_at: string;
+  metadata: Record<string, unknown>;
+  server_time_ms: number;
+  cycle_started_at_ms: number | null;
+  active_group_id: string | null;
+  groups: GroupView[];
+  time_remaining_ms: number | null;
+  elapsed_ms: number;
+  action_on_timeout: { type: 'end_session' | 'skip_cycle' | 'auto_action'; action?: string; [extra: string]: unknown };
+  auto_advance: boolean;
+  expired_participant_id?: string;
+}
+
+/** An audit event (`EVENT` messages, contract section 5). */
+export interface SessionEvent {
+  event_id: string;
+  session_id: string;
+  version: number;
+  event_type: string;
+  participant_id: string | null;
+  group_id: string | null;
+  at_ms: number;
+  time_remaining_ms: number | null;
+  time_elapsed_ms: number | null;
+  action: string | null;
+  metadata: Record<string, unknown>;
+}
+
+/** A participant as displayed at some server instant. */
+export interface DisplayedParticipant extends ParticipantView {
+  /** Whether this participant's clock is moving at that instant. */
+  running: boolean;
+}
+
+/** A group as displayed at some server instant. */
+export interface DisplayedGroup extends GroupView {
+  running: boolean;
+}
+
+/** Every clock of a session at one server instant ({@link computeDisplay}). */
+export interface Display {
+  server_now: number;
+  session_id: string;
+  version: number;
+  status: SessionStatus;
+  sync_mode: SyncMode;
+  /** `status === 'running'`. */
+  running: boolean;
+  /** Running and the running clock has not reached its deadline yet. */
+  ticking: boolean;
+  active_participant_id: string | null;
+  active_group_id: string | null;
+  participants: DisplayedParticipant[];
+  byId: Record<string, DisplayedParticipant>;
+  groups: DisplayedGroup[];
+  /** The session countdown (global mode), else null. */
+  time_remaining_ms: number | null;
+  /** Running time since start, pauses excluded (the stopwatch in count_up). */
+  elapsed_ms: number;
+  max_time_ms: number | null;
+}
+
+export declare class KairosError extends Error {
+  constructor(code: string, message: string, details?: unknown);
+  /**
+   * A wire error code (`CONFLICT`, `INVALID_STATE_TRANSITION`, ...) or one of
+   * the SDK's: `SESSION_NOT_FOUND` (close 4404), `POLICY_VIOLATION` (close
+   * 1008), `SESSION_DELETED`, `NOT_CONNECTED`, `DISCONNECTED`, `TIMEOUT`,
+   * `CLOSED`, `UNSUPPORTED`, `CONNECT_FAILED`, `HTTP_<status>`.
+   */
+  code: string;
+  details?: unknown;
+}
+
+export interface OffsetSample {
+  sent: number;
+  received: number;
+  server: number;
+  rtt: number;
+  /** The range the true offset lies in, whatever the legs: `[server - received, server + resolution - sent]`. */
+  lo: number;
+  hi: number;
+  /** Its middle: `server - received + rtt/2 + resolution/2`. */
+  offset: number;
+}
+
+/**
+ * Estimates `server clock - client clock` from PING/PONG round trips: the
+ * middle of the range every one of the last `window` samples allows (the
+ * smallest round trips bound it). `resolution` is the server timestamps'
+ * granularity (whole ms: 1).
+ */
+export declare class OffsetEstimator {
+  constructor(options?: { window?: number; resolution?: number });
+  readonly window: number;
+  readonly resolution: number;
+  /** How many times a jumped clock made it drop its samples. */
+  readonly resets: number;
+  addSample(sample: { sent: number; received: number; server: number }): OffsetSample | null;
+  setProvisional(offset: number): void;
+  reset(): void;
+  readonly offset: number | null;
+  /** Half the best round trip. */
+  readonly uncertainty: number | null;
+  /** Half-width of the range all samples allow: a guaranteed error bound. */
+  readonly bound: number | null;
+  readonly rtt: number | null;
+  readonly lastRtt: number | null;
+  readonly sampleCount: number;
+}
+
+export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed' | 'error';
+
+/** What {@link KairosClient.getSnapshot} returns: frozen, replaced on every change. */
+export interface Snapshot {
+  connection: ConnectionState;
+  /** The last applied view (highest version), or null. */
+  state: SessionView | null;
+  version: number;
+  offset: number | null;
+  uncertainty: number | null;
+  rtt: number | null;
+  samples: number;
+  /** The last error: fatal when `connection === 'error'`, informative otherwise. */
+  error: KairosError | null;
+  lastEvent: SessionEvent | null;
+  reconnectAttempt: number;
+  deleted: boolean;
+}
+
+/** The subset of the browser WebSocket the client uses. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+
+export interface KairosClientOptions {
+  sessionId: string;
+  /** Where the server is; default: the page's origin. */
+  baseUrl?: string;
+  /** A JWT, sent as `&token=` on the socket and as a bearer token over REST. */
+  token?: string | null;
+  /** The socket URL; default derived from `baseUrl`. */
+  wsUrl?: string;
+  /** Open the socket in the constructor (default true). */
+  autoConnect?: boolean;
+  /** Pause between periodic offset probes (default 4000 ms). */
+  pingIntervalMs?: number;
+  /** Probes sent right after connecting (default 5), `burstSpacingMs` apart (default 120). */
+  burstPings?: number;
+  burstSpacingMs?: number;
+  /** Offset samples kept (default 8: about half a minute of probes). */
+  offsetWindow?: number;
+  /** A command not confirmed by then is rejected with TIMEOUT (default 10000 ms). */
+  commandTimeoutMs?: number;
+  /** Reconnect delays: min(maxMs, initialMs * factor^attempt), of which `jitter` is random. */
+  backoff?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
+  /** For tests and other runtimes. */
+  WebSocket?: new (url: string) => WebSocketLike;
+  fetch?: typeof fetch;
+  /** This machine's clock in ms since the epoch; default {@link monotonicClock}(). */
+  clock?: () => number;
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (handle: unknown) => void;
+  random?: () => number;
+}
+
+export declare class KairosClient {
+  constructor(options: KairosClientOptions);
+  static socketUrl(baseUrl: string, sessionId: string, token?: string | null): string;
+  readonly sessionId: string;
+  readonly baseUrl: string;
+  readonly wsUrl: string;
+  readonly estimator: OffsetEstimator;
+
+  /** Calls `listener` after every snapshot change; returns the unsubscribe function. Bound. */
+  subscribe(listener: (snapshot: Snapshot) => void): () => void;
+  /** The current snapshot; the same object until something changes. Bound. */
+  getSnapshot(): Snapshot;
+
+  /** Server time now in ms since the epoch. Bound. */
+  now(): number;
+  readonly offset: number | null;
+  /** Half the best recent round trip. */
+  readonly uncertainty: number | null;
+  /** Guaranteed bound on the offset's error. */
+  readonly bound: number | null;
+  readonly rtt: number | null;
+  /** Every clock at `serverNow` (default `now()`); null before the first state. */
+  display(serverNow?: number): Display | null;
+
+  connect(): void;
+  close(): void;
+
+  /** Over the socket; resolve with the view showing the command's effect, reject with the server's ERROR. */
+  switch(options?: { nextParticipantId?: string; expectedVersion?: number }): Promise<SessionView>;
+  pause(options?: { expectedVersion?: number }): Promise<SessionView>;
+  resume(options?: { expectedVersion?: number }): Promise<SessionView>;
+  /** Over REST (the socket has no START / COMPLETE). */
+  start(options?: { expectedVersion?: number }): Promise<SessionView>;
+  complete(options?: { expectedVersion?: number }): Promise<SessionView>;
+}
+
+/** Every clock of `state` at `serverNow` (server ms); a pure function. */
+export declare function computeDisplay(state: SessionView, serverNow: number): Display;
+export declare function computeDisplay(state: SessionView | null, serverNow: number): Display | null;
+
+/** `H:MM:SS`, `M:SS`, or `M:SS.t` below `tenthsBelowMs` (default 10000). Rounds down. */
+export declare function formatMs(ms: number, options?: { tenthsBelowMs?: number }): string;
+
+/** A monotonic ms-since-epoch clock: the wall clock read once, advanced by performance.now(). */
+export declare function monotonicClock(): () => number;
+
+export interface RestOptions {
+  baseUrl?: string;
+  token?: string | null;
+  fetch?: typeof fetch;
+}
+
+/** `POST /v1/sessions`; resolves with the new session's view. */
+export declare function createSession(config: Record<string, unknown>, options?: RestOptions): Promise<SessionView>;
+/** `GET /v1/sessions/{id}`. */
+export declare function getSession(sessionId: string, options?: RestOptions): Promise<SessionView>;

@@ -1,0 +1,372 @@
+// Browser tests of the demo page and the SDK against the real server: why
+// this file exists. The unit tests prove the SDK's math; only a real
+// browser on a real server shows that what people see agrees: two tabs on
+// one link display the same remaining time, a press in one tab shows in the
+// other, a tab whose clock is five minutes off still shows the right time,
+// and the page looks right (a screenshot is kept as an artifact).
+//
+// It starts the server binary itself (KAIROS_SERVER_BIN, default
+// target/debug/kairos-server) on free loopback ports, drives Debian's
+// Chromium (CHROMIUM_PATH, default /usr/bin/chromium) headless through
+// playwright-core, and stops the server by pid at the end. Run by
+// `cargo xtask test`, or: cd web && npm ci && node --test tests/
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, copyFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const SERVER_BIN = path.resolve(ROOT, process.env.KAIROS_SERVER_BIN || 'target/debug/kairos-server');
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const ARTIFACTS = path.join(ROOT, 'target', 'browser-artifacts');
+/** Two screens must agree to within this (contract: drift tolerance 50 ms). */
+const AGREEMENT_MS = 50;
+/** How far the shifted page's clock is off. */
+const SHIFT_MS = 5 * 60_000;
+const TEST_TIMEOUT = 45_000;
+
+let server;
+let serverLog = '';
+let baseUrl;
+let browser;
+const pageErrors = [];
+
+/** A port the kernel says is free, held until all are chosen so they differ. */
+async function freePorts(n) {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise((resolve, reject) => {
+      const s = net.createServer();
+      s.once('error', reject);
+      s.listen(0, '127.0.0.1', () => resolve(s));
+    })),
+  );
+  const ports = servers.map((s) => s.address().port);
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function waitFor(what, fn, timeoutMs = 10_000, everyMs = 25) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${last})`);
+    await sleep(everyMs);
+  }
+}
+
+async function api(method, urlPath, body) {
+  const res = await fetch(baseUrl + urlPath, {
+    method,
+    headers: body ? { 'content-type': 'application/json' } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const json = await res.json().catch(() => null);
+  assert.ok(res.ok, `${method} ${urlPath}: ${res.status} ${JSON.stringify(json)}`);
+  return json.data;
+}
+
+async function chessSession(minutes = 5, incrementS = 2) {
+  const view = await api('POST', '/v1/sessions', {
+    sync_mode: 'per_participant',
+    increment_ms: incrementS * 1000,
+    participants: [
+      { participant_id: 'p1', total_time_ms: minutes * 60_000 },
+      { participant_id: 'p2', total_time_ms: minutes * 60_000 },
+    ],
+    metadata: { labels: { p1: 'White', p2: 'Black' } },
+  });
+  return view.session_id;
+}
+
+/**
+ * A page in a fresh browser context. Every page records the real clock as
+ * `__realNow` before anything can shift it, so that the test can line
+ * samples of different pages up on one real time line.
+ */
+async function openPage(sessionId, { shiftMs = 0, viewport = { width: 1280, height: 800 } } = {}) {
+  const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
+  await context.addInitScript(({ shift }) => {
+    const realNow = Date.now.bind(Date);
+    window.__realNow = realNow;
+    if (shift) {
+      // This machine's clock is `shift` ms ahead; performance.now() is
+      // moved too (by another amount) to show that nothing relies on it.
+      Date.now = () => realNow() + shift;
+      const perfNow = performance.now.bind(performance);
+      performance.now = () => perfNow() + 1_234_567;
+    }
+  }, { shift: shiftMs });
+  const page = await context.newPage();
+  page.on('pageerror', (err) => pageErrors.push(`${sessionId}: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') pageErrors.push(`${sessionId} console: ${msg.text()}`);
+  });
+  await page.goto(`${baseUrl}/${sessionId ? `?session=${sessionId}` : ''}`);
+  return page;
+}
+
+/** Waits until a page shows its session and has a measured offset from the connect burst. */
+async function ready(page, minSamples = 5) {
+  await waitFor('the page to show the session with a measured offset', () =>
+    page.evaluate((n) => {
+      const d = window.kairosDemo;
+      if (!d) return false;
+      const s = d.sample();
+      return s.connection === 'open' && s.samples >= n && Object.keys(s.clocks).length > 0;
+    }, minSamples),
+  );
+}
+
+/** Renders and reads one page's displayed clocks, stamped with the real time. */
+function sample(page) {
+  return page.evaluate(() => ({ ...window.kairosDemo.sample(), real: window.__realNow() }));
+}
+
+/**
+ * Samples pages at (nearly) the same instant, and moves each running clock's
+ * value to the real instant of the first sample: a running clock loses
+ * exactly the real time that passes.
+ */
+async function alignedSamples(pages, clock) {
+  const samples = await Promise.all(pages.map(sample));
+  const ref = samples[0].real;
+  return samples.map((s) => ({
+    ...s,
+    aligned: s.clocks[clock] + (s.real - ref),
+  }));
+}
+
+before(async () => {
+  assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run cargo build --bin kairos-server, or set KAIROS_SERVER_BIN`);
+  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM_PATH`);
+  const [port, metricsPort] = await freePorts(2);
+  baseUrl = `http://127.0.0.1:${port}`;
+  const env = {
+    ...process.env,
+    BIND_ADDR: '127.0.0.1',
+    PORT: String(port),
+    METRICS_PORT: String(metricsPort),
+    AUTH_MODE: 'off',
+    RATE_LIMITS: 'off',
+    SHUTDOWN_DRAIN_SECONDS: '0',
+    RUST_LOG: 'warn',
+  };
+  // The embedded default, whatever the caller's environment says.
+  for (const v of ['REDIS_URL', 'REDIS_MODE', 'DATABASE_URL', 'JWT_SECRET', 'ALLOWED_ORIGINS']) delete env[v];
+  server = spawn(SERVER_BIN, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // If this process is stopped (a timeout of the whole run, Ctrl-C), the
+  // server must not outlive it: kill it by pid on the way out.
+  const killServer = () => {
+    if (server.exitCode === null) {
+      try {
+        process.kill(server.pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }
+  };
+  process.once('exit', killServer);
+  for (const signal of ['SIGTERM', 'SIGINT']) {
+    process.once(signal, () => {
+      killServer();
+      process.exit(128 + (signal === 'SIGTERM' ? 15 : 2));
+    });
+  }
+  server.stdout.on('data', (d) => {
+    serverLog += d;
+  });
+  server.stderr.on('data', (d) => {
+    serverLog += d;
+  });
+  const exited = new Promise((resolve) => server.once('exit', (code) => resolve(code)));
+  await Promise.race([
+    waitFor('the server to be ready', async () => (await fetch(`${baseUrl}/ready`)).ok, 20_000, 50),
+    exited.then((code) => {
+      throw new Error(`the server exited (${code}) before it was ready:\n${serverLog}`);
+    }),
+  ]);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 30_000,
+    // A fresh profile every run (playwright makes a temporary
+    // --user-data-dir), and nothing that reaches for the network.
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+}, { timeout: 60_000 });
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  if (server && server.exitCode === null) {
+    const gone = new Promise((resolve) => server.once('exit', resolve));
+    process.kill(server.pid, 'SIGTERM');
+    const stopped = await Promise.race([gone.then(() => true), sleep(10_000).then(() => false)]);
+    if (!stopped) {
+      process.kill(server.pid, 'SIGKILL');
+      await gone;
+    }
+  }
+});
+
+describe('demo page in Chromium', { timeout: 180_000 }, () => {
+  it('creates a chess clock from the form and starts it with the space bar', { timeout: TEST_TIMEOUT }, async () => {
+    const page = await openPage(null);
+    await page.waitForSelector('#create-form');
+    await page.fill('input[name=minutes]', '3');
+    await page.fill('input[name=increment]', '1');
+    await page.fill('input[name=p1]', 'Ada');
+    await page.fill('input[name=p2]', 'Grace');
+    await page.click('button[type=submit]');
+    await page.waitForURL(/\?session=[0-9a-f-]{36}$/);
+    await ready(page, 1);
+    let s = await sample(page);
+    assert.equal(s.status, 'pending');
+    assert.deepEqual(s.texts, { p1: '3:00', p2: '3:00' });
+    assert.equal(await page.textContent('[data-clock=p1] .label'), 'Ada');
+    const share = await page.inputValue('#share-link');
+    assert.equal(share, page.url());
+    await page.keyboard.press('Space');
+    await waitFor('the clock to run', async () => (await sample(page)).status === 'running');
+    await sleep(300);
+    s = await sample(page);
+    assert.deepEqual(s.active, ['p1']);
+    assert.ok(s.clocks.p1 < 180_000 && s.clocks.p1 > 170_000, `p1 shows ${s.clocks.p1}`);
+    assert.equal(s.clocks.p2, 180_000);
+    await page.context().close();
+  });
+
+  it('two pages on one session show the same remaining time, and a press in one shows in the other', { timeout: TEST_TIMEOUT }, async (t) => {
+    const id = await chessSession();
+    await api('POST', `/v1/sessions/${id}/start`);
+    const a = await openPage(id);
+    const b = await openPage(id);
+    await Promise.all([ready(a), ready(b)]);
+
+    let worst = 0;
+    for (let i = 0; i < 20; i++) {
+      const [sa, sb] = await alignedSamples([a, b], 'p1');
+      assert.equal(sa.texts.p2, '5:00');
+      assert.equal(sb.texts.p2, '5:00');
+      worst = Math.max(worst, Math.abs(sa.aligned - sb.aligned));
+      await sleep(50);
+    }
+    t.diagnostic(`two pages: worst disagreement on the running clock ${worst.toFixed(1)} ms over 20 samples`);
+    assert.ok(worst <= AGREEMENT_MS, `pages disagree by ${worst} ms`);
+
+    // Space in page A ends White's turn; page B sees Black's clock run.
+    const before = (await sample(b)).version;
+    const pressed = Date.now();
+    await a.keyboard.press('Space');
+    await waitFor('page B to show the press', async () => {
+      const s = await sample(b);
+      return s.version === before + 1 && s.active.join() === 'p2';
+    }, 5_000, 5);
+    const latency = Date.now() - pressed;
+    t.diagnostic(`a press in page A showed in page B after ${latency} ms`);
+    // The increment: White got 2 s back.
+    const sa = await sample(a);
+    assert.ok(sa.clocks.p1 > 300_000 - 60_000 && sa.clocks.p1 <= 302_000, `White shows ${sa.clocks.p1}`);
+
+    // A tap on the running clock in page B hands the turn back.
+    await b.click('[data-clock=p2]');
+    await waitFor('page A to show the tap', async () => (await sample(a)).active.join() === 'p1', 5_000, 5);
+
+    // And after the presses the pages still agree, now on White's clock.
+    await sleep(200);
+    const [x, y] = await alignedSamples([a, b], 'p2');
+    assert.ok(Math.abs(x.aligned - y.aligned) <= AGREEMENT_MS, `after presses: ${x.aligned} vs ${y.aligned}`);
+    await a.context().close();
+    await b.context().close();
+  });
+
+  it('a page whose clock is 5 minutes off shows the same time as an honest one', { timeout: TEST_TIMEOUT }, async (t) => {
+    const id = await chessSession();
+    await api('POST', `/v1/sessions/${id}/start`);
+    const honest = await openPage(id);
+    const shifted = await openPage(id, { shiftMs: SHIFT_MS });
+    await Promise.all([ready(honest), ready(shifted)]);
+
+    const sh = await sample(shifted);
+    assert.ok(Math.abs(sh.clientNow - (sh.real + SHIFT_MS)) < 1000, 'the page really believes it is 5 minutes later');
+    assert.ok(Math.abs(sh.offset + SHIFT_MS) < AGREEMENT_MS, `offset ${sh.offset}`);
+
+    let worst = 0;
+    for (let i = 0; i < 20; i++) {
+      const [h, s] = await alignedSamples([honest, shifted], 'p1');
+      worst = Math.max(worst, Math.abs(h.aligned - s.aligned));
+      await sleep(50);
+    }
+    t.diagnostic(`shifted page: offset ${sh.offset.toFixed(1)} ms (± ${sh.uncertainty.toFixed(2)}), worst disagreement ${worst.toFixed(1)} ms over 20 samples`);
+    assert.ok(worst <= AGREEMENT_MS, `the shifted page disagrees by ${worst} ms`);
+
+    // Without the offset it would have shown 5 minutes less: here, 0:00.
+    const [h] = await alignedSamples([honest], 'p1');
+    assert.ok(h.clocks.p1 > 250_000, `the honest page shows ${h.clocks.p1}`);
+    await honest.context().close();
+    await shifted.context().close();
+  });
+
+  it('looks right (screenshot in target/browser-artifacts/demo.png)', { timeout: TEST_TIMEOUT }, async () => {
+    const id = await chessSession(5, 2);
+    await api('POST', `/v1/sessions/${id}/start`);
+    await sleep(1500);
+    await api('POST', `/v1/sessions/${id}/switch`);
+    await sleep(2300);
+    const page = await openPage(id, { viewport: { width: 1280, height: 760 } });
+    await ready(page);
+    // Let the stats fill in and a frame render.
+    await sleep(300);
+    const s = await sample(page);
+    assert.deepEqual(s.active, ['p2']);
+    const activeBg = await page.$eval('[data-clock=p2]', (el) => getComputedStyle(el).backgroundImage);
+    const idleBg = await page.$eval('[data-clock=p1]', (el) => getComputedStyle(el).backgroundImage);
+    assert.notEqual(activeBg, idleBg, 'the running clock is highlighted');
+    const digitsPx = await page.$eval('[data-clock=p1] .digits', (el) => parseFloat(getComputedStyle(el).fontSize));
+    assert.ok(digitsPx >= 64, `clock digits are ${digitsPx}px`);
+    mkdirSync(ARTIFACTS, { recursive: true });
+    const file = path.join(ARTIFACTS, 'demo.png');
+    await page.screenshot({ path: file });
+    if (process.env.KAIROS_UPDATE_DEMO_PNG === '1') copyFileSync(file, path.join(ROOT, 'docs', 'demo.png'));
+    await page.context().close();
+  });
+
+  it('a link to a session that does not exist says so and stops reconnecting', { timeout: TEST_TIMEOUT }, async () => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const sockets = [];
+    page.on('websocket', (ws) => sockets.push(ws.url()));
+    await page.goto(`${baseUrl}/?session=00000000-0000-4000-8000-000000000000`);
+    await page.waitForSelector('body[data-connection=error]', { timeout: 10_000 });
+    const message = await page.textContent('#session-error');
+    assert.match(message, /does not exist/);
+    await sleep(2_000);
+    assert.equal(sockets.length, 1, `connected ${sockets.length} times`);
+    await context.close();
+  });
+
+  it('raised no errors in any page', () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});
