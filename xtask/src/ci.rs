@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::shell::{self, cargo};
-use crate::test;
+use crate::{deploy_check, test};
 
 /// One CI step: runs a check and fails if it does not pass.
 type Step = fn() -> Result<()>;
@@ -18,10 +18,11 @@ type Step = fn() -> Result<()>;
 /// than after a full build.
 pub(crate) fn run() -> Result<()> {
     let started = Instant::now();
-    let steps: [(&str, Step); 4] = [
+    let steps: [(&str, Step); 5] = [
         ("fmt", fmt),
         ("clippy", clippy),
         ("doc", doc),
+        ("deploy-check", deploy),
         ("test", tests),
     ];
     for (index, (name, step)) in steps.iter().enumerate() {
@@ -68,6 +69,13 @@ fn doc() -> Result<()> {
         .env("RUSTDOCFLAGS", &flags);
     println!("==> RUSTDOCFLAGS={flags:?}");
     run_shown(&mut cmd)
+}
+
+/// The deployment files, before the (long) tests: a broken manifest or
+/// alert rule fails in seconds. It also installs the tools the tests of
+/// `xtask/tests/deploy_check.rs` use, once.
+fn deploy() -> Result<()> {
+    deploy_check::check_tree(&shell::project_root())
 }
 
 fn tests() -> Result<()> {

@@ -5,8 +5,11 @@
 //!
 //! # Layout
 //!
-//! - [`ci`]: the full gate (fmt, clippy, rustdoc, tests), as CI runs it.
+//! - [`ci`]: the full gate (fmt, clippy, rustdoc, deploy-check, tests), as CI runs it.
+//! - [`deploy_check`]: static checks of `deploy/` (Dockerfile, Kubernetes,
+//!   compose, alerts, nginx, dashboard) with pinned tools, offline.
 //! - [`test`](mod@test): `cargo test --workspace` against throwaway Redis and PostgreSQL.
+//! - [`web`](mod@web): the SDK's and demo page's tests under `web/` (node, Chromium).
 //! - [`services`]: finds or installs the server binaries, starts the
 //!   throwaway servers and guarantees they are stopped again.
 //! - [`shell`]: running child processes with errors that name the command.
@@ -16,9 +19,11 @@
 #![allow(clippy::print_stdout)]
 
 mod ci;
+mod deploy_check;
 mod services;
 mod shell;
 mod test;
+mod web;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -33,8 +38,22 @@ Commands:
                   left out so that only those packages are tested.
                   If KAIROS_TEST_REDIS_URL and KAIROS_TEST_DATABASE_URL are
                   both set, those servers are used and nothing is started.
-  ci              fmt check, clippy -D warnings, rustdoc -D warnings, then
-                  the same as `test`. Stops at the first failing step.
+                  Then, if node is installed and ARGS select no packages or
+                  server/http-actix: `npm ci` in web/ when needed, Chromium
+                  (apt-get) when missing, `cargo build --bin kairos-server`
+                  and `node --test tests/` in web/ (KAIROS_SKIP_WEB_TESTS=1
+                  leaves this out).
+  ci              fmt check, clippy -D warnings, rustdoc -D warnings,
+                  deploy-check, then the same as `test`. Stops at the first
+                  failing step.
+  deploy-check [ROOT]
+                  Check deploy/ (and .github/workflows) of ROOT (default:
+                  this workspace) without Docker or a cluster: hadolint,
+                  kubernetes-validate, compose and workflow schemas, promtool,
+                  nginx -t, the Grafana dashboard against the metrics, and
+                  the agreements between files. Installs its pinned tools
+                  into target/xtask/venv (pip) and promtool and nginx
+                  (apt-get) when missing; validates offline.
   help            Print this message.
 
 Exported to the tests:
@@ -42,6 +61,8 @@ Exported to the tests:
   KAIROS_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:<port>/kairos
   KAIROS_TEST_REDIS_SERVER  path of the redis-server binary
   KAIROS_TEST_PG_BIN        PostgreSQL bin directory (initdb, pg_ctl, ...)
+  KAIROS_SERVER_BIN         the kairos-server binary (web tests)
+  CHROMIUM_PATH             the Chromium the browser tests drive (web tests)
 ";
 
 fn main() -> ExitCode {
@@ -55,6 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some("test") => test::run(&rest).map(exit_code),
+        Some("deploy-check") => deploy_check::run(&rest).map(|()| ExitCode::SUCCESS),
         Some("ci") => {
             if !rest.is_empty() {
                 eprintln!("error: `cargo xtask ci` takes no arguments\n\n{USAGE}");

@@ -50,7 +50,7 @@ impl Servers {
     /// Installs the server packages if needed, then starts both servers.
     pub(crate) fn start() -> Result<Self> {
         let root = is_root()?;
-        let (redis_server, pg_bin) = ensure_binaries(root)?;
+        let (redis_server, pg_bin) = ensure_binaries()?;
 
         let dir = shell::project_root()
             .join("target")
@@ -142,7 +142,7 @@ pub(crate) fn find_pg_bin() -> Option<PathBuf> {
 }
 
 /// Returns (`redis-server`, PostgreSQL bin dir), installing what is missing.
-fn ensure_binaries(root: bool) -> Result<(PathBuf, PathBuf)> {
+fn ensure_binaries() -> Result<(PathBuf, PathBuf)> {
     let redis = find_redis_server();
     let pg_bin = find_pg_bin();
     if let (Some(redis), Some(pg_bin)) = (redis.clone(), pg_bin.clone()) {
@@ -156,11 +156,11 @@ fn ensure_binaries(root: bool) -> Result<(PathBuf, PathBuf)> {
     if pg_bin.is_none() {
         packages.push("postgresql");
     }
-    println!("==> installing {} with apt-get", packages.join(" "));
-    apt_get(root, &["update"])?;
-    let mut install = vec!["install", "-y", "--no-install-recommends"];
-    install.extend(&packages);
-    apt_get(root, &install)?;
+    apt_install(
+        &packages,
+        "install them yourself, or set KAIROS_TEST_REDIS_URL and KAIROS_TEST_DATABASE_URL to \
+         servers you run",
+    )?;
 
     let redis = find_redis_server()
         .context("redis-server is still not on PATH after installing package redis-server")?;
@@ -170,13 +170,27 @@ fn ensure_binaries(root: bool) -> Result<(PathBuf, PathBuf)> {
     Ok((redis, pg_bin))
 }
 
+/// Installs Debian `packages` (`apt-get update`, then `apt-get install
+/// --no-install-recommends`) as root, or through sudo if we are not root.
+///
+/// `instead` tells the user what to do where that is impossible (no apt-get,
+/// or neither root nor sudo), e.g. "install them yourself".
+pub(crate) fn apt_install(packages: &[&str], instead: &str) -> Result<()> {
+    let root = is_root()?;
+    let wanted = packages.join(" ");
+    println!("==> installing {wanted} with apt-get");
+    apt_get(root, &["update"], &wanted, instead)?;
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(packages);
+    apt_get(root, &install, &wanted, instead)
+}
+
 /// Runs `apt-get <args>` as root, through sudo if we are not root.
-fn apt_get(root: bool, args: &[&str]) -> Result<()> {
+fn apt_get(root: bool, args: &[&str], wanted: &str, instead: &str) -> Result<()> {
     if which("apt-get").is_none() {
         bail!(
-            "redis-server and PostgreSQL are needed, and this system has no apt-get to install \
-             them: install them yourself, or set KAIROS_TEST_REDIS_URL and \
-             KAIROS_TEST_DATABASE_URL to servers you run"
+            "the packages {wanted} are needed, and this system has no apt-get to install them: \
+             {instead}"
         );
     }
     let mut cmd = if root {
@@ -189,9 +203,8 @@ fn apt_get(root: bool, args: &[&str]) -> Result<()> {
         cmd
     } else {
         bail!(
-            "redis-server and PostgreSQL must be installed (apt-get install redis-server \
-             postgresql), and we are neither root nor have sudo: install them as root, or set \
-             KAIROS_TEST_REDIS_URL and KAIROS_TEST_DATABASE_URL to servers you run"
+            "the packages {wanted} must be installed (apt-get install {wanted}), and we are \
+             neither root nor have sudo: {instead}"
         );
     };
     // Another apt run (an image build, unattended upgrades) may hold the
