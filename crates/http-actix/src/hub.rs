@@ -493,7 +493,11 @@ mod tests {
         drop(b);
         assert_eq!(f.hub.watched_sessions(), 0);
         settle().await;
-        assert_eq!(f.bus.live(id), 0, "the aborted pump dropped its subscription");
+        assert_eq!(
+            f.bus.live(id),
+            0,
+            "the aborted pump dropped its subscription"
+        );
 
         let _c = f.hub.join(id).await.unwrap();
         assert_eq!(f.bus.live(id), 1, "joining again subscribes again");
@@ -517,7 +521,10 @@ mod tests {
         let mut a = f.hub.join(id).await.unwrap();
         let mut b = f.hub.join(id).await.unwrap();
 
-        f.service.execute(&admin, id, Command::Start, None).await.unwrap();
+        f.service
+            .execute(&admin, id, Command::Start, None)
+            .await
+            .unwrap();
         f.clock.0.fetch_add(1_500, Ordering::SeqCst);
         f.service
             .execute(&admin, id, Command::Switch { next: None }, None)
@@ -528,7 +535,13 @@ mod tests {
             let fa = recv(&mut a).await;
             let fb = recv(&mut b).await;
             match (&fa, &fb) {
-                (Frame::Update { texts: ta, version: va }, Frame::Update { texts: tb, .. }) => {
+                (
+                    Frame::Update {
+                        texts: ta,
+                        version: va,
+                    },
+                    Frame::Update { texts: tb, .. },
+                ) => {
                     assert!(Arc::ptr_eq(ta, tb), "one serialization shared by both");
                     assert_eq!(*va, version);
                 }
@@ -552,8 +565,14 @@ mod tests {
         let admin = Actor::anonymous_admin();
         let id = session(&f.service, 1_000).await;
         let mut m = f.hub.join(id).await.unwrap();
-        f.service.execute(&admin, id, Command::Start, None).await.unwrap();
-        assert!(matches!(recv(&mut m).await, Frame::Update { version: 2, .. }));
+        f.service
+            .execute(&admin, id, Command::Start, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            recv(&mut m).await,
+            Frame::Update { version: 2, .. }
+        ));
 
         // White's second runs out; the timeout worker's call applies it.
         f.clock.0.fetch_add(1_001, Ordering::SeqCst);
@@ -572,7 +591,10 @@ mod tests {
             assert_eq!(event["type"], "EVENT");
             assert_eq!(event["sessionId"], id.to_string());
             let kind = event["event"]["event_type"].as_str().unwrap();
-            assert!(["participant_expired", "session_expired"].contains(&kind), "{kind}");
+            assert!(
+                ["participant_expired", "session_expired"].contains(&kind),
+                "{kind}"
+            );
         }
     }
 
@@ -597,7 +619,10 @@ mod tests {
 
         f.service.delete(&admin, id).await.unwrap();
         // The cancel (version 2), then the deletion.
-        assert!(matches!(recv(&mut m).await, Frame::Update { version: 2, .. }));
+        assert!(matches!(
+            recv(&mut m).await,
+            Frame::Update { version: 2, .. }
+        ));
         let frame = recv(&mut m).await;
         let msg = &texts(&frame)[0];
         assert!(matches!(frame, Frame::Deleted { .. }));
@@ -615,10 +640,19 @@ mod tests {
         let id = session(&f.service, 60_000).await;
         let admin = Actor::anonymous_admin();
         let mut m = f.hub.join(id).await.unwrap();
-        f.service.execute(&admin, id, Command::Start, None).await.unwrap();
+        f.service
+            .execute(&admin, id, Command::Start, None)
+            .await
+            .unwrap();
         for _ in 0..FRAME_BUFFER {
-            f.service.execute(&admin, id, Command::Pause, None).await.unwrap();
-            f.service.execute(&admin, id, Command::Resume, None).await.unwrap();
+            f.service
+                .execute(&admin, id, Command::Pause, None)
+                .await
+                .unwrap();
+            f.service
+                .execute(&admin, id, Command::Resume, None)
+                .await
+                .unwrap();
         }
         // Let the pump forward everything before the member reads.
         for _ in 0..1_000 {
