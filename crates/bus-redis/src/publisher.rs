@@ -3,9 +3,12 @@
 //! serialisation and one queue push, never a Redis round trip.
 //!
 //! One task, one FIFO queue and one connection keep this instance's messages
-//! in the order they were published. A batch that fails is counted and
-//! dropped, not retried: a retry could reorder or duplicate versions, and a
-//! client that misses one recovers it from the store by version.
+//! in the order they were published. A batch that fails is sent once more
+//! (the failure is usually the first command on a connection Redis dropped,
+//! and the retry goes out on the reconnected one before anything newer, so
+//! order holds; a duplicate is skipped by version). A batch that fails again
+//! is counted and dropped; a client that misses a version recovers it from
+//! the store on the next one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,7 +118,15 @@ impl Publisher {
     async fn send(&mut self, batch: &mut Vec<Outgoing>) {
         let count = batch.len() as u64;
         let sharded = matches!(self.conn, PubConn::Cluster(_));
-        let result = timeout(self.command_timeout, send_batch(&mut self.conn, batch)).await;
+        let mut result = timeout(self.command_timeout, send_batch(&mut self.conn, batch)).await;
+        if !matches!(result, Ok((_, None))) {
+            // The first command on a connection Redis dropped (a restart, a
+            // failover) fails and makes the manager reconnect; the batch is
+            // sent once more on the fresh connection. Resending what may have
+            // gone out already is harmless: subscribers skip versions they
+            // have, and nothing newer was sent in between, so order holds.
+            result = timeout(self.command_timeout, send_batch(&mut self.conn, batch)).await;
+        }
         batch.clear();
         let (sent, error) = match result {
             Ok((sent, None)) => (sent, None),

@@ -44,7 +44,10 @@ pub use state::{AppState, AuditHealth, AuditHealthFn, AuthMode, HttpSettings, Li
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
     // Before the REST routes: `/v1/sessions/{id}/{command}` would match it too.
     cfg.route("/ws", actix_web::web::get().to(ws::ws_query))
-        .route("/v1/sessions/{id}/ws", actix_web::web::get().to(ws::ws_path));
+        .route(
+            "/v1/sessions/{id}/ws",
+            actix_web::web::get().to(ws::ws_path),
+        );
     rest::configure(cfg);
     openapi::configure(cfg);
     web::configure(cfg);

@@ -99,6 +99,10 @@ pub struct Settings {
     pub ws_max_connections_per_user: usize,
     /// Redis; `None` runs the embedded in-process store (one instance only).
     pub redis: Option<RedisSettings>,
+    /// TEST HOOK (`KAIROS_TEST_HOST_CLOCK_SKEW_MS`): pretends the host clock
+    /// is this far off, to show that instances still agree on "now" through
+    /// Redis `TIME`. Never set it in production.
+    pub test_host_clock_skew_ms: i64,
 }
 
 impl fmt::Debug for Settings {
@@ -120,6 +124,7 @@ impl fmt::Debug for Settings {
             .field("ws_messages_per_minute", &self.ws_messages_per_minute)
             .field("ws_max_connections_per_user", &self.ws_max_connections_per_user)
             .field("redis", &self.redis)
+            .field("test_host_clock_skew_ms", &self.test_host_clock_skew_ms)
             .finish()
     }
 }
@@ -142,6 +147,7 @@ impl Default for Settings {
             ws_messages_per_minute: 100,
             ws_max_connections_per_user: 5,
             redis: None,
+            test_host_clock_skew_ms: 0,
         }
     }
 }
@@ -225,6 +231,7 @@ impl Settings {
             )?)
             .unwrap_or(usize::MAX),
             redis,
+            test_host_clock_skew_ms: parse(&get, "KAIROS_TEST_HOST_CLOCK_SKEW_MS", 0i64)?,
         })
     }
 }

@@ -87,8 +87,13 @@ async fn redis_adapters(
     let store = RedisStore::connect(&config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Redis at {target}: {e}"))?;
-    let (clock, refresh) = RedisClock::connect(store.connection(), CLOCK_REFRESH, stop.clone())
-        .await
+    let (clock, refresh) = RedisClock::connect_with_skew(
+        store.connection(),
+        CLOCK_REFRESH,
+        stop.clone(),
+        settings.test_host_clock_skew_ms,
+    )
+    .await
         .map_err(|e| anyhow::anyhow!("cannot read Redis TIME at {target}: {e}"))?;
     tasks.spawn(async move {
         let _ = refresh.await;

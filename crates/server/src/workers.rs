@@ -24,6 +24,10 @@ const FIRE_CONCURRENCY: usize = 64;
 
 /// Fires due deadlines until `shutdown` turns true.
 pub async fn timeout_worker(service: Service, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+    // While the store is down, poll less often and log once per outage
+    // rather than 200 lines a second.
+    let mut failing = false;
+    let mut pause = TIMEOUT_POLL;
     loop {
         if *shutdown.borrow() {
             return;
@@ -62,8 +66,22 @@ pub async fn timeout_worker(service: Service, metrics: Metrics, mut shutdown: wa
             Ok(_) => {}
             Err(e) => {
                 metrics.store_errors.inc();
-                tracing::warn!(error = %e, "claiming due deadlines failed");
+                if !failing {
+                    tracing::warn!(error = %e, "claiming due deadlines failed; retrying with backoff until the store answers");
+                }
+                failing = true;
+                pause = (pause * 2).min(Duration::from_millis(500));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             }
+        }
+        if failing {
+            tracing::info!("claiming due deadlines works again");
+            failing = false;
+            pause = TIMEOUT_POLL;
         }
         tokio::select! {
             _ = tokio::time::sleep(TIMEOUT_POLL) => {}
