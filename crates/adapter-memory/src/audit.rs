@@ -77,7 +77,7 @@ impl AuditSink for MemoryAudit {
             })
             .unwrap_or_default();
         // Stable: events of one version keep their (reversed) commit order.
-        list.sort_by(|a, b| b.version.cmp(&a.version));
+        list.sort_by_key(|e| std::cmp::Reverse(e.version));
         list.truncate(limit);
         Ok(list)
     }

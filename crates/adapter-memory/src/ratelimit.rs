@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use kairos_domain::ratelimit::{Limit, RateDecision, RateLimiter, gcra};
 use kairos_domain::StoreError;
+use kairos_domain::ratelimit::{Limit, RateDecision, RateLimiter, gcra};
 
 /// Above this many keys, keys whose limit has fully recovered are dropped,
 /// so a flood of distinct clients cannot grow the map without bound.
@@ -27,7 +27,12 @@ impl MemoryRateLimiter {
 
 #[async_trait]
 impl RateLimiter for MemoryRateLimiter {
-    async fn check(&self, key: &str, limit: Limit, now_ms: i64) -> Result<RateDecision, StoreError> {
+    async fn check(
+        &self,
+        key: &str,
+        limit: Limit,
+        now_ms: i64,
+    ) -> Result<RateDecision, StoreError> {
         let mut tats = self
             .tats
             .lock()

@@ -94,10 +94,9 @@ impl Inner {
             .sessions
             .get(&id)
             .is_some_and(|stored| stored.expires <= now);
-        if expired
-            && let Some(stored) = self.sessions.remove(&id) {
-                self.set_deadline(id, stored.deadline, None);
-            }
+        if expired && let Some(stored) = self.sessions.remove(&id) {
+            self.set_deadline(id, stored.deadline, None);
+        }
     }
 }
 

@@ -80,8 +80,8 @@ impl JwtAuth {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| unauthorized(&format!("invalid token: {}", reason(&e))))?;
         let c = data.claims;
-        let role = Role::parse(&c.role)
-            .ok_or_else(|| unauthorized("invalid token: unknown role"))?;
+        let role =
+            Role::parse(&c.role).ok_or_else(|| unauthorized("invalid token: unknown role"))?;
         let sid = c
             .sid
             .map(|s| s.parse::<SessionId>())
@@ -238,12 +238,22 @@ mod tests {
         assert_eq!(jwt.verify(&wrong).unwrap_err().code, Code::Unauthorized);
         // Expired.
         let expired = mint(&secret(), &claims("admin", 1_000)).unwrap();
-        assert!(jwt.verify(&expired).unwrap_err().message.contains("expired"));
+        assert!(
+            jwt.verify(&expired)
+                .unwrap_err()
+                .message
+                .contains("expired")
+        );
         // Tampered payload: same header and signature, role changed.
         let good = mint(&secret(), &claims("viewer", FAR)).unwrap();
         let parts: Vec<&str> = good.split('.').collect();
         let forged_payload = mint(&other, &claims("admin", FAR)).unwrap();
-        let evil = format!("{}.{}.{}", parts[0], forged_payload.split('.').nth(1).unwrap(), parts[2]);
+        let evil = format!(
+            "{}.{}.{}",
+            parts[0],
+            forged_payload.split('.').nth(1).unwrap(),
+            parts[2]
+        );
         assert!(jwt.verify(&evil).is_err());
         // alg: none.
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);

@@ -214,9 +214,10 @@ impl CommandBody {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => match ParticipantId::parse(s) {
                 Ok(id) => out.next_participant_id = Some(id),
-                Err(e) => {
-                    errors.push(kairos_domain::FieldError::new("next_participant_id", e.to_string()))
-                }
+                Err(e) => errors.push(kairos_domain::FieldError::new(
+                    "next_participant_id",
+                    e.to_string(),
+                )),
             },
             Some(_) => errors.push(kairos_domain::FieldError::new(
                 "next_participant_id",
@@ -247,7 +248,10 @@ mod tests {
 
     #[test]
     fn command_bodies_parse_and_report_bad_fields() {
-        assert_eq!(CommandBody::parse(&Value::Null).unwrap(), CommandBody::default());
+        assert_eq!(
+            CommandBody::parse(&Value::Null).unwrap(),
+            CommandBody::default()
+        );
         let b = CommandBody::parse(&json!({"expected_version": 4, "next_participant_id": "black"}))
             .unwrap();
         assert_eq!(b.expected_version, Some(4));
@@ -255,7 +259,7 @@ mod tests {
         let e = CommandBody::parse(&json!({"expected_version": -1, "next_participant_id": 3}))
             .unwrap_err();
         assert_eq!(
-            e.details.unwrap(),
+            *e.details.unwrap(),
             json!([
                 {"field": "expected_version", "message": "must be a non-negative integer"},
                 {"field": "next_participant_id", "message": "must be a string"}

@@ -84,11 +84,11 @@ pub struct ApiError {
     /// Human-readable, safe to show (never internals).
     pub message: String,
     /// Structured details (field errors, versions).
-    pub details: Option<Value>,
+    pub details: Option<Box<Value>>,
     /// Seconds for `Retry-After` (429, 503).
     pub retry_after: Option<u64>,
     /// The limit that refused the request (429), for the `RateLimit-*` headers.
-    pub rate_limit: Option<kairos_domain::RateDecision>,
+    pub rate_limit: Option<Box<kairos_domain::RateDecision>>,
 }
 
 impl ApiError {
@@ -105,7 +105,7 @@ impl ApiError {
 
     /// Adds details.
     pub fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -136,7 +136,7 @@ impl ApiError {
     pub fn body(&self) -> Value {
         let mut error = json!({"code": self.code.as_str(), "message": self.message});
         if let Some(details) = &self.details {
-            error["details"] = details.clone();
+            error["details"] = (**details).clone();
         }
         json!({ "error": error })
     }
@@ -155,7 +155,10 @@ impl ResponseError for ApiError {
         if let Some(d) = &self.rate_limit {
             response.insert_header(("ratelimit-limit", d.limit.to_string()));
             response.insert_header(("ratelimit-remaining", d.remaining.to_string()));
-            response.insert_header(("ratelimit-reset", crate::limits::ceil_secs(d.reset_ms).to_string()));
+            response.insert_header((
+                "ratelimit-reset",
+                crate::limits::ceil_secs(d.reset_ms).to_string(),
+            ));
         }
         if self.code == Code::Unauthorized {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
@@ -196,7 +199,10 @@ pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
             tracing::warn!(request_id, %cause, "primary store unavailable");
             ApiError {
                 retry_after: Some(1),
-                ..ApiError::new(Code::Unavailable, "the session store is unreachable; retry shortly")
+                ..ApiError::new(
+                    Code::Unavailable,
+                    "the session store is unreachable; retry shortly",
+                )
             }
         }
         ServiceError::Internal(cause) => {

@@ -86,7 +86,9 @@ pub struct Limiter {
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limiter").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("Limiter")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,7 +115,11 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
 /// an error 429 `RATE_LIMITED` (with the headers) when over the limit. A
 /// failing limiter lets the request through: availability of the clock
 /// service matters more than a limit, and the failure is logged.
-pub async fn check(state: &AppState, kind: Kind, key: &str) -> Result<Option<RateDecision>, ApiError> {
+pub async fn check(
+    state: &AppState,
+    kind: Kind,
+    key: &str,
+) -> Result<Option<RateDecision>, ApiError> {
     let Some(limiter) = &state.limiter else {
         return Ok(None);
     };
@@ -133,7 +139,7 @@ pub async fn check(state: &AppState, kind: Kind, key: &str) -> Result<Option<Rat
         Ok(d) if d.allowed => Ok(Some(d)),
         Ok(d) => Err(ApiError {
             retry_after: Some(ceil_secs(d.retry_after_ms)),
-            rate_limit: Some(d),
+            rate_limit: Some(Box::new(d)),
             ..ApiError::new(
                 Code::RateLimited,
                 format!(
@@ -177,7 +183,10 @@ pub fn apply_headers(response: &mut HttpResponse, decision: Option<&RateDecision
 pub fn caller_key(actor: &kairos_domain::Actor, req: &HttpRequest, trusted: &[IpNet]) -> String {
     match &actor.sub {
         Some(sub) => format!("sub:{sub}"),
-        None => format!("ip:{}", client_ip(req, trusted).map_or_else(|| "unknown".into(), |ip| ip.to_string())),
+        None => format!(
+            "ip:{}",
+            client_ip(req, trusted).map_or_else(|| "unknown".into(), |ip| ip.to_string())
+        ),
     }
 }
 
@@ -193,12 +202,18 @@ mod tests {
             .peer_addr("10.1.2.3:5000".parse().unwrap())
             .insert_header(("x-forwarded-for", "203.0.113.9, 10.1.2.3"))
             .to_http_request();
-        assert_eq!(client_ip(&via_proxy, &trusted), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(
+            client_ip(&via_proxy, &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
         let direct = TestRequest::default()
             .peer_addr("198.51.100.7:5000".parse().unwrap())
             .insert_header(("x-forwarded-for", "203.0.113.9"))
             .to_http_request();
-        assert_eq!(client_ip(&direct, &trusted), Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(
+            client_ip(&direct, &trusted),
+            Some("198.51.100.7".parse().unwrap())
+        );
     }
 
     #[test]

@@ -73,13 +73,19 @@ impl Metrics {
             h
         };
         let http_requests = must(IntCounterVec::new(
-            Opts::new("kairos_http_requests_total", "HTTP requests by route, method and status"),
+            Opts::new(
+                "kairos_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
             &["route", "method", "status"],
         ));
         must(registry.register(Box::new(http_requests.clone())));
         let http_latency = must(HistogramVec::new(
-            HistogramOpts::new("kairos_http_request_duration_seconds", "HTTP request latency")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "kairos_http_request_duration_seconds",
+                "HTTP request latency",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route", "method"],
         ));
         must(registry.register(Box::new(http_latency.clone())));

@@ -35,8 +35,12 @@ pub async fn observe(
     let id = uuid::Uuid::new_v4().simple().to_string();
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().to_string();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
     let span = tracing::info_span!("request", request_id = %id, %method, %route);
     let started = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;
@@ -54,7 +58,11 @@ pub async fn observe(
             .observe(elapsed.as_secs_f64());
     }
     span.in_scope(|| {
-        tracing::debug!(status, elapsed_us = elapsed.as_micros() as u64, "request done");
+        tracing::debug!(
+            status,
+            elapsed_us = elapsed.as_micros() as u64,
+            "request done"
+        );
     });
     result.map(|mut res| {
         if let Ok(v) = HeaderValue::from_str(&id) {

@@ -91,7 +91,8 @@ async fn read_json(req: &HttpRequest, mut payload: web::Payload) -> Result<Value
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))
 }
 
 fn data(value: impl serde::Serialize) -> HttpResponse {
@@ -357,7 +358,8 @@ pub async fn session_events(
         .await
     {
         Ok(_) => {}
-        Err(kairos_domain::ServiceError::NotFound(_)) if actor.role == kairos_domain::Role::Admin => {}
+        Err(kairos_domain::ServiceError::NotFound(_))
+            if actor.role == kairos_domain::Role::Admin => {}
         Err(e) => return Err(from_service(e, &rid)),
     }
     let Some(audit) = &state.audit else {
@@ -373,11 +375,26 @@ pub async fn session_events(
         tracing::warn!(request_id = %rid, error = %e, "audit history failed");
         ApiError {
             retry_after: Some(5),
-            ..ApiError::new(Code::Unavailable, "the audit trail is unreachable; retry shortly")
+            ..ApiError::new(
+                Code::Unavailable,
+                "the audit trail is unreachable; retry shortly",
+            )
         }
     })?;
-    if events.is_empty() && state.service.store().load(id).await.ok().flatten().is_none() {
-        return Err(from_service(kairos_domain::ServiceError::NotFound(id), &rid));
+    if events.is_empty()
+        && state
+            .service
+            .store()
+            .load(id)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    {
+        return Err(from_service(
+            kairos_domain::ServiceError::NotFound(id),
+            &rid,
+        ));
     }
     let wire: Vec<WireEvent> = events.iter().map(WireEvent::from).collect();
     Ok(data(wire))
@@ -474,9 +491,8 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     };
     match reason {
         None => HttpResponse::Ok().json(json!({"status": "ready"})),
-        Some(reason) => {
-            HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready", "reason": reason}))
-        }
+        Some(reason) => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "not_ready", "reason": reason})),
     }
 }
 

@@ -40,8 +40,9 @@ impl AuditHealth {
 pub enum AuthMode {
     /// Every caller is an admin; for local development. Logged loudly at start.
     Off,
-    /// HS256 JWTs signed with `JWT_SECRET`.
-    Jwt(crate::auth::JwtAuth),
+    /// HS256 JWTs signed with `JWT_SECRET` (boxed: the key material is large
+    /// and the enum is copied into every worker's settings).
+    Jwt(Box<crate::auth::JwtAuth>),
 }
 
 /// Transport settings, from the server's configuration.

@@ -568,7 +568,7 @@ impl Connection {
             kind: "ERROR",
             code: error.code.as_str(),
             message: &error.message,
-            details: error.details.as_ref(),
+            details: error.details.as_deref(),
             request_id,
         });
         self.send(text).await
@@ -1061,7 +1061,7 @@ mod tests {
             kind: "ERROR",
             code: error.code.as_str(),
             message: &error.message,
-            details: error.details.as_ref(),
+            details: error.details.as_deref(),
             request_id: Some(&json!("r1")),
         });
         assert_eq!(

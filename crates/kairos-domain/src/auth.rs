@@ -86,9 +86,10 @@ pub enum Action {
 /// "the active participant" means the one whose clock runs now.
 pub fn authorize(actor: &Actor, action: Action, session: Option<&Session>) -> bool {
     if let (Some(sid), Some(s)) = (actor.sid, session)
-        && sid != s.id {
-            return false;
-        }
+        && sid != s.id
+    {
+        return false;
+    }
     if actor.role == Role::Admin {
         return true;
     }

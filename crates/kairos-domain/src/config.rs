@@ -189,8 +189,12 @@ impl SessionConfig {
         };
 
         let total_time_ms = e.int(obj, "total_time_ms", "total_time_ms", &BANK_RANGE_MS);
-        let time_per_cycle_ms =
-            e.int(obj, "time_per_cycle_ms", "time_per_cycle_ms", &BANK_RANGE_MS);
+        let time_per_cycle_ms = e.int(
+            obj,
+            "time_per_cycle_ms",
+            "time_per_cycle_ms",
+            &BANK_RANGE_MS,
+        );
         let increment_ms = e
             .int(obj, "increment_ms", "increment_ms", &INCREMENT_RANGE_MS)
             .unwrap_or(0);
@@ -211,7 +215,9 @@ impl SessionConfig {
                     format!("{} needs at least one participant", mode.as_str()),
                 );
             }
-            if mode == SyncMode::Global && total_time_ms.is_none() && !has_error(&e, "total_time_ms")
+            if mode == SyncMode::Global
+                && total_time_ms.is_none()
+                && !has_error(&e, "total_time_ms")
             {
                 e.push("total_time_ms", "is required in global mode");
             }
@@ -243,7 +249,9 @@ impl SessionConfig {
                 if size > MAX_METADATA_BYTES {
                     e.push(
                         "metadata",
-                        format!("must be at most {MAX_METADATA_BYTES} bytes serialized (got {size})"),
+                        format!(
+                            "must be at most {MAX_METADATA_BYTES} bytes serialized (got {size})"
+                        ),
                     );
                 }
                 m.clone()
@@ -303,18 +311,30 @@ fn parse_groups(obj: &Map<String, Value>, e: &mut Errors) -> Vec<GroupConfig> {
                 }
             },
             None => {
-                e.push(format!("{path}.group_id"), "is required and must be a string");
+                e.push(
+                    format!("{path}.group_id"),
+                    "is required and must be a string",
+                );
                 None
             }
         };
-        let total = e.int(g, "total_time_ms", &format!("{path}.total_time_ms"), &BANK_RANGE_MS);
+        let total = e.int(
+            g,
+            "total_time_ms",
+            &format!("{path}.total_time_ms"),
+            &BANK_RANGE_MS,
+        );
         if total.is_none() && matches!(g.get("total_time_ms"), None | Some(Value::Null)) {
             e.push(format!("{path}.total_time_ms"), "is required");
         }
         if let Some(id) = &id
-            && !seen.insert(id.clone()) {
-                e.push(format!("{path}.group_id"), format!("duplicate group id {id}"));
-            }
+            && !seen.insert(id.clone())
+        {
+            e.push(
+                format!("{path}.group_id"),
+                format!("duplicate group id {id}"),
+            );
+        }
         if let (Some(id), Some(total_time_ms)) = (id, total) {
             groups.push(GroupConfig { id, total_time_ms });
         }
@@ -339,7 +359,10 @@ fn parse_participants(
     if list.len() > MAX_PARTICIPANTS {
         e.push(
             "participants",
-            format!("at most {MAX_PARTICIPANTS} participants (got {})", list.len()),
+            format!(
+                "at most {MAX_PARTICIPANTS} participants (got {})",
+                list.len()
+            ),
         );
         return out;
     }
@@ -360,7 +383,10 @@ fn parse_participants(
                 }
             },
             _ => {
-                e.push(format!("{path}.participant_id"), "is required and must be a string");
+                e.push(
+                    format!("{path}.participant_id"),
+                    "is required and must be a string",
+                );
                 None
             }
         };
@@ -379,7 +405,12 @@ fn parse_participants(
                 }
             },
         };
-        let total = e.int(p, "total_time_ms", &format!("{path}.total_time_ms"), &BANK_RANGE_MS);
+        let total = e.int(
+            p,
+            "total_time_ms",
+            &format!("{path}.total_time_ms"),
+            &BANK_RANGE_MS,
+        );
         if total.is_none()
             && mode == Some(SyncMode::PerParticipant)
             && matches!(p.get("total_time_ms"), None | Some(Value::Null))
@@ -404,19 +435,21 @@ fn parse_participants(
             }
         };
         if let Some(id) = &id
-            && !ids.insert(id.clone()) {
-                e.push(
-                    format!("{path}.participant_id"),
-                    format!("duplicate participant id {id}"),
-                );
-            }
+            && !ids.insert(id.clone())
+        {
+            e.push(
+                format!("{path}.participant_id"),
+                format!("duplicate participant id {id}"),
+            );
+        }
         if let Some(index) = index
-            && let Some(first) = indexes.insert(index, i) {
-                e.push(
-                    format!("{path}.participant_index"),
-                    format!("duplicate participant_index {index} (also participants[{first}])"),
-                );
-            }
+            && let Some(first) = indexes.insert(index, i)
+        {
+            e.push(
+                format!("{path}.participant_index"),
+                format!("duplicate participant_index {index} (also participants[{first}])"),
+            );
+        }
         if let (Some(id), Some(index)) = (id, index) {
             out.push(ParticipantConfig {
                 id,
@@ -464,8 +497,14 @@ fn check_group_membership(
         }
     }
     for (i, g) in groups.iter().enumerate() {
-        if !participants.iter().any(|p| p.group_id.as_ref() == Some(&g.id)) {
-            e.push(format!("groups[{i}]"), format!("group {} has no members", g.id));
+        if !participants
+            .iter()
+            .any(|p| p.group_id.as_ref() == Some(&g.id))
+        {
+            e.push(
+                format!("groups[{i}]"),
+                format!("group {} has no members", g.id),
+            );
         }
     }
 }
@@ -558,7 +597,12 @@ mod tests {
 
     #[test]
     fn banks_are_between_one_second_and_one_day() {
-        for (v, ok) in [(999, false), (1000, true), (86_400_000, true), (86_400_001, false)] {
+        for (v, ok) in [
+            (999, false),
+            (1000, true),
+            (86_400_000, true),
+            (86_400_001, false),
+        ] {
             let r = SessionConfig::parse(&json!({"sync_mode": "global", "total_time_ms": v}));
             assert_eq!(r.is_ok(), ok, "total_time_ms {v}");
             let r = SessionConfig::parse(&json!({
@@ -584,7 +628,12 @@ mod tests {
 
     #[test]
     fn increment_is_between_zero_and_one_hour() {
-        for (v, ok) in [(-1, false), (0, true), (3_600_000, true), (3_600_001, false)] {
+        for (v, ok) in [
+            (-1, false),
+            (0, true),
+            (3_600_000, true),
+            (3_600_001, false),
+        ] {
             let r = SessionConfig::parse(&json!({"sync_mode": "count_up", "increment_ms": v}));
             assert_eq!(r.is_ok(), ok, "increment_ms {v}");
         }
@@ -619,7 +668,10 @@ mod tests {
         ]});
         assert_eq!(
             fields(v),
-            ["participants[1].participant_id", "participants[1].participant_index"]
+            [
+                "participants[1].participant_id",
+                "participants[1].participant_index"
+            ]
         );
     }
 
@@ -641,15 +693,21 @@ mod tests {
             ["participants"]
         );
         assert_eq!(
-            fields(json!({"sync_mode": "per_cycle", "time_per_cycle_ms": 5000, "participants": []})),
+            fields(
+                json!({"sync_mode": "per_cycle", "time_per_cycle_ms": 5000, "participants": []})
+            ),
             ["participants"]
         );
         assert_eq!(
-            fields(json!({"sync_mode": "per_group", "groups": [{"group_id": "g", "total_time_ms": 5000}]})),
+            fields(
+                json!({"sync_mode": "per_group", "groups": [{"group_id": "g", "total_time_ms": 5000}]})
+            ),
             ["participants", "groups[0]"]
         );
         // global and count_up may have none.
-        assert!(SessionConfig::parse(&json!({"sync_mode": "global", "total_time_ms": 5000})).is_ok());
+        assert!(
+            SessionConfig::parse(&json!({"sync_mode": "global", "total_time_ms": 5000})).is_ok()
+        );
         assert!(SessionConfig::parse(&json!({"sync_mode": "count_up"})).is_ok());
     }
 
@@ -687,7 +745,10 @@ mod tests {
         assert!(SessionConfig::parse(&ok).is_ok());
         let big = json!({"sync_mode": "count_up", "metadata": {"k": "x".repeat(10_300)}});
         assert_eq!(fields(big), ["metadata"]);
-        assert_eq!(fields(json!({"sync_mode": "count_up", "metadata": [1]})), ["metadata"]);
+        assert_eq!(
+            fields(json!({"sync_mode": "count_up", "metadata": [1]})),
+            ["metadata"]
+        );
     }
 
     #[test]

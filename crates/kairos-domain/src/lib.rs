@@ -64,18 +64,16 @@ pub use config::{FieldError, SessionConfig};
 pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{Command, Decision, TransitionError};
-pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Clock, Commit, EventBus, Outbox, OutboxEntry,
     SessionStore, StoreError, Subscription,
 };
+pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use service::{Executed, ServiceError, SessionService};
 pub use session::{Group, Participant, Session, Status, SyncMode, TimeoutAction, TimeoutKind};
 pub use view::{GroupView, ParticipantView, SessionView};
 
 #[cfg(any(test, feature = "mocks"))]
-pub use ports::{
-    MockAuditSink, MockClock, MockEventBus, MockOutbox, MockSessionStore,
-};
+pub use ports::{MockAuditSink, MockClock, MockEventBus, MockOutbox, MockSessionStore};
 #[cfg(any(test, feature = "mocks"))]
 pub use ratelimit::MockRateLimiter;

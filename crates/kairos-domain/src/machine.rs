@@ -246,12 +246,13 @@ pub fn decide(
     }
 
     if let Some(expected) = expected_version
-        && expected != s.version {
-            return Err(TransitionError::Conflict {
-                expected,
-                actual: s.version,
-            });
-        }
+        && expected != s.version
+    {
+        return Err(TransitionError::Conflict {
+            expected,
+            actual: s.version,
+        });
+    }
 
     let absorbed = match command {
         Command::Timeout if fired.is_empty() => return Err(TransitionError::NothingDue),
@@ -416,8 +417,8 @@ fn check_next(s: &Session, id: &ParticipantId) -> Result<usize, TransitionError>
     let i = s
         .participant_position(id)
         .ok_or_else(|| TransitionError::UnknownParticipant(id.clone()))?;
-    let expired = s.participants[i].has_expired
-        || group_of(s, i).is_some_and(|g| s.groups[g].has_expired);
+    let expired =
+        s.participants[i].has_expired || group_of(s, i).is_some_and(|g| s.groups[g].has_expired);
     if expired {
         return Err(TransitionError::ParticipantExpired(id.clone()));
     }
@@ -563,11 +564,12 @@ fn charge_cycle(s: &mut Session, increment: bool) -> i64 {
         }
     }
     if s.sync_mode == SyncMode::PerGroup
-        && let Some(g) = s.active_group {
-            let g = &mut s.groups[g];
-            g.time_used_ms = g.time_used_ms.saturating_add(cycle);
-            g.total_time_ms = add_bank(g.total_time_ms);
-        }
+        && let Some(g) = s.active_group
+    {
+        let g = &mut s.groups[g];
+        g.time_used_ms = g.time_used_ms.saturating_add(cycle);
+        g.total_time_ms = add_bank(g.total_time_ms);
+    }
     cycle
 }
 
@@ -631,15 +633,16 @@ fn ended_clock_remaining(s: &Session, who: Option<usize>, cycle: i64) -> Option<
                 g.total_time_ms.saturating_sub(g.time_used_ms)
             }
             SyncMode::Global => s.total_time_ms.unwrap_or(0).saturating_sub(s.elapsed_ms),
-            SyncMode::CountUp => return s.max_time_ms.map(|m| m.saturating_sub(s.elapsed_ms).max(0)),
+            SyncMode::CountUp => {
+                return s.max_time_ms.map(|m| m.saturating_sub(s.elapsed_ms).max(0));
+            }
         }
         .max(0),
     )
 }
 
 fn eligible(s: &Session, i: usize) -> bool {
-    !s.participants[i].has_expired
-        && group_of(s, i).is_none_or(|g| !s.groups[g].has_expired)
+    !s.participants[i].has_expired && group_of(s, i).is_none_or(|g| !s.groups[g].has_expired)
 }
 
 fn first_eligible(s: &Session) -> Option<usize> {

@@ -110,7 +110,8 @@ pub fn gcra(tat: Option<i64>, now: i64, limit: Limit) -> (RateDecision, i64) {
 pub trait RateLimiter: Send + Sync + 'static {
     /// Counts one request against `key` under `limit` at `now_ms`, atomically
     /// for all instances sharing the limiter. MUST behave as [`gcra`].
-    async fn check(&self, key: &str, limit: Limit, now_ms: i64) -> Result<RateDecision, StoreError>;
+    async fn check(&self, key: &str, limit: Limit, now_ms: i64)
+    -> Result<RateDecision, StoreError>;
 }
 
 #[cfg(test)]
@@ -129,7 +130,14 @@ mod tests {
         }
         assert_eq!(
             seen,
-            [(true, 4), (true, 3), (true, 2), (true, 1), (true, 0), (false, 0)]
+            [
+                (true, 4),
+                (true, 3),
+                (true, 2),
+                (true, 1),
+                (true, 0),
+                (false, 0)
+            ]
         );
         let (refused, _) = gcra(tat, 1_000, limit);
         assert_eq!(refused.retry_after_ms, 12_000);

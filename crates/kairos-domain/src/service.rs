@@ -123,12 +123,18 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         generated_id: SessionId,
     ) -> Result<SessionView, ServiceError> {
         if !authorize(actor, Action::Create, None) {
-            return Err(ServiceError::Forbidden("only admin and host may create sessions"));
+            return Err(ServiceError::Forbidden(
+                "only admin and host may create sessions",
+            ));
         }
         let id = config.session_id.unwrap_or(generated_id);
         let now = self.clock.now_ms();
         let (state, event) = machine::create(config, id, actor.sub.clone(), now);
-        match self.store.create(&state, std::slice::from_ref(&event)).await {
+        match self
+            .store
+            .create(&state, std::slice::from_ref(&event))
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::AlreadyExists) => return Err(ServiceError::AlreadyExists(id)),
             Err(e) => return Err(e.into()),
@@ -164,7 +170,9 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             .ok_or(ServiceError::NotFound(id))?;
         let now = self.clock.now_ms();
         if !authorize(actor, action, Some(&settle_deadlines(&state, now))) {
-            return Err(ServiceError::Forbidden("this token may not do that to this session"));
+            return Err(ServiceError::Forbidden(
+                "this token may not do that to this session",
+            ));
         }
         Ok((state, now))
     }
@@ -200,7 +208,8 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
                         fired_deadlines: decision.fired_deadlines,
                         at_ms: now,
                     };
-                    self.publish_versions(decision.intermediate, commit, now).await;
+                    self.publish_versions(decision.intermediate, commit, now)
+                        .await;
                     return Ok(executed);
                 }
                 // Lost a race: reload and decide again on the fresh state.
@@ -237,7 +246,8 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             match self.store.commit(&commit).await {
                 Ok(()) => {
                     let fired = decision.fired_deadlines;
-                    self.publish_versions(decision.intermediate, commit, now).await;
+                    self.publish_versions(decision.intermediate, commit, now)
+                        .await;
                     return Ok(fired);
                 }
                 Err(StoreError::VersionConflict) => continue,
@@ -256,7 +266,8 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         if !stored.status.is_ended() {
             match self.execute(actor, id, Command::Cancel, None).await {
                 // Ended meanwhile (a timeout, a concurrent cancel): just remove it.
-                Ok(_) | Err(ServiceError::Transition(TransitionError::InvalidTransition { .. })) => {}
+                Ok(_)
+                | Err(ServiceError::Transition(TransitionError::InvalidTransition { .. })) => {}
                 Err(ServiceError::NotFound(_)) => return Err(ServiceError::NotFound(id)),
                 Err(e) => return Err(e),
             }

@@ -192,8 +192,7 @@ fn view_settled(s: &Session, now: i64) -> SessionView {
         server_time_ms: now,
         active_group_id: s.active_group().map(|g| g.id.clone()),
         groups,
-        time_remaining_ms: (s.sync_mode == SyncMode::Global)
-            .then(|| global_remaining(s, &live)),
+        time_remaining_ms: (s.sync_mode == SyncMode::Global).then(|| global_remaining(s, &live)),
         elapsed_ms: live.elapsed,
         action_on_timeout: s.action_on_timeout.clone(),
         auto_advance: s.auto_advance,
@@ -237,7 +236,11 @@ fn global_remaining(s: &Session, live: &Live) -> i64 {
 
 fn group_remaining(s: &Session, g: usize, live: &Live) -> i64 {
     let grp = &s.groups[g];
-    let cycle = if s.active_group == Some(g) { live.cycle } else { 0 };
+    let cycle = if s.active_group == Some(g) {
+        live.cycle
+    } else {
+        0
+    };
     left(grp.total_time_ms, grp.time_used_ms.saturating_add(cycle))
 }
 

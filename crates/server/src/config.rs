@@ -122,7 +122,10 @@ impl fmt::Debug for Settings {
             .field("auth", &self.auth)
             .field("rate_limits", &self.rate_limits)
             .field("ws_messages_per_minute", &self.ws_messages_per_minute)
-            .field("ws_max_connections_per_user", &self.ws_max_connections_per_user)
+            .field(
+                "ws_max_connections_per_user",
+                &self.ws_max_connections_per_user,
+            )
             .field("redis", &self.redis)
             .field("test_host_clock_skew_ms", &self.test_host_clock_skew_ms)
             .finish()
@@ -236,7 +239,9 @@ impl Settings {
     }
 }
 
-fn parse_redis(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisSettings>, ConfigError> {
+fn parse_redis(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<RedisSettings>, ConfigError> {
     let url = get("REDIS_URL");
     let mode_raw = get("REDIS_MODE");
     if url.is_none() && mode_raw.is_none() {
@@ -267,10 +272,14 @@ fn parse_redis(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisSett
             });
         }
     };
-    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
+    {
         return Err(ConfigError {
             variable: "REDIS_URL",
-            message: format!("expected a redis:// URL, got {:?}", store_redis::redact_url(&url)),
+            message: format!(
+                "expected a redis:// URL, got {:?}",
+                store_redis::redact_url(&url)
+            ),
         });
     }
     Ok(Some(RedisSettings {
@@ -329,9 +338,8 @@ fn parse_rate_limits(get: &impl Fn(&str) -> Option<String>) -> Result<RateLimits
 /// `AUTH_MODE` defaults to `jwt` when `JWT_SECRET` is set, else `off`.
 fn parse_auth(get: &impl Fn(&str) -> Option<String>) -> Result<Auth, ConfigError> {
     let secret = get("JWT_SECRET");
-    let mode = get("AUTH_MODE").unwrap_or_else(|| {
-        if secret.is_some() { "jwt" } else { "off" }.to_owned()
-    });
+    let mode =
+        get("AUTH_MODE").unwrap_or_else(|| if secret.is_some() { "jwt" } else { "off" }.to_owned());
     match mode.as_str() {
         "off" => Ok(Auth::Off),
         "jwt" => {
@@ -480,14 +488,38 @@ mod tests {
         let e = from(&[("PORT", "eighty")]).unwrap_err();
         assert_eq!(e.variable, "PORT");
         assert!(e.to_string().contains("PORT"), "{e}");
-        assert_eq!(from(&[("WS_MAX_CONNECTIONS", "0")]).unwrap_err().variable, "WS_MAX_CONNECTIONS");
-        assert_eq!(from(&[("LOG_FORMAT", "xml")]).unwrap_err().variable, "LOG_FORMAT");
-        assert_eq!(from(&[("RATE_LIMITS", "maybe")]).unwrap_err().variable, "RATE_LIMITS");
-        assert_eq!(from(&[("TRUSTED_PROXIES", "nope")]).unwrap_err().variable, "TRUSTED_PROXIES");
-        assert_eq!(from(&[("BIND_ADDR", "localhost:1")]).unwrap_err().variable, "BIND_ADDR");
-        assert_eq!(from(&[("AUTH_MODE", "jwt")]).unwrap_err().variable, "JWT_SECRET");
-        assert_eq!(from(&[("AUTH_MODE", "basic")]).unwrap_err().variable, "AUTH_MODE");
-        assert_eq!(from(&[("JWT_SECRET", "too-short")]).unwrap_err().variable, "JWT_SECRET");
+        assert_eq!(
+            from(&[("WS_MAX_CONNECTIONS", "0")]).unwrap_err().variable,
+            "WS_MAX_CONNECTIONS"
+        );
+        assert_eq!(
+            from(&[("LOG_FORMAT", "xml")]).unwrap_err().variable,
+            "LOG_FORMAT"
+        );
+        assert_eq!(
+            from(&[("RATE_LIMITS", "maybe")]).unwrap_err().variable,
+            "RATE_LIMITS"
+        );
+        assert_eq!(
+            from(&[("TRUSTED_PROXIES", "nope")]).unwrap_err().variable,
+            "TRUSTED_PROXIES"
+        );
+        assert_eq!(
+            from(&[("BIND_ADDR", "localhost:1")]).unwrap_err().variable,
+            "BIND_ADDR"
+        );
+        assert_eq!(
+            from(&[("AUTH_MODE", "jwt")]).unwrap_err().variable,
+            "JWT_SECRET"
+        );
+        assert_eq!(
+            from(&[("AUTH_MODE", "basic")]).unwrap_err().variable,
+            "AUTH_MODE"
+        );
+        assert_eq!(
+            from(&[("JWT_SECRET", "too-short")]).unwrap_err().variable,
+            "JWT_SECRET"
+        );
     }
 
     #[test]
@@ -496,20 +528,42 @@ mod tests {
         let r = s.redis.clone().unwrap();
         assert_eq!(r.mode, store_redis::RedisMode::Standalone);
         assert_eq!(r.command_timeout, Duration::from_millis(250));
-        assert!(!format!("{s:?}").contains("pw"), "the password leaked into Debug");
+        assert!(
+            !format!("{s:?}").contains("pw"),
+            "the password leaked into Debug"
+        );
         let s = from(&[
             ("REDIS_MODE", "sentinel"),
             ("REDIS_SENTINEL_MASTER", "mymaster"),
             ("REDIS_SENTINELS", "redis://a:26379,redis://b:26379"),
         ])
         .unwrap();
-        assert!(matches!(s.redis.unwrap().mode, store_redis::RedisMode::Sentinel { .. }));
-        let s = from(&[("REDIS_MODE", "cluster"), ("REDIS_CLUSTER_NODES", "redis://a:7000 redis://b:7001")]).unwrap();
+        assert!(matches!(
+            s.redis.unwrap().mode,
+            store_redis::RedisMode::Sentinel { .. }
+        ));
+        let s = from(&[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_CLUSTER_NODES", "redis://a:7000 redis://b:7001"),
+        ])
+        .unwrap();
         assert_eq!(s.redis.unwrap().url, "redis://a:7000");
-        assert_eq!(from(&[("REDIS_MODE", "sentinel")]).unwrap_err().variable, "REDIS_SENTINEL_MASTER");
-        assert_eq!(from(&[("REDIS_MODE", "ring")]).unwrap_err().variable, "REDIS_MODE");
-        assert_eq!(from(&[("REDIS_MODE", "standalone")]).unwrap_err().variable, "REDIS_URL");
-        assert_eq!(from(&[("REDIS_URL", "http://x")]).unwrap_err().variable, "REDIS_URL");
+        assert_eq!(
+            from(&[("REDIS_MODE", "sentinel")]).unwrap_err().variable,
+            "REDIS_SENTINEL_MASTER"
+        );
+        assert_eq!(
+            from(&[("REDIS_MODE", "ring")]).unwrap_err().variable,
+            "REDIS_MODE"
+        );
+        assert_eq!(
+            from(&[("REDIS_MODE", "standalone")]).unwrap_err().variable,
+            "REDIS_URL"
+        );
+        assert_eq!(
+            from(&[("REDIS_URL", "http://x")]).unwrap_err().variable,
+            "REDIS_URL"
+        );
     }
 
     #[test]

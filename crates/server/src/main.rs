@@ -76,7 +76,10 @@ fn serve() -> ExitCode {
             "AUTH_MODE=off: every caller is an admin. Fine on your machine; never expose this to a network you do not trust. Set JWT_SECRET to require tokens."
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kairos-server: cannot start the async runtime: {e}");

@@ -94,7 +94,7 @@ async fn redis_adapters(
         settings.test_host_clock_skew_ms,
     )
     .await
-        .map_err(|e| anyhow::anyhow!("cannot read Redis TIME at {target}: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("cannot read Redis TIME at {target}: {e}"))?;
     tasks.spawn(async move {
         let _ = refresh.await;
     });
@@ -133,20 +133,22 @@ const CLOCK_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 impl Application {
     /// Binds the ports and connects the adapters the settings ask for.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind((settings.bind_addr, settings.port))
-            .map_err(|e| anyhow::anyhow!("cannot bind {}:{}: {e}", settings.bind_addr, settings.port))?;
+        let listener = TcpListener::bind((settings.bind_addr, settings.port)).map_err(|e| {
+            anyhow::anyhow!("cannot bind {}:{}: {e}", settings.bind_addr, settings.port)
+        })?;
         let addr = listener.local_addr()?;
         // Equal ports share the main listener; 0 and 0 mean two free ports.
         let metrics_listener = if settings.metrics_port == settings.port && settings.port != 0 {
             None
         } else {
-            let l = TcpListener::bind((settings.bind_addr, settings.metrics_port)).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot bind METRICS_PORT {}:{}: {e}",
-                    settings.bind_addr,
-                    settings.metrics_port
-                )
-            })?;
+            let l =
+                TcpListener::bind((settings.bind_addr, settings.metrics_port)).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot bind METRICS_PORT {}:{}: {e}",
+                        settings.bind_addr,
+                        settings.metrics_port
+                    )
+                })?;
             Some(l)
         };
         let metrics_addr = metrics_listener
@@ -158,7 +160,8 @@ impl Application {
         let (adapters, bus_stats) = match &settings.redis {
             None => (memory_adapters(&settings), None),
             Some(redis) => {
-                let (a, bus) = redis_adapters(&settings, redis, &stop_rx, &mut adapter_tasks).await?;
+                let (a, bus) =
+                    redis_adapters(&settings, redis, &stop_rx, &mut adapter_tasks).await?;
                 (a, Some(bus))
             }
         };
@@ -180,7 +183,7 @@ impl Application {
             auth: match &settings.auth {
                 crate::config::Auth::Off => AuthMode::Off,
                 crate::config::Auth::Jwt { secret, leeway_s } => {
-                    AuthMode::Jwt(http_actix::auth::JwtAuth::new(secret, *leeway_s))
+                    AuthMode::Jwt(Box::new(http_actix::auth::JwtAuth::new(secret, *leeway_s)))
                 }
             },
             metrics_on_main_port: metrics_listener.is_none(),
@@ -279,13 +282,17 @@ impl Application {
             ));
         }
         if let Some(bus) = bus_stats {
-            workers.spawn(workers::bus_stats_worker(bus, state.metrics.clone(), stop_rx.clone()));
+            workers.spawn(workers::bus_stats_worker(
+                bus,
+                state.metrics.clone(),
+                stop_rx.clone(),
+            ));
         }
 
         let builder = http_actix::serve(listener, state.clone(), settings.http_workers)?;
         let server = builder.handle();
         let mut servers = tokio::task::JoinSet::new();
-        servers.spawn(async move { builder.await });
+        servers.spawn(builder);
         let metrics_server = match metrics_listener {
             Some(l) => {
                 let s = http_actix::serve_metrics(l, state.clone())?;
@@ -307,7 +314,10 @@ impl Application {
             }
         }
 
-        tracing::info!(drain_s = settings.shutdown_drain.as_secs(), "shutting down: not ready; draining");
+        tracing::info!(
+            drain_s = settings.shutdown_drain.as_secs(),
+            "shutting down: not ready; draining"
+        );
         state.lifecycle.start_draining();
         tokio::select! {
             () = tokio::time::sleep(settings.shutdown_drain) => {}

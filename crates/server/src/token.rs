@@ -38,7 +38,8 @@ pub fn mint_token(
     ttl: &str,
     now_s: i64,
 ) -> Result<String, String> {
-    Role::parse(role).ok_or_else(|| format!("--role {role:?}: expected admin, host, player or viewer"))?;
+    Role::parse(role)
+        .ok_or_else(|| format!("--role {role:?}: expected admin, host, player or viewer"))?;
     if sub.is_empty() {
         return Err("--sub must not be empty".into());
     }

@@ -23,7 +23,11 @@ const CLAIM_LEASE_MS: i64 = 5_000;
 const FIRE_CONCURRENCY: usize = 64;
 
 /// Fires due deadlines until `shutdown` turns true.
-pub async fn timeout_worker(service: Service, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+pub async fn timeout_worker(
+    service: Service,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
     // While the store is down, poll less often and log once per outage
     // rather than 200 lines a second.
     let mut failing = false;
@@ -33,7 +37,11 @@ pub async fn timeout_worker(service: Service, metrics: Metrics, mut shutdown: wa
             return;
         }
         let now = service.clock().now_ms();
-        match service.store().claim_due(now, CLAIM_BATCH, CLAIM_LEASE_MS).await {
+        match service
+            .store()
+            .claim_due(now, CLAIM_BATCH, CLAIM_LEASE_MS)
+            .await
+        {
             Ok(due) if !due.is_empty() => {
                 let full = due.len() == CLAIM_BATCH;
                 futures_util::stream::iter(due)
@@ -168,7 +176,9 @@ pub async fn audit_worker(
             }
         }
         if let Ok((len, age)) = outbox.backlog(service.clock().now_ms()).await {
-            metrics.audit_backlog.set(i64::try_from(len).unwrap_or(i64::MAX));
+            metrics
+                .audit_backlog
+                .set(i64::try_from(len).unwrap_or(i64::MAX));
             metrics.audit_backlog_age_ms.set(age);
             if len == 0 {
                 status.set(AuditHealth::Ok);
@@ -199,9 +209,10 @@ pub async fn bus_stats_worker(
         }
         let stats = bus.stats();
         metrics.bus_subscriber_up.set(i64::from(bus.is_healthy()));
-        metrics
-            .bus_publish_failures
-            .set(i64::try_from(stats.publish_failed.saturating_add(stats.publish_dropped)).unwrap_or(i64::MAX));
+        metrics.bus_publish_failures.set(
+            i64::try_from(stats.publish_failed.saturating_add(stats.publish_dropped))
+                .unwrap_or(i64::MAX),
+        );
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => {}

@@ -1,6 +1,7 @@
 //! The REST contract end to end: a real server on a free port, a real HTTP
 //! client, every endpoint and error code, timeouts firing with no request in
 //! flight, and graceful shutdown.
+#![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
 mod common;
 
@@ -10,16 +11,42 @@ use common::{chess, eventually, spawn_app, spawn_with, test_settings};
 use serde_json::{Value, json};
 
 const VIEW_FIELDS: &[&str] = &[
-    "session_id", "sync_mode", "status", "version", "participants", "active_participant_id",
-    "total_time_ms", "time_per_cycle_ms", "increment_ms", "max_time_ms", "cycle_started_at",
-    "session_started_at", "session_completed_at", "created_at", "updated_at", "metadata",
-    "server_time_ms", "cycle_started_at_ms", "active_group_id", "groups", "time_remaining_ms",
-    "elapsed_ms", "action_on_timeout", "auto_advance",
+    "session_id",
+    "sync_mode",
+    "status",
+    "version",
+    "participants",
+    "active_participant_id",
+    "total_time_ms",
+    "time_per_cycle_ms",
+    "increment_ms",
+    "max_time_ms",
+    "cycle_started_at",
+    "session_started_at",
+    "session_completed_at",
+    "created_at",
+    "updated_at",
+    "metadata",
+    "server_time_ms",
+    "cycle_started_at_ms",
+    "active_group_id",
+    "groups",
+    "time_remaining_ms",
+    "elapsed_ms",
+    "action_on_timeout",
+    "auto_advance",
 ];
 
 const PARTICIPANT_FIELDS: &[&str] = &[
-    "participant_id", "participant_index", "group_id", "total_time_ms", "time_used_ms",
-    "time_remaining_ms", "cycle_count", "is_active", "has_expired",
+    "participant_id",
+    "participant_index",
+    "group_id",
+    "total_time_ms",
+    "time_used_ms",
+    "time_remaining_ms",
+    "cycle_count",
+    "is_active",
+    "has_expired",
 ];
 
 fn error_code(body: &Value) -> &str {
@@ -33,9 +60,18 @@ async fn create_returns_201_with_location_and_the_full_view() {
     let mut cfg = chess(300_000, 2000);
     cfg["session_id"] = json!(id);
     cfg["metadata"] = json!({"table": 7});
-    let res = app.http.post(app.url("/v1/sessions")).json(&cfg).send().await.unwrap();
+    let res = app
+        .http
+        .post(app.url("/v1/sessions"))
+        .json(&cfg)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 201);
-    assert_eq!(res.headers()["location"], format!("/v1/sessions/{id}").as_str());
+    assert_eq!(
+        res.headers()["location"],
+        format!("/v1/sessions/{id}").as_str()
+    );
     assert!(res.headers().contains_key("x-request-id"));
     let body: Value = res.json().await.unwrap();
     let v = &body["data"];
@@ -43,7 +79,10 @@ async fn create_returns_201_with_location_and_the_full_view() {
         assert!(v.get(*f).is_some(), "view lacks {f}: {v}");
     }
     for f in PARTICIPANT_FIELDS {
-        assert!(v["participants"][0].get(*f).is_some(), "participant lacks {f}");
+        assert!(
+            v["participants"][0].get(*f).is_some(),
+            "participant lacks {f}"
+        );
     }
     assert_eq!(v["session_id"], id);
     assert_eq!(v["status"], "pending");
@@ -131,7 +170,11 @@ async fn bodies_over_64_kib_are_413() {
 async fn unknown_and_malformed_ids() {
     let app = spawn_app().await;
     let (status, body) = app
-        .call("GET", "/v1/sessions/00000000-0000-0000-0000-000000000000", None)
+        .call(
+            "GET",
+            "/v1/sessions/00000000-0000-0000-0000-000000000000",
+            None,
+        )
         .await;
     assert_eq!((status, error_code(&body)), (404, "SESSION_NOT_FOUND"));
     let (status, body) = app.call("GET", "/v1/sessions/not-a-uuid", None).await;
@@ -176,7 +219,11 @@ async fn a_chess_game_with_increments_over_real_time() {
 
     // Black moves, naming white explicitly, with the right version.
     let (status, body) = app
-        .command(&id, "switch", Some(json!({"next_participant_id": "white", "expected_version": 3})))
+        .command(
+            &id,
+            "switch",
+            Some(json!({"next_participant_id": "white", "expected_version": 3})),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["participants"][1]["total_time_ms"], 12_000);
@@ -188,11 +235,18 @@ async fn a_chess_game_with_increments_over_real_time() {
         .await;
     assert_eq!(status, 409);
     assert_eq!(error_code(&body), "CONFLICT");
-    assert_eq!(body["error"]["details"], json!({"expected_version": 3, "actual_version": 4}));
+    assert_eq!(
+        body["error"]["details"],
+        json!({"expected_version": 3, "actual_version": 4})
+    );
 
     // An unknown next participant is a validation error.
     let (status, body) = app
-        .command(&id, "switch", Some(json!({"next_participant_id": "bishop"})))
+        .command(
+            &id,
+            "switch",
+            Some(json!({"next_participant_id": "bishop"})),
+        )
         .await;
     assert_eq!((status, error_code(&body)), (400, "VALIDATION_ERROR"));
     assert_eq!(body["error"]["details"][0]["field"], "next_participant_id");
@@ -206,47 +260,77 @@ async fn a_chess_game_with_increments_over_real_time() {
     let later = app.get(&id).await;
     assert_eq!(later["participants"][0]["time_remaining_ms"], frozen);
     let (status, body) = app.command(&id, "pause", None).await;
-    assert_eq!((status, error_code(&body)), (400, "INVALID_STATE_TRANSITION"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "INVALID_STATE_TRANSITION")
+    );
     let (status, resumed) = app.command(&id, "resume", None).await;
-    assert_eq!((status, resumed["data"]["status"].as_str()), (200, Some("running")));
+    assert_eq!(
+        (status, resumed["data"]["status"].as_str()),
+        (200, Some("running"))
+    );
 
     let (status, done) = app.command(&id, "complete", None).await;
     assert_eq!(status, 200);
     assert_eq!(done["data"]["status"], "completed");
     assert_eq!(done["data"]["version"], 7);
     let (status, body) = app.command(&id, "switch", None).await;
-    assert_eq!((status, error_code(&body)), (400, "INVALID_STATE_TRANSITION"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "INVALID_STATE_TRANSITION")
+    );
 }
 
 #[tokio::test]
 async fn commands_in_the_wrong_status_are_refused() {
     let app = spawn_app().await;
-    let id = app.create(chess(10_000, 0)).await["session_id"].as_str().unwrap().to_owned();
+    let id = app.create(chess(10_000, 0)).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for cmd in ["switch", "pause", "resume"] {
         let (status, body) = app.command(&id, cmd, None).await;
-        assert_eq!((status, error_code(&body)), (400, "INVALID_STATE_TRANSITION"), "{cmd}");
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "INVALID_STATE_TRANSITION"),
+            "{cmd}"
+        );
     }
     let (status, body) = app.command(&id, "explode", None).await;
     assert_eq!((status, error_code(&body)), (404, "NOT_FOUND"));
-    let (status, body) = app.command(&id, "cancel", Some(json!({"expected_version": 1}))).await;
+    let (status, body) = app
+        .command(&id, "cancel", Some(json!({"expected_version": 1})))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["status"], "cancelled");
     let (status, body) = app.command(&id, "start", None).await;
-    assert_eq!((status, error_code(&body)), (400, "INVALID_STATE_TRANSITION"));
-    let (status, body) = app.command(&id, "pause", Some(json!({"next_participant_id": "white"}))).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "INVALID_STATE_TRANSITION")
+    );
+    let (status, body) = app
+        .command(&id, "pause", Some(json!({"next_participant_id": "white"})))
+        .await;
     assert_eq!((status, error_code(&body)), (400, "VALIDATION_ERROR"));
 }
 
 #[tokio::test]
 async fn delete_cancels_removes_and_is_then_404() {
     let app = spawn_app().await;
-    let id = app.create(chess(10_000, 0)).await["session_id"].as_str().unwrap().to_owned();
+    let id = app.create(chess(10_000, 0)).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     app.command(&id, "start", None).await;
-    let (status, body) = app.call("DELETE", &format!("/v1/sessions/{id}"), None).await;
+    let (status, body) = app
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
     assert_eq!((status, body), (204, Value::Null));
     let (status, body) = app.call("GET", &format!("/v1/sessions/{id}"), None).await;
     assert_eq!((status, error_code(&body)), (404, "SESSION_NOT_FOUND"));
-    let (status, body) = app.call("DELETE", &format!("/v1/sessions/{id}"), None).await;
+    let (status, body) = app
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
     assert_eq!((status, error_code(&body)), (404, "SESSION_NOT_FOUND"));
 }
 
@@ -276,17 +360,28 @@ async fn events_of_types(app: &common::TestApp, id: &str, wanted: &[&str]) -> Ve
 #[tokio::test]
 async fn the_event_history_pages_newest_first() {
     let app = spawn_app().await;
-    let id = app.create(chess(10_000, 0)).await["session_id"].as_str().unwrap().to_owned();
+    let id = app.create(chess(10_000, 0)).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     app.command(&id, "start", None).await;
     app.command(&id, "switch", None).await;
     app.command(&id, "pause", None).await;
     let list = events_of_types(
         &app,
         &id,
-        &["session_created", "session_started", "cycle_switched", "session_paused"],
+        &[
+            "session_created",
+            "session_started",
+            "cycle_switched",
+            "session_paused",
+        ],
     )
     .await;
-    let versions: Vec<i64> = list.iter().map(|e| e["version"].as_i64().unwrap()).collect();
+    let versions: Vec<i64> = list
+        .iter()
+        .map(|e| e["version"].as_i64().unwrap())
+        .collect();
     assert_eq!(versions, [4, 3, 2, 1]);
     assert_eq!(list[1]["participant_id"], "white");
     for e in &list {
@@ -302,7 +397,11 @@ async fn the_event_history_pages_newest_first() {
         .await;
     assert_eq!((status, error_code(&body)), (400, "VALIDATION_ERROR"));
     let (status, body) = app
-        .call("GET", "/v1/sessions/00000000-0000-0000-0000-000000000000/events", None)
+        .call(
+            "GET",
+            "/v1/sessions/00000000-0000-0000-0000-000000000000/events",
+            None,
+        )
         .await;
     assert_eq!((status, error_code(&body)), (404, "SESSION_NOT_FOUND"));
 }
@@ -310,14 +409,22 @@ async fn the_event_history_pages_newest_first() {
 #[tokio::test]
 async fn end_session_timeout_fires_with_no_request_in_flight() {
     let app = spawn_app().await;
-    let id = app.create(chess(1_000, 0)).await["session_id"].as_str().unwrap().to_owned();
+    let id = app.create(chess(1_000, 0)).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (_, started) = app.command(&id, "start", None).await;
     let t0 = started["data"]["session_started_at_ms"].as_i64().unwrap();
     // Nobody calls: the worker must commit the expiry by itself.
     let list = events_of_types(
         &app,
         &id,
-        &["session_created", "session_started", "participant_expired", "session_expired"],
+        &[
+            "session_created",
+            "session_started",
+            "participant_expired",
+            "session_expired",
+        ],
     )
     .await;
     assert_eq!(list[0]["at_ms"].as_i64().unwrap(), t0 + 1_000);
@@ -339,10 +446,18 @@ async fn skip_cycle_with_auto_advance_starts_the_next_cycle_at_the_deadline() {
     let mut cfg = chess(1_000, 0);
     cfg["action_on_timeout"] = json!({"type": "skip_cycle", "penalty": 10});
     cfg["auto_advance"] = json!(true);
-    let id = app.create(cfg).await["session_id"].as_str().unwrap().to_owned();
+    let id = app.create(cfg).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (_, started) = app.command(&id, "start", None).await;
     let t0 = started["data"]["session_started_at_ms"].as_i64().unwrap();
-    let list = events_of_types(&app, &id, &["session_created", "session_started", "participant_expired"]).await;
+    let list = events_of_types(
+        &app,
+        &id,
+        &["session_created", "session_started", "participant_expired"],
+    )
+    .await;
     assert_eq!(list[0]["metadata"]["action_on_timeout"]["penalty"], 10);
     let v = app.get(&id).await;
     assert_eq!(v["status"], "running");
@@ -353,7 +468,13 @@ async fn skip_cycle_with_auto_advance_starts_the_next_cycle_at_the_deadline() {
     let list = events_of_types(
         &app,
         &id,
-        &["session_created", "session_started", "participant_expired", "participant_expired", "session_expired"],
+        &[
+            "session_created",
+            "session_started",
+            "participant_expired",
+            "participant_expired",
+            "session_expired",
+        ],
     )
     .await;
     assert_eq!(list[0]["at_ms"].as_i64().unwrap(), t0 + 2_000);
@@ -369,10 +490,23 @@ async fn skip_cycle_without_auto_advance_pauses_and_auto_action_carries_its_acti
         "action_on_timeout": {"type": "auto_action", "action": "fold"},
         "auto_advance": false
     });
-    let id = app.create(cfg.clone()).await["session_id"].as_str().unwrap().to_owned();
+    let id = app.create(cfg.clone()).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (_, started) = app.command(&id, "start", None).await;
     let t0 = started["data"]["session_started_at_ms"].as_i64().unwrap();
-    let list = events_of_types(&app, &id, &["session_created", "session_started", "cycle_timeout", "session_paused"]).await;
+    let list = events_of_types(
+        &app,
+        &id,
+        &[
+            "session_created",
+            "session_started",
+            "cycle_timeout",
+            "session_paused",
+        ],
+    )
+    .await;
     assert_eq!(list[1]["action"], "fold");
     assert_eq!(list[1]["participant_id"], "a");
     assert_eq!(list[1]["at_ms"].as_i64().unwrap(), t0 + 1_000);
@@ -382,9 +516,22 @@ async fn skip_cycle_without_auto_advance_pauses_and_auto_action_carries_its_acti
     assert_eq!(v["participants"][0]["time_used_ms"], 1_000);
 
     cfg["action_on_timeout"] = json!({"type": "skip_cycle"});
-    let id = app.create(cfg).await["session_id"].as_str().unwrap().to_owned();
+    let id = app.create(cfg).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     app.command(&id, "start", None).await;
-    events_of_types(&app, &id, &["session_created", "session_started", "cycle_timeout", "session_paused"]).await;
+    events_of_types(
+        &app,
+        &id,
+        &[
+            "session_created",
+            "session_started",
+            "cycle_timeout",
+            "session_paused",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -419,11 +566,20 @@ async fn time_health_ready_and_metrics() {
         .text()
         .await
         .unwrap();
-    assert!(text.contains("kairos_http_requests_total{method=\"GET\",route=\"/v1/time\",status=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            "kairos_http_requests_total{method=\"GET\",route=\"/v1/time\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
     for name in [
-        "kairos_http_request_duration_seconds", "kairos_switch_duration_seconds",
-        "kairos_ws_connections", "kairos_ws_messages_sent_total", "kairos_timeouts_fired_total",
-        "kairos_timeout_lateness_seconds", "kairos_store_errors_total",
+        "kairos_http_request_duration_seconds",
+        "kairos_switch_duration_seconds",
+        "kairos_ws_connections",
+        "kairos_ws_messages_sent_total",
+        "kairos_timeouts_fired_total",
+        "kairos_timeout_lateness_seconds",
+        "kairos_store_errors_total",
     ] {
         assert!(text.contains(name), "metrics lack {name}");
     }
@@ -432,11 +588,25 @@ async fn time_health_ready_and_metrics() {
 #[tokio::test]
 async fn metrics_share_the_main_port_when_the_ports_are_equal() {
     // Bind a free port first, then ask for it on both.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let app = spawn_with(server::Settings { port, metrics_port: port, ..test_settings() }).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = spawn_with(server::Settings {
+        port,
+        metrics_port: port,
+        ..test_settings()
+    })
+    .await;
     let res = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    assert!(res.text().await.unwrap().contains("kairos_timeouts_fired_total"));
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("kairos_timeouts_fired_total")
+    );
 }
 
 #[tokio::test]
@@ -447,7 +617,11 @@ async fn openapi_document_is_openapi_3_and_lists_every_endpoint() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let text = serde_json::to_string(&doc).unwrap();
     let parsed: Result<oas3::OpenApiV3Spec, _> = oas3::from_json(&text);
-    assert!(parsed.is_ok(), "not a valid OpenAPI 3 document: {:?}", parsed.err());
+    assert!(
+        parsed.is_ok(),
+        "not a valid OpenAPI 3 document: {:?}",
+        parsed.err()
+    );
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [
         ("/v1/sessions", "post"),
@@ -459,7 +633,10 @@ async fn openapi_document_is_openapi_3_and_lists_every_endpoint() {
         ("/health", "get"),
         ("/ready", "get"),
     ] {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing");
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
     }
     let docs = app.http.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), 200);

@@ -1,5 +1,6 @@
 //! The authorization matrix of contract section 6 over real HTTP, forged
 //! tokens, and a check that tokens never reach the logs.
+#![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
 mod common;
 
@@ -44,9 +45,18 @@ async fn without_a_valid_token_everything_but_the_open_endpoints_is_401() {
     for (method, path) in [
         ("POST", "/v1/sessions"),
         ("GET", "/v1/sessions/123e4567-e89b-12d3-a456-426614174000"),
-        ("POST", "/v1/sessions/123e4567-e89b-12d3-a456-426614174000/switch"),
-        ("DELETE", "/v1/sessions/123e4567-e89b-12d3-a456-426614174000"),
-        ("GET", "/v1/sessions/123e4567-e89b-12d3-a456-426614174000/events"),
+        (
+            "POST",
+            "/v1/sessions/123e4567-e89b-12d3-a456-426614174000/switch",
+        ),
+        (
+            "DELETE",
+            "/v1/sessions/123e4567-e89b-12d3-a456-426614174000",
+        ),
+        (
+            "GET",
+            "/v1/sessions/123e4567-e89b-12d3-a456-426614174000/events",
+        ),
     ] {
         let res = app
             .http
@@ -85,7 +95,11 @@ async fn forged_tokens_are_401() {
     let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
     // RS256-looking header with an HS signature.
     let rs_header = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9";
-    let rs256 = format!("{rs_header}.{}.{}", parts[1], good.split('.').nth(2).unwrap());
+    let rs256 = format!(
+        "{rs_header}.{}.{}",
+        parts[1],
+        good.split('.').nth(2).unwrap()
+    );
     let expired = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({"sub": "a", "exp": 1_000, "role": "admin"}),
@@ -104,7 +118,10 @@ async fn forged_tokens_are_401() {
             .call_as(Some(t), "POST", "/v1/sessions", Some(chess(60_000, 0)))
             .await;
         assert_eq!((status, code(&body)), (401, "UNAUTHORIZED"), "{name}");
-        assert!(!body.to_string().contains(t), "{name}: the token was echoed");
+        assert!(
+            !body.to_string().contains(t),
+            "{name}: the token was echoed"
+        );
     }
 }
 
@@ -135,17 +152,29 @@ async fn control_commands_are_for_admins_and_the_owner() {
     let id = new_session(&app, &c.owner).await;
     // Refused whatever the state: the right is checked first.
     for cmd in ["start", "pause", "resume", "complete", "cancel"] {
-        for (who, t) in [("other host", &c.other_host), ("player", &c.white), ("viewer", &c.viewer)] {
+        for (who, t) in [
+            ("other host", &c.other_host),
+            ("player", &c.white),
+            ("viewer", &c.viewer),
+        ] {
             let (status, body) = app
                 .call_as(Some(t), "POST", &format!("/v1/sessions/{id}/{cmd}"), None)
                 .await;
             assert_eq!((status, code(&body)), (403, "FORBIDDEN"), "{who} {cmd}");
         }
     }
-    for (who, t) in [("other host", &c.other_host), ("player", &c.white), ("viewer", &c.viewer)] {
-        let (status, _) = app.call_as(Some(t), "DELETE", &format!("/v1/sessions/{id}"), None).await;
+    for (who, t) in [
+        ("other host", &c.other_host),
+        ("player", &c.white),
+        ("viewer", &c.viewer),
+    ] {
+        let (status, _) = app
+            .call_as(Some(t), "DELETE", &format!("/v1/sessions/{id}"), None)
+            .await;
         assert_eq!(status, 403, "{who} delete");
-        let (status, _) = app.call_as(Some(t), "GET", &format!("/v1/sessions/{id}/events"), None).await;
+        let (status, _) = app
+            .call_as(Some(t), "GET", &format!("/v1/sessions/{id}/events"), None)
+            .await;
         assert_eq!(status, 403, "{who} events");
     }
     // The owner drives the whole lifecycle; the admin may too.
@@ -160,16 +189,51 @@ async fn control_commands_are_for_admins_and_the_owner() {
             .await;
         assert_eq!(status, 200, "{cmd}: {body}");
     }
-    let (status, _) = app.call_as(Some(&c.owner), "GET", &format!("/v1/sessions/{id}/events"), None).await;
+    let (status, _) = app
+        .call_as(
+            Some(&c.owner),
+            "GET",
+            &format!("/v1/sessions/{id}/events"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = app.call_as(Some(&c.admin), "GET", &format!("/v1/sessions/{id}/events"), None).await;
+    let (status, _) = app
+        .call_as(
+            Some(&c.admin),
+            "GET",
+            &format!("/v1/sessions/{id}/events"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let id2 = new_session(&app, &c.owner).await;
-    let (status, _) = app.call_as(Some(&c.owner), "POST", &format!("/v1/sessions/{id2}/cancel"), None).await;
+    let (status, _) = app
+        .call_as(
+            Some(&c.owner),
+            "POST",
+            &format!("/v1/sessions/{id2}/cancel"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = app.call_as(Some(&c.owner), "DELETE", &format!("/v1/sessions/{id}"), None).await;
+    let (status, _) = app
+        .call_as(
+            Some(&c.owner),
+            "DELETE",
+            &format!("/v1/sessions/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
-    let (status, _) = app.call_as(Some(&c.admin), "DELETE", &format!("/v1/sessions/{id2}"), None).await;
+    let (status, _) = app
+        .call_as(
+            Some(&c.admin),
+            "DELETE",
+            &format!("/v1/sessions/{id2}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
 }
 
@@ -179,9 +243,19 @@ async fn switch_is_for_the_active_player_the_owner_and_admins() {
     let c = cast();
     let id = new_session(&app, &c.owner).await;
     let path = format!("/v1/sessions/{id}/switch");
-    app.call_as(Some(&c.owner), "POST", &format!("/v1/sessions/{id}/start"), None).await;
+    app.call_as(
+        Some(&c.owner),
+        "POST",
+        &format!("/v1/sessions/{id}/start"),
+        None,
+    )
+    .await;
     // White is active: black, the viewer and another host may not press.
-    for (who, t) in [("black", &c.black), ("viewer", &c.viewer), ("other host", &c.other_host)] {
+    for (who, t) in [
+        ("black", &c.black),
+        ("viewer", &c.viewer),
+        ("other host", &c.other_host),
+    ] {
         let (status, body) = app.call_as(Some(t), "POST", &path, None).await;
         assert_eq!((status, code(&body)), (403, "FORBIDDEN"), "{who}");
     }
@@ -211,33 +285,68 @@ async fn sid_restricts_a_token_to_one_session() {
     let other = new_session(&app, &c.owner).await;
     let right = token("viewer", "v", Some(&id), None);
     let wrong = token("viewer", "v", Some(&other), None);
-    let (status, _) = app.call_as(Some(&right), "GET", &format!("/v1/sessions/{id}"), None).await;
+    let (status, _) = app
+        .call_as(Some(&right), "GET", &format!("/v1/sessions/{id}"), None)
+        .await;
     assert_eq!(status, 200);
-    let (status, body) = app.call_as(Some(&wrong), "GET", &format!("/v1/sessions/{id}"), None).await;
+    let (status, body) = app
+        .call_as(Some(&wrong), "GET", &format!("/v1/sessions/{id}"), None)
+        .await;
     assert_eq!((status, code(&body)), (403, "FORBIDDEN"));
     // A player of another session cannot press here even as "white".
-    app.call_as(Some(&c.owner), "POST", &format!("/v1/sessions/{id}/start"), None).await;
+    app.call_as(
+        Some(&c.owner),
+        "POST",
+        &format!("/v1/sessions/{id}/start"),
+        None,
+    )
+    .await;
     let white_elsewhere = token("player", "p1", Some(&other), Some("white"));
     let (status, _) = app
-        .call_as(Some(&white_elsewhere), "POST", &format!("/v1/sessions/{id}/switch"), None)
+        .call_as(
+            Some(&white_elsewhere),
+            "POST",
+            &format!("/v1/sessions/{id}/switch"),
+            None,
+        )
         .await;
     assert_eq!(status, 403);
     let white_here = token("player", "p1", Some(&id), Some("white"));
     let (status, _) = app
-        .call_as(Some(&white_here), "POST", &format!("/v1/sessions/{id}/switch"), None)
+        .call_as(
+            Some(&white_here),
+            "POST",
+            &format!("/v1/sessions/{id}/switch"),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     // Even an admin token bound to another session is refused here.
     let admin_elsewhere = token("admin", "root", Some(&other), None);
-    let (status, _) = app.call_as(Some(&admin_elsewhere), "GET", &format!("/v1/sessions/{id}"), None).await;
+    let (status, _) = app
+        .call_as(
+            Some(&admin_elsewhere),
+            "GET",
+            &format!("/v1/sessions/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 403);
 }
 
 #[tokio::test]
 async fn tokens_never_reach_the_logs() {
     // Run the real binary with the most verbose logging and look at its output.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_kairos-server"))
         .env("PORT", port.to_string())
         .env("METRICS_PORT", metrics_port.to_string())
@@ -252,7 +361,12 @@ async fn tokens_never_reach_the_logs() {
     let base = format!("http://127.0.0.1:{port}");
     let mut up = false;
     for _ in 0..200 {
-        if http.get(format!("{base}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+        if http
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             up = true;
             break;
         }
@@ -268,19 +382,51 @@ async fn tokens_never_reach_the_logs() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let id = res.json::<Value>().await.unwrap()["data"]["session_id"].as_str().unwrap().to_owned();
+    let id = res.json::<Value>().await.unwrap()["data"]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // A token in the WebSocket query string, and a bad one in a header.
-    let _ = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?sessionId={id}&token={t}")).await;
-    let _ = http.get(format!("{base}/v1/sessions/{id}")).bearer_auth("bogus.token.value").send().await;
-    let _ = http.get(format!("{base}/v1/sessions/{id}?token={t}")).send().await;
+    let _ = tokio_tungstenite::connect_async(format!(
+        "ws://127.0.0.1:{port}/ws?sessionId={id}&token={t}"
+    ))
+    .await;
+    let _ = http
+        .get(format!("{base}/v1/sessions/{id}"))
+        .bearer_auth("bogus.token.value")
+        .send()
+        .await;
+    let _ = http
+        .get(format!("{base}/v1/sessions/{id}?token={t}"))
+        .send()
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // SIGTERM, then read everything it printed.
-    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
-    let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(logs.contains("request"), "expected request logs at trace level");
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.contains("request"),
+        "expected request logs at trace level"
+    );
     assert!(!logs.contains(&t), "a token reached the logs");
-    assert!(!logs.contains("bogus.token.value"), "a bad token reached the logs");
-    assert!(!logs.contains(common::TEST_SECRET), "the secret reached the logs");
+    assert!(
+        !logs.contains("bogus.token.value"),
+        "a bad token reached the logs"
+    );
+    assert!(
+        !logs.contains(common::TEST_SECRET),
+        "the secret reached the logs"
+    );
     assert!(out.status.success(), "exit status {:?}", out.status);
 }

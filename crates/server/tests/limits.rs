@@ -1,5 +1,6 @@
 //! Rate limits of contract section 7 on one instance: the headers, 429 with
 //! Retry-After past the limit, and recovery as the headers promise.
+#![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
 mod common;
 
@@ -16,13 +17,18 @@ fn limited() -> server::Settings {
 }
 
 fn header(res: &reqwest::Response, name: &str) -> Option<String> {
-    res.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
 }
 
 #[tokio::test]
 async fn the_eleventh_switch_within_a_second_is_429_and_then_it_recovers() {
     let app = spawn_with(limited()).await;
-    let id = app.create(chess(60_000, 0)).await["session_id"].as_str().unwrap().to_owned();
+    let id = app.create(chess(60_000, 0)).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     app.command(&id, "start", None).await;
     let url = app.url(&format!("/v1/sessions/{id}/switch"));
     let mut remaining = Vec::new();
@@ -30,10 +36,18 @@ async fn the_eleventh_switch_within_a_second_is_429_and_then_it_recovers() {
         let res = app.http.post(&url).send().await.unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(header(&res, "ratelimit-limit").as_deref(), Some("10"));
-        remaining.push(header(&res, "ratelimit-remaining").unwrap().parse::<u32>().unwrap());
+        remaining.push(
+            header(&res, "ratelimit-remaining")
+                .unwrap()
+                .parse::<u32>()
+                .unwrap(),
+        );
     }
     // Each switch uses one; a few may come back while the loop runs (100 ms each).
-    assert!(remaining.windows(2).all(|w| w[1] <= w[0] + 1), "{remaining:?}");
+    assert!(
+        remaining.windows(2).all(|w| w[1] <= w[0] + 1),
+        "{remaining:?}"
+    );
     assert_eq!(remaining[0], 9);
     let res = app.http.post(&url).send().await.unwrap();
     if res.status() == 200 {
@@ -63,12 +77,27 @@ async fn check_429(res: reqwest::Response) {
 async fn creates_are_limited_to_five_per_minute_per_client() {
     let app = spawn_with(limited()).await;
     for i in 0..5 {
-        let res = app.http.post(app.url("/v1/sessions")).json(&chess(60_000, 0)).send().await.unwrap();
+        let res = app
+            .http
+            .post(app.url("/v1/sessions"))
+            .json(&chess(60_000, 0))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 201, "create {i}");
         assert_eq!(header(&res, "ratelimit-limit").as_deref(), Some("5"));
-        assert_eq!(header(&res, "ratelimit-remaining").unwrap(), (4 - i).to_string());
+        assert_eq!(
+            header(&res, "ratelimit-remaining").unwrap(),
+            (4 - i).to_string()
+        );
     }
-    let res = app.http.post(app.url("/v1/sessions")).json(&chess(60_000, 0)).send().await.unwrap();
+    let res = app
+        .http
+        .post(app.url("/v1/sessions"))
+        .json(&chess(60_000, 0))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 429);
     // One create comes back every 12 s.
     assert_eq!(header(&res, "retry-after").as_deref(), Some("12"));
@@ -80,8 +109,16 @@ async fn time_and_reads_carry_their_limits() {
     let app = spawn_with(limited()).await;
     let res = app.http.get(app.url("/v1/time")).send().await.unwrap();
     assert_eq!(header(&res, "ratelimit-limit").as_deref(), Some("60"));
-    let id = app.create(chess(60_000, 0)).await["session_id"].as_str().unwrap().to_owned();
-    let res = app.http.get(app.url(&format!("/v1/sessions/{id}"))).send().await.unwrap();
+    let id = app.create(chess(60_000, 0)).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/sessions/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(header(&res, "ratelimit-limit").as_deref(), Some("100"));
     assert_eq!(header(&res, "ratelimit-remaining").as_deref(), Some("99"));
     // Unlimited endpoints carry no such header.

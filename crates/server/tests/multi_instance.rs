@@ -2,6 +2,7 @@
 //! clients on every instance, no update is lost under concurrency, a
 //! timeout fires exactly once, instances agree on "now" even when a host
 //! clock is off, limits are shared, and a Redis restart is survived.
+#![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
 #[path = "common/procs.rs"]
 mod procs;
@@ -16,7 +17,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn cluster(n: usize, redis: &str, extra: &[(&str, String)]) -> Vec<Instance> {
     let mut env = vec![("REDIS_URL", redis.to_owned())];
@@ -45,7 +47,9 @@ async fn create(http: &reqwest::Client, at: &Instance, config: Value) -> String 
 }
 
 async fn subscribe(at: &Instance, id: &str) -> Ws {
-    let (mut ws, _) = connect_async(at.ws_url(&format!("/ws?sessionId={id}"))).await.expect("ws");
+    let (mut ws, _) = connect_async(at.ws_url(&format!("/ws?sessionId={id}")))
+        .await
+        .expect("ws");
     assert_eq!(next(&mut ws).await["type"], "CONNECTED");
     assert_eq!(next(&mut ws).await["type"], "STATE_SYNC");
     ws
@@ -94,9 +98,19 @@ async fn a_switch_on_instance_a_reaches_a_client_on_instance_c() {
     let id = create(&http, &nodes[0], chess(60_000, 0)).await;
     let mut on_c = subscribe(&nodes[2], &id).await;
     let mut on_b = subscribe(&nodes[1], &id).await;
-    let (status, _) = post(&http, nodes[0].url(&format!("/v1/sessions/{id}/start")), None).await;
+    let (status, _) = post(
+        &http,
+        nodes[0].url(&format!("/v1/sessions/{id}/start")),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, body) = post(&http, nodes[0].url(&format!("/v1/sessions/{id}/switch")), None).await;
+    let (status, body) = post(
+        &http,
+        nodes[0].url(&format!("/v1/sessions/{id}/switch")),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     for ws in [&mut on_c, &mut on_b] {
         let started = next_of(ws, "STATE_UPDATE").await;
@@ -107,7 +121,14 @@ async fn a_switch_on_instance_a_reaches_a_client_on_instance_c() {
     }
     // Reads agree on every instance.
     for n in &nodes {
-        let v: Value = http.get(n.url(&format!("/v1/sessions/{id}"))).send().await.unwrap().json().await.unwrap();
+        let v: Value = http
+            .get(n.url(&format!("/v1/sessions/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(v["data"]["version"], 3);
     }
 }
@@ -115,12 +136,20 @@ async fn a_switch_on_instance_a_reaches_a_client_on_instance_c() {
 #[tokio::test]
 async fn fifty_clients_two_thousand_switches_lose_no_update() {
     let nodes = Arc::new(cluster(3, &redis_url(), &[]).await);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
     const BANK: i64 = 86_400_000;
     const INC: i64 = 1_000;
     for with_version in [false, true] {
         let id = create(&http, &nodes[0], chess(BANK, INC)).await;
-        let (status, _) = post(&http, nodes[1].url(&format!("/v1/sessions/{id}/start")), None).await;
+        let (status, _) = post(
+            &http,
+            nodes[1].url(&format!("/v1/sessions/{id}/start")),
+            None,
+        )
+        .await;
         assert_eq!(status, 200);
         let mut tasks = Vec::new();
         for client in 0..50 {
@@ -146,7 +175,8 @@ async fn fifty_clients_two_thousand_switches_lose_no_update() {
                     } else {
                         None
                     };
-                    let (status, body) = post(&http, node.url(&format!("/v1/sessions/{id}/switch")), body).await;
+                    let (status, body) =
+                        post(&http, node.url(&format!("/v1/sessions/{id}/switch")), body).await;
                     match status {
                         200 => versions.push(body["data"]["version"].as_u64().unwrap()),
                         409 if with_version => conflicts += 1,
@@ -186,16 +216,34 @@ async fn fifty_clients_two_thousand_switches_lose_no_update() {
         assert_eq!(v["version"].as_u64().unwrap(), 2 + successes);
         assert_eq!(versions, (3..=2 + successes).collect::<BTreeSet<_>>());
         // Each switch gave its switcher exactly one increment.
-        let banks: i64 = v["participants"].as_array().unwrap().iter().map(|p| p["total_time_ms"].as_i64().unwrap()).sum();
+        let banks: i64 = v["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["total_time_ms"].as_i64().unwrap())
+            .sum();
         assert_eq!(banks, 2 * BANK + INC * successes as i64);
         // Cycles started: the first one plus one per switch.
-        let cycles: u64 = v["participants"].as_array().unwrap().iter().map(|p| p["cycle_count"].as_u64().unwrap()).sum();
+        let cycles: u64 = v["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["cycle_count"].as_u64().unwrap())
+            .sum();
         assert_eq!(cycles, 1 + successes);
         // Time used adds up to the running time.
-        let used: i64 = v["participants"].as_array().unwrap().iter().map(|p| p["time_used_ms"].as_i64().unwrap()).sum();
+        let used: i64 = v["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["time_used_ms"].as_i64().unwrap())
+            .sum();
         assert_eq!(used, v["elapsed_ms"].as_i64().unwrap());
         assert_eq!(successes + conflicts + timeouts, 2_000);
-        assert!(timeouts < 20, "{timeouts} requests were not even read in time");
+        assert!(
+            timeouts < 20,
+            "{timeouts} requests were not even read in time"
+        );
         if with_version {
             assert!(successes > 0);
         } else {
@@ -216,7 +264,12 @@ async fn a_timeout_fires_exactly_once_and_reaches_clients_on_every_instance() {
     for n in &nodes {
         clients.push(subscribe(n, &id).await);
     }
-    let (_, started) = post(&http, nodes[1].url(&format!("/v1/sessions/{id}/start")), None).await;
+    let (_, started) = post(
+        &http,
+        nodes[1].url(&format!("/v1/sessions/{id}/start")),
+        None,
+    )
+    .await;
     let t0 = started["data"]["session_started_at_ms"].as_i64().unwrap();
     for ws in &mut clients {
         assert_eq!(next_of(ws, "STATE_UPDATE").await["state"]["version"], 2);
@@ -224,7 +277,10 @@ async fn a_timeout_fires_exactly_once_and_reaches_clients_on_every_instance() {
         let update = next_of(ws, "STATE_UPDATE").await;
         assert_eq!(update["state"]["version"], 3);
         assert_eq!(update["state"]["active_participant_id"], "black");
-        assert_eq!(update["state"]["cycle_started_at_ms"].as_i64().unwrap(), t0 + 1_000);
+        assert_eq!(
+            update["state"]["cycle_started_at_ms"].as_i64().unwrap(),
+            t0 + 1_000
+        );
         let event = next_of(ws, "EVENT").await;
         assert_eq!(event["event"]["event_type"], "participant_expired");
         assert_eq!(event["event"]["at_ms"].as_i64().unwrap(), t0 + 1_000);
@@ -237,8 +293,18 @@ async fn a_timeout_fires_exactly_once_and_reaches_clients_on_every_instance() {
         assert_eq!(update["state"]["status"], "expired");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let v: Value = http.get(nodes[2].url(&format!("/v1/sessions/{id}"))).send().await.unwrap().json().await.unwrap();
-    assert_eq!(v["data"]["version"], 4, "a deadline was applied more than once");
+    let v: Value = http
+        .get(nodes[2].url(&format!("/v1/sessions/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["data"]["version"], 4,
+        "a deadline was applied more than once"
+    );
 }
 
 #[tokio::test]
@@ -252,7 +318,12 @@ async fn an_instance_whose_host_clock_is_5_s_off_reads_the_same_time() {
     .await;
     let http = reqwest::Client::new();
     let id = create(&http, &straight, chess(600_000, 0)).await;
-    post(&http, straight.url(&format!("/v1/sessions/{id}/start")), None).await;
+    post(
+        &http,
+        straight.url(&format!("/v1/sessions/{id}/start")),
+        None,
+    )
+    .await;
     let mut worst = 0i64;
     for _ in 0..20 {
         // Ask both at (nearly) the same instant; compare what each says is
@@ -263,14 +334,27 @@ async fn an_instance_whose_host_clock_is_5_s_off_reads_the_same_time() {
         );
         let a: Value = a.unwrap().json().await.unwrap();
         let b: Value = b.unwrap().json().await.unwrap();
-        let (ra, ta) = (a["data"]["participants"][0]["time_remaining_ms"].as_i64().unwrap(), a["data"]["server_time_ms"].as_i64().unwrap());
-        let (rb, tb) = (b["data"]["participants"][0]["time_remaining_ms"].as_i64().unwrap(), b["data"]["server_time_ms"].as_i64().unwrap());
+        let (ra, ta) = (
+            a["data"]["participants"][0]["time_remaining_ms"]
+                .as_i64()
+                .unwrap(),
+            a["data"]["server_time_ms"].as_i64().unwrap(),
+        );
+        let (rb, tb) = (
+            b["data"]["participants"][0]["time_remaining_ms"]
+                .as_i64()
+                .unwrap(),
+            b["data"]["server_time_ms"].as_i64().unwrap(),
+        );
         // remaining + server_time is the deadline each instance computes.
         worst = worst.max(((ra + ta) - (rb + tb)).abs());
         // And their clocks agree: the two reads happened within a few ms.
         assert!((ta - tb).abs() < 1_000, "server times {ta} vs {tb}");
     }
-    assert!(worst <= 2, "instances disagree on the deadline by {worst} ms");
+    assert!(
+        worst <= 2,
+        "instances disagree on the deadline by {worst} ms"
+    );
 }
 
 #[tokio::test]
@@ -280,11 +364,26 @@ async fn the_eleventh_switch_in_a_second_is_429_whichever_instance_gets_it() {
     let http = reqwest::Client::new();
     // Creates are limited too (5/min per IP): this test makes one.
     let id = create(&http, &nodes[0], chess(600_000, 0)).await;
-    post(&http, nodes[0].url(&format!("/v1/sessions/{id}/start")), None).await;
+    post(
+        &http,
+        nodes[0].url(&format!("/v1/sessions/{id}/start")),
+        None,
+    )
+    .await;
     // 20 switches at once, alternating instances as a round-robin balancer would.
     let started = StdInstant::now();
-    let calls = (0..20).map(|k| post(&http, nodes[k % 2].url(&format!("/v1/sessions/{id}/switch")), None));
-    let statuses: Vec<u16> = futures_util::future::join_all(calls).await.into_iter().map(|(s, _)| s).collect();
+    let calls = (0..20).map(|k| {
+        post(
+            &http,
+            nodes[k % 2].url(&format!("/v1/sessions/{id}/switch")),
+            None,
+        )
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     let elapsed_ms = started.elapsed().as_millis() as usize;
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let limited = statuses.iter().filter(|s| **s == 429).count();
@@ -292,12 +391,19 @@ async fn the_eleventh_switch_in_a_second_is_429_whichever_instance_gets_it() {
     // A burst of 10, plus one more per 100 ms that passed meanwhile: never
     // 10 per instance, which is what unshared limits would allow.
     assert!(ok >= 10, "{statuses:?}");
-    assert!(ok <= 10 + elapsed_ms / 100, "{ok} allowed in {elapsed_ms} ms: {statuses:?}");
+    assert!(
+        ok <= 10 + elapsed_ms / 100,
+        "{ok} allowed in {elapsed_ms} ms: {statuses:?}"
+    );
     assert!(limited >= 1);
     // Both instances refused some: the budget is one, whichever instance counts.
     for node in 0..2 {
         assert!(
-            statuses.iter().enumerate().any(|(k, s)| k % 2 == node && *s == 429) || elapsed_ms > 500,
+            statuses
+                .iter()
+                .enumerate()
+                .any(|(k, s)| k % 2 == node && *s == 429)
+                || elapsed_ms > 500,
             "instance {node} never refused: {statuses:?}"
         );
     }
@@ -310,14 +416,26 @@ async fn redis_down_gives_fast_503_and_everything_recovers_after_it_returns() {
     let http = reqwest::Client::new();
     let id = create(&http, &nodes[0], chess(600_000, 0)).await;
     let mut ws = subscribe(&nodes[1], &id).await;
-    post(&http, nodes[0].url(&format!("/v1/sessions/{id}/start")), None).await;
-    assert_eq!(next_of(&mut ws, "STATE_UPDATE").await["state"]["version"], 2);
+    post(
+        &http,
+        nodes[0].url(&format!("/v1/sessions/{id}/start")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        next_of(&mut ws, "STATE_UPDATE").await["state"]["version"],
+        2
+    );
 
     redis.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     for n in &nodes {
         let t = StdInstant::now();
-        let res = http.post(n.url(&format!("/v1/sessions/{id}/switch"))).send().await.unwrap();
+        let res = http
+            .post(n.url(&format!("/v1/sessions/{id}/switch")))
+            .send()
+            .await
+            .unwrap();
         let took = t.elapsed();
         assert_eq!(res.status(), 503);
         assert!(res.headers().contains_key("retry-after"));
@@ -332,10 +450,21 @@ async fn redis_down_gives_fast_503_and_everything_recovers_after_it_returns() {
     redis.restart();
     // The same processes serve again, without a restart.
     let mut ok = false;
-    let probe = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     for _ in 0..100 {
-        let a = probe.get(nodes[0].url("/health")).send().await.map(|r| r.status().as_u16());
-        let b = probe.get(nodes[1].url("/health")).send().await.map(|r| r.status().as_u16());
+        let a = probe
+            .get(nodes[0].url("/health"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        let b = probe
+            .get(nodes[1].url("/health"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
         if matches!((a, b), (Ok(200), Ok(200))) {
             ok = true;
             break;
@@ -345,7 +474,12 @@ async fn redis_down_gives_fast_503_and_everything_recovers_after_it_returns() {
     assert!(ok, "health never came back");
     // Committed state survived (AOF), and the WebSocket client on the other
     // instance hears about new switches again.
-    let (status, body) = post(&http, nodes[0].url(&format!("/v1/sessions/{id}/switch")), None).await;
+    let (status, body) = post(
+        &http,
+        nodes[0].url(&format!("/v1/sessions/{id}/switch")),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["version"], 3);
     loop {

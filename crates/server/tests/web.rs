@@ -3,6 +3,7 @@
 //! type, `/sdk/kairos.d.ts` its types, all without a token and revalidated
 //! by ETag. (What the page does in a browser is tested by
 //! `web/tests/browser.test.mjs`, run by `cargo xtask test`.)
+#![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
 mod common;
 

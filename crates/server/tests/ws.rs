@@ -1,5 +1,6 @@
 //! The WebSocket contract (section 4) end to end: a real server, real
 //! tokio-tungstenite clients, every message type and close code.
+#![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
 mod common;
 

@@ -2,8 +2,8 @@
 //! every instance counts against the same limits.
 
 use async_trait::async_trait;
-use kairos_domain::ratelimit::{Limit, RateDecision, RateLimiter, gcra};
 use kairos_domain::StoreError;
+use kairos_domain::ratelimit::{Limit, RateDecision, RateLimiter, gcra};
 use redis::Script;
 
 use crate::conn::RedisConnection;
@@ -65,7 +65,12 @@ impl RedisRateLimiter {
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
     #[tracing::instrument(skip(self), level = "debug")]
-    async fn check(&self, key: &str, limit: Limit, now_ms: i64) -> Result<RateDecision, StoreError> {
+    async fn check(
+        &self,
+        key: &str,
+        limit: Limit,
+        now_ms: i64,
+    ) -> Result<RateDecision, StoreError> {
         let redis_key = self.key(key);
         let interval = (limit.period_ms / i64::from(limit.count.max(1))).max(1);
         let script = self.script.clone();
@@ -85,14 +90,13 @@ impl RateLimiter for RedisRateLimiter {
                 }
             })
             .await?;
-        let tat = match stored {
-            None => None,
-            Some(s) => Some(
-                s.parse::<f64>()
-                    .map_err(|_| StoreError::Other(format!("rate limit state {s:?} is not a number")))?
-                    as i64,
-            ),
-        };
+        let tat =
+            match stored {
+                None => None,
+                Some(s) => Some(s.parse::<f64>().map_err(|_| {
+                    StoreError::Other(format!("rate limit state {s:?} is not a number"))
+                })? as i64),
+            };
         Ok(gcra(tat, now_ms, limit).0)
     }
 }

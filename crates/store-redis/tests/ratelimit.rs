@@ -31,6 +31,16 @@ async fn two_instances_share_one_budget_and_agree_with_the_pure_gcra() {
     assert!(lb.check(&key, limit, now + 100).await.unwrap().allowed);
     assert!(!la.check(&key, limit, now + 100).await.unwrap().allowed);
     // Other keys are independent; braces cannot change the hash tag.
-    assert!(la.check("create:sub:{evil}", Limit::per_minute(1), now).await.unwrap().allowed);
-    assert!(!lb.check("create:sub:{evil}", Limit::per_minute(1), now).await.unwrap().allowed);
+    assert!(
+        la.check("create:sub:{evil}", Limit::per_minute(1), now)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !lb.check("create:sub:{evil}", Limit::per_minute(1), now)
+            .await
+            .unwrap()
+            .allowed
+    );
 }

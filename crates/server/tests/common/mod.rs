@@ -53,10 +53,10 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
         .expect("client");
     // Wait until it answers.
     for _ in 0..200 {
-        if let Ok(r) = http.get(format!("http://{addr}/ready")).send().await {
-            if r.status() == 200 {
-                break;
-            }
+        if let Ok(r) = http.get(format!("http://{addr}/ready")).send().await
+            && r.status() == 200
+        {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -117,7 +117,8 @@ impl TestApp {
     }
 
     pub async fn command(&self, id: &str, name: &str, body: Option<Value>) -> (u16, Value) {
-        self.call("POST", &format!("/v1/sessions/{id}/{name}"), body).await
+        self.call("POST", &format!("/v1/sessions/{id}/{name}"), body)
+            .await
     }
 
     pub async fn get(&self, id: &str) -> Value {
@@ -166,8 +167,16 @@ pub fn token(role: &str, sub: &str, sid: Option<&str>, pid: Option<&str>) -> Str
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64;
-    server::token::mint_token(&secret, role, sub, sid.map(Into::into), pid.map(Into::into), "1h", now)
-        .expect("token")
+    server::token::mint_token(
+        &secret,
+        role,
+        sub,
+        sid.map(Into::into),
+        pid.map(Into::into),
+        "1h",
+        now,
+    )
+    .expect("token")
 }
 
 /// A chess clock: two players, `bank_ms` each, `inc_ms` increment.

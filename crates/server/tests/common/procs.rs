@@ -50,12 +50,15 @@ impl Instance {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = http.get(instance.url("/ready")).send().await {
-                if r.status() == 200 {
-                    break;
-                }
+            if let Ok(r) = http.get(instance.url("/ready")).send().await
+                && r.status() == 200
+            {
+                break;
             }
-            assert!(Instant::now() < deadline, "instance on {port} never became ready");
+            assert!(
+                Instant::now() < deadline,
+                "instance on {port} never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         instance
@@ -91,17 +94,30 @@ pub struct OwnRedis {
 
 impl OwnRedis {
     pub fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("kairos-redis-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("kairos-redis-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut me = Self { port: free_port(), dir, child: None };
+        let mut me = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
         me.spawn();
         me
     }
 
     fn spawn(&mut self) {
-        let bin = std::env::var("KAIROS_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let bin =
+            std::env::var("KAIROS_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(bin)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", ""])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+            ])
             // AOF on: committed state must survive the restart.
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
