@@ -63,6 +63,7 @@ pub fn serve(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(cors(state.settings.allowed_origins.as_deref()))
             .wrap(actix_web::middleware::from_fn(middleware::observe))
             .configure(configure)
             .default_service(actix_web::web::to(rest::not_found))
@@ -75,6 +76,32 @@ pub fn serve(
         server = server.workers(n);
     }
     Ok(server.listen(listener)?.run())
+}
+
+/// CORS for REST: only the configured origins, with the headers clients
+/// need to read (rate limits, `Location`, request ids). Without
+/// `ALLOWED_ORIGINS` no cross-origin request is allowed (the demo page and
+/// SDK are served from the same origin).
+fn cors(allowed: Option<&[String]>) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "DELETE", "OPTIONS"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::CONTENT_TYPE,
+        ])
+        .expose_headers([
+            "location",
+            "x-request-id",
+            "retry-after",
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+        ])
+        .max_age(600);
+    for origin in allowed.unwrap_or_default() {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
 }
 
 /// Builds the metrics-only server for `METRICS_PORT`.

@@ -56,6 +56,11 @@ pub struct HttpSettings {
     pub ws_max_connections: usize,
     /// Most messages one WebSocket client may send per minute (close 1008 above it).
     pub ws_messages_per_minute: u32,
+    /// Most WebSockets one token subject may hold on this instance (close 1008 above it).
+    pub ws_max_connections_per_user: usize,
+    /// Browser origins allowed to open WebSockets and make CORS requests;
+    /// `None`: any origin may open a WebSocket and REST answers carry no CORS headers.
+    pub allowed_origins: Option<Vec<String>>,
     /// Auth mode.
     pub auth: AuthMode,
     /// Serve `/metrics` on the main port too (METRICS_PORT == PORT).
@@ -71,6 +76,8 @@ impl Default for HttpSettings {
             ws_connection_timeout: Duration::from_millis(30_000),
             ws_max_connections: 50_000,
             ws_messages_per_minute: 100,
+            ws_max_connections_per_user: 5,
+            allowed_origins: None,
             auth: AuthMode::Off,
             metrics_on_main_port: false,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -160,6 +167,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Open WebSocket connections on this instance.
     pub ws_connections: AtomicUsize,
+    /// Open WebSocket connections per token subject on this instance.
+    pub ws_per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Rate limits; `None` disables them (as does `RATE_LIMITS=off`).
     pub limiter: Option<crate::limits::Limiter>,
     /// Shares one bus subscription per watched session among this instance's WebSockets.

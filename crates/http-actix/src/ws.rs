@@ -104,9 +104,15 @@ async fn accept(
             1,
         ));
     }
-    let slot = Slot::acquire(state)?;
-    let admitted = admit_connect(req, &slot.state).await;
-    let actor = authenticate(req, &slot.state);
+    let mut slot = Slot::acquire(state)?;
+    let admitted = match check_origin(req, &slot.state) {
+        Ok(()) => admit_connect(req, &slot.state).await,
+        Err(e) => Err(e),
+    };
+    let actor = authenticate(req, &slot.state).and_then(|actor| match &actor.sub {
+        Some(sub) => slot.claim_user(sub).map(|()| actor),
+        None => Ok(actor),
+    });
     let (response, session, stream) = actix_ws::handle(req, body).map_err(|e| {
         ApiError::new(
             Code::ValidationError,
@@ -128,6 +134,26 @@ async fn accept(
         drop((slot, stream));
     });
     Ok(response)
+}
+
+/// With `ALLOWED_ORIGINS` set, a browser (which always sends `Origin`) from
+/// another origin is refused; clients that send no `Origin` (servers,
+/// native apps) are not browsers and are not subject to it.
+fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(allowed) = &state.settings.allowed_origins else {
+        return Ok(());
+    };
+    match req.headers().get(actix_web::http::header::ORIGIN) {
+        None => Ok(()),
+        Some(origin) => {
+            let origin = origin.to_str().unwrap_or_default();
+            if allowed.iter().any(|a| a == origin) {
+                Ok(())
+            } else {
+                Err(ApiError::new(Code::Forbidden, "origin not allowed"))
+            }
+        }
+    }
 }
 
 /// Counts a connect against the per-IP limit (contract section 7).
@@ -154,6 +180,8 @@ fn unavailable(message: &str, retry_after_s: u64) -> ApiError {
 /// counter and the gauge exact.
 struct Slot {
     state: web::Data<AppState>,
+    /// The token subject counted against its per-user cap, if any.
+    user: Option<String>,
 }
 
 impl Slot {
@@ -171,12 +199,42 @@ impl Slot {
                 )
             })?;
         state.metrics.ws_connections.inc();
-        Ok(Self { state })
+        Ok(Self { state, user: None })
+    }
+
+    /// Counts this socket against `sub`'s per-user cap; refuses past it.
+    fn claim_user(&mut self, sub: &str) -> Result<(), ApiError> {
+        let max = self.state.settings.ws_max_connections_per_user;
+        let mut users = self
+            .state
+            .ws_per_user
+            .lock()
+            .map_err(|_| ApiError::new(Code::InternalError, "connection registry poisoned"))?;
+        let count = users.entry(sub.to_owned()).or_insert(0);
+        if *count >= max {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!("at most {max} WebSockets per user on one instance"),
+            ));
+        }
+        *count += 1;
+        self.user = Some(sub.to_owned());
+        Ok(())
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(user) = self.user.take() {
+            if let Ok(mut users) = self.state.ws_per_user.lock() {
+                if let Some(n) = users.get_mut(&user) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        users.remove(&user);
+                    }
+                }
+            }
+        }
         self.state.ws_connections.fetch_sub(1, Ordering::AcqRel);
         self.state.metrics.ws_connections.dec();
     }
@@ -1197,6 +1255,7 @@ mod tests {
             settings: crate::state::HttpSettings::default(),
             lifecycle: Arc::new(crate::state::Lifecycle::new()),
             ws_connections: AtomicUsize::new(0),
+            ws_per_user: Default::default(),
             limiter: None,
         });
         let (req, mut payload) = TestRequest::default()

@@ -99,6 +99,9 @@ pub struct Settings {
     pub ws_max_connections_per_user: usize,
     /// Redis; `None` runs the embedded in-process store (one instance only).
     pub redis: Option<RedisSettings>,
+    /// Browser origins allowed (`ALLOWED_ORIGINS`, comma-separated, e.g.
+    /// `https://app.example.com`); unset: WebSockets from any origin, no CORS.
+    pub allowed_origins: Option<Vec<String>>,
     /// TEST HOOK (`KAIROS_TEST_HOST_CLOCK_SKEW_MS`): pretends the host clock
     /// is this far off, to show that instances still agree on "now" through
     /// Redis `TIME`. Never set it in production.
@@ -127,6 +130,7 @@ impl fmt::Debug for Settings {
                 &self.ws_max_connections_per_user,
             )
             .field("redis", &self.redis)
+            .field("allowed_origins", &self.allowed_origins)
             .field("test_host_clock_skew_ms", &self.test_host_clock_skew_ms)
             .finish()
     }
@@ -150,6 +154,7 @@ impl Default for Settings {
             ws_messages_per_minute: 100,
             ws_max_connections_per_user: 5,
             redis: None,
+            allowed_origins: None,
             test_host_clock_skew_ms: 0,
         }
     }
@@ -157,16 +162,10 @@ impl Default for Settings {
 
 /// Variables this build documents but cannot honour yet: refusing to start
 /// is safer than silently running without what the operator asked for.
-const NOT_YET: &[(&str, &str)] = &[
-    (
-        "DATABASE_URL",
-        "the PostgreSQL audit adapter is not in this build yet; unset it (the embedded default keeps an in-memory trail)",
-    ),
-    (
-        "ALLOWED_ORIGINS",
-        "origin checks are not in this build yet; unset it, and do not expose this build to untrusted browsers",
-    ),
-];
+const NOT_YET: &[(&str, &str)] = &[(
+    "DATABASE_URL",
+    "the PostgreSQL audit adapter is not in this build yet; unset it (the embedded default keeps an in-memory trail)",
+)];
 
 impl Settings {
     /// Reads the process environment.
@@ -235,6 +234,27 @@ impl Settings {
             .unwrap_or(usize::MAX),
             redis,
             test_host_clock_skew_ms: parse(&get, "KAIROS_TEST_HOST_CLOCK_SKEW_MS", 0i64)?,
+            allowed_origins: match get("ALLOWED_ORIGINS") {
+                None => None,
+                Some(raw) => Some(
+                    raw.split(',')
+                        .map(|s| s.trim().trim_end_matches('/').to_owned())
+                        .filter(|s| !s.is_empty())
+                        .map(|s| {
+                            if s.starts_with("http://") || s.starts_with("https://") {
+                                Ok(s)
+                            } else {
+                                Err(ConfigError {
+                                    variable: "ALLOWED_ORIGINS",
+                                    message: format!(
+                                        "{s:?} is not an origin like https://app.example.com"
+                                    ),
+                                })
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            },
         })
     }
 }
@@ -425,7 +445,8 @@ Configuration (environment variables; see docs/operations.md):
   REDIS_SENTINELS           sentinel: sentinel URLs, comma-separated
   REDIS_CLUSTER_NODES       cluster: node URLs, comma-separated (default: REDIS_URL as the seed)
   REDIS_COMMAND_TIMEOUT_MS  every Redis call gives up after this (default 250; answers 503)
-Not yet in this build (the server refuses to start when set): DATABASE_URL, ALLOWED_ORIGINS.";
+  ALLOWED_ORIGINS           browser origins allowed for WebSockets and CORS, comma-separated
+Not yet in this build (the server refuses to start when set): DATABASE_URL.";
 
 #[cfg(test)]
 mod tests {
@@ -578,7 +599,25 @@ mod tests {
 
     #[test]
     fn features_not_in_this_build_are_refused_not_ignored() {
-        for var in ["DATABASE_URL", "ALLOWED_ORIGINS"] {
+        assert_eq!(
+            from(&[(
+                "ALLOWED_ORIGINS",
+                "https://a.example, http://b.example:8080/"
+            )])
+            .unwrap()
+            .allowed_origins,
+            Some(vec![
+                "https://a.example".to_owned(),
+                "http://b.example:8080".to_owned()
+            ])
+        );
+        assert_eq!(
+            from(&[("ALLOWED_ORIGINS", "a.example")])
+                .unwrap_err()
+                .variable,
+            "ALLOWED_ORIGINS"
+        );
+        for var in ["DATABASE_URL"] {
             assert_eq!(from(&[(var, "x")]).unwrap_err().variable, var);
         }
     }

@@ -188,6 +188,8 @@ impl Application {
             },
             metrics_on_main_port: metrics_listener.is_none(),
             ws_messages_per_minute: settings.ws_messages_per_minute,
+            ws_max_connections_per_user: settings.ws_max_connections_per_user,
+            allowed_origins: settings.allowed_origins.clone(),
             ..HttpSettings::default()
         };
         let status = audit_status.clone();
@@ -200,6 +202,7 @@ impl Application {
             settings: http,
             lifecycle: Arc::new(Lifecycle::new()),
             ws_connections: AtomicUsize::new(0),
+            ws_per_user: Default::default(),
             limiter: Some(http_actix::limits::Limiter {
                 backend: adapters.limiter,
                 limits: settings.rate_limits.clone(),
