@@ -53,7 +53,8 @@ pub(crate) fn run(extra_args: &[OsString]) -> Result<i32> {
     let mut cmd = shell::cargo();
     cmd.arg("test");
     if !selects_packages(extra_args) {
-        cmd.arg("--workspace");
+        // Every failing test binary is reported, not only the first.
+        cmd.args(["--workspace", "--no-fail-fast"]);
     }
     cmd.args(extra_args).envs(vars.iter().map(|(k, v)| (k, v)));
     println!("==> {}", shell::describe(&cmd));

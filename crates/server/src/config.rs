@@ -29,6 +29,9 @@ pub struct RedisSettings {
     pub mode: store_redis::RedisMode,
     /// Every Redis call gives up after this (`REDIS_COMMAND_TIMEOUT_MS`, default 250).
     pub command_timeout: Duration,
+    /// Prefix of every key and channel (`REDIS_KEY_PREFIX`, default `kairos:`),
+    /// so several deployments (or tests) can share one Redis.
+    pub key_prefix: String,
 }
 
 impl fmt::Debug for RedisSettings {
@@ -38,6 +41,7 @@ impl fmt::Debug for RedisSettings {
             .field("url", &store_redis::redact_url(&self.url))
             .field("mode", &self.mode)
             .field("command_timeout", &self.command_timeout)
+            .field("key_prefix", &self.key_prefix)
             .finish()
     }
 }
@@ -99,6 +103,14 @@ pub struct Settings {
     pub ws_max_connections_per_user: usize,
     /// Redis; `None` runs the embedded in-process store (one instance only).
     pub redis: Option<RedisSettings>,
+    /// The audit trail's database (`DATABASE_URL`); unset: audit off with
+    /// Redis, an in-memory trail with the embedded default.
+    pub database_url: Option<audit_diesel::DatabaseUrl>,
+    /// Connections in the audit pool (`DATABASE_POOL_SIZE`, default 4).
+    pub database_pool_size: usize,
+    /// Audit events another instance read but did not acknowledge within this
+    /// are written by this one (`AUDIT_RECLAIM_MS`, default 30000).
+    pub audit_reclaim_ms: i64,
     /// Browser origins allowed (`ALLOWED_ORIGINS`, comma-separated, e.g.
     /// `https://app.example.com`); unset: WebSockets from any origin, no CORS.
     pub allowed_origins: Option<Vec<String>>,
@@ -130,6 +142,9 @@ impl fmt::Debug for Settings {
                 &self.ws_max_connections_per_user,
             )
             .field("redis", &self.redis)
+            .field("database_url", &self.database_url)
+            .field("database_pool_size", &self.database_pool_size)
+            .field("audit_reclaim_ms", &self.audit_reclaim_ms)
             .field("allowed_origins", &self.allowed_origins)
             .field("test_host_clock_skew_ms", &self.test_host_clock_skew_ms)
             .finish()
@@ -154,18 +169,14 @@ impl Default for Settings {
             ws_messages_per_minute: 100,
             ws_max_connections_per_user: 5,
             redis: None,
+            database_url: None,
+            database_pool_size: 4,
+            audit_reclaim_ms: 30_000,
             allowed_origins: None,
             test_host_clock_skew_ms: 0,
         }
     }
 }
-
-/// Variables this build documents but cannot honour yet: refusing to start
-/// is safer than silently running without what the operator asked for.
-const NOT_YET: &[(&str, &str)] = &[(
-    "DATABASE_URL",
-    "the PostgreSQL audit adapter is not in this build yet; unset it (the embedded default keeps an in-memory trail)",
-)];
 
 impl Settings {
     /// Reads the process environment.
@@ -177,14 +188,6 @@ impl Settings {
     /// Reads settings through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
-        for (variable, message) in NOT_YET {
-            if get(variable).is_some() {
-                return Err(ConfigError {
-                    variable,
-                    message: (*message).to_owned(),
-                });
-            }
-        }
         let d = Self::default();
         let auth = parse_auth(&get)?;
         let rate_limits = parse_rate_limits(&get)?;
@@ -234,6 +237,22 @@ impl Settings {
             .unwrap_or(usize::MAX),
             redis,
             test_host_clock_skew_ms: parse(&get, "KAIROS_TEST_HOST_CLOCK_SKEW_MS", 0i64)?,
+            database_url: match get("DATABASE_URL") {
+                None => None,
+                Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    Some(audit_diesel::DatabaseUrl::new(url))
+                }
+                Some(_) => {
+                    return Err(ConfigError {
+                        variable: "DATABASE_URL",
+                        message: "expected a postgres:// URL".into(),
+                    });
+                }
+            },
+            database_pool_size: usize::try_from(positive(&get, "DATABASE_POOL_SIZE", 4)?)
+                .unwrap_or(4),
+            audit_reclaim_ms: i64::try_from(positive(&get, "AUDIT_RECLAIM_MS", 30_000)?)
+                .unwrap_or(i64::MAX),
             allowed_origins: match get("ALLOWED_ORIGINS") {
                 None => None,
                 Some(raw) => Some(
@@ -306,6 +325,16 @@ fn parse_redis(
         url,
         mode,
         command_timeout: Duration::from_millis(positive(get, "REDIS_COMMAND_TIMEOUT_MS", 250)?),
+        key_prefix: match get("REDIS_KEY_PREFIX") {
+            None => "kairos:".to_owned(),
+            Some(p) if p.contains(['{', '}']) || p.chars().any(char::is_whitespace) => {
+                return Err(ConfigError {
+                    variable: "REDIS_KEY_PREFIX",
+                    message: "must not contain braces or spaces".into(),
+                });
+            }
+            Some(p) => p,
+        },
     }))
 }
 
@@ -445,8 +474,13 @@ Configuration (environment variables; see docs/operations.md):
   REDIS_SENTINELS           sentinel: sentinel URLs, comma-separated
   REDIS_CLUSTER_NODES       cluster: node URLs, comma-separated (default: REDIS_URL as the seed)
   REDIS_COMMAND_TIMEOUT_MS  every Redis call gives up after this (default 250; answers 503)
+  REDIS_KEY_PREFIX          prefix of every key and channel (default kairos:)
   ALLOWED_ORIGINS           browser origins allowed for WebSockets and CORS, comma-separated
-Not yet in this build (the server refuses to start when set): DATABASE_URL.";
+  DATABASE_URL              postgres://... for the audit trail (migrations run at start);
+                            unset: audit off with Redis, in memory with the embedded default
+  DATABASE_POOL_SIZE        audit pool connections (default 4)
+  AUDIT_RECLAIM_MS          take over audit events another instance read but never acknowledged
+                            after this long (default 30000)";
 
 #[cfg(test)]
 mod tests {
@@ -598,7 +632,7 @@ mod tests {
     }
 
     #[test]
-    fn features_not_in_this_build_are_refused_not_ignored() {
+    fn database_and_origins_are_validated() {
         assert_eq!(
             from(&[(
                 "ALLOWED_ORIGINS",
@@ -617,8 +651,15 @@ mod tests {
                 .variable,
             "ALLOWED_ORIGINS"
         );
-        for var in ["DATABASE_URL"] {
-            assert_eq!(from(&[(var, "x")]).unwrap_err().variable, var);
-        }
+        let s = from(&[("DATABASE_URL", "postgres://k:secret-pw@db/kairos")]).unwrap();
+        assert!(s.database_url.is_some());
+        assert!(
+            !format!("{s:?}").contains("secret-pw"),
+            "the password leaked into Debug"
+        );
+        assert_eq!(
+            from(&[("DATABASE_URL", "mysql://x")]).unwrap_err().variable,
+            "DATABASE_URL"
+        );
     }
 }

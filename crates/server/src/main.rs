@@ -19,6 +19,8 @@ struct Cli {
 enum Cmd {
     /// Run the service (the default).
     Serve,
+    /// Apply the audit trail's database migrations (DATABASE_URL) and exit.
+    Migrate,
     /// Print a token signed with JWT_SECRET, e.g. `kairos-server token --role host --sub alice`.
     Token {
         /// admin, host, player or viewer.
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => serve(),
+        Cmd::Migrate => migrate(),
         Cmd::Token {
             role,
             sub,
@@ -99,6 +102,45 @@ fn serve() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "kairos-server failed");
             eprintln!("kairos-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate() -> ExitCode {
+    let Ok(raw) = std::env::var("DATABASE_URL") else {
+        eprintln!("kairos-server migrate: DATABASE_URL is not set");
+        return ExitCode::from(2);
+    };
+    let url = audit_diesel::DatabaseUrl::new(raw);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kairos-server migrate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let applied = audit_diesel::run_migrations(url.clone()).await?;
+        let pg = audit_diesel::PgAudit::connect(url, 1)?;
+        let created = pg
+            .ensure_partitions(audit_diesel::DEFAULT_MONTHS_AHEAD)
+            .await?;
+        Ok::<_, kairos_domain::AuditError>((applied, created))
+    });
+    match result {
+        Ok((applied, created)) => {
+            println!(
+                "migrations applied: {}; partitions created: {created}",
+                applied.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kairos-server migrate: {e}");
             ExitCode::FAILURE
         }
     }

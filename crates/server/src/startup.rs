@@ -55,11 +55,12 @@ impl std::fmt::Debug for Application {
     }
 }
 
-/// The embedded default: one instance, nothing installed.
-fn memory_adapters(settings: &Settings) -> Adapters {
+/// The embedded default: one instance, nothing installed. The audit trail
+/// is PostgreSQL when configured, else kept in memory.
+fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapters {
     let memory = Arc::new(MemoryStore::new(settings.session_ttl));
     let outbox: Arc<dyn Outbox> = memory.clone();
-    let audit: Arc<dyn AuditSink> = Arc::new(MemoryAudit::new());
+    let audit: Arc<dyn AuditSink> = pg.unwrap_or_else(|| Arc::new(MemoryAudit::new()));
     Adapters {
         store: memory,
         bus: Arc::new(MemoryBus::new()),
@@ -74,6 +75,7 @@ fn memory_adapters(settings: &Settings) -> Adapters {
 async fn redis_adapters(
     settings: &Settings,
     redis: &RedisSettings,
+    pg: Option<Arc<dyn AuditSink>>,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<(Adapters, bus_redis::RedisBus)> {
@@ -81,8 +83,9 @@ async fn redis_adapters(
     config.mode = redis.mode.clone();
     config.command_timeout = redis.command_timeout;
     config.session_ttl = settings.session_ttl;
+    config.key_prefix = redis.key_prefix.clone();
     // Without an audit store nothing drains the outbox: do not fill it.
-    config.outbox_enabled = false;
+    config.outbox_enabled = pg.is_some();
     let target = store_redis::redact_url(&redis.url);
     let store = RedisStore::connect(&config)
         .await
@@ -109,22 +112,74 @@ async fn redis_adapters(
         }
         RedisMode::Cluster { nodes } => RedisBusConfig::cluster(nodes.clone()),
     };
+    let bus_config = RedisBusConfig {
+        channel_prefix: redis.key_prefix.trim_end_matches(':').to_owned(),
+        ..bus_config
+    };
     let (bus, bus_tasks) = RedisBus::connect(bus_config, stop.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the Redis event bus at {target}: {e}"))?;
     tasks.spawn(bus_tasks.join());
     let limiter = RedisRateLimiter::new(store.connection(), config.key_prefix.clone());
+    let store = Arc::new(store);
     tracing::info!(redis = %target, mode = ?redis.mode, "using Redis for state, bus, clock and rate limits");
     Ok((
         Adapters {
-            store: Arc::new(store),
+            store: store.clone(),
             bus: Arc::new(bus.clone()),
             clock: clock as Arc<dyn Clock>,
             limiter: Arc::new(limiter),
-            audit: None,
+            audit: pg.map(|sink| (store as Arc<dyn Outbox>, sink)),
         },
         bus,
     ))
+}
+
+/// The PostgreSQL audit trail. Migrations run now; if PostgreSQL is down
+/// the server starts anyway (the hot path does not need it) and a task
+/// keeps trying, while events wait in the outbox.
+async fn audit_store(
+    url: &audit_diesel::DatabaseUrl,
+    pool_size: usize,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Arc<dyn AuditSink>> {
+    let pg = audit_diesel::PgAudit::connect(url.clone(), pool_size)
+        .map_err(|e| anyhow::anyhow!("cannot set up the audit pool for {url}: {e}"))?;
+    let url = url.clone();
+    let maintenance = pg.clone();
+    let mut stop = stop.clone();
+    tasks.spawn(async move {
+        let mut wait = std::time::Duration::from_millis(500);
+        loop {
+            match audit_diesel::run_migrations(url.clone()).await {
+                Ok(applied) => {
+                    if !applied.is_empty() {
+                        tracing::info!(?applied, "audit migrations applied");
+                    }
+                    break;
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "audit migrations failed; events wait in the outbox"
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            wait = (wait * 2).min(std::time::Duration::from_secs(30));
+        }
+        maintenance
+            .maintain_partitions(
+                audit_diesel::DEFAULT_MONTHS_AHEAD,
+                audit_diesel::PARTITION_MAINTENANCE_INTERVAL,
+                stop,
+            )
+            .await;
+    });
+    Ok(Arc::new(pg))
 }
 
 /// How often instances re-measure their offset to Redis `TIME`.
@@ -157,11 +212,23 @@ impl Application {
 
         let (adapters_stop, stop_rx) = watch::channel(false);
         let mut adapter_tasks = JoinSet::new();
+        let pg = match &settings.database_url {
+            None => None,
+            Some(url) => Some(
+                audit_store(
+                    url,
+                    settings.database_pool_size,
+                    &stop_rx,
+                    &mut adapter_tasks,
+                )
+                .await?,
+            ),
+        };
         let (adapters, bus_stats) = match &settings.redis {
-            None => (memory_adapters(&settings), None),
+            None => (memory_adapters(&settings, pg), None),
             Some(redis) => {
                 let (a, bus) =
-                    redis_adapters(&settings, redis, &stop_rx, &mut adapter_tasks).await?;
+                    redis_adapters(&settings, redis, pg, &stop_rx, &mut adapter_tasks).await?;
                 (a, Some(bus))
             }
         };
@@ -281,6 +348,7 @@ impl Application {
                 state.metrics.clone(),
                 audit_status,
                 format!("kairos-{}", uuid::Uuid::new_v4().simple()),
+                settings.audit_reclaim_ms,
                 stop_rx.clone(),
             ));
         }

@@ -125,13 +125,12 @@ impl AuditStatus {
 
 /// Events moved per batch from the outbox to the audit trail.
 const AUDIT_BATCH: usize = 500;
-/// An entry leased by a consumer that did not acknowledge it within this is
-/// handed to another (the consumer died between reading and acknowledging).
-const AUDIT_RECLAIM_MS: i64 = 30_000;
 
 /// Drains the outbox into the audit trail until `shutdown` turns true:
 /// read a batch, write it, acknowledge only after the write succeeded, back
-/// off while the trail is down.
+/// off while the trail is down. Entries another consumer leased and did not
+/// acknowledge within `reclaim_after_ms` (it died between reading and
+/// acknowledging) are taken over.
 pub async fn audit_worker(
     outbox: Arc<dyn Outbox>,
     audit: Arc<dyn AuditSink>,
@@ -139,6 +138,7 @@ pub async fn audit_worker(
     metrics: Metrics,
     status: Arc<AuditStatus>,
     consumer: String,
+    reclaim_after_ms: i64,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -147,7 +147,7 @@ pub async fn audit_worker(
             return;
         }
         let mut pause = Duration::from_millis(50);
-        match outbox.read(&consumer, AUDIT_BATCH, AUDIT_RECLAIM_MS).await {
+        match outbox.read(&consumer, AUDIT_BATCH, reclaim_after_ms).await {
             Ok(batch) if !batch.is_empty() => {
                 let events: Vec<_> = batch.iter().map(|e| e.event.clone()).collect();
                 match audit.write(&events).await {

@@ -157,3 +157,153 @@ impl Drop for OwnRedis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A PostgreSQL server of the test's own (from `KAIROS_TEST_PG_BIN`), so the
+/// test may stop and restart it. As root it runs as `postgres`, as
+/// PostgreSQL refuses root.
+pub struct OwnPostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+fn as_postgres(program: &std::path::Path) -> Command {
+    let root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+impl OwnPostgres {
+    pub fn start() -> Self {
+        let bin = PathBuf::from(std::env::var("KAIROS_TEST_PG_BIN").unwrap_or_else(|_| {
+            panic!("KAIROS_TEST_PG_BIN is not set: run the tests with `cargo xtask test`")
+        }));
+        let dir = std::env::temp_dir().join(format!("kairos-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&dir)
+            .status();
+        let status = as_postgres(&bin.join("initdb"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "--locale=C",
+                "--encoding=UTF8",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed");
+        let me = Self {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        me.pg_ctl_start();
+        let status = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &me.port.to_string(),
+                "-U",
+                "postgres",
+                "-qAt",
+                "-c",
+                "CREATE DATABASE kairos",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("psql runs");
+        assert!(status.success(), "createdb failed");
+        me
+    }
+
+    fn pg_ctl_start(&self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let status = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-w", "-o", &opts, "-l"])
+            .arg(self.dir.join("log"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(status.success(), "pg_ctl start failed");
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/kairos", self.port)
+    }
+
+    pub fn stop(&self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    pub fn restart(&self) {
+        self.stop();
+        self.pg_ctl_start();
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs one SQL query with psql against `url` and returns its unaligned output.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-qAt", "-F", "|", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The shared test PostgreSQL of `cargo xtask test`.
+pub fn database_url() -> String {
+    std::env::var("KAIROS_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!("KAIROS_TEST_DATABASE_URL is not set: run the tests with `cargo xtask test`")
+    })
+}
+
+/// A key prefix of the test's own, so tests sharing one Redis never drain
+/// each other's outbox.
+pub fn prefix() -> String {
+    format!("t{}:", uuid::Uuid::new_v4().simple())
+}
