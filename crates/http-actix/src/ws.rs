@@ -225,14 +225,13 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(user) = self.user.take() {
-            if let Ok(mut users) = self.state.ws_per_user.lock() {
-                if let Some(n) = users.get_mut(&user) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        users.remove(&user);
-                    }
-                }
+        if let Some(user) = self.user.take()
+            && let Ok(mut users) = self.state.ws_per_user.lock()
+            && let Some(n) = users.get_mut(&user)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                users.remove(&user);
             }
         }
         self.state.ws_connections.fetch_sub(1, Ordering::AcqRel);
