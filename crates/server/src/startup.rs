@@ -342,13 +342,15 @@ impl Application {
         ));
         if let Some((outbox, sink)) = audit {
             workers.spawn(workers::audit_worker(
-                outbox,
-                sink,
-                state.service.clone(),
-                state.metrics.clone(),
-                audit_status,
-                format!("kairos-{}", uuid::Uuid::new_v4().simple()),
-                settings.audit_reclaim_ms,
+                workers::AuditWorker {
+                    outbox,
+                    audit: sink,
+                    service: state.service.clone(),
+                    metrics: state.metrics.clone(),
+                    status: audit_status,
+                    consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
+                    reclaim_after_ms: settings.audit_reclaim_ms,
+                },
                 stop_rx.clone(),
             ));
         }

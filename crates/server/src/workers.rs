@@ -126,21 +126,40 @@ impl AuditStatus {
 /// Events moved per batch from the outbox to the audit trail.
 const AUDIT_BATCH: usize = 500;
 
+/// What the audit worker drains, into what, and as whom.
+#[allow(missing_debug_implementations)] // Holds trait objects without Debug.
+pub struct AuditWorker {
+    /// Where committed events wait.
+    pub outbox: Arc<dyn Outbox>,
+    /// Where they go.
+    pub audit: Arc<dyn AuditSink>,
+    /// For the clock.
+    pub service: Service,
+    /// Backlog and throughput metrics.
+    pub metrics: Metrics,
+    /// `/health`'s audit status.
+    pub status: Arc<AuditStatus>,
+    /// This instance's consumer name in the outbox.
+    pub consumer: String,
+    /// Take over entries another consumer leased this long ago without acknowledging.
+    pub reclaim_after_ms: i64,
+}
+
 /// Drains the outbox into the audit trail until `shutdown` turns true:
 /// read a batch, write it, acknowledge only after the write succeeded, back
 /// off while the trail is down. Entries another consumer leased and did not
 /// acknowledge within `reclaim_after_ms` (it died between reading and
 /// acknowledging) are taken over.
-pub async fn audit_worker(
-    outbox: Arc<dyn Outbox>,
-    audit: Arc<dyn AuditSink>,
-    service: Service,
-    metrics: Metrics,
-    status: Arc<AuditStatus>,
-    consumer: String,
-    reclaim_after_ms: i64,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<bool>) {
+    let AuditWorker {
+        outbox,
+        audit,
+        service,
+        metrics,
+        status,
+        consumer,
+        reclaim_after_ms,
+    } = worker;
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
