@@ -61,6 +61,7 @@ Exported to the tests:
   KAIROS_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:<port>/kairos
   KAIROS_TEST_REDIS_SERVER  path of the redis-server binary
   KAIROS_TEST_PG_BIN        PostgreSQL bin directory (initdb, pg_ctl, ...)
+  KAIROS_TEST_NGINX         nginx, for the load-balancer test of deploy/nginx
   KAIROS_SERVER_BIN         the kairos-server binary (web tests)
   CHROMIUM_PATH             the Chromium the browser tests drive (web tests)
 ";

@@ -141,6 +141,26 @@ pub(crate) fn find_pg_bin() -> Option<PathBuf> {
         .map(|(_, bin)| bin)
 }
 
+/// Debian's nginx, for the load-balancer test of `deploy/nginx`.
+pub(crate) fn find_nginx() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// Returns nginx, installing Debian's package when it is missing.
+pub(crate) fn ensure_nginx() -> Result<PathBuf> {
+    if let Some(nginx) = find_nginx() {
+        return Ok(nginx);
+    }
+    apt_install(
+        &["nginx"],
+        "install nginx yourself (the load-balancer test needs it)",
+    )?;
+    find_nginx().context("nginx is still missing after installing package nginx")
+}
+
 /// Returns (`redis-server`, PostgreSQL bin dir), installing what is missing.
 fn ensure_binaries() -> Result<(PathBuf, PathBuf)> {
     let redis = find_redis_server();

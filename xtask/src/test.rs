@@ -15,6 +15,7 @@ pub(crate) const REDIS_URL_VAR: &str = "KAIROS_TEST_REDIS_URL";
 pub(crate) const DATABASE_URL_VAR: &str = "KAIROS_TEST_DATABASE_URL";
 pub(crate) const REDIS_SERVER_VAR: &str = "KAIROS_TEST_REDIS_SERVER";
 pub(crate) const PG_BIN_VAR: &str = "KAIROS_TEST_PG_BIN";
+pub(crate) const NGINX_VAR: &str = "KAIROS_TEST_NGINX";
 
 /// Runs `cargo test` with `extra_args` and returns its exit code.
 ///
@@ -41,12 +42,18 @@ pub(crate) fn run(extra_args: &[OsString]) -> Result<i32> {
         {
             vars.push((PG_BIN_VAR, bin.into()));
         }
+        if std::env::var_os(NGINX_VAR).is_none()
+            && let Some(nginx) = services::find_nginx()
+        {
+            vars.push((NGINX_VAR, nginx.into()));
+        }
     } else {
         let started = Servers::start()?;
         vars.push((REDIS_URL_VAR, started.redis_url().into()));
         vars.push((DATABASE_URL_VAR, started.database_url().into()));
         vars.push((REDIS_SERVER_VAR, started.redis_server().into()));
         vars.push((PG_BIN_VAR, started.pg_bin().into()));
+        vars.push((NGINX_VAR, services::ensure_nginx()?.into()));
         servers = Some(started);
     }
 

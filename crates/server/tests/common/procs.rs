@@ -38,6 +38,10 @@ impl Instance {
             .env("PORT", port.to_string())
             .env("METRICS_PORT", free_port().to_string())
             .env("RATE_LIMITS", "off")
+            // Correctness tests on a loaded 2-core machine: a 250 ms bound
+            // could turn slowness into 503s. Tests of outages still see a
+            // dead Redis refuse connections at once.
+            .env("REDIS_COMMAND_TIMEOUT_MS", "2000")
             .env("SHUTDOWN_DRAIN_SECONDS", "0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
