@@ -17,7 +17,8 @@ use procs::{Instance, free_port, prefix, redis_url};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// nginx run from a scratch prefix with the repository's config, rendered
 /// the way deploy/nginx/templates describe.
@@ -35,11 +36,17 @@ fn repo() -> PathBuf {
 
 impl Nginx {
     fn start(upstreams: &[u16]) -> Self {
-        let bin = std::env::var("KAIROS_TEST_NGINX")
-            .unwrap_or_else(|_| panic!("KAIROS_TEST_NGINX is not set: run the tests with `cargo xtask test`"));
-        let dir = std::env::temp_dir().join(format!("kairos-nginx-{}", uuid::Uuid::new_v4().simple()));
+        let bin = std::env::var("KAIROS_TEST_NGINX").unwrap_or_else(|_| {
+            panic!("KAIROS_TEST_NGINX is not set: run the tests with `cargo xtask test`")
+        });
+        let dir =
+            std::env::temp_dir().join(format!("kairos-nginx-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(dir.join("conf.d")).unwrap();
-        std::fs::copy(repo().join("deploy/nginx/nginx.conf"), dir.join("nginx.conf")).unwrap();
+        std::fs::copy(
+            repo().join("deploy/nginx/nginx.conf"),
+            dir.join("nginx.conf"),
+        )
+        .unwrap();
         let port = free_port();
         let servers: String = upstreams
             .iter()
@@ -49,12 +56,17 @@ impl Nginx {
             ("kairos-upstream.conf.template", "kairos-upstream.conf"),
             ("kairos-listen.conf.template", "kairos-listen.conf"),
         ] {
-            let text = std::fs::read_to_string(repo().join("deploy/nginx/templates").join(template)).unwrap();
+            let text =
+                std::fs::read_to_string(repo().join("deploy/nginx/templates").join(template))
+                    .unwrap();
             let rendered = text
                 .replace("${KAIROS_LISTEN}", &format!("127.0.0.1:{port}"))
                 .replace("${KAIROS_RESOLVER}", "")
                 .replace("${KAIROS_UPSTREAM_SERVERS}", &servers);
-            assert!(!rendered.contains("${"), "unrendered placeholder in {template}");
+            assert!(
+                !rendered.contains("${"),
+                "unrendered placeholder in {template}"
+            );
             std::fs::write(dir.join("conf.d").join(out), rendered).unwrap();
         }
         let mut child = Command::new(bin)
@@ -73,7 +85,10 @@ impl Nginx {
         let sink = log.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 sink.lock().unwrap().push(line);
             }
         });
@@ -82,7 +97,12 @@ impl Nginx {
             assert!(Instant::now() < deadline, "nginx never listened");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { port, dir, child, log }
+        Self {
+            port,
+            dir,
+            child,
+            log,
+        }
     }
 
     /// The upstream ports of logged requests whose line contains `needle`.
@@ -106,7 +126,10 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM to the master, which stops its workers; SIGKILL would
         // orphan them, still listening.
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -115,9 +138,14 @@ impl Drop for Nginx {
 async fn next_json(ws: &mut Ws) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.expect("in time") {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("in time")
+        {
             Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
-            Some(Ok(Message::Close(frame))) => return json!({"type": "CLOSED", "frame": format!("{frame:?}")}),
+            Some(Ok(Message::Close(frame))) => {
+                return json!({"type": "CLOSED", "frame": format!("{frame:?}")});
+            }
             Some(Ok(_)) => {}
             Some(Err(_)) | None => return json!({"type": "CLOSED"}),
         }
@@ -126,7 +154,9 @@ async fn next_json(ws: &mut Ws) -> Value {
 
 async fn connect(nginx: &Nginx, id: &str) -> Ws {
     let url = format!("ws://127.0.0.1:{}/ws?sessionId={id}", nginx.port);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("handshake through nginx");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("handshake through nginx");
     assert_eq!(next_json(&mut ws).await["type"], "CONNECTED");
     assert_eq!(next_json(&mut ws).await["type"], "STATE_SYNC");
     ws
@@ -135,7 +165,11 @@ async fn connect(nginx: &Nginx, id: &str) -> Ws {
 #[tokio::test]
 async fn round_robin_rest_and_websockets_through_nginx_survive_an_instance_stopping() {
     let env = [("REDIS_URL", redis_url()), ("REDIS_KEY_PREFIX", prefix())];
-    let mut nodes = vec![Instance::start(&env).await, Instance::start(&env).await, Instance::start(&env).await];
+    let mut nodes = vec![
+        Instance::start(&env).await,
+        Instance::start(&env).await,
+        Instance::start(&env).await,
+    ];
     let nginx = Nginx::start(&nodes.iter().map(|n| n.port).collect::<Vec<_>>());
     let http = reqwest::Client::new();
 
@@ -151,12 +185,26 @@ async fn round_robin_rest_and_websockets_through_nginx_survive_an_instance_stopp
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let id = res.json::<Value>().await.unwrap()["data"]["session_id"].as_str().unwrap().to_owned();
-    assert_eq!(http.post(nginx.url(&format!("/v1/sessions/{id}/start"))).send().await.unwrap().status(), 200);
+    let id = res.json::<Value>().await.unwrap()["data"]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        http.post(nginx.url(&format!("/v1/sessions/{id}/start")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Nine reads, whichever instance answers, agree; plain round-robin
     // spreads them three to each instance.
     for _ in 0..9 {
-        let res = http.get(nginx.url(&format!("/v1/sessions/{id}"))).send().await.unwrap();
+        let res = http
+            .get(nginx.url(&format!("/v1/sessions/{id}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(res.json::<Value>().await.unwrap()["data"]["version"], 2);
     }
@@ -165,18 +213,29 @@ async fn round_robin_rest_and_websockets_through_nginx_survive_an_instance_stopp
     assert_eq!(hits.len(), 9, "access log: {:?}", nginx.log.lock().unwrap());
     for n in &nodes {
         let count = hits.iter().filter(|p| **p == n.port).count();
-        assert_eq!(count, 3, "instance {} served {count} of 9: {hits:?}", n.port);
+        assert_eq!(
+            count, 3,
+            "instance {} served {count} of 9: {hits:?}",
+            n.port
+        );
     }
 
     let mut watchers = Vec::new();
     for _ in 0..3 {
         watchers.push(connect(&nginx, &id).await);
     }
-    let res = http.post(nginx.url(&format!("/v1/sessions/{id}/switch"))).send().await.unwrap();
+    let res = http
+        .post(nginx.url(&format!("/v1/sessions/{id}/switch")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     for ws in &mut watchers {
         let m = next_json(ws).await;
-        assert_eq!((m["type"].as_str(), m["state"]["version"].as_u64()), (Some("STATE_UPDATE"), Some(3)));
+        assert_eq!(
+            (m["type"].as_str(), m["state"]["version"].as_u64()),
+            (Some("STATE_UPDATE"), Some(3))
+        );
     }
 
     // Stop one instance: the clients it served lose their socket, reconnect
@@ -185,14 +244,21 @@ async fn round_robin_rest_and_websockets_through_nginx_survive_an_instance_stopp
     let mut reconnected = 0;
     for ws in &mut watchers {
         let probe = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
-        let dead = matches!(probe, Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))));
+        let dead = matches!(
+            probe,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_))))
+        );
         if dead {
             *ws = connect(&nginx, &id).await;
             reconnected += 1;
         }
     }
     assert!(reconnected >= 1, "no client was on the stopped instance");
-    let res = http.post(nginx.url(&format!("/v1/sessions/{id}/switch"))).send().await.unwrap();
+    let res = http
+        .post(nginx.url(&format!("/v1/sessions/{id}/switch")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let mut versions = HashSet::new();
     for ws in &mut watchers {
