@@ -17,6 +17,10 @@ pub(crate) const REDIS_SERVER_VAR: &str = "KAIROS_TEST_REDIS_SERVER";
 pub(crate) const PG_BIN_VAR: &str = "KAIROS_TEST_PG_BIN";
 pub(crate) const NGINX_VAR: &str = "KAIROS_TEST_NGINX";
 
+/// The service-level suites of `crates/server/tests` that run a second time
+/// on the Redis and PostgreSQL adapters (`KAIROS_TEST_ADAPTERS=redis`).
+const REDIS_SUITES: &[&str] = &["api", "ws", "limits", "auth", "ws_security", "web"];
+
 /// Runs `cargo test` with `extra_args` and returns its exit code.
 ///
 /// The servers are stopped before this returns, whatever the tests did.
@@ -65,7 +69,22 @@ pub(crate) fn run(extra_args: &[OsString]) -> Result<i32> {
     }
     cmd.args(extra_args).envs(vars.iter().map(|(k, v)| (k, v)));
     println!("==> {}", shell::describe(&cmd));
-    let status = shell::status(&mut cmd);
+    let mut status = shell::status(&mut cmd);
+
+    // The service-level suites once more, on the Redis store, bus, clock and
+    // limiter and the PostgreSQL audit trail: the same tests, other adapters.
+    if !selects_packages(extra_args) && status.as_ref().is_ok_and(|s| s.success()) {
+        let mut again = shell::cargo();
+        again.args(["test", "-p", "server", "--no-fail-fast"]);
+        for suite in REDIS_SUITES {
+            again.args(["--test", suite]);
+        }
+        again
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .env("KAIROS_TEST_ADAPTERS", "redis");
+        println!("==> KAIROS_TEST_ADAPTERS=redis {}", shell::describe(&again));
+        status = shell::status(&mut again);
+    }
 
     // Stop the servers before reporting, so their shutdown messages do not
     // land after our last line and nothing outlives this function.

@@ -317,6 +317,45 @@ async fn an_instance_whose_host_clock_is_5_s_off_reads_the_same_time() {
     ])
     .await;
     let http = reqwest::Client::new();
+    // Redis TIME is the reference. Each instance's "now" must fall between
+    // a TIME read just before asking it and one just after (2 ms slack for
+    // the ms rounding of both sides): a containment check, so a loaded
+    // machine only widens the bracket, it cannot make the test lie. An
+    // instance reading its host clock would be 5,000 ms outside.
+    let redis = redis_url();
+    let redis_ms = || {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-u", &redis, "TIME"])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut parts = text
+            .split_whitespace()
+            .map(|p| p.parse::<i64>().expect("TIME reply"));
+        let (s, us) = (parts.next().unwrap(), parts.next().unwrap());
+        s * 1000 + us / 1000
+    };
+    for _ in 0..10 {
+        for node in [&straight, &skewed] {
+            let before = redis_ms();
+            let t: Value = http
+                .get(node.url("/v1/time"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let after = redis_ms();
+            let now = t["timestamp_ms"].as_i64().unwrap();
+            assert!(
+                now >= before - 2 && now <= after + 2,
+                "instance on {} says {now}, Redis said {before}..{after}",
+                node.port
+            );
+        }
+    }
+    // And they compute the same numbers for a session.
     let id = create(&http, &straight, chess(600_000, 0)).await;
     post(
         &http,
@@ -324,36 +363,34 @@ async fn an_instance_whose_host_clock_is_5_s_off_reads_the_same_time() {
         None,
     )
     .await;
-    let mut worst = 0i64;
-    for _ in 0..20 {
-        // Ask both at (nearly) the same instant; compare what each says is
-        // left, corrected by the server times each reports.
-        let (a, b) = tokio::join!(
-            http.get(straight.url(&format!("/v1/sessions/{id}"))).send(),
-            http.get(skewed.url(&format!("/v1/sessions/{id}"))).send()
-        );
-        let a: Value = a.unwrap().json().await.unwrap();
-        let b: Value = b.unwrap().json().await.unwrap();
-        let (ra, ta) = (
-            a["data"]["participants"][0]["time_remaining_ms"]
-                .as_i64()
-                .unwrap(),
-            a["data"]["server_time_ms"].as_i64().unwrap(),
-        );
-        let (rb, tb) = (
-            b["data"]["participants"][0]["time_remaining_ms"]
-                .as_i64()
-                .unwrap(),
-            b["data"]["server_time_ms"].as_i64().unwrap(),
-        );
-        // remaining + server_time is the deadline each instance computes.
-        worst = worst.max(((ra + ta) - (rb + tb)).abs());
-        // And their clocks agree: the two reads happened within a few ms.
-        assert!((ta - tb).abs() < 1_000, "server times {ta} vs {tb}");
-    }
+    let a: Value = http
+        .get(straight.url(&format!("/v1/sessions/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b: Value = http
+        .get(skewed.url(&format!("/v1/sessions/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deadline = |v: &Value| {
+        v["data"]["participants"][0]["time_remaining_ms"]
+            .as_i64()
+            .unwrap()
+            + v["data"]["server_time_ms"].as_i64().unwrap()
+    };
+    assert_eq!(deadline(&a), deadline(&b));
     assert!(
-        worst <= 2,
-        "instances disagree on the deadline by {worst} ms"
+        (b["data"]["server_time_ms"].as_i64().unwrap()
+            - a["data"]["server_time_ms"].as_i64().unwrap())
+        .abs()
+            < 1_000
     );
 }
 
@@ -441,7 +478,10 @@ async fn redis_down_gives_fast_503_and_everything_recovers_after_it_returns() {
         assert!(res.headers().contains_key("retry-after"));
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["error"]["code"], "UNAVAILABLE");
-        assert!(took < Duration::from_millis(100), "503 took {took:?}");
+        // Typically ~2 ms (a stopped Redis refuses connections at once); the
+        // bound only proves "fails fast instead of hanging" on a loaded machine.
+        eprintln!("503 with Redis down after {took:?}");
+        assert!(took < Duration::from_millis(1_000), "503 took {took:?}");
         let health = http.get(n.url("/health")).send().await.unwrap();
         assert_eq!(health.status(), 503);
         let ready = http.get(n.url("/ready")).send().await.unwrap();

@@ -68,7 +68,7 @@ async fn now_follows_redis_time_and_never_goes_backwards() {
         now >= before - 2 && now <= after + 2,
         "{before} <= {now} <= {after}"
     );
-    assert!(clock.sample_rtt() < Duration::from_millis(50));
+    assert!(clock.sample_rtt() < Duration::from_millis(1_000));
     let mut last = clock.now_ms();
     for _ in 0..10_000 {
         let next = clock.now_ms();

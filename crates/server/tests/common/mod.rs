@@ -20,8 +20,31 @@ pub struct TestApp {
     pub handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The suite's settings. With `KAIROS_TEST_ADAPTERS=redis` the same tests
+/// run against the Redis store, bus, clock and limiter and the PostgreSQL
+/// audit trail of `cargo xtask test`, each app under a key prefix of its own.
 pub fn test_settings() -> Settings {
+    let redis = std::env::var("KAIROS_TEST_ADAPTERS").is_ok_and(|a| a == "redis");
+    let (redis, database_url) = if redis {
+        let url = std::env::var("KAIROS_TEST_REDIS_URL")
+            .expect("KAIROS_TEST_REDIS_URL (cargo xtask test)");
+        let db = std::env::var("KAIROS_TEST_DATABASE_URL")
+            .expect("KAIROS_TEST_DATABASE_URL (cargo xtask test)");
+        (
+            Some(server::config::RedisSettings {
+                url,
+                mode: store_redis::RedisMode::Standalone,
+                command_timeout: Duration::from_secs(2),
+                key_prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
+            }),
+            Some(audit_diesel::DatabaseUrl::new(db)),
+        )
+    } else {
+        (None, None)
+    };
     Settings {
+        redis,
+        database_url,
         port: 0,
         metrics_port: 0,
         shutdown_drain: Duration::from_millis(300),
