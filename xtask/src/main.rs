@@ -5,9 +5,12 @@
 //!
 //! # Layout
 //!
+//! - [`bench`]: the performance run that writes `docs/performance.md`.
 //! - [`ci`]: the full gate (fmt, clippy, rustdoc, deploy-check, tests), as CI runs it.
 //! - [`deploy_check`]: static checks of `deploy/` (Dockerfile, Kubernetes,
 //!   compose, alerts, nginx, dashboard) with pinned tools, offline.
+//! - [`fuzz`]: the libFuzzer targets of `fuzz/` on the nightly toolchain.
+//! - [`schemathesis`]: property-based tests of a live server from its OpenAPI document.
 //! - [`test`](mod@test): `cargo test --workspace` against throwaway Redis and PostgreSQL.
 //! - [`web`](mod@web): the SDK's and demo page's tests under `web/` (node, Chromium).
 //! - [`services`]: finds or installs the server binaries, starts the
@@ -18,8 +21,11 @@
 // workspace-wide lint exists to keep stray prints out of the service crates.
 #![allow(clippy::print_stdout)]
 
+mod bench;
 mod ci;
 mod deploy_check;
+mod fuzz;
+mod schemathesis;
 mod services;
 mod shell;
 mod test;
@@ -54,6 +60,28 @@ Commands:
                   the agreements between files. Installs its pinned tools
                   into target/xtask/venv (pip) and promtool and nginx
                   (apt-get) when missing; validates offline.
+  fuzz [--seconds N] [TARGET...]
+                  Build the libFuzzer targets of fuzz/ with `cargo +nightly
+                  fuzz build` and run each (all without TARGET), one after
+                  the other, for N seconds (default 60); print the
+                  executions per target; fail if one crashes, naming the
+                  saved input. Needs a nightly toolchain (says so when there
+                  is none); installs cargo-fuzz (cargo install) when missing.
+  schemathesis [ARGS...]
+                  Build and start kairos-server (debug, loopback, AUTH_MODE=off,
+                  RATE_LIMITS=off) and run the pinned schemathesis
+                  (xtask/schemathesis-requirements.txt, venv in
+                  target/xtask/schemathesis-venv) against its /openapi.json:
+                  no 5xx, responses match the schema. ARGS go to
+                  `schemathesis run`. Offline but for loopback.
+  bench [--quick] Build the release server and kairos-loadgen, run the
+                  domain's criterion benchmarks, start a throwaway Redis and
+                  the server instances (1, then 3), run the bare Redis
+                  baseline and every load scenario, and write
+                  docs/performance.md (generated part) with SVG plots in
+                  docs/perf/. --quick: short and small runs (a few minutes
+                  once built), table printed and written under
+                  target/xtask/bench-quick/ instead of docs/.
   help            Print this message.
 
 Exported to the tests:
@@ -77,7 +105,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some("test") => test::run(&rest).map(exit_code),
+        Some("bench") => bench::run(&rest).map(|()| ExitCode::SUCCESS),
         Some("deploy-check") => deploy_check::run(&rest).map(|()| ExitCode::SUCCESS),
+        Some("fuzz") => fuzz::run(&rest).map(|()| ExitCode::SUCCESS),
+        Some("schemathesis") => schemathesis::run(&rest).map(|()| ExitCode::SUCCESS),
         Some("ci") => {
             if !rest.is_empty() {
                 eprintln!("error: `cargo xtask ci` takes no arguments\n\n{USAGE}");

@@ -108,6 +108,68 @@ impl Servers {
     }
 }
 
+/// A throwaway Redis alone (for `cargo xtask bench`); dropping it stops the
+/// server and removes its directory, through the same watchdog.
+#[derive(Debug)]
+pub(crate) struct RedisServer {
+    url: String,
+    pid: Option<u32>,
+    // Never read: its `Drop` is what stops the server.
+    _reaper: Reaper,
+}
+
+impl RedisServer {
+    /// Installs `redis-server` if needed (apt-get), then starts it on a free
+    /// loopback port, without persistence.
+    pub(crate) fn start() -> Result<Self> {
+        let redis_server = match find_redis_server() {
+            Some(path) => path,
+            None => {
+                apt_install(&["redis-server"], "install redis-server yourself")?;
+                find_redis_server().context(
+                    "redis-server is still not on PATH after installing package redis-server",
+                )?
+            }
+        };
+        let dir = shell::project_root()
+            .join("target")
+            .join("xtask")
+            .join(format!("bench-{}", std::process::id()));
+        if dir.exists() {
+            fs::remove_dir_all(&dir)
+                .with_context(|| format!("could not remove stale {}", dir.display()))?;
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+        // No PostgreSQL here: the reaper finds no postmaster.pid and skips it.
+        let reaper = Reaper::spawn(&dir, Path::new(""))?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("could not pick a free port")?
+            .port();
+        let redis_dir = dir.join("redis");
+        start_redis(&redis_server, &redis_dir, port)?;
+        let pid = fs::read_to_string(redis_dir.join("redis.pid"))
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        let url = format!("redis://127.0.0.1:{port}/");
+        println!("==> redis:    {url}");
+        Ok(Self {
+            url,
+            pid,
+            _reaper: reaper,
+        })
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The server's pid (from its pidfile), to read its CPU time.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Finding and installing the binaries.
 

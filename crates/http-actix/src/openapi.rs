@@ -36,8 +36,8 @@ pub struct ErrorDoc {
     /// METHOD_NOT_ALLOWED for unknown routes).
     code: String,
     message: String,
-    /// Field errors (`[{"field", "message"}]`), versions (CONFLICT), or the request id (500).
-    #[schema(value_type = Option<Object>)]
+    /// Field errors (`[{"field", "message"}]`, an array), versions (CONFLICT,
+    /// an object), or the request id (500, an object).
     details: Option<serde_json::Value>,
 }
 
@@ -45,39 +45,61 @@ pub struct ErrorDoc {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ParticipantConfigDoc {
     /// 1 to 64 characters from `[A-Za-z0-9_.:-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     participant_id: String,
     /// Rotation position; list order when left out.
     participant_index: Option<u32>,
     /// Bank in ms (1000..=86400000); required in per_participant.
+    #[schema(minimum = 1000, maximum = 86400000)]
     total_time_ms: Option<i64>,
     /// The group (per_group).
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     group_id: Option<String>,
 }
 
 /// One group of a session config.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GroupConfigDoc {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     group_id: String,
     /// Bank in ms (1000..=86400000).
+    #[schema(minimum = 1000, maximum = 86400000)]
     total_time_ms: i64,
+}
+
+/// `sync_mode` (contract section 2).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncModeDoc {
+    PerParticipant,
+    PerCycle,
+    PerGroup,
+    Global,
+    CountUp,
 }
 
 /// The session config of `POST /v1/sessions` (contract section 3).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionConfigDoc {
     /// UUID; generated when left out.
+    #[schema(value_type = Option<uuid::Uuid>)]
     session_id: Option<String>,
-    /// per_participant | per_cycle | per_group | global | count_up
-    sync_mode: String,
+    sync_mode: SyncModeDoc,
+    /// At most 1000, with unique ids and indexes.
+    #[schema(max_items = 1000)]
     participants: Option<Vec<ParticipantConfigDoc>>,
     groups: Option<Vec<GroupConfigDoc>>,
     /// Session bank (required in global), 1000..=86400000.
+    #[schema(minimum = 1000, maximum = 86400000)]
     total_time_ms: Option<i64>,
     /// Cycle length (required in per_cycle), 1000..=86400000.
+    #[schema(minimum = 1000, maximum = 86400000)]
     time_per_cycle_ms: Option<i64>,
     /// 0..=3600000.
+    #[schema(minimum = 0, maximum = 3600000)]
     increment_ms: Option<i64>,
     /// Bank cap, or the stopwatch limit in count_up; 1000..=86400000.
+    #[schema(minimum = 1000, maximum = 86400000)]
     max_time_ms: Option<i64>,
     /// `{"type": "end_session" | "skip_cycle" | "auto_action", "action"?: string, ...extra}`.
     #[schema(value_type = Option<Object>)]
@@ -88,12 +110,25 @@ pub struct SessionConfigDoc {
     metadata: Option<serde_json::Value>,
 }
 
+/// The `{command}` of `POST /v1/sessions/{id}/{command}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandDoc {
+    Start,
+    Switch,
+    Pause,
+    Resume,
+    Complete,
+    Cancel,
+}
+
 /// The optional body of a command.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CommandBodyDoc {
     /// Apply only at this version (else 409 CONFLICT).
     expected_version: Option<u64>,
     /// switch only: who plays next.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     next_participant_id: Option<String>,
 }
 
@@ -148,7 +183,7 @@ pub struct ReadyBody {
     ),
     components(schemas(
         ViewEnvelope, EventsEnvelope, ErrorBody, ErrorDoc, SessionConfigDoc, ParticipantConfigDoc,
-        GroupConfigDoc, CommandBodyDoc, TimeBody, HealthBody, ReadyBody, WireView,
+        GroupConfigDoc, SyncModeDoc, CommandDoc, CommandBodyDoc, TimeBody, HealthBody, ReadyBody, WireView,
         WireParticipant, WireGroup, WireEvent
     )),
     tags(

@@ -143,7 +143,7 @@ pub async fn create_session(
 /// Read a session as of now.
 #[utoipa::path(
     get, path = "/v1/sessions/{id}", tag = "sessions",
-    params(("id" = String, Path, description = "Session id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
     responses(
         (status = 200, description = "The session view", body = crate::openapi::ViewEnvelope),
         (status = 400, description = "VALIDATION_ERROR: the id is not a UUID", body = crate::openapi::ErrorBody),
@@ -178,8 +178,8 @@ pub async fn get_session(
 #[utoipa::path(
     post, path = "/v1/sessions/{id}/{command}", tag = "sessions",
     params(
-        ("id" = String, Path, description = "Session id (UUID)"),
-        ("command" = String, Path, description = "start | switch | pause | resume | complete | cancel"),
+        ("id" = uuid::Uuid, Path, description = "Session id (UUID)"),
+        ("command" = crate::openapi::CommandDoc, Path, description = "start | switch | pause | resume | complete | cancel"),
     ),
     request_body(content = Option<crate::openapi::CommandBodyDoc>, description = "Optional: expected_version, and next_participant_id for switch"),
     responses(
@@ -266,9 +266,10 @@ pub async fn session_command(
 /// Delete a session (cancelled first if still live).
 #[utoipa::path(
     delete, path = "/v1/sessions/{id}", tag = "sessions",
-    params(("id" = String, Path, description = "Session id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
     responses(
         (status = 204, description = "Deleted; subscribers got SESSION_DELETED"),
+        (status = 400, description = "VALIDATION_ERROR: the id is not a UUID", body = crate::openapi::ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = crate::openapi::ErrorBody),
         (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
         (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
@@ -297,12 +298,13 @@ pub async fn delete_session(
 #[utoipa::path(
     get, path = "/v1/sessions/{id}/events", tag = "sessions",
     params(
-        ("id" = String, Path, description = "Session id (UUID)"),
-        ("limit" = Option<u32>, Query, description = "At most this many events (1..=500, default 100)"),
+        ("id" = uuid::Uuid, Path, description = "Session id (UUID)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "At most this many events (1..=500, default 100)"),
         ("before_ms" = Option<i64>, Query, description = "Only events with at_ms before this instant (paging)"),
     ),
     responses(
         (status = 200, description = "Events, newest first", body = crate::openapi::EventsEnvelope),
+        (status = 400, description = "VALIDATION_ERROR: the id is not a UUID, or a bad limit or before_ms", body = crate::openapi::ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = crate::openapi::ErrorBody),
         (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
         (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),

@@ -888,6 +888,34 @@ fn parse_client_message(text: &str) -> Result<ClientMessage, Box<Rejected>> {
     }
 }
 
+/// The client-message parser, for the fuzz targets in `fuzz/` only: not
+/// part of the API. `Ok` carries the command and `expected_version` a
+/// message asks for (`None` for `PING` and `RECONNECT`); `Err` carries the
+/// `ERROR` text the socket would send back.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// See the module.
+    pub fn parse_client_message(text: &str) -> Result<Option<(Command, Option<u64>)>, String> {
+        match super::parse_client_message(text) {
+            Ok(ClientMessage::Command {
+                command,
+                expected_version,
+                ..
+            }) => Ok(Some((command, expected_version))),
+            Ok(ClientMessage::Ping { .. } | ClientMessage::Reconnect) => Ok(None),
+            Err(rejected) => Err(encode(&ErrorMessage {
+                kind: "ERROR",
+                code: rejected.error.code.as_str(),
+                message: &rejected.error.message,
+                details: rejected.error.details.as_deref(),
+                request_id: rejected.request_id.as_ref(),
+            })),
+        }
+    }
+}
+
 // Server messages. The envelope fields `sessionId` and `timestamp` are
 // camelCase because the v2 format fixes them (contract, introduction).
 

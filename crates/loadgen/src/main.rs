@@ -1,0 +1,88 @@
+//! `kairos-loadgen`: the load scenarios behind `cargo xtask bench`.
+//!
+//! Every scenario is bounded in count and time, talks only to loopback
+//! addresses (anything else is refused before a byte is sent) and stops by
+//! itself. Progress goes to stderr; the result is one JSON object on stdout,
+//! which `cargo xtask bench` parses into `docs/performance.md`.
+//!
+//! # Layout
+//!
+//! - [`common`]: loopback checks, latency histograms, CPU and memory readings,
+//!   the HTTP and WebSocket helpers shared by the scenarios.
+//! - [`switch`]: HTTP switch load, closed loop or open loop.
+//! - [`fanout`]: switches delivered to many WebSocket subscribers.
+//! - [`connections`]: many idle WebSockets and the server's memory per socket.
+//! - [`timeouts`]: many deadlines in the same second, lateness to clients.
+//! - [`redis_ping`]: the bare Redis round trip the switch is compared with.
+
+// The report on stdout is this tool's output.
+#![allow(clippy::print_stdout)]
+
+mod common;
+mod connections;
+mod fanout;
+mod fleet;
+mod redis_ping;
+mod switch;
+mod timeouts;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load scenarios for SyncKairos. Loopback targets only.
+#[derive(Debug, Parser)]
+#[command(name = "kairos-loadgen", version)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// HTTP switches round-robin over sessions and targets.
+    Switch(switch::Args),
+    /// Switches at a fixed rate, delivered to WebSocket subscribers.
+    Fanout(fanout::Args),
+    /// Idle WebSockets held on one instance; its memory per socket.
+    Connections(connections::Args),
+    /// Many sessions timing out in the same second; lateness to clients.
+    Timeouts(timeouts::Args),
+    /// Bare Redis PING round trips at a given concurrency (the baseline).
+    RedisPing(redis_ping::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Switch(args) => switch::run(args).await,
+            Scenario::Fanout(args) => fanout::run(args).await,
+            Scenario::Connections(args) => connections::run(args).await,
+            Scenario::Timeouts(args) => timeouts::run(args).await,
+            Scenario::RedisPing(args) => redis_ping::run(args).await,
+        }
+    });
+    // Sockets still held by finished tasks are closed with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
