@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //!
-//! - [`bench`]: the performance run that writes `docs/performance.md`.
+//! - [`bench`](mod@bench): the performance run that writes `docs/performance.md`.
 //! - [`ci`]: the full gate (fmt, clippy, rustdoc, deploy-check, tests), as CI runs it.
 //! - [`deploy_check`]: static checks of `deploy/` (Dockerfile, Kubernetes,
 //!   compose, alerts, nginx, dashboard) with pinned tools, offline.
