@@ -10,18 +10,8 @@ mod procs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procs::{Instance, OwnPostgres, database_url, prefix, psql, redis_url};
+use procs::{Instance, OwnPostgres, database_url, post, prefix, psql, redis_url};
 use serde_json::{Value, json};
-
-async fn post(http: &reqwest::Client, url: String, body: Option<Value>) -> (u16, Value) {
-    let mut req = http.post(url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.expect("request");
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
 
 fn chess(bank: i64) -> Value {
     json!({

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use futures_util::StreamExt;
-use procs::{Instance, OwnRedis, redis_url};
+use procs::{Instance, OwnRedis, post, redis_url};
 use serde_json::{Value, json};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
@@ -28,16 +28,6 @@ async fn cluster(n: usize, redis: &str, extra: &[(&str, String)]) -> Vec<Instanc
         out.push(Instance::start(&env).await);
     }
     out
-}
-
-async fn post(http: &reqwest::Client, url: String, body: Option<Value>) -> (u16, Value) {
-    let mut req = http.post(url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.expect("request");
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
 }
 
 async fn create(http: &reqwest::Client, at: &Instance, config: Value) -> String {

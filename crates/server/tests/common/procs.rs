@@ -311,3 +311,18 @@ pub fn database_url() -> String {
 pub fn prefix() -> String {
     format!("t{}:", uuid::Uuid::new_v4().simple())
 }
+
+/// POSTs `body` (if any) and returns the status and the JSON body (`Null` when none).
+pub async fn post(
+    http: &reqwest::Client,
+    url: String,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.post(url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(serde_json::Value::Null))
+}
