@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kairos_domain::{
-    Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionStore, StoreError,
+    Claimed, Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionStore, StoreError,
 };
 
 /// Everything the store holds. A std mutex, not a tokio one: every critical
@@ -167,20 +167,34 @@ impl SessionStore for MemoryStore {
         now_ms: i64,
         limit: usize,
         lease_ms: i64,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         let mut inner = self.lock()?;
+        let now = Instant::now();
         let due: Vec<SessionId> = inner
             .deadlines
             .iter()
             .take_while(|(d, _)| *d <= now_ms)
             .map(|(_, id)| *id)
             .filter(|id| inner.leases.get(id).is_none_or(|until| *until <= now_ms))
-            .take(limit)
             .collect();
-        for id in &due {
-            inner.leases.insert(*id, now_ms.saturating_add(lease_ms));
+        let mut claimed = Vec::new();
+        for id in due {
+            if claimed.len() == limit {
+                break;
+            }
+            // A session past its TTL leaves the index, as in Redis.
+            inner.expire_if_due(id, now);
+            let Some(stored) = inner.sessions.get(&id) else {
+                continue;
+            };
+            let state = stored.state.clone();
+            inner.leases.insert(id, now_ms.saturating_add(lease_ms));
+            claimed.push(Claimed {
+                id,
+                state: Some(state),
+            });
         }
-        Ok(due)
+        Ok(claimed)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -65,8 +65,8 @@ pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{Command, Decision, TransitionError};
 pub use ports::{
-    AuditError, AuditSink, BusError, BusMessage, Clock, Commit, EventBus, Outbox, OutboxEntry,
-    SessionStore, StoreError, Subscription,
+    AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, EventBus, Outbox,
+    OutboxEntry, SessionStore, StoreError, Subscription,
 };
 pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use service::{Executed, ServiceError, SessionService};

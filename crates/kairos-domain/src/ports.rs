@@ -45,6 +45,25 @@ pub struct Commit {
     pub events: Vec<Event>,
 }
 
+/// A session [`SessionStore::claim_due`] handed to the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// The session whose deadline is due.
+    pub id: SessionId,
+    /// Its state as read in the same step as the claim, when the store can
+    /// return it at no extra cost (saving the caller a `load`); `None` when
+    /// the caller must load it. Only a starting point: the commit's
+    /// compare-and-set still decides.
+    pub state: Option<Session>,
+}
+
+impl Claimed {
+    /// A claim without the state: the caller loads it.
+    pub fn id_only(id: SessionId) -> Self {
+        Self { id, state: None }
+    }
+}
+
 /// The primary store of session state, with its deadline index and event outbox.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
@@ -73,12 +92,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// not duplicate work. A claimed session whose deadline is still in the
     /// index after the lease (its claimer died) MUST be returned again.
     /// Claiming is an optimisation: exactly-once comes from `commit`'s compare-and-set.
+    /// Sessions that no longer exist are dropped from the index, not returned.
     async fn claim_due(
         &self,
         now_ms: i64,
         limit: usize,
         lease_ms: i64,
-    ) -> Result<Vec<SessionId>, StoreError>;
+    ) -> Result<Vec<Claimed>, StoreError>;
 
     /// Cheap liveness probe for `/health` and `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -11,7 +11,7 @@ use crate::config::SessionConfig;
 use crate::event::Event;
 use crate::ids::{ParticipantId, SessionId};
 use crate::machine::{self, Command, TransitionError, settle_deadlines};
-use crate::ports::{BusMessage, Clock, Commit, EventBus, SessionStore, StoreError};
+use crate::ports::{BusMessage, Claimed, Clock, Commit, EventBus, SessionStore, StoreError};
 use crate::session::Session;
 use crate::view::{SessionView, view};
 
@@ -227,9 +227,23 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
     /// Returns the deadlines applied, or an empty list when none was due (or
     /// another instance applied them first): each deadline takes effect once.
     pub async fn fire_due(&self, id: SessionId) -> Result<Vec<i64>, ServiceError> {
+        self.fire_claimed(Claimed::id_only(id)).await
+    }
+
+    /// [`Self::fire_due`] for a session from [`SessionStore::claim_due`]:
+    /// starts from the state the claim returned, if any, instead of loading
+    /// it (one store round trip less per timeout); a stale state only costs
+    /// a compare-and-set conflict and a reload.
+    pub async fn fire_claimed(&self, claimed: Claimed) -> Result<Vec<i64>, ServiceError> {
+        let Claimed { id, state } = claimed;
+        let mut known = state;
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some(stored) = self.store.load(id).await? else {
-                return Ok(Vec::new());
+            let stored = match known.take() {
+                Some(state) => state,
+                None => match self.store.load(id).await? {
+                    Some(state) => state,
+                    None => return Ok(Vec::new()),
+                },
             };
             let now = self.clock.now_ms();
             let decision = match machine::decide(&stored, &Command::Timeout, None, now) {

@@ -2567,8 +2567,9 @@ mod service {
 
     use kairos_domain::machine::{self, next_deadline};
     use kairos_domain::{
-        Actor, BusMessage, Command, EventType, MockClock, MockEventBus, MockSessionStore, Role,
-        ServiceError, Session, SessionConfig, SessionService, Status, StoreError, TransitionError,
+        Actor, BusMessage, Claimed, Command, EventType, MockClock, MockEventBus, MockSessionStore,
+        Role, ServiceError, Session, SessionConfig, SessionService, Status, StoreError,
+        TransitionError,
     };
     use mockall::Sequence;
     use serde_json::json;
@@ -3035,6 +3036,92 @@ mod service {
             published(&log),
             [(
                 3,
+                vec![EventType::ParticipantExpired, EventType::SessionExpired]
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn fire_claimed_uses_the_claimed_state_without_a_load() {
+        // Arrange: the claim carried the current state, so nothing is loaded.
+        let stored = running_chess();
+        let mut store = MockSessionStore::new();
+        store.expect_load().times(0);
+        store
+            .expect_commit()
+            .times(1)
+            .withf(|c| c.expected_version == 2 && c.state.version == 3 && c.deadline.is_none())
+            .returning(|_| Ok(()));
+        let (bus, log) = recording_bus();
+        let svc = service(store, bus, clock_at(350_000));
+
+        // Act
+        let fired = svc
+            .fire_claimed(Claimed {
+                id: sid(),
+                state: Some(stored),
+            })
+            .await
+            .expect("fired");
+
+        // Assert
+        assert_eq!(fired, [at(300_000)]);
+        assert_eq!(
+            published(&log),
+            [(
+                3,
+                vec![EventType::ParticipantExpired, EventType::SessionExpired]
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn fire_claimed_with_a_stale_state_reloads_after_the_conflict() {
+        // Arrange: white switched at 100 s after the claim read version 2;
+        // the stale decision loses the compare-and-set, the reload decides
+        // on version 3 (black's clock, due at 400 s).
+        let stale = running_chess();
+        let current = machine::decide(&stale, &Command::Switch { next: None }, None, at(100_000))
+            .expect("switch")
+            .state;
+        assert_eq!(next_deadline(&current), Some(at(400_000)));
+        let mut store = MockSessionStore::new();
+        let mut seq = Sequence::new();
+        store
+            .expect_commit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(|c| c.expected_version == 2)
+            .returning(|_| Err(StoreError::VersionConflict));
+        store
+            .expect_load()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_| Ok(Some(current.clone())));
+        store
+            .expect_commit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(|c| c.expected_version == 3 && c.state.version == 4 && c.deadline.is_none())
+            .returning(|_| Ok(()));
+        let (bus, log) = recording_bus();
+        let svc = service(store, bus, clock_at(450_000));
+
+        // Act
+        let fired = svc
+            .fire_claimed(Claimed {
+                id: sid(),
+                state: Some(stale),
+            })
+            .await
+            .expect("fired");
+
+        // Assert: black's deadline, once; white's stale one never.
+        assert_eq!(fired, [at(400_000)]);
+        assert_eq!(
+            published(&log),
+            [(
+                4,
                 vec![EventType::ParticipantExpired, EventType::SessionExpired]
             )]
         );

@@ -106,6 +106,12 @@ impl RedisConnection {
         self.timeout
     }
 
+    /// Whether this is a Redis Cluster connection, where one script may
+    /// touch only the keys of one slot.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.kind, ConnKind::Cluster(_))
+    }
+
     /// A clone of the underlying connection, to send commands through.
     pub(crate) fn kind(&self) -> ConnKind {
         self.kind.clone()

@@ -72,28 +72,77 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return n
 ";
 
-/// Claims up to a quota of due deadlines in one partition.
+/// Claims up to a quota of due deadlines in one partition (Redis Cluster,
+/// where a script may only touch one slot; elsewhere [`CLAIM_ALL`]).
 ///
 /// KEYS: deadlines. ARGV: now ms, quota, lease end ms, state-key prefix.
 /// Takes the members due at or before now; drops those whose state key is
 /// gone (TTL expiry or deletion) and moves the others' score to the lease
 /// end, which hides them until then. A commit overwrites that score with the
 /// true deadline or removes the entry; if nobody commits (the claimer died),
-/// the entry is due again when the lease ends. Returns `{scanned, ids}`,
+/// the entry is due again when the lease ends. Returns `{scanned, claimed}`,
 /// where `scanned` counts the due members looked at (claimed or dropped), so
-/// the caller can tell whether more may be due.
+/// the caller can tell whether more may be due, and `claimed` is a flat list
+/// `member, encoded state, ...` (the state read in the same atomic step,
+/// so that firing the timeout needs no separate load).
 const CLAIM: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local claimed = {}
 for _, member in ipairs(due) do
-  if redis.call('EXISTS', ARGV[4] .. member) == 1 then
+  local state = redis.call('HGET', ARGV[4] .. member, 's')
+  if state then
     redis.call('ZADD', KEYS[1], ARGV[3], member)
     claimed[#claimed + 1] = member
+    claimed[#claimed + 1] = state
   else
     redis.call('ZREM', KEYS[1], member)
   end
 end
 return {#due, claimed}
+";
+
+/// [`CLAIM`] over many partitions in one call (standalone and Sentinel,
+/// where one script may touch every partition): one round trip per poll
+/// instead of one per partition, which is what an idle instance's poll
+/// costs.
+///
+/// KEYS: the deadline indexes, in the order to visit them. ARGV: now ms,
+/// budget (members claimed at most), lease end ms, byte budget (stop after
+/// the states returned add up to this, so that a batch of very large
+/// sessions stays a bounded reply), then one state-key prefix per key.
+/// Returns `{more, claimed}`: `more` is 1 when a budget ran out or a
+/// partition may hold further due members, `claimed` as in [`CLAIM`].
+const CLAIM_ALL: &str = r"
+local budget = tonumber(ARGV[2])
+local max_bytes = tonumber(ARGV[4])
+local claimed = {}
+local taken = 0
+local bytes = 0
+local more = 0
+for i = 1, #KEYS do
+  local left = budget - taken
+  if left <= 0 or bytes >= max_bytes then
+    more = 1
+    break
+  end
+  local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', ARGV[1], 'LIMIT', 0, left)
+  for _, member in ipairs(due) do
+    local state = redis.call('HGET', ARGV[4 + i] .. member, 's')
+    if state then
+      redis.call('ZADD', KEYS[i], ARGV[3], member)
+      claimed[#claimed + 1] = member
+      claimed[#claimed + 1] = state
+      taken = taken + 1
+      bytes = bytes + #state
+    else
+      redis.call('ZREM', KEYS[i], member)
+    end
+  end
+  if #due == left then
+    more = 1
+  end
+end
+return {more, claimed}
 ";
 
 /// Reads one partition's outbox for a consumer: first entries other
@@ -190,6 +239,7 @@ pub(crate) struct Scripts {
     pub(crate) commit: Script,
     pub(crate) delete: Script,
     pub(crate) claim: Script,
+    pub(crate) claim_all: Script,
     pub(crate) read: Script,
     pub(crate) ack: Script,
     pub(crate) backlog: Script,
@@ -202,6 +252,7 @@ impl Scripts {
             commit: Script::new(COMMIT),
             delete: Script::new(DELETE),
             claim: Script::new(CLAIM),
+            claim_all: Script::new(CLAIM_ALL),
             read: Script::new(READ),
             ack: Script::new(ACK),
             backlog: Script::new(BACKLOG),
@@ -209,12 +260,13 @@ impl Scripts {
     }
 
     /// All of them, to preload at connect time.
-    pub(crate) fn all(&self) -> [&Script; 7] {
+    pub(crate) fn all(&self) -> [&Script; 8] {
         [
             &self.create,
             &self.commit,
             &self.delete,
             &self.claim,
+            &self.claim_all,
             &self.read,
             &self.ack,
             &self.backlog,

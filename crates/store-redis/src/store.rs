@@ -1,6 +1,7 @@
 //! [`RedisStore`]: the [`SessionStore`] on Redis. Each state change is one
 //! Lua script call on one partition (state, deadline index and outbox in one
-//! atomic round trip); deadline claims sweep all partitions concurrently.
+//! atomic round trip); a deadline claim visits every partition in one script
+//! call (in Cluster mode, one call per partition, concurrently).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -8,13 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
-use kairos_domain::{Commit, Event, Session, SessionId, SessionStore, StoreError, machine};
+use kairos_domain::{
+    Claimed, Commit, Event, Session, SessionId, SessionStore, StoreError, machine,
+};
 use redis::{FromRedisValue, Script};
 
 use crate::codec::{StateCodec, encode_event};
 use crate::config::RedisConfig;
 use crate::conn::RedisConnection;
-use crate::keys::{Keys, PARTITIONS, partition_of, split_budget};
+use crate::keys::{Keys, PARTITIONS, PartitionKeys, partition_of, split_budget};
 use crate::scripts::Scripts;
 
 /// The Redis [`SessionStore`] (and [`kairos_domain::Outbox`], in
@@ -46,6 +49,14 @@ impl std::fmt::Debug for RedisStore {
 
 /// The consumer group of the outbox streams.
 pub(crate) const GROUP: &str = "audit";
+
+/// Stop adding states to one claim reply past this many bytes (see
+/// `CLAIM_ALL` in [`crate::scripts`]): bounds the reply when sessions are
+/// very large (1,000 participants), at no cost for ordinary ones.
+const CLAIM_REPLY_BYTES: usize = 4 << 20;
+
+/// Script calls one standalone claim makes at most (see `claim_due`).
+const MAX_CLAIM_CALLS: usize = 4;
 
 /// Upper bound on the waves of one sweep (see [`RedisStore::sweep`]): enough
 /// to visit every partition one by one plus a few refills of the busy ones.
@@ -203,16 +214,16 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Claims up to `quota` due deadlines of partition `p`.
+    /// Claims up to `quota` due deadlines of partition `p` (Cluster mode).
     async fn claim_partition(
         &self,
         p: usize,
         quota: usize,
         now_ms: i64,
         lease_until: i64,
-    ) -> Result<(Vec<SessionId>, bool), StoreError> {
+    ) -> Result<(Vec<Claimed>, bool), StoreError> {
         let keys = self.keys.partition(p);
-        let (scanned, members): (usize, Vec<String>) = self
+        let (scanned, flat): (usize, Vec<Vec<u8>>) = self
             .eval(
                 "claim_due",
                 &self.scripts.claim,
@@ -225,21 +236,59 @@ impl RedisStore {
                 ],
             )
             .await?;
-        let mut ids = Vec::with_capacity(members.len());
-        for member in members {
-            match member.parse::<SessionId>() {
-                Ok(id) => ids.push(id),
-                // Only this crate writes the index; a foreign member is
-                // reported rather than silently dropped (its lease keeps it
-                // from flooding the log).
-                Err(_) => tracing::warn!(
-                    member,
-                    partition = p,
+        Ok((Self::claimed(flat), scanned >= quota))
+    }
+
+    /// Claims up to `limit` due deadlines over every partition in one script
+    /// call (standalone and Sentinel), starting at partition `start`.
+    /// Returns the claims and whether more may be due.
+    async fn claim_all(
+        &self,
+        start: usize,
+        limit: usize,
+        now_ms: i64,
+        lease_until: i64,
+    ) -> Result<(Vec<Claimed>, bool), StoreError> {
+        let order: Vec<&PartitionKeys> = (0..PARTITIONS)
+            .map(|i| self.keys.partition((start + i) % PARTITIONS))
+            .collect();
+        let deadline_keys: Vec<&str> = order.iter().map(|k| k.deadlines.as_str()).collect();
+        let mut args = Vec::with_capacity(4 + PARTITIONS);
+        args.push(now_ms.to_string().into_bytes());
+        args.push(limit.to_string().into_bytes());
+        args.push(lease_until.to_string().into_bytes());
+        args.push(CLAIM_REPLY_BYTES.to_string().into_bytes());
+        args.extend(order.iter().map(|k| k.state_prefix.clone().into_bytes()));
+        let (more, flat): (i64, Vec<Vec<u8>>) = self
+            .eval("claim_due", &self.scripts.claim_all, &deadline_keys, &args)
+            .await?;
+        Ok((Self::claimed(flat), more == 1))
+    }
+
+    /// The claims of a `member, state, ...` reply. A member that is not a
+    /// session id is reported rather than silently dropped (only this crate
+    /// writes the index; the lease keeps it from flooding the log); a state
+    /// that does not decode is left for the caller to load, which reports it.
+    fn claimed(flat: Vec<Vec<u8>>) -> Vec<Claimed> {
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let mut items = flat.into_iter();
+        while let (Some(member), Some(state)) = (items.next(), items.next()) {
+            let Some(id) = std::str::from_utf8(&member)
+                .ok()
+                .and_then(|m| m.parse::<SessionId>().ok())
+            else {
+                tracing::warn!(
+                    member = %String::from_utf8_lossy(&member),
                     "ignoring a non-uuid member in the deadline index"
-                ),
-            }
+                );
+                continue;
+            };
+            out.push(Claimed {
+                id,
+                state: StateCodec::decode(&state).ok(),
+            });
         }
-        Ok((ids, scanned >= quota))
+        out
     }
 }
 
@@ -337,12 +386,30 @@ impl SessionStore for RedisStore {
         now_ms: i64,
         limit: usize,
         lease_ms: i64,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let lease_until = now_ms.saturating_add(lease_ms.max(0));
         let start = self.claim_rotation.fetch_add(1, Ordering::Relaxed) % PARTITIONS;
+        if !self.conn.is_cluster() {
+            // One call visits every partition. A call can stop short of the
+            // limit with more still due (the reply's byte budget, or expired
+            // entries it dropped); then call again, a bounded number of
+            // times, so that fewer than `limit` claims means nothing more was
+            // due in the usual case.
+            let mut out = Vec::new();
+            for _ in 0..MAX_CLAIM_CALLS {
+                let (claimed, more) = self
+                    .claim_all(start, limit - out.len(), now_ms, lease_until)
+                    .await?;
+                out.extend(claimed);
+                if !more || out.len() >= limit {
+                    break;
+                }
+            }
+            return Ok(out);
+        }
         Self::sweep(start, limit, |p, quota| {
             self.claim_partition(p, quota, now_ms, lease_until)
         })

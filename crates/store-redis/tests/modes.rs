@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{OwnRedis, bumped, chess};
+use common::{OwnRedis, bumped, chess, claim_ids};
 use kairos_domain::{Clock, Commit, Outbox, SessionStore, StoreError};
 use store_redis::{PARTITIONS, RedisClock, RedisConfig, RedisMode, RedisStore};
 
@@ -32,7 +32,9 @@ async fn exercise(store: &RedisStore) {
         assert_eq!(store.load(session.id).await, Ok(Some(next)));
         ids.push(session.id);
     }
-    let mut claimed = store.claim_due(2_000, 1_000, 60_000).await.expect("claims");
+    let mut claimed = claim_ids(store, 2_000, 1_000, 60_000)
+        .await
+        .expect("claims");
     claimed.sort();
     ids.sort();
     assert_eq!(claimed, ids);

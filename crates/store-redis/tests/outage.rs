@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{OwnRedis, bumped, chess, free_port};
+use common::{OwnRedis, bumped, chess, claim_ids, free_port};
 use kairos_domain::{Commit, SessionStore, StoreError};
 use store_redis::{RedisConfig, RedisStore};
 
@@ -115,7 +115,7 @@ async fn a_restarted_redis_is_unavailable_meanwhile_then_serves_the_same_store_a
     for _ in 0..3 {
         fails_fast("load", store.load(session.id)).await;
         fails_fast("commit", store.commit(&commit)).await;
-        fails_fast("claim_due", store.claim_due(10_000, 100, 1_000)).await;
+        fails_fast("claim_due", claim_ids(&store, 10_000, 100, 1_000)).await;
         fails_fast("ping", store.ping()).await;
     }
 
@@ -131,7 +131,7 @@ async fn a_restarted_redis_is_unavailable_meanwhile_then_serves_the_same_store_a
     store.commit(&commit).await.expect("commits again");
     assert_eq!(store.load(session.id).await, Ok(Some(next)));
     assert_eq!(
-        store.claim_due(10_000, 100, 1_000).await,
+        claim_ids(&store, 10_000, 100, 1_000).await,
         Ok(vec![session.id])
     );
     eprintln!("recovered within {:?} of the restart", back.elapsed());

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bumped, chess, keys_of, new_id, raw, redis_url, store, with_participants};
+use common::{bumped, chess, claim_ids, keys_of, new_id, raw, redis_url, store, with_participants};
 use kairos_domain::{Command, Commit, SessionStore, StoreError, machine};
 use redis::AsyncCommands;
 use store_redis::RedisStore;
@@ -261,16 +261,16 @@ async fn claim_due_returns_due_sessions_only_and_hides_them_for_the_lease() {
     }
     let later = with_deadline(&store, 9_000).await;
 
-    let mut claimed = store.claim_due(5_000, 100, 1_000).await.expect("claims");
+    let mut claimed = claim_ids(&store, 5_000, 100, 1_000).await.expect("claims");
 
     claimed.sort();
     due.sort();
     assert_eq!(claimed, due, "everything at or before now, nothing after");
     assert!(!claimed.contains(&later));
     // Leased until 6 s: another instance at 5.5 s sees nothing (the 9 s one is not due).
-    assert_eq!(store.claim_due(5_500, 100, 1_000).await, Ok(vec![]));
+    assert_eq!(claim_ids(&store, 5_500, 100, 1_000).await, Ok(vec![]));
     // The claimer died: at 6 s the lease is over and they are due again.
-    let mut again = store.claim_due(6_000, 100, 1_000).await.expect("claims");
+    let mut again = claim_ids(&store, 6_000, 100, 1_000).await.expect("claims");
     again.sort();
     assert_eq!(again, due);
 }
@@ -296,7 +296,7 @@ async fn claim_due_respects_the_limit_and_leaves_the_rest_due() {
         .await
         .expect("claims");
     assert_eq!(rest.len(), 150 - 108);
-    assert_eq!(store.claim_due(10_000, 1_000, 60_000).await, Ok(vec![]));
+    assert_eq!(claim_ids(&store, 10_000, 1_000, 60_000).await, Ok(vec![]));
 }
 
 #[tokio::test]
@@ -309,7 +309,7 @@ async fn claim_due_purges_entries_whose_session_is_gone() {
     // As if the TTL had expired: the state key vanishes, the index entry stays.
     let _: i64 = conn.del(&keys.state).await.expect("DEL");
 
-    let claimed = store.claim_due(2_000, 10, 1_000).await.expect("claims");
+    let claimed = claim_ids(&store, 2_000, 10, 1_000).await.expect("claims");
 
     assert_eq!(claimed, vec![live]);
     let score: Option<f64> = conn
@@ -335,7 +335,7 @@ async fn a_commit_after_a_claim_replaces_the_lease_with_the_true_deadline() {
         .await
         .expect("commits");
     assert_eq!(
-        store.claim_due(1_000, 10, 60_000).await,
+        claim_ids(&store, 1_000, 10, 60_000).await,
         Ok(vec![session.id])
     );
 
@@ -359,7 +359,7 @@ async fn a_commit_after_a_claim_replaces_the_lease_with_the_true_deadline() {
         .expect("ZSCORE");
     assert_eq!(score, Some(3_000.0));
     assert_eq!(
-        store.claim_due(3_000, 10, 60_000).await,
+        claim_ids(&store, 3_000, 10, 60_000).await,
         Ok(vec![session.id])
     );
 }

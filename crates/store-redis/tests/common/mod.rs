@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kairos_domain::{Event, Session, SessionConfig, SessionId, machine};
+use kairos_domain::{Event, Session, SessionConfig, SessionId, SessionStore, StoreError, machine};
 use store_redis::{PARTITIONS, RedisConfig, RedisStore, partition_of};
 
 /// The shared test Redis. Panics (never skips) when it is not configured.
@@ -37,6 +37,30 @@ pub async fn store() -> (RedisStore, RedisConfig) {
         .await
         .expect("connects to the test Redis");
     (store, config)
+}
+
+/// The sessions `claim_due` claimed, sorted, checking on the way that each
+/// claim carries the session's current stored state.
+pub async fn claim_ids(
+    store: &RedisStore,
+    now_ms: i64,
+    limit: usize,
+    lease_ms: i64,
+) -> Result<Vec<SessionId>, StoreError> {
+    let claimed = store.claim_due(now_ms, limit, lease_ms).await?;
+    let mut ids = Vec::with_capacity(claimed.len());
+    for c in claimed {
+        let stored = store.load(c.id).await?;
+        assert!(stored.is_some(), "claimed {} has no state", c.id);
+        assert_eq!(
+            c.state, stored,
+            "the claim returns the stored state of {}",
+            c.id
+        );
+        ids.push(c.id);
+    }
+    ids.sort();
+    Ok(ids)
 }
 
 /// A raw connection, to inspect keys the way an operator would.
