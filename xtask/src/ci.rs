@@ -7,7 +7,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::shell::{self, cargo};
-use crate::{deploy_check, test};
+use crate::{deploy_check, fuzz, schemathesis, test};
+
+/// Seconds each fuzz target runs in CI: a smoke pass that catches a target
+/// that crashes at once; the long runs are `cargo xtask fuzz` (docs/security.md).
+const CI_FUZZ_SECONDS: u64 = 20;
+/// The schemathesis seed of the CI gate (see [`api_schema`]).
+const CI_SCHEMATHESIS_SEED: &str = "20261122";
 
 /// One CI step: runs a check and fails if it does not pass.
 type Step = fn() -> Result<()>;
@@ -18,12 +24,14 @@ type Step = fn() -> Result<()>;
 /// than after a full build.
 pub(crate) fn run() -> Result<()> {
     let started = Instant::now();
-    let steps: [(&str, Step); 5] = [
+    let steps: [(&str, Step); 7] = [
         ("fmt", fmt),
         ("clippy", clippy),
         ("doc", doc),
         ("deploy-check", deploy),
         ("test", tests),
+        ("schemathesis", api_schema),
+        ("fuzz", fuzz_smoke),
     ];
     for (index, (name, step)) in steps.iter().enumerate() {
         println!();
@@ -84,6 +92,21 @@ fn tests() -> Result<()> {
         bail!("`cargo test` exited with code {code}");
     }
     Ok(())
+}
+
+/// The live API against its OpenAPI document; after the tests, which
+/// already built the server binary it starts. With a fixed seed, so that the
+/// gate tests the same cases on every run and a failure reproduces with
+/// `cargo xtask schemathesis --seed 20261122`; unseeded runs by hand explore
+/// further.
+fn api_schema() -> Result<()> {
+    schemathesis::run(&["--seed".into(), CI_SCHEMATHESIS_SEED.into()])
+}
+
+/// Every fuzz target for [`CI_FUZZ_SECONDS`], last: it needs its own
+/// nightly build.
+fn fuzz_smoke() -> Result<()> {
+    fuzz::fuzz(CI_FUZZ_SECONDS, &[])
 }
 
 /// Echoes the command before running it, so the log shows what to re-run.

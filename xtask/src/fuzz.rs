@@ -4,8 +4,9 @@
 //!
 //! Steps:
 //!
-//! 1. A nightly toolchain must be installed (cargo-fuzz passes `-Z` flags):
-//!    without one this says so and stops, since rustup cannot download here.
+//! 1. cargo-fuzz passes `-Z` flags, so it runs on the nightly toolchain when
+//!    one is installed, and otherwise on stable with `RUSTC_BOOTSTRAP=1`
+//!    (the same compiler features; rustup cannot download a nightly here).
 //! 2. `cargo install cargo-fuzz --locked` when `cargo fuzz` is missing.
 //! 3. `cargo +nightly fuzz build -a`: every target once, in release mode
 //!    with debug assertions and overflow checks, under AddressSanitizer,
@@ -37,7 +38,32 @@ pub(crate) const DEFAULT_SECONDS: u64 = 60;
 /// Longest a single input may run before libFuzzer reports it as a hang.
 const INPUT_TIMEOUT_SECONDS: u64 = 30;
 /// The toolchain cargo-fuzz builds with.
-const TOOLCHAIN: &str = "nightly";
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Toolchain {
+    /// An installed nightly: the usual way to run cargo-fuzz.
+    Nightly,
+    /// No nightly installed: stable, with `RUSTC_BOOTSTRAP=1` so that it
+    /// accepts the `-Z` flags (sanitizer, coverage) cargo-fuzz passes.
+    StableBootstrap,
+}
+
+impl Toolchain {
+    /// The rustup toolchain name.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Nightly => "nightly",
+            Self::StableBootstrap => "stable",
+        }
+    }
+
+    /// How to run `cargo fuzz` by hand on this toolchain.
+    fn cargo_fuzz_prefix(self) -> &'static str {
+        match self {
+            Self::Nightly => "cargo +nightly fuzz",
+            Self::StableBootstrap => "RUSTC_BOOTSTRAP=1 cargo +stable fuzz",
+        }
+    }
+}
 
 /// What `cargo xtask fuzz` was asked to do.
 #[derive(Debug, PartialEq, Eq)]
@@ -87,10 +113,10 @@ pub(crate) fn fuzz(seconds: u64, wanted: &[String]) -> Result<()> {
     let dir = shell::project_root().join("fuzz");
     let available = list_targets(&dir)?;
     let targets = select(&available, wanted)?;
-    ensure_nightly()?;
-    ensure_cargo_fuzz()?;
+    let toolchain = choose_toolchain()?;
+    ensure_cargo_fuzz(toolchain)?;
 
-    let mut build = cargo_fuzz();
+    let mut build = cargo_fuzz(toolchain);
     build.args(["build", "-a"]);
     println!("==> {}", describe(&build));
     let started = Instant::now();
@@ -104,7 +130,7 @@ pub(crate) fn fuzz(seconds: u64, wanted: &[String]) -> Result<()> {
     fs::create_dir_all(&logs).with_context(|| format!("could not create {}", logs.display()))?;
     let mut outcomes = Vec::new();
     for target in &targets {
-        outcomes.push(run_target(&dir, &logs, target, seconds)?);
+        outcomes.push(run_target(toolchain, &dir, &logs, target, seconds)?);
     }
 
     println!();
@@ -124,8 +150,9 @@ pub(crate) fn fuzz(seconds: u64, wanted: &[String]) -> Result<()> {
         );
         if let Some(artifact) = &o.artifact {
             eprintln!(
-                "  input: {artifact}\n  reproduce: cargo +{TOOLCHAIN} fuzz run -a {t} {artifact}\n  \
-                 minimize:  cargo +{TOOLCHAIN} fuzz tmin -a {t} {artifact}",
+                "  input: {artifact}\n  reproduce: {c} run -a {t} {artifact}\n  \
+                 minimize:  {c} tmin -a {t} {artifact}",
+                c = toolchain.cargo_fuzz_prefix(),
                 t = o.target
             );
         }
@@ -176,19 +203,23 @@ fn select(available: &[String], wanted: &[String]) -> Result<Vec<String>> {
     Ok(wanted.to_vec())
 }
 
-/// Fails with what to do when no nightly toolchain is installed.
-fn ensure_nightly() -> Result<()> {
-    let advice = "cargo fuzz needs a nightly toolchain (libFuzzer and the sanitizers are \
-                  enabled with -Z flags). Install one with `rustup toolchain install nightly` \
-                  and run `cargo xtask fuzz` again; nothing was fuzzed";
+/// Nightly when rustup lists one, else stable with `RUSTC_BOOTSTRAP=1`.
+fn choose_toolchain() -> Result<Toolchain> {
     let Some(rustup) = which("rustup") else {
-        bail!("rustup is not on PATH, so no nightly toolchain can be selected. {advice}");
+        bail!(
+            "rustup is not on PATH: cargo fuzz needs a toolchain selected through rustup \
+             (nightly, or stable with RUSTC_BOOTSTRAP=1); nothing was fuzzed"
+        );
     };
     let list = shell::output(Command::new(rustup).args(["toolchain", "list"]))?;
-    if !has_nightly(&list) {
-        bail!("no nightly toolchain is installed (`rustup toolchain list`: {list:?}). {advice}");
+    if has_nightly(&list) {
+        return Ok(Toolchain::Nightly);
     }
-    Ok(())
+    println!(
+        "==> no nightly toolchain is installed: building the fuzz targets with stable and \
+         RUSTC_BOOTSTRAP=1 (the -Z flags of cargo-fuzz need one or the other)"
+    );
+    Ok(Toolchain::StableBootstrap)
 }
 
 /// Whether `rustup toolchain list` shows a nightly toolchain.
@@ -196,19 +227,19 @@ fn has_nightly(list: &str) -> bool {
     list.lines().any(|line| {
         line.split_whitespace()
             .next()
-            .is_some_and(|name| name == TOOLCHAIN || name.starts_with("nightly-"))
+            .is_some_and(|name| name == "nightly" || name.starts_with("nightly-"))
     })
 }
 
 /// `cargo install cargo-fuzz --locked` unless `cargo fuzz` already runs.
-fn ensure_cargo_fuzz() -> Result<()> {
+fn ensure_cargo_fuzz(toolchain: Toolchain) -> Result<()> {
     let installed = |cmd: &mut Command| {
         cmd.arg("--version")
             .stdin(Stdio::null())
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    let mut probe = cargo_fuzz();
+    let mut probe = cargo_fuzz(toolchain);
     if installed(&mut probe) {
         return Ok(());
     }
@@ -217,24 +248,27 @@ fn ensure_cargo_fuzz() -> Result<()> {
     println!("==> cargo-fuzz is missing: {}", describe(&install));
     shell::run(&mut install)?;
     ensure!(
-        installed(&mut cargo_fuzz()),
+        installed(&mut cargo_fuzz(toolchain)),
         "`cargo fuzz` still does not run after installing cargo-fuzz: is ~/.cargo/bin on PATH?"
     );
     Ok(())
 }
 
-/// `cargo +nightly fuzz` from the project root, as rustup runs it: nested
-/// cargo calls by cargo-fuzz pick the nightly toolchain too, whatever
+/// `cargo fuzz` on `toolchain` from the project root, as rustup runs it:
+/// nested cargo calls by cargo-fuzz pick the same toolchain too, whatever
 /// toolchain runs this xtask.
-fn cargo_fuzz() -> Command {
+fn cargo_fuzz(toolchain: Toolchain) -> Command {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", TOOLCHAIN, "cargo", "fuzz"])
+    cmd.args(["run", toolchain.name(), "cargo", "fuzz"])
         .current_dir(shell::project_root())
-        // The stable cargo that runs xtask, and a target directory meant
-        // for the main workspace, must not leak into the nightly build.
+        // The cargo that runs xtask, and a target directory meant for the
+        // main workspace, must not leak into the fuzz build.
         .env_remove("CARGO")
         .env_remove("CARGO_TARGET_DIR")
-        .env("RUSTUP_TOOLCHAIN", TOOLCHAIN);
+        .env("RUSTUP_TOOLCHAIN", toolchain.name());
+    if toolchain == Toolchain::StableBootstrap {
+        cmd.env("RUSTC_BOOTSTRAP", "1");
+    }
     cmd
 }
 
@@ -368,11 +402,17 @@ fn artifact_of(line: &str) -> Option<String> {
 }
 
 /// Runs one target for `seconds` and reports how it went.
-fn run_target(dir: &Path, logs: &Path, target: &str, seconds: u64) -> Result<Outcome> {
+fn run_target(
+    toolchain: Toolchain,
+    dir: &Path,
+    logs: &Path,
+    target: &str,
+    seconds: u64,
+) -> Result<Outcome> {
     let corpus = dir.join("corpus").join(target);
     fs::create_dir_all(&corpus)
         .with_context(|| format!("could not create {}", corpus.display()))?;
-    let mut cmd = cargo_fuzz();
+    let mut cmd = cargo_fuzz(toolchain);
     cmd.args(["run", "-a", target]).arg(&corpus);
     let seeds = dir.join("seeds").join(target);
     if seeds.is_dir() {

@@ -6,10 +6,11 @@
 //! # Layout
 //!
 //! - [`bench`](mod@bench): the performance run that writes `docs/performance.md`.
-//! - [`ci`]: the full gate (fmt, clippy, rustdoc, deploy-check, tests), as CI runs it.
+//! - [`ci`]: the full gate (fmt, clippy, rustdoc, deploy-check, tests,
+//!   schemathesis, a short fuzz pass), as CI runs it.
 //! - [`deploy_check`]: static checks of `deploy/` (Dockerfile, Kubernetes,
 //!   compose, alerts, nginx, dashboard) with pinned tools, offline.
-//! - [`fuzz`]: the libFuzzer targets of `fuzz/` on the nightly toolchain.
+//! - [`fuzz`]: the libFuzzer targets of `fuzz/` (nightly, or stable with `RUSTC_BOOTSTRAP=1`).
 //! - [`schemathesis`]: property-based tests of a live server from its OpenAPI document.
 //! - [`test`](mod@test): `cargo test --workspace` against throwaway Redis and PostgreSQL.
 //! - [`web`](mod@web): the SDK's and demo page's tests under `web/` (node, Chromium).
@@ -50,7 +51,8 @@ Commands:
                   and `node --test tests/` in web/ (KAIROS_SKIP_WEB_TESTS=1
                   leaves this out).
   ci              fmt check, clippy -D warnings, rustdoc -D warnings,
-                  deploy-check, then the same as `test`. Stops at the first
+                  deploy-check, the same as `test`, then `schemathesis` with
+                  a fixed seed and `fuzz --seconds 20`. Stops at the first
                   failing step.
   deploy-check [ROOT]
                   Check deploy/ (and .github/workflows) of ROOT (default:
@@ -61,12 +63,13 @@ Commands:
                   into target/xtask/venv (pip) and promtool and nginx
                   (apt-get) when missing; validates offline.
   fuzz [--seconds N] [TARGET...]
-                  Build the libFuzzer targets of fuzz/ with `cargo +nightly
-                  fuzz build` and run each (all without TARGET), one after
-                  the other, for N seconds (default 60); print the
+                  Build the libFuzzer targets of fuzz/ with `cargo fuzz
+                  build` (nightly, or stable with RUSTC_BOOTSTRAP=1 when no
+                  nightly is installed) and run each (all without TARGET),
+                  one after the other, for N seconds (default 60); print the
                   executions per target; fail if one crashes, naming the
-                  saved input. Needs a nightly toolchain (says so when there
-                  is none); installs cargo-fuzz (cargo install) when missing.
+                  saved input. Installs cargo-fuzz (cargo install) when
+                  missing.
   schemathesis [ARGS...]
                   Build and start kairos-server (debug, loopback, AUTH_MODE=off,
                   RATE_LIMITS=off) and run the pinned schemathesis
