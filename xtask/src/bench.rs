@@ -4,9 +4,10 @@
 //! Builds the release server and `kairos-loadgen`, runs the domain's
 //! criterion benchmarks, starts a throwaway Redis and the server instances
 //! itself (one, then three sharing the Redis; `RATE_LIMITS=off`, free
-//! loopback ports), runs the bare Redis baseline and every load scenario in
-//! one run, and writes the figures: percentiles, ratios to the Redis
-//! baseline, each design bar with its measured value and pass or miss, the
+//! loopback ports), runs the bare Redis baseline, the bare HTTP round trip
+//! (the floor under a switch) and every load scenario in one run, and writes
+//! the figures: percentiles, ratios to the Redis baseline and the HTTP
+//! floor, each design bar with its measured value and pass or miss, the
 //! CPU each process used during each scenario (the measured bottleneck),
 //! and SVG plots under `docs/perf/`.
 //!
@@ -48,6 +49,8 @@ struct Plan {
     closed_concurrency: Vec<usize>,
     open_rates: Vec<u32>,
     duration_s: f64,
+    /// Seconds of load before each ping, switch and open-loop measurement.
+    warmup_s: f64,
     switch_sessions: usize,
     connections: usize,
     hold_s: f64,
@@ -63,6 +66,7 @@ impl Plan {
             closed_concurrency: vec![1, 8, 64],
             open_rates: vec![1000, 2500, 5000, 7500],
             duration_s: 10.0,
+            warmup_s: 1.0,
             switch_sessions: 1000,
             connections: 50_000,
             hold_s: 10.0,
@@ -77,7 +81,10 @@ impl Plan {
             ping_concurrency: vec![1, 64],
             closed_concurrency: vec![1, 64],
             open_rates: vec![2000, 5000],
-            duration_s: 3.0,
+            // 8 runs of 0.5 + 2.5 s: the same 24 s as the 6 runs of
+            // 1 + 3 s before the HTTP floor was added.
+            duration_s: 2.5,
+            warmup_s: 0.5,
             switch_sessions: 500,
             connections: 5_000,
             hold_s: 3.0,
@@ -432,6 +439,7 @@ struct Run {
 impl Run {
     fn scenarios(&mut self, plan: &Plan) -> Result<()> {
         let d = plan.duration_s.to_string();
+        let w = plan.warmup_s.to_string();
         let logs = target_dir().join("xtask").join("bench-logs");
         fs::create_dir_all(&logs)?;
 
@@ -448,11 +456,13 @@ impl Run {
                     &c,
                     "--duration",
                     &d,
+                    "--warmup",
+                    &w,
                 ],
             );
         }
 
-        // One instance: the switch round trip.
+        // One instance: the bare HTTP round trip, then the switch round trip.
         {
             let one = [Instance::start(
                 &self.server,
@@ -462,6 +472,25 @@ impl Run {
             )?];
             self.idle("idle, 1 instance", &one);
             let target = one[0].url();
+            // The HTTP floor: same instance, same concurrencies as PING.
+            for c in &plan.ping_concurrency {
+                let c = c.to_string();
+                self.loadgen(
+                    &format!("http-ping c={c}"),
+                    &one,
+                    &[
+                        "http-ping",
+                        "--target",
+                        &target,
+                        "--concurrency",
+                        &c,
+                        "--duration",
+                        &d,
+                        "--warmup",
+                        &w,
+                    ],
+                );
+            }
             let sessions = plan.switch_sessions.to_string();
             for c in &plan.closed_concurrency {
                 let c = c.to_string();
@@ -476,6 +505,8 @@ impl Run {
                         &c,
                         "--duration",
                         &d,
+                        "--warmup",
+                        &w,
                         "--sessions",
                         &sessions,
                     ],
@@ -494,6 +525,8 @@ impl Run {
                         &rate,
                         "--duration",
                         &d,
+                        "--warmup",
+                        &w,
                         "--sessions",
                         &sessions,
                     ],
@@ -762,6 +795,21 @@ impl Report<'_> {
         self.find(name).map(|r| &r.value).filter(|v| !v.is_null())
     }
 
+    /// The p50 of scenario `name`, in ms, if it ran.
+    fn p50(&self, name: &str) -> Option<f64> {
+        self.value(name)
+            .and_then(|v| v["latency"]["p50_ms"].as_f64())
+            .filter(|p| *p > 0.0)
+    }
+
+    /// The p50 of `row` as a multiple of the p50 of `base` (`2.5x`), or `–`.
+    fn p50_ratio(&self, row: &str, base: &str) -> String {
+        match (self.p50(row), self.p50(base)) {
+            (Some(r), Some(b)) => format!("{:.1}x", r / b),
+            _ => "–".to_owned(),
+        }
+    }
+
     fn cpu_text(&self, name: &str) -> String {
         let Some(r) = self.find(name) else {
             return "–".to_owned();
@@ -778,22 +826,31 @@ impl Report<'_> {
         let mut bars = Vec::new();
         for c in &self.plan.closed_concurrency {
             let name = format!("switch c={c}");
-            let switch = self
-                .value(&name)
-                .and_then(|v| v["latency"]["p50_ms"].as_f64());
-            let ping = self
-                .value(&format!("redis-ping c={c}"))
-                .and_then(|v| v["latency"]["p50_ms"].as_f64());
+            let switch = self.p50(&name);
+            let ping = self.p50(&format!("redis-ping c={c}"));
+            // The HTTP round trip alone: what no switch can go under. It
+            // explains the ratio; the bar itself stays against PING.
+            let floor = self.p50(&format!("http-ping c={c}"));
             let (measured, pass) = match (switch, ping) {
-                (Some(s), Some(p)) if p > 0.0 => (
-                    format!(
+                (Some(s), Some(p)) => {
+                    let mut text = format!(
                         "{} ms vs PING {} ms: **{:.1}x**",
                         fmt_ms(s),
                         fmt_ms(p),
                         s / p
-                    ),
-                    Some(s <= 3.0 * p),
-                ),
+                    );
+                    if let Some(f) = floor {
+                        let _ = write!(
+                            text,
+                            "; the HTTP floor alone (`GET /v1/time`) is {} ms = {:.1}x PING, \
+                             the switch {:.1}x the floor",
+                            fmt_ms(f),
+                            f / p,
+                            s / f
+                        );
+                    }
+                    (text, Some(s <= 3.0 * p))
+                }
                 _ => ("–".to_owned(), None),
             };
             bars.push(Bar {
@@ -944,24 +1001,33 @@ impl Report<'_> {
 
         let _ = writeln!(
             s,
-            "\n### Switch round trip (HTTP, Redis) and the bare Redis round trip\n\n\
-             | scenario | throughput/s | p50 | p90 | p99 | p99.9 | max | errors | p50 / PING p50 | CPU |\n\
-             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            "\n### Switch round trip (HTTP, Redis), the bare HTTP and the bare Redis round trips\n\n\
+             | scenario | throughput/s | p50 | p90 | p99 | p99.9 | max | errors | p50 / PING p50 | p50 / HTTP floor p50 | CPU |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
-        for r in self
-            .results
-            .iter()
-            .filter(|r| r.name.starts_with("switch") || r.name.starts_with("redis-ping"))
-        {
+        for r in self.results.iter().filter(|r| {
+            ["switch", "redis-ping", "http-ping"]
+                .iter()
+                .any(|p| r.name.starts_with(p))
+        }) {
             let v = &r.value;
-            let ratio = r
+            // Closed-loop rows compare with the baselines at the same concurrency.
+            let closed = r
                 .name
                 .strip_prefix("switch c=")
-                .and_then(|c| self.value(&format!("redis-ping c={c}")))
-                .and_then(|p| {
-                    Some(v["latency"]["p50_ms"].as_f64()? / p["latency"]["p50_ms"].as_f64()?)
-                })
-                .map_or_else(|| "–".to_owned(), |x| format!("{x:.1}x"));
+                .map(|c| (c, true))
+                .or_else(|| r.name.strip_prefix("http-ping c=").map(|c| (c, false)));
+            let (ratio, floor_ratio) = match closed {
+                Some((c, is_switch)) => (
+                    self.p50_ratio(&r.name, &format!("redis-ping c={c}")),
+                    if is_switch {
+                        self.p50_ratio(&r.name, &format!("http-ping c={c}"))
+                    } else {
+                        "–".to_owned()
+                    },
+                ),
+                None => ("–".to_owned(), "–".to_owned()),
+            };
             let errors = match &r.error {
                 Some(e) => format!("failed: {}", e.lines().next().unwrap_or_default()),
                 None => errors_text(&v["errors"]),
@@ -969,7 +1035,7 @@ impl Report<'_> {
             let l = &v["latency"];
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {errors} | {ratio} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {errors} | {ratio} | {floor_ratio} | {} |",
                 r.name,
                 num(&v["throughput_per_s"]),
                 ms(&l["p50_ms"]),
@@ -984,8 +1050,12 @@ impl Report<'_> {
             s,
             "\n`switch c=N`: closed loop, N clients; `switch rate=R`: open loop at R/s;\n\
              `redis-ping c=N`: N clients sending `PING` over one multiplexed connection,\n\
-             as the server's store does. {} measured seconds each, {} sessions.\n",
-            self.plan.duration_s, self.plan.switch_sessions
+             as the server's store does; `http-ping c=N`: N clients sending `GET /v1/time`\n\
+             to the switch's instance, the same HTTP path with no I/O behind it (the Redis\n\
+             clock answers from a cached offset; no rate-limit call with `RATE_LIMITS=off`):\n\
+             the HTTP floor under a switch. {} measured seconds each after {} s of warm-up,\n\
+             {} sessions.\n",
+            self.plan.duration_s, self.plan.warmup_s, self.plan.switch_sessions
         );
 
         if let Some(v) = self.value("fanout 1000x10 @500/s") {
@@ -1132,7 +1202,7 @@ impl Report<'_> {
             s,
             "\n### Plots\n\n\
              ![switch latency percentiles against the offered rate](perf/switch-latency-vs-rate.svg)\n\n\
-             ![switch and Redis PING latency against concurrency](perf/latency-vs-concurrency.svg)\n\n\
+             ![switch, Redis PING and HTTP floor latency against concurrency](perf/latency-vs-concurrency.svg)\n\n\
              Raw figures: [`perf/results.json`](perf/results.json).\n"
         );
         let _ = writeln!(s, "{END}");
@@ -1175,7 +1245,7 @@ impl Report<'_> {
         };
         plot::lines(
             &dir.join("latency-vs-concurrency.svg"),
-            "Switch vs bare Redis PING against concurrency (closed loop)",
+            "Switch vs bare Redis PING and the HTTP floor against concurrency (closed loop)",
             "concurrent clients",
             true,
             &[
@@ -1183,6 +1253,7 @@ impl Report<'_> {
                 ("switch p99", closed("switch c=", "p99_ms")),
                 ("PING p50", closed("redis-ping c=", "p50_ms")),
                 ("PING p99", closed("redis-ping c=", "p99_ms")),
+                ("HTTP floor p50", closed("http-ping c=", "p50_ms")),
             ],
         )
     }
@@ -1244,11 +1315,12 @@ mod plot {
     use anyhow::{Result, anyhow};
     use plotters::prelude::*;
 
-    const COLORS: [RGBColor; 4] = [
+    const COLORS: [RGBColor; 5] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
         RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
     ];
 
     /// One chart of `series` (name, points) with a log-scale y axis in ms;
@@ -1372,11 +1444,21 @@ mod tests {
     }
 
     #[test]
+    fn the_quick_run_loads_no_longer_than_before_the_http_floor() {
+        // Before the HTTP floor: 2 PING + 2 closed + 2 open runs of 1 + 3 s.
+        let q = Plan::quick();
+        let runs = 2 * q.ping_concurrency.len() + q.closed_concurrency.len() + q.open_rates.len();
+        let load_s = runs as f64 * (q.warmup_s + q.duration_s);
+        assert!(load_s <= 6.0 * (1.0 + 3.0), "{load_s} s");
+    }
+
+    #[test]
     fn bars_compare_with_the_baseline_and_the_targets() {
         let lat = |p50: f64, p99: f64| json!({"p50_ms": p50, "p99_ms": p99});
         let plan = Plan::full();
         let results = vec![
             outcome("redis-ping c=1", json!({"latency": lat(0.05, 0.1)})),
+            outcome("http-ping c=1", json!({"latency": lat(0.1, 0.3)})),
             outcome("switch c=1", json!({"latency": lat(0.4, 0.9)})),
             outcome("redis-ping c=64", json!({"latency": lat(0.5, 1.0)})),
             outcome(
@@ -1401,11 +1483,23 @@ mod tests {
             micro: &micro,
             elapsed: Duration::from_secs(1),
         };
-        let verdicts: Vec<Verdict> = report.bars().iter().map(|b| b.verdict).collect();
+        let bars = report.bars();
+        // The HTTP floor explains the ratio where it was measured...
+        assert!(
+            bars[0].measured.contains("**8.0x**; the HTTP floor alone")
+                && bars[0]
+                    .measured
+                    .contains("0.10 ms = 2.0x PING, the switch 4.0x the floor"),
+            "{}",
+            bars[0].measured
+        );
+        // ...and is left out where it was not.
+        assert!(!bars[2].measured.contains("floor"), "{}", bars[2].measured);
+        let verdicts: Vec<Verdict> = bars.iter().map(|b| b.verdict).collect();
         assert_eq!(
             verdicts,
             [
-                Verdict::Miss,        // 0.4 > 3 x 0.05
+                Verdict::Miss,        // 0.4 > 3 x 0.05, whatever the HTTP floor
                 Verdict::NotMeasured, // no c=8
                 Verdict::Pass,        // 1.4 <= 3 x 0.5
                 Verdict::Pass,        // p99 1.5 ms at 5,000/s
@@ -1419,6 +1513,11 @@ mod tests {
         assert!(text.starts_with(BEGIN) && text.trim_end().ends_with(END));
         assert!(text.contains("| switch c=64 | 12000 |"), "{text}");
         assert!(text.contains("2.8x"), "{text}");
+        // Ratios to PING and to the HTTP floor at the same concurrency.
+        assert!(text.contains("| 0 | 8.0x | 4.0x | servers"), "{text}");
+        assert!(text.contains("| 0 | 2.8x | – | servers"), "{text}");
+        assert!(text.contains("| http-ping c=1 |"), "{text}");
+        assert!(text.contains("| 0 | 2.0x | – | servers"), "{text}");
         assert!(text.contains("servers 120%, redis 40%, loadgen 35% (total 195% of 200%)"));
     }
 }

@@ -14,6 +14,10 @@
 //! - [`connections`]: many idle WebSockets and the server's memory per socket.
 //! - [`timeouts`]: many deadlines in the same second, lateness to clients.
 //! - [`redis_ping`]: the bare Redis round trip the switch is compared with.
+//! - [`http_ping`]: the bare HTTP round trip to the service (`GET /v1/time`,
+//!   no I/O behind it), the floor under the switch.
+//! - [`http_load`]: the request outcome, tally, closed-loop driver and report
+//!   fields shared by `switch` and `http-ping`.
 
 // The report on stdout is this tool's output.
 #![allow(clippy::print_stdout)]
@@ -22,6 +26,8 @@ mod common;
 mod connections;
 mod fanout;
 mod fleet;
+mod http_load;
+mod http_ping;
 mod redis_ping;
 mod switch;
 mod timeouts;
@@ -50,6 +56,8 @@ enum Scenario {
     Timeouts(timeouts::Args),
     /// Bare Redis PING round trips at a given concurrency (the baseline).
     RedisPing(redis_ping::Args),
+    /// Bare HTTP round trips (`GET /v1/time`) at a given concurrency (the HTTP floor).
+    HttpPing(http_ping::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +79,7 @@ fn main() -> ExitCode {
             Scenario::Connections(args) => connections::run(args).await,
             Scenario::Timeouts(args) => timeouts::run(args).await,
             Scenario::RedisPing(args) => redis_ping::run(args).await,
+            Scenario::HttpPing(args) => http_ping::run(args).await,
         }
     });
     // Sockets still held by finished tasks are closed with the runtime.

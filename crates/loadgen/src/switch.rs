@@ -7,19 +7,19 @@
 //! from the instant the request was *due*, not from when it could be sent,
 //! so a stall shows in the percentiles instead of silently lowering the load.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use reqwest::Url;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::common::{
-    CpuMeter, LONG_CLOCK_MS, Recorder, bounded_count, bounded_secs, http_client, http_targets,
+    CpuMeter, LONG_CLOCK_MS, bounded_count, bounded_secs, http_client, http_targets,
     prepare_sessions, session_config,
 };
+use crate::http_load::{self, Tally};
 
 /// Arguments of `switch`.
 #[derive(Debug, clap::Args)]
@@ -46,55 +46,6 @@ pub(crate) struct Args {
     /// Open loop: most requests outstanding at once (memory bound).
     #[arg(long, default_value_t = 4096)]
     max_in_flight: usize,
-}
-
-/// What the measured window produced.
-#[derive(Debug, Default)]
-struct Tally {
-    latency: Recorder,
-    ok: u64,
-    errors: BTreeMap<String, u64>,
-}
-
-impl Tally {
-    fn add(&mut self, outcome: Result<(), String>, latency: Duration) {
-        match outcome {
-            Ok(()) => {
-                self.ok += 1;
-                self.latency.record(latency);
-            }
-            Err(kind) => *self.errors.entry(kind).or_default() += 1,
-        }
-    }
-
-    fn absorb(&mut self, other: Tally) {
-        self.ok += other.ok;
-        self.latency.merge(&other.latency);
-        for (k, n) in other.errors {
-            *self.errors.entry(k).or_default() += n;
-        }
-    }
-}
-
-/// One switch; `Err` carries the kind of failure ("409", "timeout", ...).
-async fn switch(client: &reqwest::Client, url: Url) -> Result<(), String> {
-    let response = client.post(url).send().await.map_err(|e| {
-        if e.is_timeout() {
-            "timeout".to_owned()
-        } else if e.is_connect() {
-            "connect".to_owned()
-        } else {
-            "transport".to_owned()
-        }
-    })?;
-    let status = response.status();
-    // Read the body so the connection goes back to the pool.
-    let _ = response.bytes().await;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(status.as_u16().to_string())
-    }
 }
 
 /// Runs the scenario and returns its JSON report.
@@ -154,25 +105,11 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         }
         _ => anyhow::bail!("give exactly one of --concurrency and --rate"),
     };
-    let throughput = tally.ok as f64 / window.as_secs_f64();
-    let latency = tally.latency.summary();
-    eprintln!(
-        "switch: {throughput:.0}/s ok, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms, errors {:?}",
-        latency.p50_ms, latency.p99_ms, latency.p999_ms, latency.max_ms, tally.errors
-    );
-    let mut report = json!({
-        "scenario": "switch",
-        "targets": targets.len(),
-        "sessions": sessions,
-        "duration_s": window.as_secs_f64(),
-        "ok": tally.ok,
-        "errors": tally.errors,
-        "throughput_per_s": throughput,
-        "latency": latency,
-        "loadgen_cpu_percent": cpu.percent(),
-    });
+    let mut report = tally.report("switch", window, &cpu);
     if let (Some(r), Some(m)) = (report.as_object_mut(), mode.as_object()) {
         r.extend(m.clone());
+        r.insert("targets".to_owned(), json!(targets.len()));
+        r.insert("sessions".to_owned(), json!(sessions));
     }
     Ok(report.to_string())
 }
@@ -187,46 +124,26 @@ async fn closed_loop(
     warmup: Duration,
     duration: Duration,
 ) -> Result<(Tally, Duration)> {
-    let start = Instant::now();
-    let measure_from = start + warmup;
-    let end = measure_from + duration;
     let sessions = urls.first().map_or(0, Vec::len);
     let targets = urls.len();
-    let mut tasks = Vec::with_capacity(clients);
-    for w in 0..clients {
+    http_load::closed_loop(clients, warmup, duration, |w| {
+        // Disjoint sessions per client when there are enough of them,
+        // so clients do not race each other's compare-and-set.
+        let mine: Vec<usize> = if sessions >= clients {
+            (w..sessions).step_by(clients).collect()
+        } else {
+            vec![w % sessions]
+        };
         let client = client.clone();
         let urls = urls.clone();
-        tasks.push(tokio::spawn(async move {
-            // Disjoint sessions per client when there are enough of them,
-            // so clients do not race each other's compare-and-set.
-            let mine: Vec<usize> = if sessions >= clients {
-                (w..sessions).step_by(clients).collect()
-            } else {
-                vec![w % sessions]
-            };
-            let mut tally = Tally::default();
-            let mut i = w;
-            loop {
-                let sent = Instant::now();
-                if sent >= end {
-                    break;
-                }
-                let url = urls[i % targets][mine[i % mine.len()]].clone();
-                let outcome = switch(&client, url).await;
-                if sent >= measure_from {
-                    tally.add(outcome, sent.elapsed());
-                }
-                i += 1;
-            }
-            tally
-        }));
-    }
-    let mut total = Tally::default();
-    for task in tasks {
-        total.absorb(task.await.context("a client task failed")?);
-    }
-    let window = Instant::now().saturating_duration_since(measure_from);
-    Ok((total, window.max(duration)))
+        let mut i = w;
+        move || {
+            let url = urls[i % targets][mine[i % mine.len()]].clone();
+            i += 1;
+            client.post(url)
+        }
+    })
+    .await
 }
 
 /// A fixed rate: request `i` is due at `start + i / rate`, sent at once when
@@ -260,7 +177,7 @@ async fn open_loop(
         let client = client.clone();
         let tally = tally.clone();
         tokio::spawn(async move {
-            let outcome = switch(&client, url).await;
+            let outcome = http_load::send(client.post(url)).await;
             let latency = due.elapsed();
             if due >= measure_from {
                 tally
