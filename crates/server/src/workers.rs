@@ -18,7 +18,7 @@ use tokio::time::Instant;
 /// because on standalone Redis and Sentinel one poll is one script call.
 pub const TIMEOUT_POLL: Duration = Duration::from_millis(5);
 /// Claimed sessions an instance holds at most (firing or waiting to fire).
-const CLAIM_BATCH: usize = 512;
+const CLAIM_BATCH: usize = 256;
 /// A claim hides a session from other instances this long; if the claimer
 /// dies, another instance fires it after the lease.
 const CLAIM_LEASE_MS: i64 = 5_000;
@@ -28,12 +28,14 @@ const FIRE_CONCURRENCY: usize = 64;
 /// Fires due deadlines until `shutdown` turns true, then fires what it had
 /// already claimed and returns.
 ///
-/// Claiming and firing overlap: while up to [`FIRE_CONCURRENCY`] timeouts
-/// are being applied, the worker keeps polling and claims as many more as
-/// fit under [`CLAIM_BATCH`], so one slow commit never holds back the next
-/// claim (head-of-line waiting was most of the lateness in a timeout storm).
-/// A claim that filled the room it was given is followed by another at
-/// once; otherwise the next poll is [`TIMEOUT_POLL`] later.
+/// Claiming and firing overlap: as soon as every claimed session has
+/// started firing (at most [`FIRE_CONCURRENCY`] at once), the worker claims
+/// again, up to [`CLAIM_BATCH`] in hand, so one slow commit never holds back
+/// the next claim. It claims only once its queue is empty, so that an
+/// instance never hoards more than it is about to fire while other
+/// instances idle, and never re-scans the index for a handful of slots. A
+/// claim that filled the room it was given is followed by another as soon as
+/// the queue drains; otherwise the next poll is [`TIMEOUT_POLL`] later.
 pub async fn timeout_worker(
     service: Service,
     metrics: Metrics,
@@ -59,8 +61,8 @@ pub async fn timeout_worker(
         if stopping && running.is_empty() {
             return;
         }
-        let room = CLAIM_BATCH.saturating_sub(queue.len() + running.len());
-        let may_claim = !stopping && room > 0;
+        let room = CLAIM_BATCH.saturating_sub(running.len());
+        let may_claim = !stopping && queue.is_empty();
         if may_claim && Instant::now() >= next_poll {
             let now = service.clock().now_ms();
             match service.store().claim_due(now, room, CLAIM_LEASE_MS).await {
