@@ -24,9 +24,9 @@
 //!   `is_healthy()` (of [`EventBus`](kairos_domain::EventBus)) is false from
 //!   the loss until that is done.
 //! - **Publishing never waits on Redis.** `publish` encodes the message
-//!   (JSON: the state with its version, the events, the instant) and pushes
-//!   it on a bounded queue; a publisher task sends what is queued in
-//!   pipelines on a multiplexed connection, in order. A full queue or a Redis
+//!   (MessagePack with field names: the state with its version, the events,
+//!   the instant) and pushes it on a bounded queue; a publisher task sends
+//!   what is queued in pipelines on a multiplexed connection, in order. A full queue or a Redis
 //!   error drops the message, with a warning and a counter ([`BusStats`]):
 //!   clients notice the version gap and resync.
 //! - **No detached task.** [`RedisBus::connect`] takes a shutdown signal and

@@ -36,6 +36,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The same allocator as the server: the load generator shares the machine
+/// with it, so every cycle it spends in `malloc` is taken from the server.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load scenarios for SyncKairos. Loopback targets only.
 #[derive(Debug, Parser)]
 #[command(name = "kairos-loadgen", version)]

@@ -7,6 +7,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use server::{Application, Settings, telemetry};
 
+/// mimalloc rather than glibc's malloc: a request allocates and frees many
+/// small buffers across the actix and Tokio threads, and glibc's `malloc`
+/// and `free` were 11 to 13% of the server's CPU on the switch and fan-out
+/// paths (docs/performance.md). Only the binary chooses; the library crates
+/// and their tests keep the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// SyncKairos: shared clocks for many clients, calculated from authoritative timestamps.
 #[derive(Debug, Parser)]
 #[command(name = "kairos-server", version, after_help = server::config::ENV_HELP)]
