@@ -29,8 +29,8 @@ const FIRE_CONCURRENCY: usize = 64;
 /// already claimed and returns.
 ///
 /// Claiming and firing overlap: as soon as every claimed session has
-/// started firing (at most [`FIRE_CONCURRENCY`] at once), the worker claims
-/// again, up to [`CLAIM_BATCH`] in hand, so one slow commit never holds back
+/// started firing (at most `FIRE_CONCURRENCY` at once), the worker claims
+/// again, up to `CLAIM_BATCH` in hand, so one slow commit never holds back
 /// the next claim. It claims only once its queue is empty, so that an
 /// instance never hoards more than it is about to fire while other
 /// instances idle, and never re-scans the index for a handful of slots. A
