@@ -40,8 +40,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::services;
 use crate::shell::{self, describe, which};
+use crate::{pyvenv, services};
 
 /// The Kubernetes release whose schemas the manifests must satisfy. It must
 /// be one that kubernetes-validate ships (see `xtask/deploy-tools.txt`).
@@ -337,52 +337,13 @@ fn offline(cmd: &mut Command) {
 /// The venv at `venv` with the pinned tools, created or rebuilt if it is
 /// missing, broken or was built from other pins. The caller holds the lock.
 fn ensure_venv(venv: &Path) -> Result<PathBuf> {
-    let stamp = venv.join("kairos-deploy-tools.txt");
-    let python = venv.join("bin").join("python");
-    let current = fs::read_to_string(&stamp).is_ok_and(|s| s == REQUIREMENTS)
-        && Command::new(&python)
-            .args(["-c", "import check_jsonschema, kubernetes_validate"])
-            .stdin(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if current {
-        return Ok(venv.to_path_buf());
+    pyvenv::Venv {
+        what: "deploy-check",
+        requirements: REQUIREMENTS,
+        stamp: "kairos-deploy-tools.txt",
+        probe: "import check_jsonschema, kubernetes_validate",
     }
-
-    println!("==> building the deploy-check venv {}", venv.display());
-    if venv.exists() {
-        fs::remove_dir_all(venv).with_context(|| format!("could not remove {}", venv.display()))?;
-    }
-    let base = match which("python3") {
-        Some(p) => p,
-        None => {
-            services::apt_install(&["python3", "python3-venv"], "install python3 yourself")?;
-            which("python3").context("python3 is not on PATH after installing it")?
-        }
-    };
-    let mut create = Command::new(&base);
-    create.arg("-m").arg("venv").arg(venv);
-    if shell::run(&mut create).is_err() {
-        // Debian's python3 without its venv module: install it and retry.
-        let _ = fs::remove_dir_all(venv);
-        services::apt_install(&["python3-venv"], "install python3-venv yourself")?;
-        shell::run(&mut create)?;
-    }
-    let requirements = venv.join("requirements.txt");
-    fs::write(&requirements, REQUIREMENTS)
-        .with_context(|| format!("could not write {}", requirements.display()))?;
-    let mut install = Command::new(&python);
-    install
-        .args(["-m", "pip", "install", "--quiet", "--no-input"])
-        .args(["--disable-pip-version-check", "--require-virtualenv"])
-        .arg("-r")
-        .arg(&requirements)
-        .env("PYTHONNOUSERSITE", "1");
-    println!("==> {}", describe(&install));
-    shell::run(&mut install)?;
-    // Written last: a venv without it is rebuilt from scratch next time.
-    fs::write(&stamp, REQUIREMENTS)
-        .with_context(|| format!("could not write {}", stamp.display()))?;
+    .ensure(venv)?;
     Ok(venv.to_path_buf())
 }
 

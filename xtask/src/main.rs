@@ -26,6 +26,7 @@ mod bench;
 mod ci;
 mod deploy_check;
 mod fuzz;
+mod pyvenv;
 mod schemathesis;
 mod services;
 mod shell;

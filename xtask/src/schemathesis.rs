@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::services;
-use crate::shell::{self, describe, which};
+use crate::pyvenv;
+use crate::shell::{self, describe};
 
 /// Pinned Python packages; the venv is rebuilt whenever this text changes.
 const REQUIREMENTS: &str = include_str!("../schemathesis-requirements.txt");
@@ -118,53 +118,13 @@ fn ensure_venv(dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("could not lock {}", lock_path.display()))?;
 
     let venv = dir.join("schemathesis-venv");
-    let stamp = venv.join("kairos-schemathesis-requirements.txt");
-    let python = venv.join("bin").join("python");
-    let current = fs::read_to_string(&stamp).is_ok_and(|s| s == REQUIREMENTS)
-        && Command::new(&python)
-            .args(["-c", "import schemathesis"])
-            .stdin(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if current {
-        return Ok(venv);
+    pyvenv::Venv {
+        what: "schemathesis",
+        requirements: REQUIREMENTS,
+        stamp: "kairos-schemathesis-requirements.txt",
+        probe: "import schemathesis",
     }
-
-    println!("==> building the schemathesis venv {}", venv.display());
-    if venv.exists() {
-        fs::remove_dir_all(&venv)
-            .with_context(|| format!("could not remove {}", venv.display()))?;
-    }
-    let base = match which("python3") {
-        Some(p) => p,
-        None => {
-            services::apt_install(&["python3", "python3-venv"], "install python3 yourself")?;
-            which("python3").context("python3 is not on PATH after installing it")?
-        }
-    };
-    let mut create = Command::new(&base);
-    create.arg("-m").arg("venv").arg(&venv);
-    if shell::run(&mut create).is_err() {
-        // Debian's python3 without its venv module: install it and retry.
-        let _ = fs::remove_dir_all(&venv);
-        services::apt_install(&["python3-venv"], "install python3-venv yourself")?;
-        shell::run(&mut create)?;
-    }
-    let requirements = venv.join("requirements.txt");
-    fs::write(&requirements, REQUIREMENTS)
-        .with_context(|| format!("could not write {}", requirements.display()))?;
-    let mut install = Command::new(&python);
-    install
-        .args(["-m", "pip", "install", "--quiet", "--no-input"])
-        .args(["--disable-pip-version-check", "--require-virtualenv"])
-        .arg("-r")
-        .arg(&requirements)
-        .env("PYTHONNOUSERSITE", "1");
-    println!("==> {}", describe(&install));
-    shell::run(&mut install)?;
-    // Written last: a venv without it is rebuilt from scratch next time.
-    fs::write(&stamp, REQUIREMENTS)
-        .with_context(|| format!("could not write {}", stamp.display()))?;
+    .ensure(&venv)?;
     drop(lock);
     Ok(venv)
 }
