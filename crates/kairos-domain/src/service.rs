@@ -235,8 +235,10 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
     /// it (one store round trip less per timeout); a stale state only costs
     /// a compare-and-set conflict and a reload.
     pub async fn fire_claimed(&self, claimed: Claimed) -> Result<Vec<i64>, ServiceError> {
-        let Claimed { id, state } = claimed;
-        let mut known = state;
+        let Claimed {
+            id,
+            state: mut known,
+        } = claimed;
         for _ in 0..MAX_CAS_ATTEMPTS {
             let stored = match known.take() {
                 Some(state) => state,
