@@ -268,3 +268,66 @@ pub async fn bus_stats_worker(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use adapter_memory::{MemoryBus, MemoryStore, SystemClock};
+    use kairos_domain::{Actor, Command, SessionConfig, SessionId, Status};
+
+    use super::*;
+
+    /// More due sessions than one claim may take, all due at once: the
+    /// worker claims again as its queue drains, applies each deadline
+    /// exactly once, and returns when told to stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fires_every_due_session_once_beyond_one_claim() {
+        let service = Service::new(
+            Arc::new(MemoryStore::new(Duration::from_secs(60))),
+            Arc::new(MemoryBus::new()),
+            Arc::new(SystemClock::new()),
+        );
+        let admin = Actor::anonymous_admin();
+        let config = serde_json::json!({
+            "sync_mode": "per_participant",
+            "participants": [
+                {"participant_id": "a", "total_time_ms": 1000},
+                {"participant_id": "b", "total_time_ms": 1000}
+            ]
+        });
+        let n = CLAIM_BATCH * 2 + 10;
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = SessionId::from_uuid(uuid::Uuid::new_v4());
+            let config = SessionConfig::parse(&config).expect("valid config");
+            service.create(&admin, config, id).await.expect("created");
+            service
+                .execute(&admin, id, Command::Start, None)
+                .await
+                .expect("started");
+            ids.push(id);
+        }
+        // Every one-second clock has run out before the worker starts.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+        let metrics = Metrics::new();
+        let (stop, stopped) = watch::channel(false);
+        let worker = tokio::spawn(timeout_worker(service.clone(), metrics.clone(), stopped));
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while metrics.timeouts_fired.get() < n as u64 && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).expect("worker listening");
+        tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .expect("the worker returns after the stop signal")
+            .expect("no panic");
+
+        assert_eq!(metrics.timeouts_fired.get(), n as u64);
+        for id in ids {
+            let view = service.get(&admin, id).await.expect("readable");
+            assert_eq!(view.status, Status::Expired, "{id}");
+            // created 1, started 2, expired 3: applied once.
+            assert_eq!(view.version, 3, "{id}");
+        }
+    }
+}
