@@ -300,6 +300,49 @@ async fn claim_due_respects_the_limit_and_leaves_the_rest_due() {
 }
 
 #[tokio::test]
+async fn claim_due_returns_every_due_session_even_past_one_reply_budget() {
+    // Sessions of 1,000 participants: together more than one claim reply
+    // may carry (4 MiB), so the claim must call again to reach the limit.
+    let (store, config) = store().await;
+    let mut conn = raw(&redis_url()).await;
+    let mut due = Vec::new();
+    let mut bytes = 0;
+    while bytes <= 5 << 20 {
+        let (session, created) = with_participants(1_000, 60_000, 1_000);
+        store.create(&session, &[created]).await.expect("created");
+        store
+            .commit(&Commit {
+                state: bumped(&session),
+                expected_version: 1,
+                deadline: Some(2_000),
+                events: vec![],
+            })
+            .await
+            .expect("commits");
+        let len: usize = redis::cmd("HSTRLEN")
+            .arg(&keys_of(&config, &session.id).state)
+            .arg("s")
+            .query_async(&mut conn)
+            .await
+            .expect("HSTRLEN");
+        bytes += len;
+        due.push(session.id);
+    }
+    due.sort();
+
+    let claimed = claim_ids(&store, 3_000, 10_000, 60_000)
+        .await
+        .expect("claims");
+
+    assert_eq!(
+        claimed,
+        due,
+        "{} sessions, {bytes} bytes of state",
+        due.len()
+    );
+}
+
+#[tokio::test]
 async fn claim_due_purges_entries_whose_session_is_gone() {
     let (store, config) = store().await;
     let live = with_deadline(&store, 1_000).await;
