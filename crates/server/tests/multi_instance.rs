@@ -386,54 +386,62 @@ async fn an_instance_whose_host_clock_is_5_s_off_reads_the_same_time() {
 
 #[tokio::test]
 async fn the_eleventh_switch_in_a_second_is_429_whichever_instance_gets_it() {
-    let on = [("RATE_LIMITS", "on".to_owned())];
+    // Creates are limited too (5/min per IP); this test may make several.
+    let on = [
+        ("RATE_LIMITS", "on".to_owned()),
+        ("RATE_LIMIT_CREATE_PER_MINUTE", "100".to_owned()),
+    ];
     let nodes = cluster(2, &redis_url(), &on).await;
     let http = reqwest::Client::new();
-    // Creates are limited too (5/min per IP): this test makes one.
-    let id = create(&http, &nodes[0], chess(600_000, 0)).await;
-    post(
-        &http,
-        nodes[0].url(&format!("/v1/sessions/{id}/start")),
-        None,
-    )
-    .await;
-    // 20 switches at once, alternating instances as a round-robin balancer would.
-    let started = StdInstant::now();
-    let calls = (0..20).map(|k| {
+    // Each instance receives exactly 10 of the 20 switches, so a limit of
+    // 10/s that each instance kept to itself would allow all 20. One budget
+    // shared through Redis allows a burst of 10 plus one per 100 ms that
+    // passed meanwhile. Which instance refuses depends only on the order in
+    // which the requests arrive, so the test does not ask for that. A burst
+    // that took 900 ms or more could not tell the two apart; a slow machine
+    // gets another try with a new session.
+    for attempt in 1..=5 {
+        let id = create(&http, &nodes[0], chess(600_000, 0)).await;
         post(
             &http,
-            nodes[k % 2].url(&format!("/v1/sessions/{id}/switch")),
+            nodes[0].url(&format!("/v1/sessions/{id}/start")),
             None,
         )
-    });
-    let statuses: Vec<u16> = futures_util::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
-    let elapsed_ms = started.elapsed().as_millis() as usize;
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    let limited = statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!(ok + limited, 20, "{statuses:?}");
-    // A burst of 10, plus one more per 100 ms that passed meanwhile: never
-    // 10 per instance, which is what unshared limits would allow.
-    assert!(ok >= 10, "{statuses:?}");
-    assert!(
-        ok <= 10 + elapsed_ms / 100,
-        "{ok} allowed in {elapsed_ms} ms: {statuses:?}"
-    );
-    assert!(limited >= 1);
-    // Both instances refused some: the budget is one, whichever instance counts.
-    for node in 0..2 {
+        .await;
+        // 20 switches at once, alternating instances as a round-robin
+        // balancer would.
+        let started = StdInstant::now();
+        let calls = (0..20).map(|k| {
+            post(
+                &http,
+                nodes[k % 2].url(&format!("/v1/sessions/{id}/switch")),
+                None,
+            )
+        });
+        let statuses: Vec<u16> = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        let elapsed_ms = started.elapsed().as_millis() as usize;
+        if elapsed_ms >= 900 {
+            eprintln!("attempt {attempt}: the burst took {elapsed_ms} ms, trying again");
+            continue;
+        }
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!(ok + limited, 20, "{statuses:?}");
+        assert!(ok >= 10, "{statuses:?}");
         assert!(
-            statuses
-                .iter()
-                .enumerate()
-                .any(|(k, s)| k % 2 == node && *s == 429)
-                || elapsed_ms > 500,
-            "instance {node} never refused: {statuses:?}"
+            ok <= 10 + elapsed_ms / 100,
+            "{ok} allowed in {elapsed_ms} ms: {statuses:?}"
         );
+        // At most 18 allowed, so at least two refused although neither
+        // instance saw more than its own 10.
+        assert!(limited >= 2, "{statuses:?}");
+        return;
     }
+    panic!("no burst of 20 switches finished within 900 ms in 5 attempts");
 }
 
 #[tokio::test]
