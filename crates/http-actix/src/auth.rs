@@ -77,6 +77,13 @@ impl JwtAuth {
 
     /// Verifies a token and turns its claims into an actor.
     pub fn verify(&self, token: &str) -> Result<Actor, ApiError> {
+        self.verify_until(token).map(|(actor, _)| actor)
+    }
+
+    /// Like [`JwtAuth::verify`], and says until when the token is accepted:
+    /// its `exp` plus the leeway, in seconds since the Unix epoch. A
+    /// WebSocket holds its token that long and no longer.
+    pub fn verify_until(&self, token: &str) -> Result<(Actor, i64), ApiError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| unauthorized(&format!("invalid token: {}", reason(&e))))?;
         let c = data.claims;
@@ -92,12 +99,14 @@ impl JwtAuth {
             .map(|p| ParticipantId::parse(&p))
             .transpose()
             .map_err(|_| unauthorized("invalid token: pid is not a participant id"))?;
-        Ok(Actor {
+        let leeway = i64::try_from(self.validation.leeway).unwrap_or(i64::MAX);
+        let actor = Actor {
             sub: Some(c.sub),
             role,
             sid,
             pid,
-        })
+        };
+        Ok((actor, c.exp.saturating_add(leeway)))
     }
 }
 
@@ -180,10 +189,19 @@ fn web_query(qs: &str) -> Option<String> {
 
 /// The caller of `req`.
 pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Actor, ApiError> {
+    authenticate_until(req, state).map(|(actor, _)| actor)
+}
+
+/// The caller of `req`, and until when its token is accepted (seconds since
+/// the Unix epoch, leeway included); `None` with `AUTH_MODE=off`.
+pub fn authenticate_until(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<(Actor, Option<i64>), ApiError> {
     match &state.settings.auth {
-        AuthMode::Off => Ok(Actor::anonymous_admin()),
+        AuthMode::Off => Ok((Actor::anonymous_admin(), None)),
         AuthMode::Jwt(jwt) => match token_of(req)? {
-            Some(token) => jwt.verify(&token),
+            Some(token) => jwt.verify_until(&token).map(|(a, until)| (a, Some(until))),
             None => Err(unauthorized("a bearer token is required")),
         },
     }
@@ -221,6 +239,15 @@ mod tests {
             actor.sid.unwrap().to_string(),
             "123e4567-e89b-12d3-a456-426614174000"
         );
+    }
+
+    #[test]
+    fn a_token_is_held_until_its_expiry_plus_the_leeway() {
+        let token = mint(&secret(), &claims("viewer", FAR)).unwrap();
+        let (_, until) = JwtAuth::new(&secret(), 5).verify_until(&token).unwrap();
+        assert_eq!(until, FAR + 5);
+        let (_, until) = JwtAuth::new(&secret(), 0).verify_until(&token).unwrap();
+        assert_eq!(until, FAR);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! Close codes: 1000 after `SESSION_DELETED` (and in answer to a client's
 //! close), 1001 on shutdown, 1007 for text that is not UTF-8, 1008 for a bad
-//! session id, a refused token or read, or too many messages, 1009 for a
+//! session id, a refused token or read, a token that expired while the
+//! socket was open (reason `token expired`), or too many messages, 1009 for a
 //! frame or message over 10 KiB, 1011 for a silent client or an unexpected
 //! fault, 1013 when the store or bus is unreachable at connect, 4404 for an
 //! unknown session.
@@ -26,7 +27,7 @@ use serde_json::{Number, Value};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use crate::auth::authenticate;
+use crate::auth::authenticate_until;
 use crate::dto::{CommandBody, WireEvent, WireView};
 use crate::error::{ApiError, Code, from_service};
 use crate::hub::{Frame, Member};
@@ -109,9 +110,9 @@ async fn accept(
         Ok(()) => admit_connect(req, &slot.state).await,
         Err(e) => Err(e),
     };
-    let actor = authenticate(req, &slot.state).and_then(|actor| match &actor.sub {
-        Some(sub) => slot.claim_user(sub).map(|()| actor),
-        None => Ok(actor),
+    let actor = authenticate_until(req, &slot.state).and_then(|(actor, until)| match &actor.sub {
+        Some(sub) => slot.claim_user(sub).map(|()| (actor, until)),
+        None => Ok((actor, until)),
     });
     let (response, session, stream) = actix_ws::handle(req, body).map_err(|e| {
         ApiError::new(
@@ -121,8 +122,10 @@ async fn accept(
     })?;
     let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
     let refusal = match (admitted, actor, target) {
-        (Ok(()), Ok(actor), Ok(id)) => {
-            actix_web::rt::spawn(Connection::new(slot, session, stream, id, actor).serve());
+        (Ok(()), Ok((actor, until)), Ok(id)) => {
+            let mut connection = Connection::new(slot, session, stream, id, actor);
+            connection.expires_ms = until.map_or(u64::MAX, ms_until);
+            actix_web::rt::spawn(connection.serve());
             return Ok(response);
         }
         (Err(e), _, _) | (_, Err(e), _) => CloseReason::from((CloseCode::Policy, e.message)),
@@ -134,6 +137,16 @@ async fn accept(
         drop((slot, stream));
     });
     Ok(response)
+}
+
+/// Milliseconds from now until `until_s` (seconds since the Unix epoch, by
+/// the host clock, as the token was checked by), 0 when already past.
+fn ms_until(until_s: i64) -> u64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let left = until_s.saturating_mul(1_000).saturating_sub(now_ms);
+    u64::try_from(left).unwrap_or(0)
 }
 
 /// With `ALLOWED_ORIGINS` set, a browser (which always sends `Origin`) from
@@ -280,6 +293,9 @@ struct Connection {
     last_seen_ms: u64,
     /// A fragmented message being reassembled.
     fragments: Reassembler,
+    /// When the token stops being accepted, in ms since `started`
+    /// (`u64::MAX` without a token). The socket closes with 1008 then.
+    expires_ms: u64,
 }
 
 impl Connection {
@@ -301,7 +317,19 @@ impl Connection {
             started: Instant::now(),
             last_seen_ms: 0,
             fragments: Reassembler::default(),
+            expires_ms: u64::MAX,
         }
+    }
+
+    /// Closes with 1008 once the token has expired. Checked on every tick
+    /// (so within one heartbeat period of the expiry) and before every data
+    /// frame (so no message is acted on under an expired token). A client
+    /// reconnects with a fresh token, as it would after any close.
+    fn check_token(&self) -> Result<(), Exit> {
+        if self.elapsed_ms() >= self.expires_ms {
+            return Err(Exit::close(CloseCode::Policy, "token expired"));
+        }
+        Ok(())
     }
 
     /// The socket's task.
@@ -430,6 +458,7 @@ impl Connection {
             Message::Text(_) | Message::Binary(_) | Message::Continuation(_)
         );
         if is_data {
+            self.check_token()?;
             let limit = self.state().settings.ws_messages_per_minute;
             let now = self.elapsed_ms();
             if !self.rate.hit(now, limit) {
@@ -579,6 +608,7 @@ impl Connection {
     /// 1000 as "do not reconnect" while a client that still hears this
     /// should reconnect. (A silent client rarely hears anything.)
     async fn on_tick(&mut self, timeout: Duration) -> Result<(), Exit> {
+        self.check_token()?;
         let silent = Duration::from_millis(self.elapsed_ms().saturating_sub(self.last_seen_ms));
         if silent >= timeout {
             return Err(Exit::close(CloseCode::Error, "connection timed out"));

@@ -1,5 +1,6 @@
-//! WebSocket hardening with authentication on: tokens, origins, the
-//! per-user cap, the authorization matrix on WebSocket commands, and CORS.
+//! WebSocket hardening with authentication on: tokens (and their expiry on
+//! an open socket), origins, the per-user cap, the authorization matrix on
+//! WebSocket commands, and CORS.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
 mod common;
@@ -261,4 +262,72 @@ async fn cors_answers_only_allowed_origins() {
         .await
         .unwrap();
     assert_eq!(res.headers()["access-control-allow-origin"], GOOD);
+}
+
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// A viewer token signed with the test secret, expiring at `exp` (s).
+fn expiring(sub: &str, exp: i64) -> String {
+    let secret = http_actix::auth::Secret::new(common::TEST_SECRET.into()).unwrap();
+    let claims = http_actix::auth::Claims {
+        sub: sub.into(),
+        exp,
+        role: "viewer".into(),
+        sid: None,
+        pid: None,
+    };
+    http_actix::auth::mint(&secret, &claims).unwrap()
+}
+
+async fn expect_expired_close(ws: &mut Ws) {
+    match next(ws).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(frame.code, CloseCode::Policy, "{}", frame.reason);
+            assert_eq!(frame.reason.as_str(), "token expired");
+        }
+        other => panic!("expected close 1008, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_socket_is_closed_with_1008_when_its_token_expires_not_before() {
+    let mut s = settings();
+    s.ws_heartbeat_interval = Duration::from_millis(100);
+    let app = spawn_with(s).await;
+    let id = session(&app, &token("host", "alice", None, None)).await;
+    // Leeway is 0 in these settings: the token is held until `exp` exactly.
+    let exp = unix_ms() / 1_000 + 2;
+    let mut ws = open(&app, &id, Some(&expiring("short-lived", exp)), None).await;
+    connected(&mut ws).await;
+    expect_expired_close(&mut ws).await;
+    let closed_at = unix_ms();
+    assert!(
+        closed_at >= exp * 1_000,
+        "closed at {closed_at} ms, before the token expired at {exp} s"
+    );
+}
+
+#[tokio::test]
+async fn a_message_under_an_expired_token_closes_the_socket_instead_of_an_answer() {
+    // No tick for a minute: only the message itself can notice the expiry.
+    let mut s = settings();
+    s.ws_heartbeat_interval = Duration::from_secs(60);
+    s.ws_connection_timeout = Duration::from_secs(60);
+    let app = spawn_with(s).await;
+    let id = session(&app, &token("host", "alice", None, None)).await;
+    let exp = unix_ms() / 1_000 + 3;
+    let mut ws = open(&app, &id, Some(&expiring("short-lived", exp)), None).await;
+    connected(&mut ws).await;
+    let ping = Message::text(r#"{"type":"PING"}"#);
+    ws.send(ping.clone()).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "PONG");
+    let wait = exp * 1_000 + 100 - unix_ms();
+    tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+    ws.send(ping).await.unwrap();
+    expect_expired_close(&mut ws).await;
 }
