@@ -293,10 +293,13 @@ describe('demo page in Chromium', { timeout: 180_000 }, () => {
     await b.click('[data-clock=p2]');
     await waitFor('page A to show the tap', async () => (await sample(a)).active.join() === 'p1', 5_000, 5);
 
-    // And after the presses the pages still agree, now on White's clock.
-    await sleep(200);
-    const [x, y] = await alignedSamples([a, b], 'p2');
+    // And after the presses the pages still agree: on White's clock, which
+    // runs again (aligned to one instant), and to the millisecond on Black's,
+    // which stopped at the committed value (no alignment: it does not run).
+    await waitFor('page B to show the tap', async () => (await sample(b)).active.join() === 'p1', 5_000, 5);
+    const [x, y] = await alignedSamples([a, b], 'p1');
     assert.ok(Math.abs(x.aligned - y.aligned) <= AGREEMENT_MS, `after presses: ${x.aligned} vs ${y.aligned}`);
+    assert.equal(x.clocks.p2, y.clocks.p2, "Black's stopped clock");
     await a.context().close();
     await b.context().close();
   });
