@@ -55,12 +55,17 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
 
 /// Builds the main HTTP server on `listener` (not yet running). The caller
 /// awaits the returned server and stops it through its handle.
+///
+/// `on_worker_start` runs on each worker thread before it serves anything
+/// (the server uses it to give each worker its own Redis connection).
 pub fn serve(
     listener: TcpListener,
     state: actix_web::web::Data<AppState>,
     workers: Option<usize>,
+    on_worker_start: fn(),
 ) -> std::io::Result<actix_web::dev::Server> {
     let mut server = HttpServer::new(move || {
+        on_worker_start();
         App::new()
             .app_data(state.clone())
             .wrap(cors(state.settings.allowed_origins.as_deref()))

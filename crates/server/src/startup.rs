@@ -362,7 +362,12 @@ impl Application {
             ));
         }
 
-        let builder = http_actix::serve(listener, state.clone(), settings.http_workers)?;
+        let builder = http_actix::serve(
+            listener,
+            state.clone(),
+            settings.http_workers,
+            store_redis::conn::keep_connections_on_this_thread,
+        )?;
         let server = builder.handle();
         let mut servers = tokio::task::JoinSet::new();
         servers.spawn(builder);

@@ -55,7 +55,7 @@ async fn every_committed_change_appears_exactly_once_with_the_contract_fields() 
     }
     // Black's three seconds run out with nobody calling: the worker commits it.
     let sql = format!("SELECT count(*) FROM sync_events WHERE session_id = '{id}'");
-    assert_eq!(wait_for(&db, &sql, "7", 15).await, "7");
+    assert_eq!(wait_for(&db, &sql, "7", 30).await, "7");
     let rows = psql(
         &db,
         &format!(

@@ -31,6 +31,43 @@ use crate::config::{RedisConfig, RedisMode, redact_url};
 pub struct RedisConnection {
     kind: ConnKind,
     timeout: Duration,
+    /// Standalone only: how to open a connection of the calling thread's
+    /// own (see [`keep_connections_on_this_thread`]).
+    local: Option<Arc<LocalSpec>>,
+}
+
+/// What a thread needs to open its own connection to the same server.
+struct LocalSpec {
+    /// Tells this handle's connections apart from other handles' in the
+    /// thread's table.
+    key: usize,
+    url: String,
+}
+
+thread_local! {
+    /// Whether this thread keeps connections of its own.
+    static KEEPS_LOCAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread's own connections, by [`LocalSpec::key`]; `None` while
+    /// one is being opened.
+    static LOCAL: std::cell::RefCell<Vec<(usize, Option<ConnectionManager>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Marks the calling thread as one that sends its Redis commands over
+/// connections of its own (standalone mode only; Sentinel and Cluster
+/// always share).
+///
+/// For threads that each drive their own single-threaded runtime for the
+/// life of the process, such as the HTTP server's workers. A command sent
+/// over a shared connection hands off twice between threads (to the
+/// connection's task on another runtime, and back with the reply), and a
+/// thread woken from sleep costs tens of microseconds on a virtual machine.
+/// With a connection of its own, the task that reads the reply runs on the
+/// same thread as the request that waits for it. The connection is opened
+/// by the thread's first command; until it is open, and whenever opening
+/// fails, commands go over the shared connection.
+pub fn keep_connections_on_this_thread() {
+    KEEPS_LOCAL.with(|k| k.set(true));
 }
 
 impl fmt::Debug for RedisConnection {
@@ -98,7 +135,18 @@ impl RedisConnection {
             )),
             other => other,
         })?;
-        Ok(Self { kind, timeout })
+        static NEXT_KEY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let local = matches!(kind, ConnKind::Standalone(_)).then(|| {
+            Arc::new(LocalSpec {
+                key: NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                url: config.url.clone(),
+            })
+        });
+        Ok(Self {
+            kind,
+            timeout,
+            local,
+        })
     }
 
     /// The limit applied to every call made through this handle.
@@ -115,6 +163,48 @@ impl RedisConnection {
     /// A clone of the underlying connection, to send commands through.
     pub(crate) fn kind(&self) -> ConnKind {
         self.kind.clone()
+    }
+
+    /// The connection to send through from this thread: its own when it
+    /// keeps one (opened here on first use), the shared one otherwise.
+    async fn kind_here(&self) -> ConnKind {
+        let Some(spec) = &self.local else {
+            return self.kind();
+        };
+        if !KEEPS_LOCAL.with(std::cell::Cell::get) {
+            return self.kind();
+        }
+        let found = LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            match l.iter().find(|(k, _)| *k == spec.key) {
+                Some((_, conn)) => Some(conn.clone()),
+                None => {
+                    l.push((spec.key, None));
+                    None
+                }
+            }
+        });
+        match found {
+            Some(Some(conn)) => ConnKind::Standalone(conn),
+            // Being opened by another task of this thread.
+            Some(None) => self.kind(),
+            None => match connect_standalone(&spec.url, self.timeout).await {
+                Ok(conn) => {
+                    LOCAL.with(|l| {
+                        if let Some(slot) = l.borrow_mut().iter_mut().find(|(k, _)| *k == spec.key)
+                        {
+                            slot.1 = Some(conn.clone());
+                        }
+                    });
+                    ConnKind::Standalone(conn)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot open this thread's own Redis connection; sharing");
+                    LOCAL.with(|l| l.borrow_mut().retain(|(k, _)| *k != spec.key));
+                    self.kind()
+                }
+            },
+        }
     }
 
     /// Runs the request `make` builds (on a clone of this connection) under
@@ -135,8 +225,9 @@ impl RedisConnection {
         Fut: Future<Output = RedisResult<T>>,
     {
         within(self.timeout, what, async {
-            match make(self.kind()).await {
-                Err(e) if e.is_connection_refusal() => make(self.kind()).await,
+            let kind = self.kind_here().await;
+            match make(kind.clone()).await {
+                Err(e) if e.is_connection_refusal() => make(kind).await,
                 other => other,
             }
             .map_err(|e| map_error(what, e))
