@@ -168,6 +168,19 @@ function chessView(version, overrides = {}) {
   };
 }
 
+/** A fetch double answering every request with `{ data: view }`; records the requests. */
+function fakeFetch(view) {
+  const requests = [];
+  const fetch = async (url, init) => {
+    requests.push({ url, ...init });
+    return { ok: true, status: 200, text: async () => JSON.stringify({ data: view }) };
+  };
+  return { fetch, requests };
+}
+
+/** Lets pending promise callbacks (an async getToken, fetch) run. */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
 /** A client on a fake socket whose server clock is the fake clock plus `serverOffset`. */
 function connectedClient({ serverOffset = 0, ...options } = {}) {
   const time = new FakeTime();
@@ -695,6 +708,183 @@ describe('KairosClient', () => {
       assert.equal(seen.at(-1), 'error');
     });
   }
+
+  it('with getToken, reopens a socket closed for "token expired" with a fresh token after the first backoff step', async () => {
+    const tokens = ['first', 'fresh one'];
+    let calls = 0;
+    const rest = fakeFetch(chessView(9));
+    const { client, time, sockets, ws, handshake } = connectedClient({
+      token: 'static', // getToken wins
+      getToken: async () => tokens[calls++],
+      fetch: rest.fetch,
+    });
+    assert.equal(calls, 1, 'asked once for the first connect');
+    assert.equal(sockets.length, 0, 'the socket waits for the token');
+    await settle();
+    assert.equal(ws().url, `ws://kairos.test/ws?sessionId=${SID}&token=first`);
+    handshake();
+    ws().serverClose(1008, 'token expired');
+    assert.equal(client.getSnapshot().connection, 'reconnecting');
+    assert.equal(client.getSnapshot().reconnectAttempt, 1);
+    assert.equal(calls, 1, 'the token is asked for when the delay is over');
+    // The first step: ceiling 500 ms, delay 250 + 250 * random (0.5) = 375 ms.
+    time.advance(374);
+    assert.equal(calls, 1);
+    time.advance(1);
+    assert.equal(calls, 2);
+    await settle();
+    assert.equal(sockets.length, 2);
+    assert.equal(ws().url, `ws://kairos.test/ws?sessionId=${SID}&token=fresh%20one`);
+    assert.equal(client.wsUrl, ws().url);
+    handshake(chessView(4));
+    assert.equal(client.getSnapshot().connection, 'open');
+    assert.equal(client.getSnapshot().error, null);
+    // REST calls use the fresh token too, without asking again.
+    await client.start({ expectedVersion: 4 });
+    assert.equal(rest.requests.length, 1);
+    assert.equal(rest.requests[0].url, `http://kairos.test/v1/sessions/${SID}/start`);
+    assert.equal(rest.requests[0].headers.authorization, 'Bearer fresh one');
+    assert.equal(calls, 2);
+  });
+
+  it('without getToken, does not reconnect after "token expired" and says so; setToken + connect() recovers', () => {
+    const { client, time, sockets, ws, handshake } = connectedClient({ token: 'old' });
+    handshake();
+    ws().serverClose(1008, 'token expired');
+    time.advance(60_000);
+    assert.equal(sockets.length, 1);
+    const { connection, error } = client.getSnapshot();
+    assert.equal(connection, 'error');
+    assert.equal(error.code, 'POLICY_VIOLATION');
+    assert.equal(error.message, 'token expired');
+    assert.deepEqual(error.details, { close_code: 1008, reason: 'token expired' });
+    client.setToken('new/token');
+    client.connect();
+    assert.equal(sockets.length, 2);
+    assert.equal(ws().url, `ws://kairos.test/ws?sessionId=${SID}&token=new%2Ftoken`);
+    handshake();
+    assert.equal(client.getSnapshot().connection, 'open');
+    assert.equal(client.getSnapshot().error, null);
+  });
+
+  it('does not reconnect after another 1008 reason, even with getToken', () => {
+    let calls = 0;
+    const { client, time, sockets, ws, handshake } = connectedClient({
+      getToken: () => `t${++calls}`,
+    });
+    assert.equal(ws().url, `ws://kairos.test/ws?sessionId=${SID}&token=t1`, 'a plain string connects at once');
+    handshake();
+    ws().serverClose(1008, 'origin not allowed');
+    time.advance(60_000);
+    assert.equal(sockets.length, 1);
+    assert.equal(calls, 1);
+    const { connection, error } = client.getSnapshot();
+    assert.equal(connection, 'error');
+    assert.equal(error.code, 'POLICY_VIOLATION');
+    assert.equal(error.message, 'origin not allowed');
+    assert.deepEqual(error.details, { close_code: 1008, reason: 'origin not allowed' });
+  });
+
+  it('stops with TOKEN_UNAVAILABLE when getToken rejects or throws', async () => {
+    let calls = 0;
+    const { client, time, sockets, ws, handshake } = connectedClient({
+      getToken: () => {
+        calls += 1;
+        return calls === 1 ? Promise.resolve('first') : Promise.reject(new Error('signed out'));
+      },
+    });
+    await settle();
+    handshake();
+    ws().serverClose(1008, 'token expired');
+    time.advance(375);
+    assert.equal(calls, 2);
+    await settle();
+    let snap = client.getSnapshot();
+    assert.equal(snap.connection, 'error');
+    assert.equal(snap.error.code, 'TOKEN_UNAVAILABLE');
+    assert.equal(snap.error.message, 'token expired, and getToken failed: signed out');
+    assert.equal(snap.error.details.close_code, 1008);
+    assert.equal(snap.error.details.cause.message, 'signed out');
+    time.advance(60_000);
+    await settle();
+    assert.equal(sockets.length, 1, 'no further attempts');
+    assert.equal(calls, 2);
+    assert.equal(time.pending().length, 0, 'no timer left');
+
+    // A getToken that throws before the first connect: no socket at all.
+    const other = connectedClient({
+      getToken: () => {
+        throw new Error('no session');
+      },
+    });
+    other.time.advance(60_000);
+    assert.equal(other.sockets.length, 0);
+    snap = other.client.getSnapshot();
+    assert.equal(snap.connection, 'error');
+    assert.equal(snap.error.code, 'TOKEN_UNAVAILABLE');
+    assert.equal(snap.error.message, 'getToken failed: no session');
+  });
+
+  it('setToken changes the token of the next connect and of REST calls', async () => {
+    const rest = fakeFetch(chessView(4));
+    const { client, time, sockets, ws, handshake } = connectedClient({ token: 'old', fetch: rest.fetch });
+    handshake(chessView(3));
+    client.setToken('new token');
+    assert.equal(sockets.length, 1, 'the open socket is kept');
+    const view = await client.complete({ expectedVersion: 3 });
+    assert.equal(view.version, 4);
+    assert.deepEqual(rest.requests.map((r) => [r.method, r.url, r.headers.authorization, r.body]), [
+      ['POST', `http://kairos.test/v1/sessions/${SID}/complete`, 'Bearer new token', '{"expected_version":3}'],
+    ]);
+    ws().serverClose(1006);
+    time.advance(375);
+    assert.equal(sockets.length, 2);
+    assert.equal(ws().url, `ws://kairos.test/ws?sessionId=${SID}&token=new%20token`);
+  });
+
+  it('leaves an explicit wsUrl alone: getToken then only serves REST', async () => {
+    const rest = fakeFetch(chessView(4));
+    const { client, ws, handshake } = connectedClient({
+      wsUrl: 'wss://elsewhere.test/socket?sessionId=x',
+      getToken: () => 'tok',
+      fetch: rest.fetch,
+    });
+    assert.equal(ws().url, 'wss://elsewhere.test/socket?sessionId=x');
+    handshake();
+    await client.start();
+    assert.equal(rest.requests[0].headers.authorization, 'Bearer tok');
+    client.setToken('other');
+    assert.equal(client.wsUrl, 'wss://elsewhere.test/socket?sessionId=x');
+  });
+
+  it('close() while getToken is pending opens nothing; a later connect() uses only its own answer', async () => {
+    const release = [];
+    const { client, time, sockets, ws } = connectedClient({
+      getToken: () => new Promise((resolve) => {
+        release.push(resolve);
+      }),
+    });
+    assert.equal(client.getSnapshot().connection, 'connecting');
+    client.close();
+    release[0]('late');
+    await settle();
+    time.advance(60_000);
+    assert.equal(sockets.length, 0);
+    assert.equal(client.getSnapshot().connection, 'closed');
+    client.connect();
+    client.connect(); // already connecting: no second getToken
+    assert.equal(release.length, 2);
+    client.close();
+    client.connect();
+    assert.equal(release.length, 3);
+    release[1]('stale');
+    await settle();
+    assert.equal(sockets.length, 0, 'the answer to a connect that was closed is dropped');
+    release[2]('current');
+    await settle();
+    assert.equal(sockets.length, 1);
+    assert.equal(ws().url, `ws://kairos.test/ws?sessionId=${SID}&token=current`);
+  });
 
   it('stops after SESSION_DELETED', () => {
     const { client, time, sockets, ws, handshake } = connectedClient();

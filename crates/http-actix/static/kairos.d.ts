@@ -115,10 +115,17 @@ export declare class KairosError extends Error {
   /**
    * A wire error code (`CONFLICT`, `INVALID_STATE_TRANSITION`, ...) or one of
    * the SDK's: `SESSION_NOT_FOUND` (close 4404), `POLICY_VIOLATION` (close
-   * 1008), `SESSION_DELETED`, `NOT_CONNECTED`, `DISCONNECTED`, `TIMEOUT`,
-   * `CLOSED`, `UNSUPPORTED`, `CONNECT_FAILED`, `HTTP_<status>`.
+   * 1008; `message` and `details.reason` are the close reason, e.g.
+   * `token expired`), `TOKEN_UNAVAILABLE` (`getToken` threw, rejected or
+   * returned no token), `SESSION_DELETED`, `NOT_CONNECTED`, `DISCONNECTED`,
+   * `TIMEOUT`, `CLOSED`, `UNSUPPORTED`, `CONNECT_FAILED`, `HTTP_<status>`.
    */
   code: string;
+  /**
+   * The wire error's details; for a fatal close `{ close_code, reason }`;
+   * for `TOKEN_UNAVAILABLE` `{ cause }` (plus `close_code` and `reason` when
+   * it followed a `token expired` close).
+   */
   details?: unknown;
 }
 
@@ -192,9 +199,17 @@ export interface KairosClientOptions {
   sessionId: string;
   /** Where the server is; default: the page's origin. */
   baseUrl?: string;
-  /** A JWT, sent as `&token=` on the socket and as a bearer token over REST. */
+  /** A JWT, sent as `&token=` on the socket and as a bearer token over REST. Ignored when `getToken` is given. */
   token?: string | null;
-  /** The socket URL; default derived from `baseUrl`. */
+  /**
+   * Called before every connect and reconnect for the JWT to use, on the
+   * socket and over REST (which uses the latest result); wins over `token`.
+   * With it, a socket the server closes with 1008 `token expired` is reopened
+   * with a fresh token, after the first backoff step. Throwing, rejecting
+   * or returning no token stops the client (`TOKEN_UNAVAILABLE`).
+   */
+  getToken?: () => string | Promise<string>;
+  /** The socket URL; default derived from `baseUrl` (and the token). Used as is: `getToken` and `setToken` then only change REST calls. */
   wsUrl?: string;
   /** Open the socket in the constructor (default true). */
   autoConnect?: boolean;
@@ -224,6 +239,7 @@ export declare class KairosClient {
   static socketUrl(baseUrl: string, sessionId: string, token?: string | null): string;
   readonly sessionId: string;
   readonly baseUrl: string;
+  /** The URL of the current socket, or of the next one after `setToken`. */
   readonly wsUrl: string;
   readonly estimator: OffsetEstimator;
 
@@ -245,6 +261,12 @@ export declare class KairosClient {
 
   connect(): void;
   close(): void;
+  /**
+   * Replaces the token for the next connect and for REST calls; the open
+   * socket keeps its own. With `getToken`, the next connect's result replaces
+   * it in turn. After a `token expired` error: `setToken(fresh)`, `connect()`.
+   */
+  setToken(token: string): void;
 
   /** Over the socket; resolve with the view showing the command's effect, reject with the server's ERROR. */
   switch(options?: { nextParticipantId?: string; expectedVersion?: number }): Promise<SessionView>;

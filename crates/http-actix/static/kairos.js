@@ -315,6 +315,12 @@ const FATAL_CLOSES = {
   1008: 'POLICY_VIOLATION',
 };
 
+/**
+ * The reason of the 1008 close the server sends once the socket's token has
+ * expired: the one policy close after which a fresh token (`getToken`) helps.
+ */
+const TOKEN_EXPIRED = 'token expired';
+
 function defaultBaseUrl() {
   const loc = globalThis.location;
   return loc && loc.origin && loc.origin !== 'null' ? loc.origin : 'http://127.0.0.1:8080';
@@ -329,13 +335,22 @@ function defaultBaseUrl() {
  * requestAnimationFrame(function frame() { draw(client.display()); requestAnimationFrame(frame); });
  * await client.switch({ expectedVersion: client.getSnapshot().version });
  * ```
+ *
+ * With `getToken` (a function returning a JWT or a promise of one), every
+ * connect asks for the token, and a socket the server closes because its
+ * token expired (1008 `token expired`) is reopened with a fresh one.
  */
 export class KairosClient {
   constructor(options = {}) {
     if (!options.sessionId) throw new KairosError('VALIDATION_ERROR', 'sessionId is required');
     this.sessionId = String(options.sessionId);
     this.baseUrl = String(options.baseUrl ?? defaultBaseUrl()).replace(/\/+$/, '');
-    this.token = options.token ?? null;
+    // With getToken, every connect asks it for the token (the static one is
+    // ignored); without it, `token` (or setToken's) is used as is.
+    this._getToken = typeof options.getToken === 'function' ? options.getToken : null;
+    this.token = this._getToken ? null : (options.token ?? null);
+    // A socket URL given by the caller is used as is: tokens never rewrite it.
+    this._fixedWsUrl = options.wsUrl != null;
     this.wsUrl = options.wsUrl ?? KairosClient.socketUrl(this.baseUrl, this.sessionId, this.token);
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this._fetch = options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : null);
@@ -355,6 +370,8 @@ export class KairosClient {
     this._stopped = true;
     this._attempt = 0;
     this._reconnectTimer = null;
+    this._pendingToken = null; // the connect waiting for getToken, if any
+    this._tokenExpired = false; // reconnecting because the server said `token expired`
     this._pingTimer = null;
     this._burstLeft = 0;
     this._pings = new Map(); // client_time_ms -> { kind: 'probe' | 'barrier', command? }
@@ -459,14 +476,26 @@ export class KairosClient {
 
   /** Opens the socket (done by the constructor unless `autoConnect: false`). */
   connect() {
-    if (!this._stopped && this._ws) return;
+    if (!this._stopped && (this._ws || this._pendingToken)) return;
     this._stopped = false;
     this._open();
+  }
+
+  /**
+   * Replaces the token for the next connect and for REST calls; the open
+   * socket keeps the one it connected with. With `getToken`, the next
+   * connect's `getToken()` result replaces it in turn.
+   */
+  setToken(token) {
+    this.token = token ?? null;
+    if (!this._fixedWsUrl) this.wsUrl = KairosClient.socketUrl(this.baseUrl, this.sessionId, this.token);
   }
 
   /** Closes the socket for good: no reconnect; pending commands are rejected. */
   close() {
     this._stopped = true;
+    this._pendingToken = null;
+    this._tokenExpired = false;
     this._clearTimers();
     this._rejectAll(new KairosError('CLOSED', 'the client was closed'));
     const ws = this._ws;
@@ -488,6 +517,56 @@ export class KairosClient {
       return;
     }
     this._update({ connection: this._attempt > 0 ? 'reconnecting' : 'connecting' });
+    if (!this._getToken) {
+      this._openSocket();
+      return;
+    }
+    // Ask for a token first. A close() or another connect() meanwhile
+    // replaces `_pendingToken`, which makes this answer moot.
+    const pending = {};
+    this._pendingToken = pending;
+    let result;
+    try {
+      result = this._getToken();
+    } catch (err) {
+      this._onToken(pending, err ?? new Error('getToken threw'), null);
+      return;
+    }
+    if (result && typeof result.then === 'function') {
+      result.then(
+        (token) => this._onToken(pending, null, token),
+        (err) => this._onToken(pending, err ?? new Error('getToken rejected'), null),
+      );
+    } else {
+      // A plain string: connect at once, as with a static token.
+      this._onToken(pending, null, result);
+    }
+  }
+
+  /** getToken's answer for the connect `pending`: connects with the token, or fails for good. */
+  _onToken(pending, error, token) {
+    if (this._pendingToken !== pending) return;
+    this._pendingToken = null;
+    if (this._stopped) return;
+    if (!error && (typeof token !== 'string' || token === '')) error = new Error('getToken returned no token');
+    if (error) {
+      const why = String(error && error.message ? error.message : error);
+      const expired = this._tokenExpired;
+      this._fail(
+        new KairosError(
+          'TOKEN_UNAVAILABLE',
+          expired ? `${TOKEN_EXPIRED}, and getToken failed: ${why}` : `getToken failed: ${why}`,
+          expired ? { close_code: 1008, reason: TOKEN_EXPIRED, cause: error } : { cause: error },
+        ),
+      );
+      return;
+    }
+    this.token = token;
+    if (!this._fixedWsUrl) this.wsUrl = KairosClient.socketUrl(this.baseUrl, this.sessionId, token);
+    this._openSocket();
+  }
+
+  _openSocket() {
     let ws;
     try {
       ws = new this._WebSocket(this.wsUrl);
@@ -511,6 +590,8 @@ export class KairosClient {
 
   _fail(error) {
     this._stopped = true;
+    this._pendingToken = null;
+    this._tokenExpired = false;
     this._clearTimers();
     this._rejectAll(error);
     this._update({ connection: 'error', error });
@@ -528,9 +609,24 @@ export class KairosClient {
       this._update({ connection: 'closed' });
       return;
     }
+    if (code === 1008 && reason === TOKEN_EXPIRED && this._getToken) {
+      // The socket outlived its token: come back with a fresh one from
+      // getToken (asked for when the delay is over), from the first step.
+      this._tokenExpired = true;
+      this._attempt = 0;
+      this._scheduleReconnect();
+      return;
+    }
     const fatal = FATAL_CLOSES[code];
     if (fatal) {
-      this._fail(new KairosError(fatal, reason || `the server closed the connection (${code})`, { close_code: code }));
+      // Without getToken a `token expired` close ends here too: reconnecting
+      // with the same token would only be refused. `reason` tells them apart.
+      this._fail(
+        new KairosError(fatal, reason || `the server closed the connection (${code})`, {
+          close_code: code,
+          reason: reason || '',
+        }),
+      );
       return;
     }
     // Anything else (1001 going away, 1006 network, 1011, 1013, ...):
@@ -649,6 +745,7 @@ export class KairosClient {
         }
         // A new connection may reach another instance: measure afresh.
         this.estimator.reset();
+        this._tokenExpired = false;
         this._update({ connection: 'open', error: null });
         this._startPings();
         break;
@@ -742,7 +839,9 @@ export class KairosClient {
 
   async _rest(name, expectedVersion) {
     const body = expectedVersion === undefined ? {} : { expected_version: expectedVersion };
-    const view = await request(this._fetch, this.baseUrl, this.token, 'POST', `/v1/sessions/${this.sessionId}/${name}`, body);
+    // The token of the latest connect (or setToken); with getToken and none yet, a fresh one.
+    const token = this.token ?? (this._getToken ? await this._getToken() : null);
+    const view = await request(this._fetch, this.baseUrl, token, 'POST', `/v1/sessions/${this.sessionId}/${name}`, body);
     // The socket brings the same view; applying it now saves a round trip.
     this._applyState(view);
     return view;
