@@ -27,6 +27,7 @@ pub mod limits;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod places;
 pub mod rest;
 pub mod state;
 pub mod web;

@@ -56,7 +56,8 @@ pub struct HttpSettings {
     pub ws_max_connections: usize,
     /// Most messages one WebSocket client may send per minute (close 1008 above it).
     pub ws_messages_per_minute: u32,
-    /// Most WebSockets one token subject may hold on this instance (close 1008 above it).
+    /// Most WebSockets one token subject may hold (close 1008 above it): on
+    /// this instance, or across all of them with a shared place registry.
     pub ws_max_connections_per_user: usize,
     /// Browser origins allowed to open WebSockets and make CORS requests;
     /// `None`: any origin may open a WebSocket and REST answers carry no CORS headers.
@@ -167,8 +168,9 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Open WebSocket connections on this instance.
     pub ws_connections: AtomicUsize,
-    /// Open WebSocket connections per token subject on this instance.
-    pub ws_per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// The per-user WebSocket cap: this instance's places, shared with
+    /// the other instances when Redis is configured.
+    pub places: crate::places::UserPlaces,
     /// Rate limits; `None` disables them (as does `RATE_LIMITS=off`).
     pub limiter: Option<crate::limits::Limiter>,
     /// Shares one bus subscription per watched session among this instance's WebSockets.

@@ -12,7 +12,8 @@
 //! session id, a refused token or read, a token that expired while the
 //! socket was open (reason `token expired`), or too many messages, 1009 for a
 //! frame or message over 10 KiB, 1011 for a silent client or an unexpected
-//! fault, 1013 when the store or bus is unreachable at connect, 4404 for an
+//! fault, 1013 when the store or bus is unreachable at connect (the session,
+//! the connect limit or the per-user cap cannot be checked), 4404 for an
 //! unknown session.
 
 use std::collections::HashMap;
@@ -110,10 +111,17 @@ async fn accept(
         Ok(()) => admit_connect(req, &slot.state).await,
         Err(e) => Err(e),
     };
-    let actor = authenticate_until(req, &slot.state).and_then(|(actor, until)| match &actor.sub {
-        Some(sub) => slot.claim_user(sub).map(|()| (actor, until)),
-        None => Ok((actor, until)),
-    });
+    // A place under the per-user cap only for a socket that is otherwise
+    // admitted: a refused one costs no call to the shared registry.
+    let actor = match authenticate_until(req, &slot.state) {
+        Ok((actor, until)) => match actor.sub.clone() {
+            Some(sub) if admitted.is_ok() && target.is_ok() => {
+                slot.claim_user(&sub).await.map(|()| (actor, until))
+            }
+            _ => Ok((actor, until)),
+        },
+        Err(e) => Err(e),
+    };
     let (response, session, stream) = actix_ws::handle(req, body).map_err(|e| {
         ApiError::new(
             Code::ValidationError,
@@ -127,6 +135,11 @@ async fn accept(
             connection.expires_ms = until.map_or(u64::MAX, ms_until);
             actix_web::rt::spawn(connection.serve());
             return Ok(response);
+        }
+        // A store the checks need is unreachable (the connect limit, the
+        // shared per-user cap): try again shortly (1013), not a refusal.
+        (Err(e), _, _) | (_, Err(e), _) if e.code == Code::Unavailable => {
+            CloseReason::from((CloseCode::Again, e.message))
         }
         (Err(e), _, _) | (_, Err(e), _) => CloseReason::from((CloseCode::Policy, e.message)),
         (_, _, Err(why)) => CloseReason::from((CloseCode::Policy, why)),
@@ -193,8 +206,8 @@ fn unavailable(message: &str, retry_after_s: u64) -> ApiError {
 /// counter and the gauge exact.
 struct Slot {
     state: web::Data<AppState>,
-    /// The token subject counted against its per-user cap, if any.
-    user: Option<String>,
+    /// The place held under the token subject's per-user cap, if any.
+    place: Option<crate::places::Place>,
 }
 
 impl Slot {
@@ -212,40 +225,22 @@ impl Slot {
                 )
             })?;
         state.metrics.ws_connections.inc();
-        Ok(Self { state, user: None })
+        Ok(Self { state, place: None })
     }
 
     /// Counts this socket against `sub`'s per-user cap; refuses past it.
-    fn claim_user(&mut self, sub: &str) -> Result<(), ApiError> {
+    async fn claim_user(&mut self, sub: &str) -> Result<(), ApiError> {
         let max = self.state.settings.ws_max_connections_per_user;
-        let mut users = self
-            .state
-            .ws_per_user
-            .lock()
-            .map_err(|_| ApiError::new(Code::InternalError, "connection registry poisoned"))?;
-        let count = users.entry(sub.to_owned()).or_insert(0);
-        if *count >= max {
-            return Err(ApiError::new(
-                Code::Forbidden,
-                format!("at most {max} WebSockets per user on one instance"),
-            ));
-        }
-        *count += 1;
-        self.user = Some(sub.to_owned());
+        let now = self.state.service.clock().now_ms();
+        self.place = Some(self.state.places.take(sub, max, now).await?);
         Ok(())
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(user) = self.user.take()
-            && let Ok(mut users) = self.state.ws_per_user.lock()
-            && let Some(n) = users.get_mut(&user)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                users.remove(&user);
-            }
+        if let Some(place) = self.place.take() {
+            self.state.places.give_back(place);
         }
         self.state.ws_connections.fetch_sub(1, Ordering::AcqRel);
         self.state.metrics.ws_connections.dec();
@@ -1312,7 +1307,7 @@ mod tests {
             settings: crate::state::HttpSettings::default(),
             lifecycle: Arc::new(crate::state::Lifecycle::new()),
             ws_connections: AtomicUsize::new(0),
-            ws_per_user: Default::default(),
+            places: crate::places::UserPlaces::local(),
             limiter: None,
         });
         let (req, mut payload) = TestRequest::default()

@@ -16,7 +16,8 @@
 //! - [`view`]: the read model at any instant, deadlines applied as of their deadline.
 //! - [`event`]: audit events.
 //! - [`auth`]: the authorization matrix.
-//! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`].
+//! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`],
+//!   [`PlaceRegistry`].
 //! - [`ratelimit`]: GCRA and the [`ratelimit::RateLimiter`] port.
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set, publish.
 //!
@@ -66,7 +67,7 @@ pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{Command, Decision, TransitionError};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, EventBus, Outbox,
-    OutboxEntry, SessionStore, StoreError, Subscription,
+    OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription,
 };
 pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use service::{Executed, ServiceError, SessionService};
@@ -74,6 +75,8 @@ pub use session::{Group, Participant, Session, Status, SyncMode, TimeoutAction, 
 pub use view::{GroupView, ParticipantView, SessionView};
 
 #[cfg(any(test, feature = "mocks"))]
-pub use ports::{MockAuditSink, MockClock, MockEventBus, MockOutbox, MockSessionStore};
+pub use ports::{
+    MockAuditSink, MockClock, MockEventBus, MockOutbox, MockPlaceRegistry, MockSessionStore,
+};
 #[cfg(any(test, feature = "mocks"))]
 pub use ratelimit::MockRateLimiter;

@@ -230,3 +230,38 @@ impl<T: Clock + ?Sized> Clock for Arc<T> {
         (**self).now_ms()
     }
 }
+
+/// Places counted across every instance of a deployment: at most `max`
+/// holders under one key at once (the per-user WebSocket cap). Each place
+/// is a lease: its instance renews the places it holds, so the places of an
+/// instance that died come back when their leases run out, and a release
+/// that never arrived (the store was down) costs a place for one lease at
+/// most.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait PlaceRegistry: Send + Sync + 'static {
+    /// Takes a place for `holder` under `key`, held until `now_ms +
+    /// lease_ms`, unless `max` unexpired places are held there already.
+    /// `Ok(true)` when taken (or already held by `holder`). MUST be atomic
+    /// for all instances sharing the registry.
+    async fn acquire(
+        &self,
+        key: &str,
+        holder: &str,
+        max: u32,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives a place back; nothing happens when it is not held.
+    async fn release(&self, key: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Extends each `(key, holder)` place that is still held to `now_ms +
+    /// lease_ms`. MUST NOT bring back a place that was released or expired.
+    async fn renew(
+        &self,
+        places: &[(String, String)],
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<(), StoreError>;
+}

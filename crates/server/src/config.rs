@@ -99,7 +99,8 @@ pub struct Settings {
     pub rate_limits: RateLimits,
     /// Messages one WebSocket client may send per minute (`WS_MESSAGES_PER_MINUTE`, default 100).
     pub ws_messages_per_minute: u32,
-    /// WebSockets one token subject may hold on an instance (`WS_MAX_CONNECTIONS_PER_USER`, default 5).
+    /// WebSockets one token subject may hold, across all instances sharing
+    /// Redis (`WS_MAX_CONNECTIONS_PER_USER`, default 5).
     pub ws_max_connections_per_user: usize,
     /// Redis; `None` runs the embedded in-process store (one instance only).
     pub redis: Option<RedisSettings>,
@@ -464,7 +465,7 @@ Configuration (environment variables; see docs/operations.md):
                             the limits (defaults 10, 5, 100, 60, 5)
   TRUSTED_PROXIES           proxies whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated)
   WS_MESSAGES_PER_MINUTE    messages one WebSocket client may send (default 100; above: close 1008)
-  WS_MAX_CONNECTIONS_PER_USER  WebSockets per token subject on one instance (default 5)
+  WS_MAX_CONNECTIONS_PER_USER  WebSockets per token subject, all instances together (default 5)
   LOG_FORMAT                pretty | json (default pretty)
   RUST_LOG                  log filter (default info)
   HTTP_WORKERS              HTTP worker threads (default: one per core)

@@ -12,7 +12,9 @@ use adapter_memory::{MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, Sys
 use bus_redis::{RedisBus, RedisBusConfig};
 use http_actix::{AppState, AuditHealth, AuthMode, HttpSettings, Lifecycle, Metrics, Service};
 use kairos_domain::{AuditSink, Clock, EventBus, Outbox, RateLimiter, SessionStore};
-use store_redis::{RedisClock, RedisConfig, RedisMode, RedisRateLimiter, RedisStore};
+use store_redis::{
+    RedisClock, RedisConfig, RedisMode, RedisPlaceRegistry, RedisRateLimiter, RedisStore,
+};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -25,6 +27,8 @@ struct Adapters {
     bus: Arc<dyn EventBus>,
     clock: Arc<dyn Clock>,
     limiter: Arc<dyn RateLimiter>,
+    /// The per-user WebSocket cap across instances; `None`: counted per instance.
+    places: Option<Arc<dyn kairos_domain::PlaceRegistry>>,
     /// The outbox and the audit trail it drains into, when audit is on.
     audit: Option<(Arc<dyn Outbox>, Arc<dyn AuditSink>)>,
 }
@@ -66,6 +70,7 @@ fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapt
         bus: Arc::new(MemoryBus::new()),
         clock: Arc::new(SystemClock::new()),
         limiter: Arc::new(MemoryRateLimiter::new()),
+        places: None,
         audit: Some((outbox, audit)),
     }
 }
@@ -121,14 +126,16 @@ async fn redis_adapters(
         .map_err(|e| anyhow::anyhow!("cannot start the Redis event bus at {target}: {e}"))?;
     tasks.spawn(bus_tasks.join());
     let limiter = RedisRateLimiter::new(store.connection(), config.key_prefix.clone());
+    let places = RedisPlaceRegistry::new(store.connection(), config.key_prefix.clone());
     let store = Arc::new(store);
-    tracing::info!(redis = %target, mode = ?redis.mode, "using Redis for state, bus, clock and rate limits");
+    tracing::info!(redis = %target, mode = ?redis.mode, "using Redis for state, bus, clock, rate limits and the per-user WebSocket cap");
     Ok((
         Adapters {
             store: store.clone(),
             bus: Arc::new(bus.clone()),
             clock: clock as Arc<dyn Clock>,
             limiter: Arc::new(limiter),
+            places: Some(Arc::new(places)),
             audit: pg.map(|sink| (store as Arc<dyn Outbox>, sink)),
         },
         bus,
@@ -269,7 +276,10 @@ impl Application {
             settings: http,
             lifecycle: Arc::new(Lifecycle::new()),
             ws_connections: AtomicUsize::new(0),
-            ws_per_user: Default::default(),
+            places: match adapters.places {
+                Some(registry) => http_actix::places::UserPlaces::shared(registry),
+                None => http_actix::places::UserPlaces::local(),
+            },
             limiter: Some(http_actix::limits::Limiter {
                 backend: adapters.limiter,
                 limits: settings.rate_limits.clone(),
@@ -354,6 +364,10 @@ impl Application {
                 stop_rx.clone(),
             ));
         }
+        workers.spawn(http_actix::places::renew_places(
+            state.clone(),
+            stop_rx.clone(),
+        ));
         if let Some(bus) = bus_stats {
             workers.spawn(workers::bus_stats_worker(
                 bus,

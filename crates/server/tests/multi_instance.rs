@@ -531,3 +531,106 @@ async fn redis_down_gives_fast_503_and_everything_recovers_after_it_returns() {
         }
     }
 }
+
+/// The per-user WebSocket cap counts one user's sockets on every instance
+/// together: a round-robin balancer must not multiply it.
+#[tokio::test]
+async fn one_user_holds_at_most_the_cap_across_instances() {
+    const SECRET: &str = "multi-instance-secret-0123456789abcdef";
+    let env = [
+        ("JWT_SECRET", SECRET.to_owned()),
+        ("WS_MAX_CONNECTIONS_PER_USER", "2".to_owned()),
+        ("REDIS_KEY_PREFIX", procs::prefix()),
+    ];
+    let nodes = cluster(2, &redis_url(), &env).await;
+    let secret = http_actix::auth::Secret::new(SECRET.into()).unwrap();
+    let token = |role: &str, sub: &str| {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 3_600;
+        let claims = http_actix::auth::Claims {
+            sub: sub.into(),
+            exp,
+            role: role.into(),
+            sid: None,
+            pid: None,
+        };
+        http_actix::auth::mint(&secret, &claims).unwrap()
+    };
+    let res = reqwest::Client::new()
+        .post(nodes[0].url("/v1/sessions"))
+        .bearer_auth(token("host", "alice"))
+        .json(&chess(600_000, 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["data"]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let viewer = token("viewer", "bob");
+    let open = |node: usize| {
+        let url = nodes[node].ws_url(&format!("/ws?sessionId={id}&token={viewer}"));
+        async move { connect_async(url).await.expect("handshake").0 }
+    };
+    // The first message says whether the socket was let in.
+    async fn first(ws: &mut Ws) -> Result<String, (u16, String)> {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("in time")
+                .expect("open")
+                .expect("frame");
+            match m {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    return Ok(v["type"].as_str().unwrap().to_owned());
+                }
+                Message::Close(Some(f)) => return Err((f.code.into(), f.reason.to_string())),
+                _ => {}
+            }
+        }
+    }
+
+    let mut on_a = open(0).await;
+    assert_eq!(first(&mut on_a).await, Ok("CONNECTED".to_owned()));
+    let mut on_b = open(1).await;
+    assert_eq!(first(&mut on_b).await, Ok("CONNECTED".to_owned()));
+    // A third on either instance is over the cap of 2.
+    for node in 0..2 {
+        let mut third = open(node).await;
+        assert_eq!(
+            first(&mut third).await,
+            Err((1008, "at most 2 WebSockets per user".to_owned())),
+            "a third socket on instance {node}"
+        );
+    }
+    // Another user is not affected.
+    let other = token("viewer", "carol");
+    let (mut carol, _) =
+        connect_async(nodes[1].ws_url(&format!("/ws?sessionId={id}&token={other}")))
+            .await
+            .unwrap();
+    assert_eq!(first(&mut carol).await, Ok("CONNECTED".to_owned()));
+    // Closing the socket on B gives its place back for a socket on A.
+    on_b.close(None).await.unwrap();
+    drop(on_b);
+    let deadline = StdInstant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = open(0).await;
+        match first(&mut again).await {
+            Ok(kind) => {
+                assert_eq!(kind, "CONNECTED");
+                break;
+            }
+            Err(refused) => {
+                assert_eq!(refused.0, 1008);
+                assert!(StdInstant::now() < deadline, "the place never came back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

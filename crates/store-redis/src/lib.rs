@@ -31,6 +31,8 @@
 //! - [`outbox`]: [`RedisStore`] as an `Outbox` over Redis Streams.
 //! - [`clock`]: [`RedisClock`], the shared clock.
 //! - [`ratelimit`]: [`RedisRateLimiter`], GCRA shared by all instances.
+//! - [`places`]: [`RedisPlaceRegistry`], the per-user WebSocket cap shared
+//!   by all instances.
 //!
 //! # Wiring
 //!
@@ -75,6 +77,7 @@ pub mod config;
 pub mod conn;
 pub mod keys;
 pub mod outbox;
+pub mod places;
 pub mod ratelimit;
 mod scripts;
 pub mod store;
@@ -87,5 +90,6 @@ pub use config::{
 };
 pub use conn::RedisConnection;
 pub use keys::{PARTITIONS, partition_of};
+pub use places::RedisPlaceRegistry;
 pub use ratelimit::RedisRateLimiter;
 pub use store::RedisStore;
