@@ -206,8 +206,9 @@ fn unavailable(message: &str, retry_after_s: u64) -> ApiError {
 /// counter and the gauge exact.
 struct Slot {
     state: web::Data<AppState>,
-    /// The place held under the token subject's per-user cap, if any.
-    place: Option<crate::places::Place>,
+    /// The place held under the token subject's per-user cap, if any
+    /// (boxed: one pointer in every idle socket's task instead of two strings).
+    place: Option<Box<crate::places::Place>>,
 }
 
 impl Slot {
@@ -232,7 +233,7 @@ impl Slot {
     async fn claim_user(&mut self, sub: &str) -> Result<(), ApiError> {
         let max = self.state.settings.ws_max_connections_per_user;
         let now = self.state.service.clock().now_ms();
-        self.place = Some(self.state.places.take(sub, max, now).await?);
+        self.place = Some(Box::new(self.state.places.take(sub, max, now).await?));
         Ok(())
     }
 }
@@ -240,7 +241,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(place) = self.place.take() {
-            self.state.places.give_back(place);
+            self.state.places.give_back(*place);
         }
         self.state.ws_connections.fetch_sub(1, Ordering::AcqRel);
         self.state.metrics.ws_connections.dec();
@@ -1326,6 +1327,7 @@ mod tests {
 
         let task = conn.serve();
         let size = std::mem::size_of_val(&task);
+        eprintln!("the socket task is {size} bytes");
         assert!(size <= 1024, "the socket task is {size} bytes");
         assert_eq!(state.ws_connections.load(Ordering::SeqCst), 1);
         drop(task);
