@@ -84,6 +84,21 @@ impl Keys {
     }
 }
 
+/// `<prefix><kind>:{<key>}`: a key whose whole client-chosen part is the
+/// hash tag, so each call on it touches one slot. Braces inside `key` are
+/// replaced, so a client's `sub` cannot change the tag.
+pub(crate) fn tagged(prefix: &str, kind: &str, key: &str) -> String {
+    let safe: String = key
+        .chars()
+        .map(|c| match c {
+            '{' => '(',
+            '}' => ')',
+            c => c,
+        })
+        .collect();
+    format!("{prefix}{kind}:{{{safe}}}")
+}
+
 /// Splits `budget` over `n` partitions as evenly as possible: the first
 /// `budget % n` get one more. The quotas add up to exactly `budget`, so a
 /// sweep never takes more than it may return.
@@ -98,6 +113,12 @@ pub(crate) fn split_budget(budget: usize, n: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tagged_key_keeps_the_whole_client_part_in_one_tag() {
+        assert_eq!(tagged("k:", "rl", "sub:alice"), "k:rl:{sub:alice}");
+        assert_eq!(tagged("k:", "places", "a}{b"), "k:places:{a)(b}");
+    }
 
     fn id(n: u128) -> SessionId {
         SessionId::from_uuid(uuid::Uuid::from_u128(n))

@@ -64,19 +64,9 @@ impl RedisPlaceRegistry {
         }
     }
 
-    /// The Redis key of a registry key. The whole key is the hash tag, so
-    /// each call touches one slot; braces inside it are replaced so a
-    /// client's `sub` cannot change the tag.
+    /// The Redis key of a registry key (see [`crate::keys::tagged`]).
     fn key(&self, key: &str) -> String {
-        let safe: String = key
-            .chars()
-            .map(|c| match c {
-                '{' => '(',
-                '}' => ')',
-                c => c,
-            })
-            .collect();
-        format!("{}places:{{{safe}}}", self.prefix)
+        crate::keys::tagged(&self.prefix, "places", key)
     }
 }
 

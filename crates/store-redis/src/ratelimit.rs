@@ -46,19 +46,9 @@ impl RedisRateLimiter {
         }
     }
 
-    /// The Redis key of a limiter key. The whole key is the hash tag, so a
-    /// check touches one slot; braces inside it are replaced so a client's
-    /// `sub` cannot change the tag.
+    /// The Redis key of a limiter key (see [`crate::keys::tagged`]).
     fn key(&self, key: &str) -> String {
-        let safe: String = key
-            .chars()
-            .map(|c| match c {
-                '{' => '(',
-                '}' => ')',
-                c => c,
-            })
-            .collect();
-        format!("{}rl:{{{safe}}}", self.prefix)
+        crate::keys::tagged(&self.prefix, "rl", key)
     }
 }
 
