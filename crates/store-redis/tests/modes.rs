@@ -1,6 +1,7 @@
 //! Smoke tests of the Cluster and Sentinel modes on servers of the test's
-//! own: the same scripts run through each kind of connection. (Failover is
-//! not exercised here.)
+//! own: the same scripts run through each kind of connection, and a
+//! Sentinel failover to a promoted replica. (Cluster failover is not
+//! exercised here.)
 
 mod common;
 
@@ -133,5 +134,85 @@ async fn sentinel_mode_finds_the_primary_and_runs_every_operation() {
         sessions.len(),
         PARTITIONS * 2 - 1,
         "the data is on the primary"
+    );
+}
+
+/// Sentinel promotes the replica when the primary dies: the same store
+/// finds the new primary by itself, with every state that was replicated,
+/// and commits there. Until then calls fail fast with `Unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_mode_follows_a_failover_to_the_promoted_replica() {
+    let mut primary = OwnRedis::start_with(&["--appendonly", "no"]);
+    let primary_port = primary.port.to_string();
+    let replica = OwnRedis::start_with(&[
+        "--appendonly",
+        "no",
+        "--replicaof",
+        "127.0.0.1",
+        &primary_port,
+    ]);
+    let sentinel = OwnRedis::start_sentinel_with(
+        "kairos-failover",
+        primary.port,
+        &[
+            ("down-after-milliseconds", "500"),
+            ("failover-timeout", "5000"),
+        ],
+    );
+    let mut config = RedisConfig::new("redis://ignored-host:1/");
+    config.mode = RedisMode::Sentinel {
+        master_name: "kairos-failover".into(),
+        sentinels: vec![sentinel.url()],
+    };
+    let store = RedisStore::connect(&config)
+        .await
+        .expect("connects through Sentinel");
+    let (session, created) = chess(60_000, 1_000);
+    store.create(&session, &[created]).await.expect("created");
+    // The replica has everything before the primary dies (WAIT: one
+    // replica acknowledged the writes, or 5 s passed).
+    let acked: i64 = query(primary.port, redis::cmd("WAIT").arg(1).arg(5_000));
+    assert_eq!(acked, 1, "the replica is attached");
+
+    primary.stop();
+    let failed_at = Instant::now();
+    let mut unavailable = 0;
+    let stored = loop {
+        match store.load(session.id).await {
+            Ok(found) => break found,
+            Err(StoreError::Unavailable(_)) => unavailable += 1,
+            Err(other) => panic!("a failover is not a fault: {other:?}"),
+        }
+        assert!(
+            failed_at.elapsed() < Duration::from_secs(30),
+            "no new primary within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "served again {:?} after the primary died ({unavailable} calls refused meanwhile)",
+        failed_at.elapsed()
+    );
+    assert_eq!(
+        stored,
+        Some(session.clone()),
+        "the replicated state survived"
+    );
+    let next = bumped(&session);
+    store
+        .commit(&Commit {
+            state: next.clone(),
+            expected_version: session.version,
+            deadline: None,
+            events: vec![],
+        })
+        .await
+        .expect("commits on the new primary");
+    assert_eq!(store.load(session.id).await, Ok(Some(next)));
+    let role: Vec<redis::Value> = query(replica.port, &mut redis::cmd("ROLE"));
+    assert_eq!(
+        role.first(),
+        Some(&redis::Value::BulkString(b"master".to_vec())),
+        "the replica was promoted"
     );
 }

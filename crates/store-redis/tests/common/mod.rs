@@ -160,13 +160,23 @@ impl OwnRedis {
     /// A Sentinel monitoring the primary on `primary_port` as `master_name`
     /// (quorum 1: it is the only Sentinel).
     pub fn start_sentinel(master_name: &str, primary_port: u16) -> Self {
+        Self::start_sentinel_with(master_name, primary_port, &[])
+    }
+
+    /// [`Self::start_sentinel`] with more `sentinel <option> <master_name>
+    /// <value>` lines, e.g. `("down-after-milliseconds", "500")`.
+    pub fn start_sentinel_with(
+        master_name: &str,
+        primary_port: u16,
+        options: &[(&str, &str)],
+    ) -> Self {
         let mut server = Self::prepare();
         let conf = server.dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!("sentinel monitor {master_name} 127.0.0.1 {primary_port} 1\n"),
-        )
-        .expect("writes sentinel.conf");
+        let mut text = format!("sentinel monitor {master_name} 127.0.0.1 {primary_port} 1\n");
+        for (option, value) in options {
+            text.push_str(&format!("sentinel {option} {master_name} {value}\n"));
+        }
+        std::fs::write(&conf, text).expect("writes sentinel.conf");
         // redis-server takes the config file first, then `--sentinel`.
         server.extra = vec![conf.display().to_string(), "--sentinel".into()];
         server.restart();
