@@ -78,10 +78,10 @@ impl Connector {
         timeout: Duration,
     ) -> RedisResult<Target> {
         match self {
-            Self::Standalone(client) => Ok(Target::Primary(client.clone())),
-            Self::Sentinel(sentinel) => Ok(Target::Primary(
+            Self::Standalone(client) => Ok(Target::Primary(Box::new(client.clone()))),
+            Self::Sentinel(sentinel) => Ok(Target::Primary(Box::new(
                 sentinel.lock().await.async_get_client().await?,
-            )),
+            ))),
             Self::Cluster(nodes) => {
                 let mut builder = ClusterClientBuilder::new(nodes.clone())
                     .connection_timeout(timeout)
@@ -99,8 +99,9 @@ impl Connector {
 
 /// A client for where Redis is now.
 pub(crate) enum Target {
-    /// The one primary (standalone, or the one Sentinel named).
-    Primary(Client),
+    /// The one primary (standalone, or the one Sentinel named; boxed, as
+    /// the client carries its TLS settings).
+    Primary(Box<Client>),
     /// The cluster (boxed: the client is large and this is made once per connection).
     Cluster(Box<ClusterClient>),
 }

@@ -64,7 +64,7 @@ impl PubConn {
         command_timeout: Duration,
     ) -> RedisResult<Self> {
         match connector.target(None, command_timeout).await? {
-            Target::Primary(client) => manager_for(client, command_timeout).await,
+            Target::Primary(client) => manager_for(*client, command_timeout).await,
             Target::Cluster(client) => Ok(Self::Cluster(client.get_async_connection().await?)),
         }
     }
@@ -177,7 +177,7 @@ impl Publisher {
         }
         match timeout(
             self.command_timeout,
-            manager_for(client, self.command_timeout),
+            manager_for(*client, self.command_timeout),
         )
         .await
         {

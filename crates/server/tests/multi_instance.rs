@@ -634,3 +634,26 @@ async fn one_user_holds_at_most_the_cap_across_instances() {
         }
     }
 }
+
+/// `REDIS_URL=rediss://...`: store, bus and clock all speak TLS to a Redis
+/// that accepts nothing else, and two instances still share their updates.
+#[tokio::test]
+async fn two_instances_share_a_redis_that_only_speaks_tls() {
+    let redis = OwnRedis::start_tls();
+    let url = format!("rediss://127.0.0.1:{}/#insecure", redis.port);
+    let nodes = cluster(2, &url, &[]).await;
+    let http = reqwest::Client::new();
+    let id = create(&http, &nodes[0], chess(600_000, 0)).await;
+    let mut watcher = subscribe(&nodes[1], &id).await;
+    let (status, _) = post(
+        &http,
+        nodes[0].url(&format!("/v1/sessions/{id}/start")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let update = next(&mut watcher).await;
+    assert_eq!(update["type"], "STATE_UPDATE");
+    assert_eq!(update["state"]["status"], "running");
+    assert_eq!(update["state"]["version"], 2);
+}

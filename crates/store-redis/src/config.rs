@@ -20,8 +20,9 @@ pub const DEFAULT_KEY_PREFIX: &str = "kairos:";
 #[derive(Clone, PartialEq, Eq)]
 pub enum RedisMode {
     /// One server at [`RedisConfig::url`] (`redis://[user:password@]host:port[/db]`,
-    /// or `rediss://` for TLS where the client library supports it). The
-    /// connection reconnects by itself after the server comes back.
+    /// or `rediss://` for TLS, verified against the public web roots;
+    /// `rediss://...#insecure` skips the verification). The connection
+    /// reconnects by itself after the server comes back.
     Standalone,
     /// A primary found through Redis Sentinel. `sentinels` are the Sentinel
     /// nodes (`redis://host:26379`, with their own credentials if Sentinel

@@ -379,7 +379,7 @@ impl SentinelConn {
             .set_redis_connection_info(info.redis_settings().clone());
         let client = SentinelClient::build(
             sentinels.iter().map(String::as_str).collect(),
-            master_name.to_owned(),
+            master_name,
             Some(node),
             SentinelServerType::Master,
         )

@@ -93,6 +93,8 @@ impl Drop for Instance {
 pub struct OwnRedis {
     pub port: u16,
     dir: PathBuf,
+    /// TLS only, with a self-signed certificate for 127.0.0.1 in `dir`.
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -104,6 +106,27 @@ impl OwnRedis {
         let mut me = Self {
             port: free_port(),
             dir,
+            tls: false,
+            child: None,
+        };
+        me.spawn();
+        me
+    }
+
+    /// A Redis that speaks only TLS on `port`, with a fresh self-signed
+    /// certificate for 127.0.0.1 (reach it with `rediss://...#insecure`).
+    pub fn start_tls() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("kairos-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+        std::fs::write(dir.join("redis.crt"), cert.cert.pem()).expect("writes the certificate");
+        std::fs::write(dir.join("redis.key"), cert.signing_key.serialize_pem())
+            .expect("writes the key");
+        let mut me = Self {
+            port: free_port(),
+            dir,
+            tls: true,
             child: None,
         };
         me.spawn();
@@ -113,15 +136,28 @@ impl OwnRedis {
     fn spawn(&mut self) {
         let bin =
             std::env::var("KAIROS_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let port = self.port.to_string();
+        let mut listen = vec!["--port".to_owned(), port.clone()];
+        if self.tls {
+            let file = |name: &str| self.dir.join(name).display().to_string();
+            listen = vec![
+                "--port".to_owned(),
+                "0".to_owned(),
+                "--tls-port".to_owned(),
+                port,
+                "--tls-cert-file".to_owned(),
+                file("redis.crt"),
+                "--tls-key-file".to_owned(),
+                file("redis.key"),
+                "--tls-ca-cert-file".to_owned(),
+                file("redis.crt"),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ];
+        }
         let child = Command::new(bin)
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-            ])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(&listen)
             // AOF on: committed state must survive the restart.
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")

@@ -140,6 +140,8 @@ pub struct OwnRedis {
     dir: PathBuf,
     /// Arguments after the common ones (or a config file first, for Sentinel).
     extra: Vec<String>,
+    /// Listens on a TLS port only (`--port 0 --tls-port <port>`).
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -152,6 +154,16 @@ impl OwnRedis {
     /// A server with extra arguments (cluster mode, ...).
     pub fn start_with(extra: &[&str]) -> Self {
         let mut server = Self::prepare();
+        server.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        server.restart();
+        server
+    }
+
+    /// A server listening only on a TLS port (its `port`), with `extra`
+    /// arguments naming the certificate, key and CA files.
+    pub fn start_tls(extra: &[&str]) -> Self {
+        let mut server = Self::prepare();
+        server.tls = true;
         server.extra = extra.iter().map(|s| (*s).to_owned()).collect();
         server.restart();
         server
@@ -194,6 +206,7 @@ impl OwnRedis {
             port,
             dir,
             extra: Vec::new(),
+            tls: false,
             child: None,
         }
     }
@@ -214,16 +227,16 @@ impl OwnRedis {
             Some(first) if !first.starts_with("--") => (vec![first.clone()], &self.extra[1..]),
             _ => (Vec::new(), &self.extra[..]),
         };
+        let port = self.port.to_string();
+        let ports: Vec<&str> = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
+        };
         let child = Command::new(binary)
             .args(config_file)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+            .args(ports)
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -235,7 +248,12 @@ impl OwnRedis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(client) = redis::Client::open(self.url())
+            if self.tls {
+                // Up once the TLS port accepts connections.
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return;
+                }
+            } else if let Ok(client) = redis::Client::open(self.url())
                 && let Ok(mut conn) = client.get_connection()
                 && redis::cmd("PING").query::<String>(&mut conn).is_ok()
             {
