@@ -223,7 +223,7 @@ impl PgAudit {
 
 /// Opens one pooled connection and applies [`SESSION_SETTINGS`].
 async fn establish(url: String) -> ConnectionResult<AsyncPgConnection> {
-    let mut conn = AsyncPgConnection::establish(&url).await?;
+    let mut conn = crate::tls::connect(&url).await?;
     conn.batch_execute(SESSION_SETTINGS)
         .await
         .map_err(ConnectionError::CouldntSetupConfiguration)?;

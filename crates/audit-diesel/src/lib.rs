@@ -56,6 +56,7 @@ mod error;
 mod migrate;
 mod rows;
 mod schema;
+mod tls;
 pub mod url;
 
 pub use audit::{

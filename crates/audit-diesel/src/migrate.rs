@@ -5,7 +5,6 @@
 //! synchronous connection is diesel-async's `AsyncConnectionWrapper`, which
 //! blocks on the runtime; hence `spawn_blocking`.
 
-use diesel::Connection;
 use diesel::connection::SimpleConnection;
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -53,8 +52,12 @@ pub async fn run_migrations(
 }
 
 fn migrate_blocking(url: &DatabaseUrl) -> Result<Vec<String>, AuditError> {
-    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose())
+    // Our own connect (TLS per `sslmode`), driven by the runtime this
+    // blocking thread belongs to.
+    let conn = tokio::runtime::Handle::current()
+        .block_on(crate::tls::connect(url.expose()))
         .map_err(error::from_connection)?;
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
     conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
         .map_err(error::from_query)?;
     let result = conn

@@ -316,3 +316,51 @@ async fn an_instance_killed_between_reading_and_acknowledging_is_covered_by_anot
     post(&http, b.url(&format!("/v1/sessions/{id}/pause")), None).await;
     assert_eq!(wait_for(&db, &sql, "23|23|1|23", 30).await, "23|23|1|23");
 }
+
+/// `DATABASE_URL=...?sslmode=verify-full&sslrootcert=...`: migrations and
+/// the audit writes reach a PostgreSQL with `ssl=on` over verified TLS,
+/// every connection of the instance is encrypted, and a certificate the
+/// client cannot verify is refused instead of used.
+#[tokio::test]
+async fn the_audit_trail_reaches_postgres_over_verified_tls() {
+    let pg = OwnPostgres::start_tls();
+    let verified = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url(),
+        pg.certificate().display()
+    );
+    let node = Instance::start(&[
+        ("REDIS_URL", redis_url()),
+        ("REDIS_KEY_PREFIX", prefix()),
+        ("DATABASE_URL", verified),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let (status, created) = post(&http, node.url("/v1/sessions"), Some(chess(600_000))).await;
+    assert_eq!(status, 201);
+    let id = created["data"]["session_id"].as_str().unwrap().to_owned();
+    let (status, _) = post(&http, node.url(&format!("/v1/sessions/{id}/start")), None).await;
+    assert_eq!(status, 200);
+    let count = format!("SELECT count(*) FROM sync_events WHERE session_id = '{id}'");
+    assert_eq!(wait_for(&pg.url(), &count, "2", 30).await, "2");
+    // Every connection of the instance (the pool's) is encrypted.
+    let plain = "SELECT count(*) FILTER (WHERE NOT s.ssl) || '/' || count(*) \
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.datname = 'kairos' AND a.backend_type = 'client backend' \
+                 AND a.pid <> pg_backend_pid() AND a.application_name <> 'psql'";
+    let seen = psql(&pg.url(), plain);
+    assert!(
+        seen.starts_with("0/") && seen != "0/0",
+        "unencrypted/all connections of the instance: {seen}"
+    );
+
+    // Without the CA the self-signed certificate cannot be verified.
+    let unverifiable = format!("{}?sslmode=verify-full", pg.url());
+    let audit = audit_diesel::PgAudit::connect(unverifiable, 1).unwrap();
+    let refused = audit.ping().await.unwrap_err().to_string();
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+    // `require` encrypts without verifying, as libpq's does.
+    let require =
+        audit_diesel::PgAudit::connect(format!("{}?sslmode=require", pg.url()), 1).unwrap();
+    require.ping().await.expect("require connects");
+}

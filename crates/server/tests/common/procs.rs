@@ -205,6 +205,8 @@ pub struct OwnPostgres {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// `ssl=on` with a self-signed certificate for 127.0.0.1 (`server.crt`).
+    tls: bool,
 }
 
 fn as_postgres(program: &std::path::Path) -> Command {
@@ -225,6 +227,21 @@ fn as_postgres(program: &std::path::Path) -> Command {
 
 impl OwnPostgres {
     pub fn start() -> Self {
+        Self::start_with_tls(false)
+    }
+
+    /// A server with `ssl=on` and a fresh self-signed certificate for
+    /// 127.0.0.1, at [`OwnPostgres::certificate`].
+    pub fn start_tls() -> Self {
+        Self::start_with_tls(true)
+    }
+
+    /// The certificate a TLS server presents (PEM).
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+
+    fn start_with_tls(tls: bool) -> Self {
         let bin = PathBuf::from(std::env::var("KAIROS_TEST_PG_BIN").unwrap_or_else(|_| {
             panic!("KAIROS_TEST_PG_BIN is not set: run the tests with `cargo xtask test`")
         }));
@@ -250,10 +267,25 @@ impl OwnPostgres {
             .status()
             .expect("initdb runs");
         assert!(status.success(), "initdb failed");
+        if tls {
+            let cert =
+                rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+            std::fs::write(dir.join("server.crt"), cert.cert.pem())
+                .expect("writes the certificate");
+            let key = dir.join("server.key");
+            std::fs::write(&key, cert.signing_key.serialize_pem()).expect("writes the key");
+            // PostgreSQL refuses a key others may read, or one it does not own.
+            let _ = Command::new("chmod").arg("600").arg(&key).status();
+            let _ = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status();
+        }
         let me = Self {
             port: free_port(),
             dir,
             bin,
+            tls,
         };
         me.pg_ctl_start();
         let status = Command::new("psql")
@@ -276,11 +308,18 @@ impl OwnPostgres {
     }
 
     fn pg_ctl_start(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
             self.port,
             self.dir.display()
         );
+        if self.tls {
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                self.dir.join("server.crt").display(),
+                self.dir.join("server.key").display()
+            ));
+        }
         let status = as_postgres(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.dir.join("data"))
