@@ -112,6 +112,10 @@ pub struct RedisBusConfig {
     pub reconnect_min: Duration,
     /// Longest wait between two reconnection attempts.
     pub reconnect_max: Duration,
+    /// PEM certificates of the CAs a `rediss://` server's certificate is
+    /// verified against, instead of the public web roots (a private CA).
+    /// Standalone and Cluster.
+    pub tls_root_cert: Option<Vec<u8>>,
 }
 
 impl RedisBusConfig {
@@ -147,6 +151,7 @@ impl RedisBusConfig {
             ping_interval: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(1),
+            tls_root_cert: None,
         }
     }
 }

@@ -20,7 +20,16 @@ pub(crate) enum Connector {
     /// Tokio mutex: resolving the primary is a network call made under the
     /// lock (the client caches its Sentinel connections and needs `&mut`).
     Sentinel(Mutex<SentinelClient>),
-    Cluster(Vec<String>),
+    /// The seed nodes, and the private CA of `rediss://` nodes if any.
+    Cluster(Vec<String>, Option<Vec<u8>>),
+}
+
+/// `rediss://` servers verified against the CAs of `pem` only.
+fn tls_roots(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
 }
 
 impl fmt::Debug for Connector {
@@ -29,16 +38,19 @@ impl fmt::Debug for Connector {
         f.write_str(match self {
             Self::Standalone(_) => "Connector::Standalone",
             Self::Sentinel(_) => "Connector::Sentinel",
-            Self::Cluster(_) => "Connector::Cluster",
+            Self::Cluster(..) => "Connector::Cluster",
         })
     }
 }
 
 impl Connector {
     /// Parses the topology; does not connect.
-    pub(crate) fn new(topology: &RedisTopology) -> RedisResult<Self> {
+    pub(crate) fn new(topology: &RedisTopology, root_cert: Option<&[u8]>) -> RedisResult<Self> {
         Ok(match topology {
-            RedisTopology::Standalone { url } => Self::Standalone(Client::open(url.as_str())?),
+            RedisTopology::Standalone { url } => Self::Standalone(match root_cert {
+                None => Client::open(url.as_str())?,
+                Some(pem) => Client::build_with_tls(url.as_str(), tls_roots(pem))?,
+            }),
             RedisTopology::Sentinel {
                 sentinels,
                 service_name,
@@ -63,7 +75,7 @@ impl Connector {
             RedisTopology::Cluster { nodes } => {
                 // Fail now on a malformed node URL rather than at first connect.
                 ClusterClient::new(nodes.clone())?;
-                Self::Cluster(nodes.clone())
+                Self::Cluster(nodes.clone(), root_cert.map(<[u8]>::to_vec))
             }
         })
     }
@@ -82,10 +94,13 @@ impl Connector {
             Self::Sentinel(sentinel) => Ok(Target::Primary(Box::new(
                 sentinel.lock().await.async_get_client().await?,
             ))),
-            Self::Cluster(nodes) => {
+            Self::Cluster(nodes, root_cert) => {
                 let mut builder = ClusterClientBuilder::new(nodes.clone())
                     .connection_timeout(timeout)
                     .response_timeout(timeout);
+                if let Some(pem) = root_cert {
+                    builder = builder.certs(tls_roots(pem));
+                }
                 if let Some(push) = push {
                     builder = builder
                         .use_protocol(ProtocolVersion::RESP3)

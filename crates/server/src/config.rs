@@ -32,6 +32,9 @@ pub struct RedisSettings {
     /// Prefix of every key and channel (`REDIS_KEY_PREFIX`, default `kairos:`),
     /// so several deployments (or tests) can share one Redis.
     pub key_prefix: String,
+    /// The PEM file of `REDIS_TLS_CA_FILE`, read at start: the CAs a
+    /// `rediss://` server is verified against instead of the web roots.
+    pub tls_root_cert: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisSettings {
@@ -42,6 +45,10 @@ impl fmt::Debug for RedisSettings {
             .field("mode", &self.mode)
             .field("command_timeout", &self.command_timeout)
             .field("key_prefix", &self.key_prefix)
+            .field(
+                "tls_root_cert",
+                &self.tls_root_cert.as_ref().map(|_| "<PEM>"),
+            )
             .finish()
     }
 }
@@ -336,7 +343,24 @@ fn parse_redis(
             }
             Some(p) => p,
         },
+        tls_root_cert: match get("REDIS_TLS_CA_FILE") {
+            None => None,
+            Some(path) => Some(read_pem(&path).map_err(|message| ConfigError {
+                variable: "REDIS_TLS_CA_FILE",
+                message,
+            })?),
+        },
     }))
+}
+
+/// The contents of a PEM file, refused when unreadable or without a
+/// certificate (a wrong path should stop the start, not every connect).
+fn read_pem(path: &str) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{path} holds no PEM certificate"));
+    }
+    Ok(pem)
 }
 
 fn parse_rate_limits(get: &impl Fn(&str) -> Option<String>) -> Result<RateLimits, ConfigError> {
@@ -476,6 +500,8 @@ Configuration (environment variables; see docs/operations.md):
   REDIS_CLUSTER_NODES       cluster: node URLs, comma-separated (default: REDIS_URL as the seed)
   REDIS_COMMAND_TIMEOUT_MS  every Redis call gives up after this (default 250; answers 503)
   REDIS_KEY_PREFIX          prefix of every key and channel (default kairos:)
+  REDIS_TLS_CA_FILE         PEM file of the CA(s) that sign the rediss:// servers'
+                            certificates (default: the public web roots)
   ALLOWED_ORIGINS           browser origins allowed for WebSockets and CORS, comma-separated
   DATABASE_URL              postgres://... for the audit trail (migrations run at start);
                             unset: audit off with Redis, in memory with the embedded default
@@ -576,6 +602,36 @@ mod tests {
             from(&[("JWT_SECRET", "too-short")]).unwrap_err().variable,
             "JWT_SECRET"
         );
+    }
+
+    #[test]
+    fn a_redis_ca_file_is_read_at_start_and_a_bad_one_stops_it() {
+        let dir = std::env::temp_dir().join(format!("kairos-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("ca.pem");
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(&good, pem).unwrap();
+        let bad = dir.join("notes.txt");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        let with = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            from(&[
+                ("REDIS_URL", "rediss://127.0.0.1:6380/"),
+                ("REDIS_TLS_CA_FILE", path.as_str()),
+            ])
+        };
+        let s = with(&good).unwrap();
+        assert_eq!(
+            s.redis.unwrap().tls_root_cert.as_deref(),
+            Some(pem.as_bytes())
+        );
+        let e = with(&bad).unwrap_err();
+        assert_eq!(e.variable, "REDIS_TLS_CA_FILE");
+        assert!(e.message.contains("no PEM certificate"), "{}", e.message);
+        let e = with(&dir.join("missing.pem")).unwrap_err();
+        assert_eq!(e.variable, "REDIS_TLS_CA_FILE");
+        assert!(e.message.contains("cannot read"), "{}", e.message);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

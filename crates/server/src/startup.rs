@@ -89,6 +89,7 @@ async fn redis_adapters(
     config.command_timeout = redis.command_timeout;
     config.session_ttl = settings.session_ttl;
     config.key_prefix = redis.key_prefix.clone();
+    config.tls_root_cert = redis.tls_root_cert.clone();
     // Without an audit store nothing drains the outbox: do not fill it.
     config.outbox_enabled = pg.is_some();
     let target = store_redis::redact_url(&redis.url);
@@ -119,6 +120,7 @@ async fn redis_adapters(
     };
     let bus_config = RedisBusConfig {
         channel_prefix: redis.key_prefix.trim_end_matches(':').to_owned(),
+        tls_root_cert: redis.tls_root_cert.clone(),
         ..bus_config
     };
     let (bus, bus_tasks) = RedisBus::connect(bus_config, stop.clone())

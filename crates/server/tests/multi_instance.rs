@@ -635,13 +635,15 @@ async fn one_user_holds_at_most_the_cap_across_instances() {
     }
 }
 
-/// `REDIS_URL=rediss://...`: store, bus and clock all speak TLS to a Redis
-/// that accepts nothing else, and two instances still share their updates.
+/// `REDIS_URL=rediss://...` with `REDIS_TLS_CA_FILE`: store, bus and clock
+/// all speak verified TLS to a Redis that accepts nothing else, and two
+/// instances still share their updates.
 #[tokio::test]
 async fn two_instances_share_a_redis_that_only_speaks_tls() {
     let redis = OwnRedis::start_tls();
-    let url = format!("rediss://127.0.0.1:{}/#insecure", redis.port);
-    let nodes = cluster(2, &url, &[]).await;
+    let url = format!("rediss://127.0.0.1:{}/", redis.port);
+    let ca = [("REDIS_TLS_CA_FILE", redis.ca_file().display().to_string())];
+    let nodes = cluster(2, &url, &ca).await;
     let http = reqwest::Client::new();
     let id = create(&http, &nodes[0], chess(600_000, 0)).await;
     let mut watcher = subscribe(&nodes[1], &id).await;

@@ -207,6 +207,10 @@ pub struct RedisConfig {
     /// share a Redis. Must not contain `{` or `}`: the partition hash tag
     /// that follows it must be the key's only one.
     pub key_prefix: String,
+    /// PEM certificates of the CAs a `rediss://` server's certificate is
+    /// verified against, instead of the public web roots (a private CA).
+    /// Standalone and Cluster.
+    pub tls_root_cert: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -218,6 +222,10 @@ impl fmt::Debug for RedisConfig {
             .field("session_ttl", &self.session_ttl)
             .field("outbox_enabled", &self.outbox_enabled)
             .field("key_prefix", &self.key_prefix)
+            .field(
+                "tls_root_cert",
+                &self.tls_root_cert.as_ref().map(|_| "<PEM>"),
+            )
             .finish()
     }
 }
@@ -233,6 +241,7 @@ impl RedisConfig {
             session_ttl: DEFAULT_SESSION_TTL,
             outbox_enabled: true,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            tls_root_cert: None,
         }
     }
 

@@ -42,6 +42,7 @@ struct LocalSpec {
     /// thread's table.
     key: usize,
     url: String,
+    root_cert: Option<Vec<u8>>,
 }
 
 thread_local! {
@@ -108,9 +109,10 @@ impl RedisConnection {
         let timeout = config.command_timeout;
         let kind = within(timeout, "connect", async {
             Ok(match &config.mode {
-                RedisMode::Standalone => {
-                    ConnKind::Standalone(connect_standalone(&config.url, timeout).await?)
-                }
+                RedisMode::Standalone => ConnKind::Standalone(
+                    connect_standalone(&config.url, config.tls_root_cert.as_deref(), timeout)
+                        .await?,
+                ),
                 RedisMode::Sentinel {
                     master_name,
                     sentinels,
@@ -123,7 +125,9 @@ impl RedisConnection {
                     } else {
                         nodes.as_slice()
                     };
-                    ConnKind::Cluster(connect_cluster(seeds, timeout).await?)
+                    ConnKind::Cluster(
+                        connect_cluster(seeds, config.tls_root_cert.as_deref(), timeout).await?,
+                    )
                 }
             })
         })
@@ -140,6 +144,7 @@ impl RedisConnection {
             Arc::new(LocalSpec {
                 key: NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 url: config.url.clone(),
+                root_cert: config.tls_root_cert.clone(),
             })
         });
         Ok(Self {
@@ -188,7 +193,9 @@ impl RedisConnection {
             Some(Some(conn)) => ConnKind::Standalone(conn),
             // Being opened by another task of this thread.
             Some(None) => self.kind(),
-            None => match connect_standalone(&spec.url, self.timeout).await {
+            None => match connect_standalone(&spec.url, spec.root_cert.as_deref(), self.timeout)
+                .await
+            {
                 Ok(conn) => {
                     LOCAL.with(|l| {
                         if let Some(slot) = l.borrow_mut().iter_mut().find(|(k, _)| *k == spec.key)
@@ -316,8 +323,16 @@ pub(crate) fn map_error(what: &'static str, e: RedisError) -> StoreError {
 /// a fresh attempt, so the store recovers on the first call after Redis is
 /// back instead of after a backoff. Connect and response timeouts equal the
 /// command timeout, which bounds a black-holed server the same way.
-async fn connect_standalone(url: &str, timeout: Duration) -> Result<ConnectionManager, StoreError> {
-    let client = redis::Client::open(url).map_err(|e| StoreError::Other(e.to_string()))?;
+async fn connect_standalone(
+    url: &str,
+    root_cert: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<ConnectionManager, StoreError> {
+    let client = match root_cert {
+        None => redis::Client::open(url),
+        Some(pem) => redis::Client::build_with_tls(url, tls_roots(pem)),
+    }
+    .map_err(|e| StoreError::Other(e.to_string()))?;
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(0)
         .set_connection_timeout(Some(timeout))
@@ -327,12 +342,25 @@ async fn connect_standalone(url: &str, timeout: Duration) -> Result<ConnectionMa
         .map_err(|e| map_error("connect", e))
 }
 
+/// `rediss://` servers verified against the CAs of `pem` only.
+fn tls_roots(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
+}
+
 /// A cluster connection from seed nodes.
 async fn connect_cluster(
     seeds: &[String],
+    root_cert: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<ClusterConnection, StoreError> {
-    let client = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+    let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str));
+    if let Some(pem) = root_cert {
+        builder = builder.certs(tls_roots(pem));
+    }
+    let client = builder
         .connection_timeout(timeout)
         .response_timeout(timeout)
         // Redirections (MOVED/ASK) during resharding need a few quick retries;

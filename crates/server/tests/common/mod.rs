@@ -36,6 +36,7 @@ pub fn test_settings() -> Settings {
                 mode: store_redis::RedisMode::Standalone,
                 command_timeout: Duration::from_secs(2),
                 key_prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
+                tls_root_cert: None,
             }),
             Some(audit_diesel::DatabaseUrl::new(db)),
         )

@@ -113,16 +113,17 @@ impl OwnRedis {
         me
     }
 
-    /// A Redis that speaks only TLS on `port`, with a fresh self-signed
-    /// certificate for 127.0.0.1 (reach it with `rediss://...#insecure`).
+    /// A Redis that speaks only TLS on `port`, with a certificate for
+    /// 127.0.0.1 signed by a fresh CA whose certificate is
+    /// [`OwnRedis::ca_file`].
     pub fn start_tls() -> Self {
         let dir =
             std::env::temp_dir().join(format!("kairos-redis-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
-        std::fs::write(dir.join("redis.crt"), cert.cert.pem()).expect("writes the certificate");
-        std::fs::write(dir.join("redis.key"), cert.signing_key.serialize_pem())
-            .expect("writes the key");
+        let (ca, cert, key) = ca_and_leaf("127.0.0.1");
+        std::fs::write(dir.join("ca.crt"), ca).expect("writes the CA");
+        std::fs::write(dir.join("redis.crt"), cert).expect("writes the certificate");
+        std::fs::write(dir.join("redis.key"), key).expect("writes the key");
         let mut me = Self {
             port: free_port(),
             dir,
@@ -150,7 +151,7 @@ impl OwnRedis {
                 "--tls-key-file".to_owned(),
                 file("redis.key"),
                 "--tls-ca-cert-file".to_owned(),
-                file("redis.crt"),
+                file("ca.crt"),
                 "--tls-auth-clients".to_owned(),
                 "no".to_owned(),
             ];
@@ -196,6 +197,32 @@ impl Drop for OwnRedis {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+impl OwnRedis {
+    /// The CA certificate (PEM) of a [`OwnRedis::start_tls`] server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+}
+
+/// A fresh CA, and a certificate for `host` it signed: (CA PEM, certificate
+/// PEM, key PEM).
+pub fn ca_and_leaf(host: &str) -> (String, String, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kairos test CA");
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("key"))
+            .expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("signed");
+    (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
 /// A PostgreSQL server of the test's own (from `KAIROS_TEST_PG_BIN`), so the
