@@ -1,7 +1,6 @@
 //! Smoke tests of the Cluster and Sentinel modes on servers of the test's
 //! own: the same scripts run through each kind of connection, and a
-//! Sentinel failover to a promoted replica. (Cluster failover is not
-//! exercised here.)
+//! failover to a promoted replica in both (Sentinel, Cluster).
 
 mod common;
 
@@ -62,11 +61,19 @@ fn query<T: redis::FromRedisValue>(port: u16, cmd: &mut redis::Cmd) -> T {
     cmd.query(&mut conn).expect("query")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_mode_runs_every_operation() {
-    // Three primaries, slots split in thirds, introduced to each other.
+const CLUSTER_NODE: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-node-timeout",
+    "500",
+    "--appendonly",
+    "no",
+];
+
+/// Three primaries, slots split in thirds, introduced to each other.
+async fn three_primaries() -> Vec<OwnRedis> {
     let nodes: Vec<OwnRedis> = (0..3)
-        .map(|_| OwnRedis::start_with(&["--cluster-enabled", "yes", "--appendonly", "no"]))
+        .map(|_| OwnRedis::start_with(&CLUSTER_NODE))
         .collect();
     let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
     for (node, (from, to)) in nodes.iter().zip(ranges) {
@@ -84,18 +91,28 @@ async fn cluster_mode_runs_every_operation() {
                 .arg(other.port),
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = nodes.iter().all(|n| {
+    wait_until("the cluster forms", || {
+        nodes.iter().all(|n| {
             let info: String = query(n.port, redis::cmd("CLUSTER").arg("INFO"));
             info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
-        });
-        if ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cluster did not form");
+        })
+    })
+    .await;
+    nodes
+}
+
+/// Polls `ready` every 100 ms, for at most 30 s.
+async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_runs_every_operation() {
+    let nodes = three_primaries().await;
 
     let mut config = RedisConfig::new(nodes[0].url());
     config.mode = RedisMode::Cluster {
@@ -209,6 +226,103 @@ async fn sentinel_mode_follows_a_failover_to_the_promoted_replica() {
         .await
         .expect("commits on the new primary");
     assert_eq!(store.load(session.id).await, Ok(Some(next)));
+    let role: Vec<redis::Value> = query(replica.port, &mut redis::cmd("ROLE"));
+    assert_eq!(
+        role.first(),
+        Some(&redis::Value::BulkString(b"master".to_vec())),
+        "the replica was promoted"
+    );
+}
+
+/// A Cluster primary dies: its replica is promoted, and the same store
+/// finds it by itself, with every replicated state, and commits there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_follows_a_failover_to_the_promoted_replica() {
+    let mut nodes = three_primaries().await;
+    let replica = OwnRedis::start_with(&CLUSTER_NODE);
+    let primary_id: String = query(nodes[0].port, redis::cmd("CLUSTER").arg("MYID"));
+    let _: String = query(
+        replica.port,
+        redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(nodes[0].port),
+    );
+    wait_until("the replica is known to the primary", || {
+        let known: String = query(replica.port, redis::cmd("CLUSTER").arg("NODES"));
+        known.contains(&primary_id)
+    })
+    .await;
+    let _: String = query(
+        replica.port,
+        redis::cmd("CLUSTER").arg("REPLICATE").arg(&primary_id),
+    );
+    wait_until("the replica is in sync", || {
+        let info: String = query(replica.port, redis::cmd("INFO").arg("replication"));
+        info.contains("master_link_status:up")
+    })
+    .await;
+
+    let mut config = RedisConfig::new(nodes[0].url());
+    config.mode = RedisMode::Cluster {
+        nodes: nodes
+            .iter()
+            .chain(std::iter::once(&replica))
+            .map(OwnRedis::url)
+            .collect(),
+    };
+    let store = RedisStore::connect(&config)
+        .await
+        .expect("connects to the cluster");
+    // Enough sessions for a third of them to live on the first primary.
+    let mut sessions = Vec::new();
+    for _ in 0..PARTITIONS {
+        let (session, created) = chess(60_000, 1_000);
+        store.create(&session, &[created]).await.expect("created");
+        sessions.push(session);
+    }
+    let on_first: Vec<String> = query(nodes[0].port, redis::cmd("KEYS").arg("kairos:*:s:*"));
+    assert!(!on_first.is_empty(), "no session on the first primary");
+    let acked: i64 = query(nodes[0].port, redis::cmd("WAIT").arg(1).arg(5_000));
+    assert_eq!(acked, 1, "the replica acknowledged the writes");
+
+    nodes[0].stop();
+    let died = Instant::now();
+    let mut refused = 0;
+    for session in &sessions {
+        loop {
+            match store.load(session.id).await {
+                Ok(found) => {
+                    assert_eq!(found.as_ref(), Some(session), "a replicated state survived");
+                    break;
+                }
+                Err(StoreError::Unavailable(_)) => refused += 1,
+                Err(other) => panic!("a failover is not a fault: {other:?}"),
+            }
+            assert!(
+                died.elapsed() < Duration::from_secs(30),
+                "no new primary within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "every session readable {:?} after the primary died ({refused} calls refused meanwhile)",
+        died.elapsed()
+    );
+    // Each session commits, those of the dead primary's slots on the replica.
+    for session in &sessions {
+        let next = bumped(session);
+        store
+            .commit(&Commit {
+                state: next.clone(),
+                expected_version: session.version,
+                deadline: None,
+                events: vec![],
+            })
+            .await
+            .expect("commits after the failover");
+    }
     let role: Vec<redis::Value> = query(replica.port, &mut redis::cmd("ROLE"));
     assert_eq!(
         role.first(),
