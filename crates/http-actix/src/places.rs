@@ -28,6 +28,20 @@ pub const LEASE_MS: i64 = 30_000;
 /// lease: two renewals may fail before a held place could lapse).
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 
+/// A place being taken: given back when dropped while still held here.
+struct Pending<'a> {
+    places: &'a UserPlaces,
+    place: Option<Place>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(place) = self.place.take() {
+            self.places.give_back(place);
+        }
+    }
+}
+
 /// The places of this instance's sockets, per token subject.
 pub struct UserPlaces {
     /// Holder ids of this instance's sockets, per subject.
@@ -108,34 +122,37 @@ impl UserPlaces {
             }
             mine.push(holder.clone());
         }
-        let place = Place {
-            sub: sub.to_owned(),
-            holder,
+        // From here the place is given back unless kept, also when the
+        // handshake is dropped while the registry is asked (the client went
+        // away): no count may outlive its socket.
+        let mut pending = Pending {
+            places: self,
+            place: Some(Place {
+                sub: sub.to_owned(),
+                holder,
+            }),
         };
-        let Some(shared) = &self.shared else {
-            return Ok(place);
-        };
-        let max = u32::try_from(max).unwrap_or(u32::MAX);
-        match shared
-            .acquire(&place.sub, &place.holder, max, now_ms, LEASE_MS)
-            .await
-        {
-            Ok(true) => Ok(place),
-            Ok(false) => {
-                self.forget(&place);
-                Err(refused())
-            }
-            Err(e) => {
-                self.forget(&place);
-                Err(match e {
-                    StoreError::Unavailable(m) => ApiError::new(
+        if let (Some(shared), Some(place)) = (&self.shared, &pending.place) {
+            let max = u32::try_from(max).unwrap_or(u32::MAX);
+            match shared
+                .acquire(&place.sub, &place.holder, max, now_ms, LEASE_MS)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Err(refused()),
+                Err(StoreError::Unavailable(m)) => {
+                    return Err(ApiError::new(
                         Code::Unavailable,
                         format!("cannot count this connection: {m}"),
-                    ),
-                    other => ApiError::new(Code::InternalError, other.to_string()),
-                })
+                    ));
+                }
+                Err(other) => return Err(ApiError::new(Code::InternalError, other.to_string())),
             }
         }
+        pending
+            .place
+            .take()
+            .ok_or_else(|| ApiError::new(Code::InternalError, "place lost"))
     }
 
     /// Drops `place` from this instance's count.
@@ -220,6 +237,8 @@ mod tests {
     /// A registry that answers what it is told and records what it is asked.
     struct Scripted {
         answer: Mutex<Result<bool, StoreError>>,
+        /// Never answers an acquire (a registry that hangs).
+        hang: std::sync::atomic::AtomicBool,
         renewed: Mutex<Vec<(String, String)>>,
         released: Mutex<Vec<(String, String)>>,
     }
@@ -228,6 +247,7 @@ mod tests {
         fn answering(answer: Result<bool, StoreError>) -> Arc<Self> {
             Arc::new(Self {
                 answer: Mutex::new(answer),
+                hang: std::sync::atomic::AtomicBool::new(false),
                 renewed: Mutex::default(),
                 released: Mutex::default(),
             })
@@ -244,6 +264,9 @@ mod tests {
             _: i64,
             _: i64,
         ) -> Result<bool, StoreError> {
+            if self.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             self.answer.lock().unwrap().clone()
         }
         async fn release(&self, key: &str, holder: &str) -> Result<(), StoreError> {
@@ -305,13 +328,40 @@ mod tests {
         );
         places.give_back(place);
         assert!(places.held().is_empty());
-        // The release in the registry is a task of its own.
+        // Releases in the registry are tasks of their own: the refused and
+        // the failed attempt gave back what they might have taken, then
+        // the socket's place.
         for _ in 0..100 {
-            if !full.released.lock().unwrap().is_empty() {
+            if full.released.lock().unwrap().len() == 3 {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        assert_eq!(*full.released.lock().unwrap(), [("bob".to_owned(), holder)]);
+        let released = full.released.lock().unwrap().clone();
+        assert_eq!(released.len(), 3, "{released:?}");
+        assert!(
+            released.contains(&("bob".to_owned(), holder)),
+            "{released:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_take_dropped_while_the_registry_answers_leaves_no_place_behind() {
+        let hanging = Scripted::answering(Ok(true));
+        hanging.hang.store(true, Ordering::SeqCst);
+        let places = UserPlaces::shared(hanging.clone());
+        let take = places.take("bob", 1, 0);
+        // The handshake is dropped while the registry has not answered.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), take)
+                .await
+                .is_err()
+        );
+        assert!(places.held().is_empty());
+        hanging.hang.store(false, Ordering::SeqCst);
+        assert!(
+            places.take("bob", 1, 0).await.is_ok(),
+            "the place came back"
+        );
     }
 }

@@ -54,6 +54,20 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A thread's connection being opened: drops the `None` placeholder of its
+/// key when dropped (a stored connection stays).
+struct Opening(usize);
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        let key = self.0;
+        LOCAL.with(|l| {
+            l.borrow_mut()
+                .retain(|(k, conn)| *k != key || conn.is_some())
+        });
+    }
+}
+
 /// Marks the calling thread as one that sends its Redis commands over
 /// connections of its own (standalone mode only; Sentinel and Cluster
 /// always share).
@@ -193,24 +207,27 @@ impl RedisConnection {
             Some(Some(conn)) => ConnKind::Standalone(conn),
             // Being opened by another task of this thread.
             Some(None) => self.kind(),
-            None => match connect_standalone(&spec.url, spec.root_cert.as_deref(), self.timeout)
-                .await
-            {
-                Ok(conn) => {
-                    LOCAL.with(|l| {
-                        if let Some(slot) = l.borrow_mut().iter_mut().find(|(k, _)| *k == spec.key)
-                        {
-                            slot.1 = Some(conn.clone());
-                        }
-                    });
-                    ConnKind::Standalone(conn)
+            None => {
+                // Clears the placeholder unless the connection was stored,
+                // also when this call is cancelled (its command timed out)
+                // while connecting: the next command tries again.
+                let _opening = Opening(spec.key);
+                match connect_standalone(&spec.url, spec.root_cert.as_deref(), self.timeout).await {
+                    Ok(conn) => {
+                        LOCAL.with(|l| {
+                            let mut l = l.borrow_mut();
+                            if let Some(slot) = l.iter_mut().find(|(k, _)| *k == spec.key) {
+                                slot.1 = Some(conn.clone());
+                            }
+                        });
+                        ConnKind::Standalone(conn)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot open this thread's own Redis connection; sharing");
+                        self.kind()
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot open this thread's own Redis connection; sharing");
-                    LOCAL.with(|l| l.borrow_mut().retain(|(k, _)| *k != spec.key));
-                    self.kind()
-                }
-            },
+            }
         }
     }
 
