@@ -49,22 +49,18 @@ pub(crate) fn parse(url: &str) -> Result<(String, Tls), String> {
             _ => kept.push(pair),
         }
     }
-    let (tls, wire_mode) = match mode.as_str() {
-        "disable" => (Tls::Off, "disable"),
-        "allow" | "prefer" => (Tls::Unverified, "prefer"),
-        "require" => (Tls::Unverified, "require"),
-        "verify-ca" | "verify-full" => (Tls::Verified { root_cert }, "require"),
+    let (tls, wire) = match mode.as_str() {
+        "disable" => (Tls::Off, "sslmode=disable"),
+        "allow" | "prefer" => (Tls::Unverified, "sslmode=prefer"),
+        "require" => (Tls::Unverified, "sslmode=require"),
+        "verify-ca" | "verify-full" => (Tls::Verified { root_cert }, "sslmode=require"),
         other => {
             return Err(format!(
                 "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, verify-full"
             ));
         }
     };
-    kept.push(match wire_mode {
-        "disable" => "sslmode=disable",
-        "prefer" => "sslmode=prefer",
-        _ => "sslmode=require",
-    });
+    kept.push(wire);
     Ok((format!("{base}?{}", kept.join("&")), tls))
 }
 

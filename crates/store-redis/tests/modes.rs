@@ -154,6 +154,29 @@ async fn sentinel_mode_finds_the_primary_and_runs_every_operation() {
     );
 }
 
+/// Loads `id` until the store answers, for at most 30 s after `died`: a
+/// failover may refuse calls with `Unavailable` meanwhile, nothing else.
+/// Returns the state and how many calls were refused.
+async fn load_through_failover(
+    store: &RedisStore,
+    id: kairos_domain::SessionId,
+    died: Instant,
+) -> (Option<kairos_domain::Session>, usize) {
+    let mut refused = 0;
+    loop {
+        match store.load(id).await {
+            Ok(found) => return (found, refused),
+            Err(StoreError::Unavailable(_)) => refused += 1,
+            Err(other) => panic!("a failover is not a fault: {other:?}"),
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(30),
+            "no new primary within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sentinel promotes the replica when the primary dies: the same store
 /// finds the new primary by itself, with every state that was replicated,
 /// and commits there. Until then calls fail fast with `Unavailable`.
@@ -193,19 +216,7 @@ async fn sentinel_mode_follows_a_failover_to_the_promoted_replica() {
 
     primary.stop();
     let failed_at = Instant::now();
-    let mut unavailable = 0;
-    let stored = loop {
-        match store.load(session.id).await {
-            Ok(found) => break found,
-            Err(StoreError::Unavailable(_)) => unavailable += 1,
-            Err(other) => panic!("a failover is not a fault: {other:?}"),
-        }
-        assert!(
-            failed_at.elapsed() < Duration::from_secs(30),
-            "no new primary within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (stored, unavailable) = load_through_failover(&store, session.id, failed_at).await;
     eprintln!(
         "served again {:?} after the primary died ({unavailable} calls refused meanwhile)",
         failed_at.elapsed()
@@ -290,21 +301,9 @@ async fn cluster_mode_follows_a_failover_to_the_promoted_replica() {
     let died = Instant::now();
     let mut refused = 0;
     for session in &sessions {
-        loop {
-            match store.load(session.id).await {
-                Ok(found) => {
-                    assert_eq!(found.as_ref(), Some(session), "a replicated state survived");
-                    break;
-                }
-                Err(StoreError::Unavailable(_)) => refused += 1,
-                Err(other) => panic!("a failover is not a fault: {other:?}"),
-            }
-            assert!(
-                died.elapsed() < Duration::from_secs(30),
-                "no new primary within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (found, unavailable) = load_through_failover(&store, session.id, died).await;
+        assert_eq!(found.as_ref(), Some(session), "a replicated state survived");
+        refused += unavailable;
     }
     eprintln!(
         "every session readable {:?} after the primary died ({refused} calls refused meanwhile)",
