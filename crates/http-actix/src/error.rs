@@ -205,6 +205,23 @@ pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
                 )
             }
         }
+        ServiceError::AuditDisabled => ApiError {
+            retry_after: None,
+            ..ApiError::new(
+                Code::Unavailable,
+                "the audit trail is disabled on this deployment",
+            )
+        },
+        ServiceError::AuditUnavailable(cause) => {
+            tracing::warn!(request_id, %cause, "audit history failed");
+            ApiError {
+                retry_after: Some(5),
+                ..ApiError::new(
+                    Code::Unavailable,
+                    "the audit trail is unreachable; retry shortly",
+                )
+            }
+        }
         ServiceError::Internal(cause) => {
             tracing::error!(request_id, %cause, "internal error");
             ApiError::internal(request_id)

@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use kairos_domain::view::view;
-use kairos_domain::{BusError, BusMessage, Event, Session, SessionId, Subscription};
+use kairos_domain::{
+    Actor, BusError, BusMessage, Event, EventBus, ServiceError, Session, SessionId, Snapshot,
+    Subscription,
+};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
@@ -90,6 +93,7 @@ fn lock(topics: &Topics) -> MutexGuard<'_, HashMap<SessionId, Topic>> {
 /// The per-instance fan-out (one per [`crate::AppState`]).
 pub struct Hub {
     service: Service,
+    bus: Arc<dyn EventBus>,
     topics: Topics,
 }
 
@@ -104,9 +108,10 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// A hub over the service's bus (subscriptions), clock (timestamps) and
     /// store (one snapshot per session when the bus reports lost messages).
-    pub fn new(service: Service) -> Self {
+    pub fn new(service: Service, bus: Arc<dyn EventBus>) -> Self {
         Self {
             service,
+            bus,
             topics: Arc::default(),
         }
     }
@@ -125,7 +130,7 @@ impl Hub {
             return Ok(member);
         }
         // Subscribe outside the lock: it is a network round trip with Redis.
-        let subscription = self.service.bus().subscribe(session_id).await?;
+        let subscription = self.bus.subscribe(session_id).await?;
         let mut topics = lock(&self.topics);
         let rx = match topics.entry(session_id) {
             // Another socket won the race meanwhile: share its subscription
@@ -139,6 +144,7 @@ impl Hub {
                 let (tx, rx) = broadcast::channel(FRAME_BUFFER);
                 let pump = tokio::spawn(pump(
                     self.service.clone(),
+                    self.bus.clone(),
                     session_id,
                     subscription,
                     tx.clone(),
@@ -220,6 +226,7 @@ impl Drop for Member {
 /// socket leaves (which aborts this task).
 async fn pump(
     service: Service,
+    bus: Arc<dyn EventBus>,
     session_id: SessionId,
     mut subscription: Subscription,
     tx: broadcast::Sender<Frame>,
@@ -232,7 +239,7 @@ async fn pump(
                 at_ms,
             }) if state.id == session_id => update_frame(&service, &state, &events, at_ms),
             Some(BusMessage::Deleted { session_id: id, .. }) if id == session_id => {
-                let now = service.clock().now_ms();
+                let now = service.now_ms();
                 Frame::Deleted {
                     text: ws::deleted_message(session_id, now).into(),
                 }
@@ -246,7 +253,7 @@ async fn pump(
                 // dropped). Messages published meanwhile are lost, so
                 // resubscribe, then resynchronise every socket.
                 tracing::warn!(%session_id, "bus subscription ended; resubscribing");
-                subscription = resubscribe(&service, session_id).await;
+                subscription = resubscribe(bus.as_ref(), session_id).await;
                 resync_frame(&service, session_id).await
             }
         };
@@ -257,11 +264,11 @@ async fn pump(
 }
 
 /// Subscribes again, backing off while the bus is unavailable.
-async fn resubscribe(service: &Service, session_id: SessionId) -> Subscription {
+async fn resubscribe(bus: &dyn EventBus, session_id: SessionId) -> Subscription {
     let mut backoff = RESUBSCRIBE_MIN;
     loop {
         tokio::time::sleep(backoff).await;
-        match service.bus().subscribe(session_id).await {
+        match bus.subscribe(session_id).await {
             Ok(subscription) => return subscription,
             Err(e) => {
                 tracing::warn!(%session_id, error = %e, "bus resubscription failed");
@@ -275,7 +282,7 @@ async fn resubscribe(service: &Service, session_id: SessionId) -> Subscription {
 /// The view is computed at the instant the version took effect, so every
 /// instance sends the same numbers.
 fn update_frame(service: &Service, state: &Session, events: &[Event], at_ms: i64) -> Frame {
-    let now = service.clock().now_ms();
+    let now = service.now_ms();
     let v = view(state, at_ms);
     let version = v.version;
     let mut texts: Vec<Box<str>> = Vec::with_capacity(1 + events.len());
@@ -293,21 +300,23 @@ fn update_frame(service: &Service, state: &Session, events: &[Event], at_ms: i64
 }
 
 /// After lost messages: one store read for all local sockets rather than one
-/// per socket. Reading needs no per-socket check here: the read right does
-/// not depend on the session's state and was checked when each socket
-/// connected.
+/// per socket, as a reader scoped to this session (every socket here was
+/// allowed to read it when it connected, and the read right does not depend
+/// on the session's state).
 async fn resync_frame(service: &Service, session_id: SessionId) -> Frame {
-    match service.store().load(session_id).await {
-        Ok(Some(state)) => {
-            let now = service.clock().now_ms();
-            let v = view(&state, now);
+    match service
+        .snapshot(&Actor::session_reader(session_id), session_id)
+        .await
+    {
+        Ok(Snapshot { state, now_ms }) => {
+            let v = view(&state, now_ms);
             let version = v.version;
             Frame::Sync {
                 version,
-                text: ws::state_message(ws::STATE_SYNC, session_id, now, v).into(),
+                text: ws::state_message(ws::STATE_SYNC, session_id, now_ms, v).into(),
             }
         }
-        Ok(None) => Frame::Gone,
+        Err(ServiceError::NotFound(_)) => Frame::Gone,
         Err(e) => {
             tracing::warn!(%session_id, error = %e, "resync load failed; sockets retry on their own");
             Frame::Resync
@@ -426,7 +435,7 @@ mod tests {
             clock.clone(),
         );
         Fixture {
-            hub: Hub::new(service.clone()),
+            hub: Hub::new(service.clone(), bus.clone()),
             bus,
             clock,
             service,

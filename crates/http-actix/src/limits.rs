@@ -133,7 +133,7 @@ pub async fn check(
         Kind::Time => limiter.limits.time,
         Kind::WsConnect => limiter.limits.ws_connect,
     };
-    let now = state.service.clock().now_ms();
+    let now = state.service.now_ms();
     let full_key = format!("{}:{key}", kind.name());
     match limiter.backend.check(&full_key, limit, now).await {
         Ok(d) if d.allowed => Ok(Some(d)),

@@ -215,7 +215,7 @@ pub async fn renew_places(state: actix_web::web::Data<AppState>, mut stop: watch
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let now = state.service.clock().now_ms();
+                let now = state.service.now_ms();
                 if let Err(e) = state.places.renew(now).await {
                     tracing::warn!(error = %e, "cannot renew the per-user WebSocket places; retrying next round");
                 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use kairos_domain::{Action, Command, SessionConfig, SessionId};
+use kairos_domain::{Command, SessionConfig, SessionId};
 use serde_json::{Value, json};
 
 use crate::auth::authenticate;
@@ -364,52 +364,11 @@ pub async fn session_events(
         return Err(ApiError::validation(errors));
     }
     let actor = authenticate(&req, &state)?;
-    // The trail outlives the session: once the session is gone only an
-    // admin can read it, since ownership can no longer be checked.
-    match state
+    let events = state
         .service
-        .load_authorized(&actor, id, Action::ReadEvents)
+        .history(&actor, id, limit, before_ms)
         .await
-    {
-        Ok(_) => {}
-        Err(kairos_domain::ServiceError::NotFound(_))
-            if actor.role == kairos_domain::Role::Admin => {}
-        Err(e) => return Err(from_service(e, &rid)),
-    }
-    let Some(audit) = &state.audit else {
-        return Err(ApiError {
-            retry_after: None,
-            ..ApiError::new(
-                Code::Unavailable,
-                "the audit trail is disabled on this deployment",
-            )
-        });
-    };
-    let events = audit.history(id, limit, before_ms).await.map_err(|e| {
-        tracing::warn!(request_id = %rid, error = %e, "audit history failed");
-        ApiError {
-            retry_after: Some(5),
-            ..ApiError::new(
-                Code::Unavailable,
-                "the audit trail is unreachable; retry shortly",
-            )
-        }
-    })?;
-    if events.is_empty()
-        && state
-            .service
-            .store()
-            .load(id)
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-    {
-        return Err(from_service(
-            kairos_domain::ServiceError::NotFound(id),
-            &rid,
-        ));
-    }
+        .map_err(|e| from_service(e, &rid))?;
     let wire: Vec<WireEvent> = events.iter().map(WireEvent::from).collect();
     Ok(data(wire))
 }
@@ -430,7 +389,7 @@ pub async fn time(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     let rate = limits::check(&state, Kind::Time, &format!("ip:{ip}")).await?;
     let mut response = HttpResponse::Ok().json(json!({
-        "timestamp_ms": state.service.clock().now_ms(),
+        "timestamp_ms": state.service.now_ms(),
         "server_version": state.settings.version,
         "drift_tolerance_ms": 50,
     }));
@@ -447,11 +406,14 @@ fn caller(state: &AppState, actor: &kairos_domain::Actor, req: &HttpRequest) -> 
     limits::caller_key(actor, req, trusted)
 }
 
-async fn store_ok(state: &AppState) -> bool {
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, state.service.store().ping()).await,
-        Ok(Ok(()))
-    )
+/// The service's dependencies, the store's ping bounded by [`PROBE_TIMEOUT`].
+async fn probe(state: &AppState) -> kairos_domain::Health {
+    tokio::time::timeout(PROBE_TIMEOUT, state.service.health())
+        .await
+        .unwrap_or(kairos_domain::Health {
+            store: false,
+            bus: state.service.bus_healthy(),
+        })
 }
 
 /// Liveness and dependencies.
@@ -463,8 +425,7 @@ async fn store_ok(state: &AppState) -> bool {
     )
 )]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let store = store_ok(&state).await;
-    let bus = state.service.bus().is_healthy();
+    let kairos_domain::Health { store, bus } = probe(&state).await;
     if !store {
         state.metrics.store_errors.inc();
     }
@@ -496,12 +457,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         Some("draining")
     } else if !state.lifecycle.is_ready() {
         Some("starting")
-    } else if !store_ok(&state).await {
-        Some("store unreachable")
-    } else if !state.service.bus().is_healthy() {
-        Some("event bus unreachable")
     } else {
-        None
+        match probe(&state).await {
+            kairos_domain::Health { store: false, .. } => Some("store unreachable"),
+            kairos_domain::Health { bus: false, .. } => Some("event bus unreachable"),
+            _ => None,
+        }
     };
     match reason {
         None => HttpResponse::Ok().json(json!({"status": "ready"})),

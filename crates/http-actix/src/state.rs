@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kairos_domain::{AuditSink, Clock, EventBus, SessionService, SessionStore};
+use kairos_domain::{Clock, EventBus, SessionService, SessionStore};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -156,8 +156,6 @@ pub type AuditHealthFn = Arc<dyn Fn() -> AuditHealth + Send + Sync>;
 pub struct AppState {
     /// The application service.
     pub service: Service,
-    /// The audit trail, for `GET /v1/sessions/{id}/events`.
-    pub audit: Option<Arc<dyn AuditSink>>,
     /// The audit trail's health.
     pub audit_health: AuditHealthFn,
     /// Metrics.

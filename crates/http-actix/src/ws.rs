@@ -232,7 +232,7 @@ impl Slot {
     /// Counts this socket against `sub`'s per-user cap; refuses past it.
     async fn claim_user(&mut self, sub: &str) -> Result<(), ApiError> {
         let max = self.state.settings.ws_max_connections_per_user;
-        let now = self.state.service.clock().now_ms();
+        let now = self.state.service.now_ms();
         self.place = Some(Box::new(self.state.places.take(sub, max, now).await?));
         Ok(())
     }
@@ -355,7 +355,7 @@ impl Connection {
     }
 
     fn now_ms(&self) -> i64 {
-        self.state().service.clock().now_ms()
+        self.state().service.now_ms()
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -553,7 +553,7 @@ impl Connection {
             Ok(executed) => {
                 // Without a healthy bus the update may never arrive: send
                 // the result itself (the gate drops it if the bus was faster).
-                if self.state().service.bus().is_healthy() {
+                if self.state().service.bus_healthy() {
                     Ok(())
                 } else {
                     self.send_sync(executed.view, false).await
@@ -1294,15 +1294,15 @@ mod tests {
         use actix_web::test::TestRequest;
         use adapter_memory::{MemoryBus, MemoryStore, SystemClock};
 
+        let bus = Arc::new(MemoryBus::new());
         let service = crate::state::Service::new(
             Arc::new(MemoryStore::new(Duration::from_secs(60))),
-            Arc::new(MemoryBus::new()),
+            bus.clone(),
             Arc::new(SystemClock::new()),
         );
         let state = web::Data::new(AppState {
-            hub: crate::hub::Hub::new(service.clone()),
+            hub: crate::hub::Hub::new(service.clone(), bus),
             service,
-            audit: None,
             audit_health: Arc::new(|| crate::state::AuditHealth::Disabled),
             metrics: crate::metrics::Metrics::new(),
             settings: crate::state::HttpSettings::default(),

@@ -55,6 +55,17 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// A viewer scoped to one session: what a component that reads on
+    /// behalf of that session's already-authorized subscribers acts as.
+    pub fn session_reader(session_id: SessionId) -> Self {
+        Self {
+            sub: None,
+            role: Role::Viewer,
+            sid: Some(session_id),
+            pid: None,
+        }
+    }
+
     /// The caller of `AUTH_MODE=off`: an admin with no subject.
     pub fn anonymous_admin() -> Self {
         Self {

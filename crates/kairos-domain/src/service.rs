@@ -11,7 +11,9 @@ use crate::config::SessionConfig;
 use crate::event::Event;
 use crate::ids::{ParticipantId, SessionId};
 use crate::machine::{self, Command, TransitionError, settle_deadlines};
-use crate::ports::{BusMessage, Claimed, Clock, Commit, EventBus, SessionStore, StoreError};
+use crate::ports::{
+    AuditError, AuditSink, BusMessage, Claimed, Clock, Commit, EventBus, SessionStore, StoreError,
+};
 use crate::session::Session;
 use crate::view::{SessionView, view};
 
@@ -39,9 +41,35 @@ pub enum ServiceError {
     /// The primary store is unreachable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// No audit trail is configured on this deployment (history unavailable).
+    #[error("the audit trail is disabled on this deployment")]
+    AuditDisabled,
+    /// The audit trail did not answer (history only; commands never wait on it).
+    #[error("audit trail unavailable: {0}")]
+    AuditUnavailable(String),
     /// Anything unexpected.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What the service's dependencies look like right now, for `/health` and
+/// `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// The primary store answered a ping.
+    pub store: bool,
+    /// The bus is connected and subscribed to every watched session.
+    pub bus: bool,
+}
+
+/// A session's stored state and the instant it was read at: what a caller
+/// allowed to read it needs to compute any view (`view::view(&state, now_ms)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The stored state (deadlines not yet applied; a read applies them).
+    pub state: Session,
+    /// The instant of the read.
+    pub now_ms: i64,
 }
 
 impl From<StoreError> for ServiceError {
@@ -75,6 +103,7 @@ pub struct SessionService<S: ?Sized, B: ?Sized, C: ?Sized> {
     store: Arc<S>,
     bus: Arc<B>,
     clock: Arc<C>,
+    audit: Option<Arc<dyn AuditSink>>,
 }
 
 impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
@@ -83,6 +112,7 @@ impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
             store: self.store.clone(),
             bus: self.bus.clone(),
             clock: self.clock.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -96,22 +126,99 @@ impl<S: ?Sized, B: ?Sized, C: ?Sized> std::fmt::Debug for SessionService<S, B, C
 impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionService<S, B, C> {
     /// Wires the service to its ports.
     pub fn new(store: Arc<S>, bus: Arc<B>, clock: Arc<C>) -> Self {
-        Self { store, bus, clock }
+        Self {
+            store,
+            bus,
+            clock,
+            audit: None,
+        }
     }
 
-    /// The store port.
-    pub fn store(&self) -> &Arc<S> {
-        &self.store
+    /// The same service with an audit trail to answer [`Self::history`] from.
+    #[must_use]
+    pub fn with_audit(mut self, audit: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
-    /// The bus port.
-    pub fn bus(&self) -> &Arc<B> {
-        &self.bus
+    /// Whether an audit trail is configured.
+    pub fn has_audit(&self) -> bool {
+        self.audit.is_some()
     }
 
-    /// The clock port.
-    pub fn clock(&self) -> &Arc<C> {
-        &self.clock
+    /// The deployment's "now" (the clock port), in ms since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Whether the store answers and the bus is connected. The caller bounds
+    /// the wait (the domain has no timer): a ping that does not answer in
+    /// time means the store is down.
+    pub async fn health(&self) -> Health {
+        Health {
+            store: self.store.ping().await.is_ok(),
+            bus: self.bus.is_healthy(),
+        }
+    }
+
+    /// Whether the bus is connected and subscribed to every watched session
+    /// (no store round trip).
+    pub fn bus_healthy(&self) -> bool {
+        self.bus.is_healthy()
+    }
+
+    /// Claims up to `limit` sessions whose deadline is due now, each for
+    /// `lease_ms` (the timeout worker's call; fire each with
+    /// [`Self::fire_claimed`]). A claim not fired within its lease is claimed
+    /// again by any instance, so a deadline is never lost.
+    pub async fn claim_due(
+        &self,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Claimed>, ServiceError> {
+        let now = self.clock.now_ms();
+        Ok(self.store.claim_due(now, limit, lease_ms).await?)
+    }
+
+    /// A session's stored state and the instant it was read, for a caller
+    /// allowed to read it.
+    pub async fn snapshot(&self, actor: &Actor, id: SessionId) -> Result<Snapshot, ServiceError> {
+        let (state, now_ms) = self.load_authorized(actor, id, Action::Read).await?;
+        Ok(Snapshot { state, now_ms })
+    }
+
+    /// A session's audit events, newest first: at most `limit`, only those
+    /// strictly before `before_ms` when given.
+    ///
+    /// The rules: the caller needs the right to read the session's events
+    /// while the session exists; once it is gone (deleted or expired from the
+    /// store) only an admin may read what the trail kept. A session that is
+    /// neither in the store nor in the trail is not found.
+    pub async fn history(
+        &self,
+        actor: &Actor,
+        id: SessionId,
+        limit: usize,
+        before_ms: Option<i64>,
+    ) -> Result<Vec<Event>, ServiceError> {
+        let exists = match self.load_authorized(actor, id, Action::ReadEvents).await {
+            Ok(_) => true,
+            Err(ServiceError::NotFound(_)) if actor.role == crate::auth::Role::Admin => false,
+            Err(e) => return Err(e),
+        };
+        let audit = self.audit.as_ref().ok_or(ServiceError::AuditDisabled)?;
+        let events = audit
+            .history(id, limit, before_ms)
+            .await
+            .map_err(|e| match e {
+                AuditError::Unavailable(m) | AuditError::Other(m) => {
+                    ServiceError::AuditUnavailable(m)
+                }
+            })?;
+        if events.is_empty() && !exists {
+            return Err(ServiceError::NotFound(id));
+        }
+        Ok(events)
     }
 
     /// Creates a session. `generated_id` is used when the config names none
@@ -157,7 +264,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
     }
 
     /// Checks that `actor` may perform `action` on the session; returns its stored state.
-    pub async fn load_authorized(
+    async fn load_authorized(
         &self,
         actor: &Actor,
         id: SessionId,
@@ -277,19 +384,38 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
 
     /// Deletes a session: cancels it if still live (so the audit trail and
     /// subscribers see why), removes it, and tells subscribers.
+    ///
+    /// Idempotent: deleting a session that does not exist (never created,
+    /// already deleted, expired) succeeds for a caller who may delete
+    /// sessions at all (admin or host), so a retried delete is not an error.
     pub async fn delete(&self, actor: &Actor, id: SessionId) -> Result<(), ServiceError> {
-        let (stored, _) = self.load_authorized(actor, id, Action::Control).await?;
+        let gone = || {
+            if authorize(actor, Action::Create, None) {
+                Ok(())
+            } else {
+                Err(ServiceError::Forbidden(
+                    "only admin and host may delete sessions",
+                ))
+            }
+        };
+        let stored = match self.load_authorized(actor, id, Action::Control).await {
+            Ok((stored, _)) => stored,
+            Err(ServiceError::NotFound(_)) => return gone(),
+            Err(e) => return Err(e),
+        };
         if !stored.status.is_ended() {
             match self.execute(actor, id, Command::Cancel, None).await {
                 // Ended meanwhile (a timeout, a concurrent cancel): just remove it.
                 Ok(_)
                 | Err(ServiceError::Transition(TransitionError::InvalidTransition { .. })) => {}
-                Err(ServiceError::NotFound(_)) => return Err(ServiceError::NotFound(id)),
+                // Deleted meanwhile by a concurrent delete: done.
+                Err(ServiceError::NotFound(_)) => return gone(),
                 Err(e) => return Err(e),
             }
         }
         if !self.store.delete(id).await? {
-            return Err(ServiceError::NotFound(id));
+            // A concurrent delete removed it first and tells subscribers.
+            return Ok(());
         }
         self.bus
             .publish(BusMessage::Deleted {

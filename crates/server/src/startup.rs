@@ -251,7 +251,11 @@ impl Application {
             // The in-process bus cannot disconnect.
             metrics.bus_subscriber_up.set(1);
         }
-        let service = Service::new(adapters.store, adapters.bus, adapters.clock);
+        let bus = adapters.bus;
+        let mut service = Service::new(adapters.store, bus.clone(), adapters.clock);
+        if let Some((_, sink)) = &adapters.audit {
+            service = service.with_audit(sink.clone());
+        }
         let http = HttpSettings {
             ws_heartbeat_interval: settings.ws_heartbeat_interval,
             ws_connection_timeout: settings.ws_connection_timeout,
@@ -270,9 +274,8 @@ impl Application {
         };
         let status = audit_status.clone();
         let state = web::Data::new(AppState {
-            hub: http_actix::hub::Hub::new(service.clone()),
+            hub: http_actix::hub::Hub::new(service.clone(), bus),
             service,
-            audit: adapters.audit.as_ref().map(|(_, sink)| sink.clone()),
             audit_health: Arc::new(move || status.get()),
             metrics,
             settings: http,

@@ -64,8 +64,7 @@ pub async fn timeout_worker(
         let room = CLAIM_BATCH.saturating_sub(running.len());
         let may_claim = !stopping && queue.is_empty();
         if may_claim && Instant::now() >= next_poll {
-            let now = service.clock().now_ms();
-            match service.store().claim_due(now, room, CLAIM_LEASE_MS).await {
+            match service.claim_due(room, CLAIM_LEASE_MS).await {
                 Ok(due) => {
                     if failing {
                         tracing::info!("claiming due deadlines works again");
@@ -114,7 +113,7 @@ async fn fire(service: Service, metrics: Metrics, claimed: Claimed) {
     let id = claimed.id;
     match service.fire_claimed(claimed).await {
         Ok(fired) => {
-            let now = service.clock().now_ms();
+            let now = service.now_ms();
             for deadline in fired {
                 metrics.timeouts_fired.inc();
                 let late_ms = now.saturating_sub(deadline).max(0);
@@ -224,7 +223,7 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
                 pause = backoff;
             }
         }
-        if let Ok((len, age)) = outbox.backlog(service.clock().now_ms()).await {
+        if let Ok((len, age)) = outbox.backlog(service.now_ms()).await {
             metrics
                 .audit_backlog
                 .set(i64::try_from(len).unwrap_or(i64::MAX));

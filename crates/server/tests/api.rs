@@ -315,7 +315,7 @@ async fn commands_in_the_wrong_status_are_refused() {
 }
 
 #[tokio::test]
-async fn delete_cancels_removes_and_is_then_404() {
+async fn delete_cancels_removes_and_a_retried_delete_is_204() {
     let app = spawn_app().await;
     let id = app.create(chess(10_000, 0)).await["session_id"]
         .as_str()
@@ -328,10 +328,20 @@ async fn delete_cancels_removes_and_is_then_404() {
     assert_eq!((status, body), (204, Value::Null));
     let (status, body) = app.call("GET", &format!("/v1/sessions/{id}"), None).await;
     assert_eq!((status, error_code(&body)), (404, "SESSION_NOT_FOUND"));
+    // Idempotent, as in v2: a retried delete, or one of an id never
+    // created, is 204 too.
     let (status, body) = app
         .call("DELETE", &format!("/v1/sessions/{id}"), None)
         .await;
-    assert_eq!((status, error_code(&body)), (404, "SESSION_NOT_FOUND"));
+    assert_eq!((status, body), (204, Value::Null));
+    let (status, body) = app
+        .call(
+            "DELETE",
+            "/v1/sessions/123e4567-e89b-12d3-a456-426614174999",
+            None,
+        )
+        .await;
+    assert_eq!((status, body), (204, Value::Null));
 }
 
 async fn events(app: &common::TestApp, id: &str, query: &str) -> Vec<Value> {

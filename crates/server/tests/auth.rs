@@ -235,6 +235,27 @@ async fn control_commands_are_for_admins_and_the_owner() {
         )
         .await;
     assert_eq!(status, 204);
+    // A retried delete is 204 for those who may delete sessions, and still
+    // 403 for those who may not.
+    let (status, _) = app
+        .call_as(
+            Some(&c.owner),
+            "DELETE",
+            &format!("/v1/sessions/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    for (who, t) in [("player", &c.white), ("viewer", &c.viewer)] {
+        let (status, body) = app
+            .call_as(Some(t), "DELETE", &format!("/v1/sessions/{id}"), None)
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (403, "FORBIDDEN"),
+            "{who} delete of a deleted session"
+        );
+    }
 }
 
 #[tokio::test]
