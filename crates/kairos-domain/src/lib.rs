@@ -9,17 +9,28 @@
 //!
 //! # Layout
 //!
+//! Bottom to top; a module imports only modules on lines above its own
+//! (checked: no import cycles).
+//!
 //! - [`ids`]: session, participant and group ids, parsed once.
+//! - [`session`]: the stored state of a session, for all five sync modes (data
+//!   only; imports `ids`). [`event`]: audit events (imports `ids`).
 //! - [`config`]: the session config and every validation rule of the contract.
-//! - [`session`]: the stored state of a session, for all five sync modes.
-//! - [`machine`]: the transition function [`machine::decide`] and [`machine::next_deadline`].
-//! - [`view`]: the read model at any instant, deadlines applied as of their deadline.
-//! - [`event`]: audit events.
-//! - [`auth`]: the authorization matrix.
+//!   [`auth`]: the authorization matrix. Both read `session` types.
+//! - `rotation` (private): turn order, who may play and who plays next.
+//! - [`clock`]: the time model, the one place time is computed: time used and
+//!   left per participant, group and session in every mode at an instant,
+//!   [`clock::next_deadline`], and the one catch-up loop that applies due
+//!   deadlines (timeouts) each as of its own instant.
+//! - [`machine`]: the transition function [`machine::decide`] (deadlines via
+//!   `clock`, then the command) and [`machine::create`].
+//! - [`view`]: the read model at any instant, deadlines applied as of their
+//!   deadline (via `clock`, never via `machine`).
 //! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`],
 //!   [`PlaceRegistry`].
 //! - [`ratelimit`]: GCRA and the [`ratelimit::RateLimiter`] port.
-//! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set, publish.
+//! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set,
+//!   publish.
 //!
 //! # Example
 //!
@@ -50,12 +61,14 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod ids;
 pub mod machine;
 pub mod ports;
 pub mod ratelimit;
+mod rotation;
 pub mod service;
 pub mod session;
 pub mod view;

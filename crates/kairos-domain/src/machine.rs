@@ -3,14 +3,22 @@
 //! [`decide`] first applies every deadline that passed before `now`, each as
 //! of its own deadline and each as its own version (contract section 1), then
 //! the command. Adapters never decide anything: they store what this returns.
+//!
+//! The numbers (time used and left, deadlines) and what a timeout does come
+//! from the time model, `clock`; who plays next from `rotation`. This module
+//! adds the client commands on top. [`next_deadline`], [`settle_deadlines`]
+//! and [`MAX_CATCH_UP`] are re-exported from `clock` so callers keep one path.
 
-use serde_json::{Map, Value};
+use serde_json::Map;
 
+use crate::clock::{catch_up, charge_cycle, ended_clock_remaining, push_event, push_raw, settle};
 use crate::config::SessionConfig;
 use crate::event::{Event, EventType};
-use crate::ids::{GroupId, ParticipantId, SessionId};
+use crate::ids::{ParticipantId, SessionId};
+use crate::rotation::{begin_cycle, first_eligible, group_of, next_eligible};
+use crate::session::{Group, Participant, Session, Status, SyncMode};
 
-use crate::session::{Group, Participant, Session, Status, SyncMode, TimeoutKind};
+pub use crate::clock::{MAX_CATCH_UP, next_deadline, settle_deadlines};
 
 /// A state-changing command. `Timeout` is what the scheduler sends when a
 /// deadline is due; the others come from clients.
@@ -95,12 +103,6 @@ pub struct Decision {
     /// The deadlines applied, in order (for lateness metrics).
     pub fired_deadlines: Vec<i64>,
 }
-
-/// Guard against unbounded catch-up: a `per_cycle` session with
-/// `skip_cycle` and `auto_advance` produces one deadline per cycle forever.
-/// The scheduler commits each as it comes; this bound only matters after a
-/// very long outage, and then the rest is applied by the next call.
-pub const MAX_CATCH_UP: usize = 10_000;
 
 /// Builds the state of a new session (version 1) and its `session_created` event.
 ///
@@ -201,19 +203,6 @@ pub fn create(
     (s, event)
 }
 
-/// The instant the running clock reaches zero (or the stopwatch its limit),
-/// if the session is running on a bounded clock. The scheduler's input.
-pub fn next_deadline(s: &Session) -> Option<i64> {
-    if s.status != Status::Running {
-        return None;
-    }
-    let seg = s.segment_started_at_ms?;
-    let remaining = settled_remaining(s)?;
-    // A deadline past i64::MAX never comes; saturating it would expire a
-    // clock at i64::MAX with time left on it.
-    seg.checked_add(remaining.max(0))
-}
-
 /// Applies `command` to `state` at `now`: due deadlines first (each as of its
 /// deadline), then the optimistic-lock check, then the command.
 ///
@@ -233,17 +222,16 @@ pub fn decide(
     let mut fired = Vec::new();
     let mut expired_participant_id = None;
 
-    while let Some(deadline) = next_deadline(&s) {
-        if deadline > now || fired.len() >= MAX_CATCH_UP {
-            break;
-        }
+    catch_up(&mut s, now, &mut events, |s, _, applied| {
         if expired_participant_id.is_none() {
-            expired_participant_id = s.active_participant().map(|p| p.id.clone());
+            expired_participant_id = applied
+                .exhausted
+                .and_then(|i| s.participants.get(i))
+                .map(|p| p.id.clone());
         }
-        apply_timeout(&mut s, deadline, &mut events);
-        fired.push(deadline);
+        fired.push(applied.at);
         intermediate.push(s.clone());
-    }
+    });
 
     if let Some(expected) = expected_version
         && expected != s.version
@@ -273,28 +261,6 @@ pub fn decide(
         expired_participant_id,
         fired_deadlines: fired,
     })
-}
-
-/// The state as of `now` with every due deadline applied, without events:
-/// what a read at `now` shows (versions included).
-pub fn settle_deadlines(state: &Session, now: i64) -> std::borrow::Cow<'_, Session> {
-    match next_deadline(state) {
-        Some(d) if d <= now => {
-            let mut s = state.clone();
-            let mut sink = Vec::new();
-            let mut n = 0;
-            while let Some(d) = next_deadline(&s) {
-                if d > now || n >= MAX_CATCH_UP {
-                    break;
-                }
-                apply_timeout(&mut s, d, &mut sink);
-                sink.clear();
-                n += 1;
-            }
-            std::borrow::Cow::Owned(s)
-        }
-        _ => std::borrow::Cow::Borrowed(state),
-    }
 }
 
 fn invalid(s: &Session, command: &Command) -> TransitionError {
@@ -423,306 +389,4 @@ fn check_next(s: &Session, id: &ParticipantId) -> Result<usize, TransitionError>
         return Err(TransitionError::ParticipantExpired(id.clone()));
     }
     Ok(i)
-}
-
-/// Applies the deadline `at` (which the caller knows is due).
-fn apply_timeout(s: &mut Session, at: i64, events: &mut Vec<Event>) {
-    settle(s, at);
-    s.version += 1;
-    s.updated_at_ms = s.updated_at_ms.max(at);
-    let exhausted = s.active;
-    // Charged only if another cycle begins; an ending session keeps it as
-    // its stopped current cycle (see `Command::Complete`).
-    let cycle = s.cycle_used_ms;
-    let action = (s.action_on_timeout.kind == TimeoutKind::AutoAction)
-        .then(|| s.action_on_timeout.action.clone())
-        .flatten();
-    let mut meta = Map::new();
-    meta.insert("action_on_timeout".into(), s.action_on_timeout.to_json());
-    let kind = s.action_on_timeout.kind;
-    match s.sync_mode {
-        SyncMode::Global | SyncMode::CountUp => {
-            end_expired(s, exhausted, at, Some(cycle), action, meta, events);
-            return;
-        }
-        SyncMode::PerCycle => {
-            push_raw(
-                s,
-                events,
-                EventType::CycleTimeout,
-                exhausted,
-                at,
-                Some(0),
-                Some(cycle),
-                action.clone(),
-                meta.clone(),
-            );
-        }
-        SyncMode::PerParticipant | SyncMode::PerGroup => {
-            if let Some(i) = exhausted {
-                s.participants[i].has_expired = true;
-                if let Some(g) = group_of(s, i) {
-                    s.groups[g].has_expired = true;
-                    // The whole group left the rotation, so its members did too.
-                    let gid = s.groups[g].id.clone();
-                    for p in &mut s.participants {
-                        if p.group_id.as_ref() == Some(&gid) {
-                            p.has_expired = true;
-                        }
-                    }
-                }
-            }
-            push_raw(
-                s,
-                events,
-                EventType::ParticipantExpired,
-                exhausted,
-                at,
-                Some(0),
-                Some(cycle),
-                action.clone(),
-                meta.clone(),
-            );
-        }
-    }
-    if kind == TimeoutKind::EndSession {
-        end_expired(s, exhausted, at, None, action, meta, events);
-        return;
-    }
-    match next_eligible(s) {
-        None => end_expired(s, exhausted, at, None, action, meta, events),
-        Some(next) => {
-            charge_cycle(s, false);
-            begin_cycle(s, Some(next), at);
-            if !s.auto_advance {
-                s.status = Status::Paused;
-                s.segment_started_at_ms = None;
-                let pid = s.active;
-                push_event(s, events, EventType::SessionPaused, pid, at, Map::new());
-            }
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)] // One call site per event kind; a struct would only rename them.
-fn end_expired(
-    s: &mut Session,
-    who: Option<usize>,
-    at: i64,
-    cycle: Option<i64>,
-    action: Option<String>,
-    meta: Map<String, Value>,
-    events: &mut Vec<Event>,
-) {
-    s.status = Status::Expired;
-    s.segment_started_at_ms = None;
-    s.session_completed_at_ms = Some(at);
-    let remaining = if matches!(s.sync_mode, SyncMode::Global | SyncMode::CountUp) {
-        Some(0)
-    } else {
-        None
-    };
-    push_raw(
-        s,
-        events,
-        EventType::SessionExpired,
-        who,
-        at,
-        remaining,
-        cycle,
-        action,
-        meta,
-    );
-}
-
-/// Folds the running segment up to `at` into the cycle and the session's running time.
-fn settle(s: &mut Session, at: i64) {
-    if let Some(seg) = s.segment_started_at_ms {
-        let d = at.saturating_sub(seg).max(0);
-        s.cycle_used_ms = s.cycle_used_ms.saturating_add(d);
-        s.elapsed_ms = s.elapsed_ms.saturating_add(d);
-        s.segment_started_at_ms = Some(seg.max(at));
-    }
-}
-
-/// Charges the settled cycle to whoever played it; with `increment`, adds the
-/// increment to the bank that ran (per_participant, per_group). Returns the cycle's length.
-fn charge_cycle(s: &mut Session, increment: bool) -> i64 {
-    let cycle = std::mem::take(&mut s.cycle_used_ms);
-    let cap = s.max_time_ms;
-    let inc = if increment { s.increment_ms } else { 0 };
-    let add_bank = |bank: i64| -> i64 {
-        let raised = bank.saturating_add(inc);
-        // Never above the cap, and an increment never lowers a bank.
-        cap.map_or(raised, |c| raised.min(c).max(bank))
-    };
-    if let Some(i) = s.active {
-        let p = &mut s.participants[i];
-        p.time_used_ms = p.time_used_ms.saturating_add(cycle);
-        if s.sync_mode == SyncMode::PerParticipant {
-            p.total_time_ms = add_bank(p.total_time_ms);
-        }
-    }
-    if s.sync_mode == SyncMode::PerGroup
-        && let Some(g) = s.active_group
-    {
-        let g = &mut s.groups[g];
-        g.time_used_ms = g.time_used_ms.saturating_add(cycle);
-        g.total_time_ms = add_bank(g.total_time_ms);
-    }
-    cycle
-}
-
-/// Makes `next` active and starts its cycle at `at`.
-fn begin_cycle(s: &mut Session, next: Option<usize>, at: i64) {
-    s.active = next;
-    s.cycle_used_ms = 0;
-    s.cycle_started_at_ms = Some(at);
-    if s.status == Status::Running {
-        s.segment_started_at_ms = Some(at);
-    }
-    if let Some(i) = next {
-        s.participants[i].cycle_count = s.participants[i].cycle_count.saturating_add(1);
-        s.active_group = group_of(s, i);
-        if let Some(g) = s.active_group {
-            s.groups[g].last_member = Some(i);
-        }
-    }
-}
-
-fn group_of(s: &Session, participant: usize) -> Option<usize> {
-    if s.sync_mode != SyncMode::PerGroup {
-        return None;
-    }
-    let gid = s.participants.get(participant)?.group_id.as_ref()?;
-    s.group_position(gid)
-}
-
-/// Remaining time of the running clock with the current segment settled
-/// (not counting it); `None` for an unbounded stopwatch.
-fn settled_remaining(s: &Session) -> Option<i64> {
-    match s.sync_mode {
-        SyncMode::PerParticipant => s
-            .active_participant()
-            .map(|p| bank_left(p.total_time_ms, p.time_used_ms, s.cycle_used_ms)),
-        SyncMode::PerCycle => s
-            .time_per_cycle_ms
-            .map(|t| t.saturating_sub(s.cycle_used_ms)),
-        SyncMode::PerGroup => s
-            .active_group()
-            .map(|g| bank_left(g.total_time_ms, g.time_used_ms, s.cycle_used_ms)),
-        SyncMode::Global => s.total_time_ms.map(|t| t.saturating_sub(s.elapsed_ms)),
-        SyncMode::CountUp => s.max_time_ms.map(|m| m.saturating_sub(s.elapsed_ms)),
-    }
-}
-
-fn bank_left(bank: i64, used: i64, cycle: i64) -> i64 {
-    bank.saturating_sub(used).saturating_sub(cycle)
-}
-
-/// What is left on the clock of the participant whose cycle just ended.
-fn ended_clock_remaining(s: &Session, who: Option<usize>, cycle: i64) -> Option<i64> {
-    let p = s.participants.get(who?)?;
-    Some(
-        match s.sync_mode {
-            SyncMode::PerParticipant => p.total_time_ms.saturating_sub(p.time_used_ms),
-            SyncMode::PerCycle => s.time_per_cycle_ms.unwrap_or(0).saturating_sub(cycle),
-            SyncMode::PerGroup => {
-                let g = group_of(s, who?)?;
-                let g = &s.groups[g];
-                g.total_time_ms.saturating_sub(g.time_used_ms)
-            }
-            SyncMode::Global => s.total_time_ms.unwrap_or(0).saturating_sub(s.elapsed_ms),
-            SyncMode::CountUp => {
-                return s.max_time_ms.map(|m| m.saturating_sub(s.elapsed_ms).max(0));
-            }
-        }
-        .max(0),
-    )
-}
-
-fn eligible(s: &Session, i: usize) -> bool {
-    !s.participants[i].has_expired && group_of(s, i).is_none_or(|g| !s.groups[g].has_expired)
-}
-
-fn first_eligible(s: &Session) -> Option<usize> {
-    if s.sync_mode == SyncMode::PerGroup {
-        let g = s.groups.iter().position(|g| !g.has_expired)?;
-        return next_member(s, g);
-    }
-    (0..s.participants.len()).find(|&i| eligible(s, i))
-}
-
-/// The next participant in rotation after the active one, wrapping around
-/// (the active one itself comes last), skipping whoever has expired.
-fn next_eligible(s: &Session) -> Option<usize> {
-    if s.sync_mode == SyncMode::PerGroup {
-        let n = s.groups.len();
-        let start = s.active_group.map_or(0, |g| g + 1);
-        return (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&g| !s.groups[g].has_expired)
-            .and_then(|g| next_member(s, g));
-    }
-    let n = s.participants.len();
-    let start = s.active.map_or(0, |i| i + 1);
-    (0..n).map(|k| (start + k) % n).find(|&i| eligible(s, i))
-}
-
-/// The member of group `g` after the one who played last, round-robin.
-fn next_member(s: &Session, g: usize) -> Option<usize> {
-    let gid = &s.groups[g].id;
-    let members: Vec<usize> = (0..s.participants.len())
-        .filter(|&i| s.participants[i].group_id.as_ref() == Some(gid))
-        .collect();
-    let after = s.groups[g]
-        .last_member
-        .and_then(|last| members.iter().position(|&m| m == last))
-        .map_or(0, |pos| pos + 1);
-    members.get(after % members.len().max(1)).copied()
-}
-
-fn push_event(
-    s: &Session,
-    events: &mut Vec<Event>,
-    ty: EventType,
-    who: Option<usize>,
-    at: i64,
-    meta: Map<String, Value>,
-) {
-    let remaining = crate::view::clock_remaining_for(s, who, at);
-    push_raw(s, events, ty, who, at, remaining, None, None, meta);
-}
-
-#[allow(clippy::too_many_arguments)] // The event's fields, named at each call.
-fn push_raw(
-    s: &Session,
-    events: &mut Vec<Event>,
-    ty: EventType,
-    who: Option<usize>,
-    at: i64,
-    remaining: Option<i64>,
-    elapsed: Option<i64>,
-    action: Option<String>,
-    metadata: Map<String, Value>,
-) {
-    let seq = events.iter().filter(|e| e.version == s.version).count();
-    let participant = who.and_then(|i| s.participants.get(i));
-    let group_id: Option<GroupId> = who
-        .and_then(|i| group_of(s, i))
-        .map(|g| s.groups[g].id.clone())
-        .or_else(|| participant.and_then(|p| p.group_id.clone()));
-    events.push(Event {
-        event_id: Event::make_id(s.id, s.created_at_ms, s.version, seq),
-        session_id: s.id,
-        version: s.version,
-        event_type: ty,
-        participant_id: participant.map(|p| p.id.clone()),
-        group_id,
-        at_ms: at,
-        time_remaining_ms: remaining,
-        time_elapsed_ms: elapsed,
-        action,
-        metadata,
-    });
 }

@@ -39,7 +39,7 @@ pub struct Commit {
     pub state: Session,
     /// The version the stored state must have for the commit to apply.
     pub expected_version: u64,
-    /// The state's next deadline ([`crate::machine::next_deadline`]), or `None` to drop it.
+    /// The state's next deadline ([`crate::clock::next_deadline`]), or `None` to drop it.
     pub deadline: Option<i64>,
     /// The events of the change, in version order, for the durable outbox.
     pub events: Vec<Event>,

@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use crate::auth::{Action, Actor, authorize};
+use crate::clock::settle_deadlines;
 use crate::config::SessionConfig;
 use crate::event::Event;
 use crate::ids::{ParticipantId, SessionId};
-use crate::machine::{self, Command, TransitionError, settle_deadlines};
+use crate::machine::{self, Command, TransitionError};
 use crate::ports::{
     AuditError, AuditSink, BusMessage, Claimed, Clock, Commit, EventBus, SessionStore, StoreError,
 };

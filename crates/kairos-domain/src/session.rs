@@ -1,8 +1,9 @@
 //! The stored session state: what one commit writes, for all five sync modes.
 //!
 //! A running clock is stored as the instant its current segment started plus
-//! what was used before it (contract section 1). Nothing here counts down;
-//! [`crate::view`] computes every number at a given instant.
+//! what was used before it (contract section 1). Nothing here counts down:
+//! the time model (`clock`) computes every number at a given instant. This
+//! module is data only and imports nothing but the ids.
 
 use serde::{Deserialize, Serialize};
 
@@ -180,7 +181,8 @@ pub struct Group {
     pub last_member: Option<usize>,
 }
 
-/// Everything stored about one session. Changed only by [`crate::machine`].
+/// Everything stored about one session. Changed only by the transition
+/// function (`machine::decide`, with the timeouts of `clock`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     /// The session id.

@@ -4,9 +4,12 @@
 //! are applied as of their deadline first, so a read after a timeout but
 //! before any worker ran already shows it (contract section 1).
 
+use crate::clock::{
+    Elapsed, group_remaining, group_used, participant_remaining, participant_used,
+    session_remaining, settle_deadlines,
+};
 use crate::ids::{GroupId, ParticipantId, SessionId};
-use crate::machine::settle_deadlines;
-use crate::session::{Session, Status, SyncMode, TimeoutAction};
+use crate::session::{Participant, Session, Status, SyncMode, TimeoutAction};
 
 /// One participant as seen at `server_time_ms`.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,7 +133,7 @@ pub fn view(state: &Session, now: i64) -> SessionView {
 
 /// The view of a state known to have no deadline due at `now`.
 fn view_settled(s: &Session, now: i64) -> SessionView {
-    let live = Live::at(s, now);
+    let live = Elapsed::at(s, now);
     let participants = s
         .participants
         .iter()
@@ -143,9 +146,7 @@ fn view_settled(s: &Session, now: i64) -> SessionView {
                 group_id: p.group_id.clone(),
                 // In per_group the bank a participant plays on is its group's.
                 total_time_ms: group_bank(s, p).unwrap_or(p.total_time_ms),
-                time_used_ms: p
-                    .time_used_ms
-                    .saturating_add(if active { live.cycle } else { 0 }),
+                time_used_ms: participant_used(s, i, &live),
                 time_remaining_ms: participant_remaining(s, i, &live),
                 cycle_count: p.cycle_count,
                 is_active: active,
@@ -163,9 +164,7 @@ fn view_settled(s: &Session, now: i64) -> SessionView {
                 group_id: g.id.clone(),
                 group_index: g.index,
                 total_time_ms: g.total_time_ms,
-                time_used_ms: g
-                    .time_used_ms
-                    .saturating_add(if active { live.cycle } else { 0 }),
+                time_used_ms: group_used(s, i, &live),
                 time_remaining_ms: group_remaining(s, i, &live),
                 is_active: active,
                 has_expired: g.has_expired,
@@ -192,87 +191,18 @@ fn view_settled(s: &Session, now: i64) -> SessionView {
         server_time_ms: now,
         active_group_id: s.active_group().map(|g| g.id.clone()),
         groups,
-        time_remaining_ms: (s.sync_mode == SyncMode::Global).then(|| global_remaining(s, &live)),
-        elapsed_ms: live.elapsed,
+        time_remaining_ms: (s.sync_mode == SyncMode::Global).then(|| session_remaining(s, &live)),
+        elapsed_ms: live.session,
         action_on_timeout: s.action_on_timeout.clone(),
         auto_advance: s.auto_advance,
     }
 }
 
-/// The running cycle and session time at an instant.
-struct Live {
-    cycle: i64,
-    elapsed: i64,
-}
-
-impl Live {
-    fn at(s: &Session, now: i64) -> Self {
-        let seg = match (s.status, s.segment_started_at_ms) {
-            (Status::Running, Some(start)) => now.saturating_sub(start).max(0),
-            _ => 0,
-        };
-        Self {
-            cycle: s.cycle_used_ms.saturating_add(seg),
-            elapsed: s.elapsed_ms.saturating_add(seg),
-        }
-    }
-}
-
-fn group_bank(s: &Session, p: &crate::session::Participant) -> Option<i64> {
+/// The bank a participant plays on in `per_group`: its group's.
+fn group_bank(s: &Session, p: &Participant) -> Option<i64> {
     if s.sync_mode != SyncMode::PerGroup {
         return None;
     }
     let g = s.group_position(p.group_id.as_ref()?)?;
     Some(s.groups[g].total_time_ms)
-}
-
-fn left(bank: i64, used: i64) -> i64 {
-    bank.saturating_sub(used).max(0)
-}
-
-fn global_remaining(s: &Session, live: &Live) -> i64 {
-    left(s.total_time_ms.unwrap_or(0), live.elapsed)
-}
-
-fn group_remaining(s: &Session, g: usize, live: &Live) -> i64 {
-    let grp = &s.groups[g];
-    let cycle = if s.active_group == Some(g) {
-        live.cycle
-    } else {
-        0
-    };
-    left(grp.total_time_ms, grp.time_used_ms.saturating_add(cycle))
-}
-
-fn participant_remaining(s: &Session, i: usize, live: &Live) -> i64 {
-    let p = &s.participants[i];
-    let cycle = if s.active == Some(i) { live.cycle } else { 0 };
-    match s.sync_mode {
-        SyncMode::PerParticipant => left(p.total_time_ms, p.time_used_ms.saturating_add(cycle)),
-        SyncMode::PerCycle => left(s.time_per_cycle_ms.unwrap_or(0), cycle),
-        SyncMode::PerGroup => p
-            .group_id
-            .as_ref()
-            .and_then(|g| s.group_position(g))
-            .map_or(0, |g| group_remaining(s, g, live)),
-        SyncMode::Global => global_remaining(s, live),
-        SyncMode::CountUp => s.max_time_ms.map_or(0, |m| left(m, live.elapsed)),
-    }
-}
-
-/// Remaining time on participant `who`'s clock at `at` (for events).
-pub(crate) fn clock_remaining_for(s: &Session, who: Option<usize>, at: i64) -> Option<i64> {
-    let live = Live::at(s, at);
-    if s.sync_mode == SyncMode::CountUp && s.max_time_ms.is_none() {
-        // An unbounded stopwatch has no remaining time to report.
-        return None;
-    }
-    match who {
-        Some(i) if i < s.participants.len() => Some(participant_remaining(s, i, &live)),
-        _ => match s.sync_mode {
-            SyncMode::Global => Some(global_remaining(s, &live)),
-            SyncMode::CountUp => s.max_time_ms.map(|m| left(m, live.elapsed)),
-            _ => None,
-        },
-    }
 }
