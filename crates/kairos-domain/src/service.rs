@@ -4,6 +4,7 @@
 //! on Redis, and on mocks. It holds no state of its own: any instance can
 //! serve any request.
 
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
 
 use crate::auth::{Action, Actor, authorize};
@@ -11,7 +12,7 @@ use crate::clock::settle_deadlines;
 use crate::config::SessionConfig;
 use crate::event::Event;
 use crate::ids::{ParticipantId, SessionId};
-use crate::machine::{self, Command, TransitionError};
+use crate::machine::{self, Command, Decision, TransitionError};
 use crate::ports::{
     AuditError, AuditSink, BusMessage, Claimed, Clock, Commit, EventBus, SessionStore, StoreError,
 };
@@ -93,6 +94,19 @@ pub struct Executed {
     pub fired_deadlines: Vec<i64>,
     /// The instant the commit took effect.
     pub at_ms: i64,
+}
+
+/// What [`SessionService::decide_and_commit`] hands its caller after a
+/// successful commit, before publishing.
+struct Committed<'a> {
+    /// The committed state.
+    state: &'a Session,
+    /// The participant whose clock the decision found run out.
+    expired_participant_id: Option<ParticipantId>,
+    /// The deadlines the decision applied.
+    fired_deadlines: Vec<i64>,
+    /// The instant the decision was taken at.
+    at_ms: i64,
 }
 
 /// The service, generic over its ports.
@@ -299,36 +313,20 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             Command::Switch { .. } => Action::Switch,
             _ => Action::Control,
         };
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let (stored, now) = self.load_authorized(actor, id, action).await?;
-            let decision = machine::decide(&stored, &command, expected_version, now)?;
-            let commit = Commit {
-                deadline: machine::next_deadline(&decision.state),
-                expected_version: stored.version,
-                events: decision.events,
-                state: decision.state,
-            };
-            match self.store.commit(&commit).await {
-                Ok(()) => {
-                    let executed = Executed {
-                        view: view(&commit.state, now),
-                        expired_participant_id: decision.expired_participant_id,
-                        fired_deadlines: decision.fired_deadlines,
-                        at_ms: now,
-                    };
-                    self.publish_versions(decision.intermediate, commit, now)
-                        .await;
-                    return Ok(executed);
-                }
-                // Lost a race: reload and decide again on the fresh state.
-                // With an expected version the next decide reports the conflict.
-                Err(StoreError::VersionConflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Internal(format!(
-            "gave up after {MAX_CAS_ATTEMPTS} compare-and-set conflicts"
-        )))
+        self.decide_and_commit(
+            || async { Ok(Continue(self.load_authorized(actor, id, action).await?)) },
+            |stored, now| {
+                let decision = machine::decide(stored, &command, expected_version, now)?;
+                Ok(Continue(decision))
+            },
+            |done| Executed {
+                view: view(done.state, done.at_ms),
+                expired_participant_id: done.expired_participant_id,
+                fired_deadlines: done.fired_deadlines,
+                at_ms: done.at_ms,
+            },
+        )
+        .await
     }
 
     /// Applies the due deadlines of one session (the timeout worker's call).
@@ -347,40 +345,31 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             id,
             state: mut known,
         } = claimed;
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let stored = match known.take() {
-                Some(state) => state,
-                None => match self.store.load(id).await? {
-                    Some(state) => state,
-                    None => return Ok(Vec::new()),
-                },
-            };
-            let now = self.clock.now_ms();
-            let decision = match machine::decide(&stored, &Command::Timeout, None, now) {
-                Ok(d) => d,
-                Err(TransitionError::NothingDue) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
-            let commit = Commit {
-                deadline: machine::next_deadline(&decision.state),
-                expected_version: stored.version,
-                events: decision.events,
-                state: decision.state,
-            };
-            match self.store.commit(&commit).await {
-                Ok(()) => {
-                    let fired = decision.fired_deadlines;
-                    self.publish_versions(decision.intermediate, commit, now)
-                        .await;
-                    return Ok(fired);
+        self.decide_and_commit(
+            // The claimed state first, then the store's; a session gone
+            // meanwhile has nothing due.
+            move || {
+                let known = known.take();
+                async move {
+                    let stored = match known {
+                        Some(state) => state,
+                        None => match self.store.load(id).await? {
+                            Some(state) => state,
+                            None => return Ok(Break(Vec::new())),
+                        },
+                    };
+                    Ok(Continue((stored, self.clock.now_ms())))
                 }
-                Err(StoreError::VersionConflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Internal(format!(
-            "gave up after {MAX_CAS_ATTEMPTS} compare-and-set conflicts"
-        )))
+            },
+            |stored, now| match machine::decide(stored, &Command::Timeout, None, now) {
+                Ok(decision) => Ok(Continue(decision)),
+                // Not due yet, or another instance applied it first.
+                Err(TransitionError::NothingDue) => Ok(Break(Vec::new())),
+                Err(e) => Err(e.into()),
+            },
+            |done| done.fired_deadlines,
+        )
+        .await
     }
 
     /// Deletes a session: cancels it if still live (so the audit trail and
@@ -425,6 +414,69 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             })
             .await;
         Ok(())
+    }
+
+    /// The one compare-and-set loop behind every state change after create.
+    ///
+    /// Each attempt: `load` the state to decide on and the instant to decide
+    /// at; `decide` on it; commit the decision if and only if the stored
+    /// version is still the one decided on; then `finish` reads the committed
+    /// state, every version is published in order, and `finish`'s answer is
+    /// returned. A lost race ([`StoreError::VersionConflict`]) starts over
+    /// with a fresh `load` (a command with `expected_version` then gets its
+    /// conflict from `decide`), at most [`MAX_CAS_ATTEMPTS`] times. `load`
+    /// and `decide` end the loop early with `Break(answer)` (nothing to do)
+    /// or an error; any other store error ends it too.
+    async fn decide_and_commit<R, L>(
+        &self,
+        mut load: impl FnMut() -> L,
+        mut decide: impl FnMut(&Session, i64) -> Result<ControlFlow<R, Decision>, ServiceError>,
+        finish: impl FnOnce(Committed<'_>) -> R,
+    ) -> Result<R, ServiceError>
+    where
+        L: Future<Output = Result<ControlFlow<R, (Session, i64)>, ServiceError>>,
+    {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (stored, now) = match load().await? {
+                Continue(loaded) => loaded,
+                Break(answer) => return Ok(answer),
+            };
+            let decision = match decide(&stored, now)? {
+                Continue(decision) => decision,
+                Break(answer) => return Ok(answer),
+            };
+            let Decision {
+                state,
+                events,
+                intermediate,
+                expired_participant_id,
+                fired_deadlines,
+            } = decision;
+            let commit = Commit {
+                deadline: machine::next_deadline(&state),
+                expected_version: stored.version,
+                events,
+                state,
+            };
+            match self.store.commit(&commit).await {
+                Ok(()) => {
+                    let answer = finish(Committed {
+                        state: &commit.state,
+                        expired_participant_id,
+                        fired_deadlines,
+                        at_ms: now,
+                    });
+                    self.publish_versions(intermediate, commit, now).await;
+                    return Ok(answer);
+                }
+                // Lost a race: load and decide again on the fresh state.
+                Err(StoreError::VersionConflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Internal(format!(
+            "gave up after {MAX_CAS_ATTEMPTS} compare-and-set conflicts"
+        )))
     }
 
     /// Publishes one message per committed version, in version order.
