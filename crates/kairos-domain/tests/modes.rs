@@ -2567,9 +2567,9 @@ mod service {
 
     use kairos_domain::machine::{self, next_deadline};
     use kairos_domain::{
-        Actor, BusMessage, Claimed, Command, EventType, MockClock, MockEventBus, MockSessionStore,
-        Role, ServiceError, Session, SessionConfig, SessionService, Status, StoreError,
-        TransitionError,
+        Actor, AuditError, BusMessage, Claimed, Command, Event, EventType, MockAuditSink,
+        MockClock, MockEventBus, MockSessionStore, Role, ServiceError, Session, SessionConfig,
+        SessionService, Status, StoreError, TransitionError,
     };
     use mockall::Sequence;
     use serde_json::json;
@@ -3165,5 +3165,310 @@ mod service {
                 at_ms: at(2_000)
             }
         );
+    }
+
+    // --- The reads and idempotent delete the service offers in place of its ports ---
+
+    fn admin() -> Actor {
+        Actor {
+            sub: Some("admin-1".into()),
+            role: Role::Admin,
+            sid: None,
+            pid: None,
+        }
+    }
+
+    /// A host who does not own the chess session.
+    fn other_host() -> Actor {
+        Actor {
+            sub: Some("host-2".into()),
+            ..host()
+        }
+    }
+
+    /// A store holding `state` (or nothing), loaded any number of times,
+    /// that no call here may write to.
+    fn read_only_store(state: Option<Session>) -> MockSessionStore {
+        let mut store = MockSessionStore::new();
+        store.expect_load().returning(move |_| Ok(state.clone()));
+        store.expect_commit().never();
+        store.expect_delete().never();
+        store
+    }
+
+    fn silent_bus() -> MockEventBus {
+        let mut bus = MockEventBus::new();
+        bus.expect_publish().never();
+        bus
+    }
+
+    /// The chess session's audit trail: created and started, newest first.
+    fn trail() -> Vec<Event> {
+        let cfg = SessionConfig::parse(&chess()).expect("valid");
+        let (s, created) = machine::create(cfg, sid(), Some("host-1".into()), at(0));
+        let started = machine::decide(&s, &Command::Start, None, at(0)).expect("start");
+        let mut events = vec![created];
+        events.extend(started.events);
+        events.reverse();
+        events
+    }
+
+    /// An audit trail answering `history(sid(), 50, Some(at(9_000)))` with
+    /// `answer`, `times` times.
+    fn audit(times: usize, answer: Result<Vec<Event>, AuditError>) -> Arc<MockAuditSink> {
+        let mut audit = MockAuditSink::new();
+        audit
+            .expect_history()
+            .times(times)
+            .withf(|id, limit, before| {
+                *id == sid() && *limit == 50 && *before == Some(super::at(9_000))
+            })
+            .returning(move |_, _, _| answer.clone());
+        Arc::new(audit)
+    }
+
+    #[tokio::test]
+    async fn history_needs_the_right_to_read_events_while_the_session_exists() {
+        // Arrange: the trail is consulted only for the owner and the admin.
+        let svc = service(
+            read_only_store(Some(running_chess())),
+            silent_bus(),
+            clock_at(1_000),
+        )
+        .with_audit(audit(2, Ok(trail())));
+
+        // Act
+        let viewer = svc.history(&viewer(), sid(), 50, Some(at(9_000))).await;
+        let player = svc
+            .history(&player("white"), sid(), 50, Some(at(9_000)))
+            .await;
+        let stranger = svc.history(&other_host(), sid(), 50, Some(at(9_000))).await;
+        let owner = svc.history(&host(), sid(), 50, Some(at(9_000))).await;
+        let admin = svc.history(&admin(), sid(), 50, Some(at(9_000))).await;
+
+        // Assert
+        for (who, r) in [("viewer", viewer), ("player", player), ("host-2", stranger)] {
+            assert!(matches!(r, Err(ServiceError::Forbidden(_))), "{who}: {r:?}");
+        }
+        assert_eq!(owner, Ok(trail()));
+        assert_eq!(admin, Ok(trail()));
+    }
+
+    #[tokio::test]
+    async fn history_after_deletion_is_for_an_admin_only() {
+        // Arrange: the store no longer has the session; the trail kept it.
+        let svc = service(read_only_store(None), silent_bus(), clock_at(1_000))
+            .with_audit(audit(1, Ok(trail())));
+
+        // Act
+        let owner = svc.history(&host(), sid(), 50, Some(at(9_000))).await;
+        let viewer = svc.history(&viewer(), sid(), 50, Some(at(9_000))).await;
+        let admin = svc.history(&admin(), sid(), 50, Some(at(9_000))).await;
+
+        // Assert
+        assert_eq!(owner, Err(ServiceError::NotFound(sid())));
+        assert_eq!(viewer, Err(ServiceError::NotFound(sid())));
+        assert_eq!(admin, Ok(trail()));
+    }
+
+    #[tokio::test]
+    async fn history_of_a_session_neither_stored_nor_in_the_trail_is_not_found() {
+        // Arrange: an empty trail is an answer for a session that exists,
+        // and "not found" for one that does not.
+        let gone = service(read_only_store(None), silent_bus(), clock_at(1_000))
+            .with_audit(audit(1, Ok(Vec::new())));
+        let live = service(
+            read_only_store(Some(running_chess())),
+            silent_bus(),
+            clock_at(1_000),
+        )
+        .with_audit(audit(1, Ok(Vec::new())));
+
+        // Act
+        let gone = gone.history(&admin(), sid(), 50, Some(at(9_000))).await;
+        let live = live.history(&admin(), sid(), 50, Some(at(9_000))).await;
+
+        // Assert
+        assert_eq!(gone, Err(ServiceError::NotFound(sid())));
+        assert_eq!(live, Ok(Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn history_without_an_audit_trail_is_disabled_and_audit_faults_are_unavailable() {
+        // Arrange
+        let none = service(
+            read_only_store(Some(running_chess())),
+            silent_bus(),
+            clock_at(1_000),
+        );
+        let down = service(
+            read_only_store(Some(running_chess())),
+            silent_bus(),
+            clock_at(1_000),
+        )
+        .with_audit(audit(1, Err(AuditError::Unavailable("db down".into()))));
+        let broken = service(read_only_store(None), silent_bus(), clock_at(1_000))
+            .with_audit(audit(1, Err(AuditError::Other("bad row".into()))));
+
+        // Act
+        let disabled = none.history(&host(), sid(), 50, Some(at(9_000))).await;
+        let unavailable = down.history(&host(), sid(), 50, Some(at(9_000))).await;
+        let faulty = broken.history(&admin(), sid(), 50, Some(at(9_000))).await;
+
+        // Assert
+        assert!(!none.has_audit());
+        assert!(down.has_audit());
+        assert_eq!(disabled, Err(ServiceError::AuditDisabled));
+        assert_eq!(
+            unavailable,
+            Err(ServiceError::AuditUnavailable("db down".into()))
+        );
+        assert_eq!(
+            faulty,
+            Err(ServiceError::AuditUnavailable("bad row".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_an_unknown_session_is_ok_for_admin_and_host_and_forbidden_to_others() {
+        // Arrange: nothing stored, so nothing is removed and nobody is told.
+        let svc = service(read_only_store(None), silent_bus(), clock_at(1_000));
+
+        // Act
+        let admin = svc.delete(&admin(), sid()).await;
+        let host = svc.delete(&host(), sid()).await;
+        let player = svc.delete(&player("white"), sid()).await;
+        let viewer = svc.delete(&viewer(), sid()).await;
+
+        // Assert
+        assert_eq!(admin, Ok(()));
+        assert_eq!(host, Ok(()));
+        assert!(
+            matches!(player, Err(ServiceError::Forbidden(_))),
+            "{player:?}"
+        );
+        assert!(
+            matches!(viewer, Err(ServiceError::Forbidden(_))),
+            "{viewer:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_twice_is_ok_and_removes_and_announces_once() {
+        // Arrange: a completed session, then nothing once it is removed.
+        let ended = machine::decide(&running_chess(), &Command::Complete, None, at(1_000))
+            .expect("complete")
+            .state;
+        let mut seq = Sequence::new();
+        let mut store = MockSessionStore::new();
+        store
+            .expect_load()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_| Ok(Some(ended.clone())));
+        store
+            .expect_delete()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok(true));
+        store
+            .expect_load()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok(None));
+        store.expect_commit().never();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let mut bus = MockEventBus::new();
+        bus.expect_publish()
+            .returning(move |m| sink.lock().expect("lock").push(m));
+        let svc = service(store, bus, clock_at(2_000));
+
+        // Act
+        let first = svc.delete(&host(), sid()).await;
+        let second = svc.delete(&host(), sid()).await;
+
+        // Assert
+        assert_eq!((first, second), (Ok(()), Ok(())));
+        assert_eq!(
+            *log.lock().expect("lock"),
+            [BusMessage::Deleted {
+                session_id: sid(),
+                at_ms: at(2_000)
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn snapshot_is_the_stored_state_at_now_for_a_reader_of_that_session_only() {
+        // Arrange
+        let stored = running_chess();
+        let other: kairos_domain::SessionId = "00000000-0000-4000-8000-000000000001"
+            .parse()
+            .expect("uuid");
+        assert_ne!(other, sid());
+        let svc = service(
+            read_only_store(Some(stored.clone())),
+            silent_bus(),
+            clock_at(1_000),
+        );
+        let missing = service(read_only_store(None), silent_bus(), clock_at(1_000));
+
+        // Act
+        let read = svc
+            .snapshot(&Actor::session_reader(sid()), sid())
+            .await
+            .expect("readable");
+        let scoped_elsewhere = svc.snapshot(&Actor::session_reader(other), sid()).await;
+        let admin_scoped_elsewhere = svc
+            .snapshot(
+                &Actor {
+                    sid: Some(other),
+                    ..admin()
+                },
+                sid(),
+            )
+            .await;
+        let not_found = missing.snapshot(&admin(), sid()).await;
+
+        // Assert
+        assert_eq!((read.state, read.now_ms), (stored, at(1_000)));
+        assert!(
+            matches!(scoped_elsewhere, Err(ServiceError::Forbidden(_))),
+            "{scoped_elsewhere:?}"
+        );
+        assert!(
+            matches!(admin_scoped_elsewhere, Err(ServiceError::Forbidden(_))),
+            "{admin_scoped_elsewhere:?}"
+        );
+        assert_eq!(not_found, Err(ServiceError::NotFound(sid())));
+    }
+
+    #[tokio::test]
+    async fn claim_due_claims_what_is_due_at_the_clocks_now() {
+        // Arrange: the store is asked for what is due at the clock's now,
+        // with the caller's limit and lease.
+        let mut store = MockSessionStore::new();
+        let mut seq = Sequence::new();
+        store
+            .expect_claim_due()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(|now, limit, lease| (*now, *limit, *lease) == (super::at(350_000), 16, 5_000))
+            .returning(|_, _, _| Ok(vec![Claimed::id_only(sid())]));
+        store
+            .expect_claim_due()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| Err(StoreError::Unavailable("down".into())));
+        let svc = service(store, silent_bus(), clock_at(350_000));
+
+        // Act
+        let due = svc.claim_due(16, 5_000).await;
+        let down = svc.claim_due(16, 5_000).await;
+
+        // Assert
+        assert_eq!(due, Ok(vec![Claimed::id_only(sid())]));
+        assert_eq!(down, Err(ServiceError::Unavailable("down".into())));
     }
 }
