@@ -9,8 +9,8 @@
 //!
 //! # Layout
 //!
-//! Bottom to top; a module imports only modules on lines above its own
-//! (checked: no import cycles).
+//! Bottom to top: a module refers (by a `crate::` path, docs included) only to
+//! modules in the items above its own, so the module graph has no cycle.
 //!
 //! - [`ids`]: session, participant and group ids, parsed once.
 //! - [`session`]: the stored state of a session, for all five sync modes (data
