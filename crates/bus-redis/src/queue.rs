@@ -67,12 +67,18 @@ impl Queue {
         if state.closed {
             return false;
         }
-        // A `Lagged` right behind another (or behind a pending one) says
-        // nothing new.
-        if message == BusMessage::Lagged
-            && (state.lagged || state.messages.back() == Some(&BusMessage::Lagged))
-        {
-            return false;
+        if message == BusMessage::Lagged {
+            // Right behind another (or a pending one) it says nothing new.
+            if state.lagged || state.messages.back() == Some(&BusMessage::Lagged) {
+                return false;
+            }
+            // On a full queue it need not cost a message: owed, it is read
+            // first, and the resync it causes covers what is queued behind.
+            // No wake: a reader only waits on an empty queue.
+            if state.messages.len() >= self.capacity {
+                state.lagged = true;
+                return false;
+            }
         }
         let mut lost = false;
         if state.messages.len() >= self.capacity {
@@ -176,6 +182,18 @@ mod tests {
         queue.push(message(2));
         assert_eq!(next(&queue), Poll::Ready(Some(message(1))));
         assert_eq!(next(&queue), Poll::Ready(Some(BusMessage::Lagged)));
+        assert_eq!(next(&queue), Poll::Ready(Some(message(2))));
+        assert_eq!(next(&queue), Poll::Pending);
+    }
+
+    #[test]
+    fn lagged_on_a_full_queue_drops_nothing() {
+        let queue = Queue::new(2);
+        queue.push(message(1));
+        queue.push(message(2));
+        assert!(!queue.push(BusMessage::Lagged));
+        assert_eq!(next(&queue), Poll::Ready(Some(BusMessage::Lagged)));
+        assert_eq!(next(&queue), Poll::Ready(Some(message(1))));
         assert_eq!(next(&queue), Poll::Ready(Some(message(2))));
         assert_eq!(next(&queue), Poll::Pending);
     }
