@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! - [`store`]: [`MemoryStore`], a `SessionStore` and `Outbox` with TTLs and a deadline index.
-//! - [`bus`]: [`MemoryBus`], an `EventBus` on tokio broadcast channels, one per watched session.
+//! - [`bus`]: [`MemoryBus`], an `EventBus` that routes each message to a bounded queue per subscription.
 //! - [`audit`]: [`MemoryAudit`], an `AuditSink` that keeps recent events per session.
 //! - [`ratelimit`]: [`MemoryRateLimiter`], GCRA state for one instance.
 //! - [`clock`]: [`SystemClock`], the host clock, never going backwards.

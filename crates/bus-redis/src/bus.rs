@@ -14,13 +14,12 @@ use futures_core::Stream;
 use kairos_domain::{BusError, BusMessage, EventBus, SessionId, Subscription};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::config::RedisBusConfig;
 use crate::connect::Connector;
 use crate::local::Locals;
 use crate::publisher::{Outgoing, PubConn, Publisher};
+use crate::queue::Queue;
 use crate::stats::{BusStats, Counters};
 use crate::subscriber::{Request, SubConn, Subscriber, Timing};
 use crate::wire::{self, Channels};
@@ -40,8 +39,10 @@ pub enum ConnectError {
 /// An [`EventBus`] on Redis Pub/Sub, one channel per session.
 ///
 /// An instance subscribes in Redis only to the sessions it has local
-/// subscribers for, on one dedicated connection, and fans each message out
-/// to them through a per-session broadcast channel. `publish` hands the
+/// subscriptions for, on one dedicated connection, and routes each message
+/// to the bounded queue of each subscription of its session (no fan-out
+/// layer of its own: the caller holds one subscription per session and fans
+/// out). `publish` hands the
 /// encoded message to a background task and returns; see the crate
 /// documentation for the whole design. Cloning is cheap and shares the
 /// connections.
@@ -206,6 +207,7 @@ impl RedisBus {
             received: Counters::get(&c.received),
             decode_failed: Counters::get(&c.decode_failed),
             reconnects: Counters::get(&c.reconnects),
+            local_dropped: Counters::get(&c.local_dropped),
             watched_sessions: self.locals.len() as u64,
             redis_subscriptions: Counters::get(&c.redis_subscriptions),
             publish_queue_len: self.publish_queue.saturating_sub(self.outgoing.capacity()) as u64,
@@ -251,13 +253,13 @@ impl EventBus for RedisBus {
 
     #[tracing::instrument(skip(self), fields(session_id = %session_id))]
     async fn subscribe(&self, session_id: SessionId) -> Result<Subscription, BusError> {
-        let (generation, receiver) = self.locals.join(session_id);
-        // Built before asking Redis, so that a failure below cleans up
-        // through the same `Drop` as an ordinary unsubscription.
+        // Joined before asking Redis, so that nothing published after the
+        // confirmation is missed; the stream is built at once, so that a
+        // failure below cleans up through the same `Drop` as an ordinary
+        // unsubscription.
         let stream = SessionStream {
-            inner: BroadcastStream::new(receiver),
+            queue: self.locals.join(session_id),
             session_id,
-            generation,
             locals: self.locals.clone(),
             requests: self.requests.clone(),
         };
@@ -283,12 +285,13 @@ impl EventBus for RedisBus {
     }
 }
 
-/// One subscription. Dropping the last one of a session asks the subscriber
-/// task to unsubscribe it in Redis.
+/// One subscription: a view of its own queue in the routing table. Dropping
+/// the last one of a session asks the subscriber task to unsubscribe it in
+/// Redis. Small on purpose (a box of four words and the queue): it lives as
+/// long as a session is watched.
 struct SessionStream {
-    inner: BroadcastStream<BusMessage>,
+    queue: Arc<Queue>,
     session_id: SessionId,
-    generation: u64,
     locals: Arc<Locals>,
     requests: mpsc::UnboundedSender<Request>,
 }
@@ -296,21 +299,14 @@ struct SessionStream {
 impl Stream for SessionStream {
     type Item = BusMessage;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusMessage>> {
-        match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(message)),
-            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
-                Poll::Ready(Some(BusMessage::Lagged))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusMessage>> {
+        self.queue.poll_next(cx)
     }
 }
 
 impl Drop for SessionStream {
     fn drop(&mut self) {
-        if self.locals.leave(self.session_id, self.generation) {
+        if self.locals.leave(self.session_id, &self.queue) {
             // Unbounded, so that `drop` never waits; an error means the
             // subscriber task is gone, and its subscriptions with it.
             let _ = self.requests.send(Request {
@@ -318,5 +314,20 @@ impl Drop for SessionStream {
                 ack: None,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_subscription_costs_a_few_words() {
+        // The stream (boxed as the `Subscription`) and its queue, before any
+        // message: what a watched session costs this crate while idle.
+        let stream = size_of::<SessionStream>();
+        let queue = size_of::<Queue>();
+        assert!(stream <= 48, "SessionStream is {stream} bytes");
+        assert!(queue <= 96, "Queue is {queue} bytes");
     }
 }

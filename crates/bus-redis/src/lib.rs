@@ -10,17 +10,26 @@
 //!   the session's slot (the braces make the session id the hash tag, the
 //!   same as the store's keys).
 //! - **Traffic only for watched sessions.** An instance subscribes a session
-//!   in Redis when it gets its first local subscriber and unsubscribes when
-//!   the last one is dropped. Local subscribers share one broadcast channel
-//!   per session: N WebSockets watching a session cost one Redis
-//!   subscription and one decoding per message. A subscriber that falls
-//!   behind gets [`BusMessage::Lagged`](kairos_domain::BusMessage::Lagged).
+//!   in Redis when it gets its first local subscription and unsubscribes
+//!   when the last one is dropped.
+//! - **The bus routes; it does not fan out.** A received message is decoded
+//!   once and pushed, in order, onto the bounded queue of each local
+//!   subscription of its session; there is no per-session buffer. Fan-out to
+//!   many readers belongs to the caller, who holds one subscription per
+//!   session per instance as the [`EventBus`](kairos_domain::EventBus)
+//!   contract asks (the server's hub serializes each message once for all
+//!   of a session's WebSockets). A subscription whose queue is full loses
+//!   its oldest message (counted in [`BusStats`]) and gets
+//!   [`BusMessage::Lagged`](kairos_domain::BusMessage::Lagged) next, without
+//!   holding back the others. An idle subscription costs a few words and a
+//!   queue with no buffer.
 //! - **One subscriber connection, one owner.** A background task owns the
 //!   Pub/Sub connection, receives messages, applies subscription changes sent
 //!   to it over a channel, and pings the connection when idle. When the
 //!   connection is lost it reconnects with exponential backoff, subscribes
 //!   every watched session again, then sends `Lagged` to every local
-//!   subscriber (the WebSocket layer resynchronises them from the store).
+//!   subscription (the WebSocket layer resynchronises its sockets from the
+//!   store).
 //!   `is_healthy()` (of [`EventBus`](kairos_domain::EventBus)) is false from
 //!   the loss until that is done.
 //! - **Publishing never waits on Redis.** `publish` encodes the message
@@ -51,7 +60,8 @@
 //!
 //! - [`config`]: [`RedisBusConfig`] and [`RedisTopology`] (standalone, Sentinel, Cluster).
 //! - `bus`: [`RedisBus`], the `EventBus` implementation, and [`RedisBusTasks`].
-//! - `local`: the per-session broadcast channels of this instance.
+//! - `local`: the routing table from each watched session to its subscriptions' queues.
+//! - `queue`: one subscription's bounded queue (drop oldest, then `Lagged`).
 //! - `subscriber`: the task owning the Pub/Sub connection.
 //! - `publisher`: the task sending queued messages in pipelines.
 //! - `wire`: channel names and the message encoding shared by all instances.
@@ -67,6 +77,7 @@ pub mod config;
 mod connect;
 mod local;
 mod publisher;
+mod queue;
 mod shutdown;
 mod stats;
 mod subscriber;

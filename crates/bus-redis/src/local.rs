@@ -1,166 +1,195 @@
-//! [`Locals`]: the in-process fan-out, one tokio broadcast channel per session
-//! that has subscribers on this instance. N local subscribers of a session
-//! share one Redis subscription and one decoding of each message.
+//! [`Locals`]: the routing table of this instance, from each session that
+//! has subscriptions here to the [`Queue`] of each of them.
+//!
+//! It routes and does not fan out: a message is decoded once and pushed onto
+//! each subscription's own queue, with no per-session buffer in between. The
+//! port contract expects one subscription per session per instance (the hub
+//! holds it and fans out to its sockets), so a session usually has one queue;
+//! more work, each with its own lag.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kairos_domain::{BusMessage, SessionId};
-use tokio::sync::broadcast;
 
-/// One session's channel. `generation` tells a subscription apart from a
-/// later one of the same session, so that a stale drop never removes a
-/// channel it did not belong to.
-#[derive(Debug)]
-struct Local {
-    generation: u64,
-    sender: broadcast::Sender<BusMessage>,
-}
+use crate::queue::Queue;
 
-#[derive(Debug, Default)]
-struct Inner {
-    sessions: HashMap<SessionId, Local>,
-    next_generation: u64,
-}
-
-/// The sessions watched on this instance. Std mutex: it is held only to look
-/// up, insert or remove one entry (or to walk them on a reconnection), never
-/// across an await, and it is taken once per received message, where a tokio
-/// mutex would cost more.
+/// The sessions watched on this instance and their subscriptions' queues.
+/// Std mutex: it is held only to look up, insert or remove one entry and
+/// push onto its queues (or to walk them on a reconnection), never across an
+/// await, and it is taken once per received message, where a tokio mutex
+/// would cost more.
 #[derive(Debug)]
 pub(crate) struct Locals {
-    inner: Mutex<Inner>,
+    sessions: Mutex<HashMap<SessionId, Vec<Arc<Queue>>>>,
     capacity: usize,
 }
 
 impl Locals {
-    /// `capacity` is how far a subscriber may lag before it gets `Lagged`; at least 1.
+    /// `capacity` is how far a subscription may lag before it gets `Lagged`; at least 1.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            inner: Mutex::new(Inner::default()),
+            sessions: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Nothing panics while the lock is held (map operations and channel
-        // sends only), so a poisoned lock still guards a consistent map.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Vec<Arc<Queue>>>> {
+        // Nothing panics while the lock is held (map operations and queue
+        // pushes only), so a poisoned lock still guards a consistent map.
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Joins a session's channel, creating it if this is its first subscriber.
-    /// Returns the channel's generation and a receiver.
-    pub(crate) fn join(&self, id: SessionId) -> (u64, broadcast::Receiver<BusMessage>) {
-        let mut inner = self.lock();
-        let generation = inner.next_generation;
-        let local = inner.sessions.entry(id).or_insert_with(|| Local {
-            generation,
-            sender: broadcast::channel(self.capacity).0,
-        });
-        let joined = (local.generation, local.sender.subscribe());
-        if joined.0 == generation {
-            inner.next_generation = generation.wrapping_add(1);
-        }
-        joined
+    /// Adds a subscription to a session and returns its queue.
+    pub(crate) fn join(&self, id: SessionId) -> Arc<Queue> {
+        let queue = Arc::new(Queue::new(self.capacity));
+        self.lock().entry(id).or_default().push(queue.clone());
+        queue
     }
 
-    /// Called when a receiver of `generation` is about to be dropped: removes
-    /// the channel if that receiver is its last. Returns whether it did.
-    pub(crate) fn leave(&self, id: SessionId, generation: u64) -> bool {
-        let mut inner = self.lock();
-        // The leaving receiver is still alive, hence `<= 1`.
-        let last = inner
-            .sessions
-            .get(&id)
-            .is_some_and(|l| l.generation == generation && l.sender.receiver_count() <= 1);
+    /// Removes a subscription's queue; returns whether it was the session's
+    /// last, so that the caller unsubscribes in Redis. A queue that is no
+    /// longer in the table (after [`Locals::close_all`]) changes nothing:
+    /// identity is the queue's address, alive as long as the caller holds it.
+    pub(crate) fn leave(&self, id: SessionId, queue: &Arc<Queue>) -> bool {
+        let mut sessions = self.lock();
+        let Some(queues) = sessions.get_mut(&id) else {
+            return false;
+        };
+        let before = queues.len();
+        queues.retain(|q| !Arc::ptr_eq(q, queue));
+        let last = queues.is_empty() && before == 1;
         if last {
-            inner.sessions.remove(&id);
+            sessions.remove(&id);
         }
         last
     }
 
-    /// Whether a session has local subscribers.
+    /// Whether a session has local subscriptions.
     pub(crate) fn is_watched(&self, id: SessionId) -> bool {
-        self.lock().sessions.contains_key(&id)
+        self.lock().contains_key(&id)
     }
 
-    /// The sessions with local subscribers.
+    /// The sessions with local subscriptions.
     pub(crate) fn watched(&self) -> Vec<SessionId> {
-        self.lock().sessions.keys().copied().collect()
+        self.lock().keys().copied().collect()
     }
 
-    /// How many sessions have local subscribers.
+    /// How many sessions have local subscriptions.
     pub(crate) fn len(&self) -> usize {
-        self.lock().sessions.len()
+        self.lock().len()
     }
 
-    /// Sends `message` to one session's subscribers, if any.
-    pub(crate) fn send(&self, id: SessionId, message: BusMessage) {
-        if let Some(local) = self.lock().sessions.get(&id) {
-            // An error only means every receiver went away meanwhile.
-            let _ = local.sender.send(message);
+    /// Pushes `message` onto the queue of each subscription of one session,
+    /// if any, moving it into the last (usually the only) one. Returns how
+    /// many messages full queues dropped to make room.
+    pub(crate) fn send(&self, id: SessionId, message: BusMessage) -> u64 {
+        let sessions = self.lock();
+        let Some((last, others)) = sessions.get(&id).and_then(|q| q.split_last()) else {
+            return 0;
+        };
+        let mut lost = 0;
+        for queue in others {
+            lost += u64::from(queue.push(message.clone()));
         }
+        lost + u64::from(last.push(message))
     }
 
-    /// Sends `message` to every local subscriber of every session.
-    pub(crate) fn send_all(&self, message: &BusMessage) {
-        for local in self.lock().sessions.values() {
-            let _ = local.sender.send(message.clone());
-        }
+    /// Pushes `message` onto every local subscription of every session.
+    /// Returns how many messages full queues dropped to make room.
+    pub(crate) fn send_all(&self, message: &BusMessage) -> u64 {
+        self.lock()
+            .values()
+            .flatten()
+            .map(|queue| u64::from(queue.push(message.clone())))
+            .sum()
     }
 
-    /// Drops every channel: each subscription's stream then ends.
+    /// Closes every queue (each subscription's stream ends once drained) and
+    /// forgets every session.
     pub(crate) fn close_all(&self) {
-        self.lock().sessions.clear();
+        for (_, queues) in self.lock().drain() {
+            for queue in queues {
+                queue.close();
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::task::{Context, Poll, Waker};
+
     use super::*;
 
     fn id(n: u128) -> SessionId {
         SessionId::from_uuid(uuid::Uuid::from_u128(n))
     }
 
+    fn next(queue: &Queue) -> Poll<Option<BusMessage>> {
+        queue.poll_next(&mut Context::from_waker(Waker::noop()))
+    }
+
     #[test]
-    fn the_channel_lives_while_any_subscriber_does() {
+    fn the_session_stays_watched_while_any_subscription_does() {
         let locals = Locals::new(4);
-        let (g1, r1) = locals.join(id(1));
-        let (g2, r2) = locals.join(id(1));
-        assert_eq!(g1, g2, "subscribers of one session share a channel");
+        let first = locals.join(id(1));
+        let second = locals.join(id(1));
+        assert!(!Arc::ptr_eq(&first, &second), "each has its own queue");
         assert_eq!(locals.len(), 1);
 
-        assert!(!locals.leave(id(1), g1));
-        drop(r1);
+        assert!(!locals.leave(id(1), &first));
         assert!(locals.is_watched(id(1)));
-        assert!(locals.leave(id(1), g2));
-        drop(r2);
+        assert!(
+            !locals.leave(id(1), &first),
+            "leaving twice changes nothing"
+        );
+        assert!(locals.leave(id(1), &second));
         assert!(!locals.is_watched(id(1)));
     }
 
     #[test]
-    fn a_stale_leave_does_not_remove_a_newer_channel() {
+    fn a_stale_leave_does_not_remove_a_newer_subscription() {
         let locals = Locals::new(4);
-        let (old, old_rx) = locals.join(id(1));
+        let old = locals.join(id(1));
         locals.close_all();
-        let (new, _new_rx) = locals.join(id(1));
-        assert_ne!(old, new);
-        assert!(!locals.leave(id(1), old));
-        drop(old_rx);
+        assert_eq!(next(&old), Poll::Ready(None), "closing ends the stream");
+        let _new = locals.join(id(1));
+        assert!(!locals.leave(id(1), &old));
         assert!(locals.is_watched(id(1)));
     }
 
     #[test]
-    fn messages_reach_every_subscriber_of_the_session_only() {
+    fn messages_reach_every_subscription_of_the_session_only() {
         let locals = Locals::new(4);
-        let (_, mut a) = locals.join(id(1));
-        let (_, mut b) = locals.join(id(2));
+        let a = locals.join(id(1));
+        let also_a = locals.join(id(1));
+        let b = locals.join(id(2));
         locals.send(id(1), BusMessage::Lagged);
-        assert_eq!(a.try_recv().ok(), Some(BusMessage::Lagged));
-        assert!(b.try_recv().is_err());
+        assert_eq!(next(&a), Poll::Ready(Some(BusMessage::Lagged)));
+        assert_eq!(next(&also_a), Poll::Ready(Some(BusMessage::Lagged)));
+        assert_eq!(next(&b), Poll::Pending);
         locals.send_all(&BusMessage::Lagged);
-        assert_eq!(a.try_recv().ok(), Some(BusMessage::Lagged));
-        assert_eq!(b.try_recv().ok(), Some(BusMessage::Lagged));
+        assert_eq!(next(&a), Poll::Ready(Some(BusMessage::Lagged)));
+        assert_eq!(next(&also_a), Poll::Ready(Some(BusMessage::Lagged)));
+        assert_eq!(next(&b), Poll::Ready(Some(BusMessage::Lagged)));
+    }
+
+    #[test]
+    fn a_full_queue_counts_its_losses_and_holds_back_no_other() {
+        let locals = Locals::new(2);
+        let slow = locals.join(id(1));
+        let fast = locals.join(id(1));
+        let mut lost = 0;
+        for at_ms in 1..=5 {
+            let message = BusMessage::Deleted {
+                session_id: id(1),
+                at_ms,
+            };
+            lost += locals.send(id(1), message.clone());
+            assert_eq!(next(&fast), Poll::Ready(Some(message)));
+        }
+        assert_eq!(lost, 3);
+        assert_eq!(next(&slow), Poll::Ready(Some(BusMessage::Lagged)));
     }
 }

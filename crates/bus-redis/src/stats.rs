@@ -21,6 +21,9 @@ pub struct BusStats {
     pub decode_failed: u64,
     /// Times the subscriber connection was re-established after a loss.
     pub reconnects: u64,
+    /// Messages a local subscription lost because it fell `local_capacity`
+    /// behind: its queue dropped the oldest, and it was sent `Lagged`.
+    pub local_dropped: u64,
     /// Gauge: sessions with at least one local subscriber.
     pub watched_sessions: u64,
     /// Gauge: channels this instance is subscribed to in Redis.
@@ -39,6 +42,7 @@ pub(crate) struct Counters {
     pub(crate) received: AtomicU64,
     pub(crate) decode_failed: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) local_dropped: AtomicU64,
     pub(crate) redis_subscriptions: AtomicU64,
     /// Whether the subscriber connection is up and subscribed to every watched session.
     pub(crate) subscriber_up: AtomicBool,

@@ -2,7 +2,8 @@
 //!
 //! It keeps the Redis subscriptions equal to the set of locally watched
 //! sessions (subscribe on the first local subscriber, unsubscribe after the
-//! last), hands every received message to the session's local channel, pings
+//! last), hands every received message to the queue of each local
+//! subscription of its session (decoded once), pings
 //! the idle connection, and after a loss reconnects with backoff,
 //! re-subscribes every watched session and tells every local subscriber it
 //! may have missed messages (`Lagged`). Owning the connection in one task
@@ -211,7 +212,8 @@ impl Subscriber {
             self.set_up(true);
             // Whatever was published while we were away is lost to us: every
             // local subscriber resynchronises from the store.
-            self.locals.send_all(&BusMessage::Lagged);
+            let lost = self.locals.send_all(&BusMessage::Lagged);
+            self.count_lost(lost);
             tracing::info!(
                 resubscribed = self.subscribed.len(),
                 "Redis subscriber connection restored; local subscribers told to resync"
@@ -283,7 +285,7 @@ impl Subscriber {
         }
     }
 
-    /// Hands a received message to its session's local subscribers.
+    /// Hands a received message to its session's local subscriptions.
     fn dispatch(&self, message: &Msg) {
         Counters::add(&self.counters.received, 1);
         let channel = message.get_channel_name();
@@ -315,7 +317,17 @@ impl Subscriber {
             );
             BusMessage::Lagged
         });
-        self.locals.send(id, delivered);
+        let lost = self.locals.send(id, delivered);
+        self.count_lost(lost);
+    }
+
+    /// Counts messages that full local queues dropped (their subscriptions
+    /// get `Lagged`); logged at debug only, since a slow reader resyncs.
+    fn count_lost(&self, lost: u64) {
+        if lost > 0 {
+            let total = Counters::add(&self.counters.local_dropped, lost);
+            tracing::debug!(lost, total, "a slow local subscription dropped messages");
+        }
     }
 
     /// Brings Redis in line with the local subscribers of `sessions`.
@@ -379,7 +391,8 @@ impl Subscriber {
         }
         tracing::info!(session_id = %id, "sharded subscription moved; subscribing again");
         self.reconcile(conn, HashSet::from([id])).await?;
-        self.locals.send(id, BusMessage::Lagged);
+        let lost = self.locals.send(id, BusMessage::Lagged);
+        self.count_lost(lost);
         Ok(())
     }
 

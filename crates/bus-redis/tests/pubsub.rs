@@ -1,6 +1,6 @@
 //! The bus between instances on the shared test Redis: delivery and order
-//! across instances, deletions, Redis traffic only for watched sessions,
-//! lag, back-pressure, and shutdown.
+//! across instances, several subscriptions of one session, deletions, Redis
+//! traffic only for watched sessions, lag, back-pressure, and shutdown.
 
 // Each test binary uses a different part of the helpers.
 #[allow(dead_code)]
@@ -42,6 +42,45 @@ async fn a_subscriber_on_another_instance_receives_every_message_in_order() {
     assert_eq!(stats.publish_dropped + stats.publish_failed, 0, "{stats:?}");
     assert_eq!(b.bus.stats().received, 1000);
     drop(subscription);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_subscriptions_of_one_session_each_get_every_message_in_order() {
+    let mut redis = admin(&redis_url()).await;
+    let a = Instance::start(config()).await;
+    let mut b_config = config();
+    b_config.local_capacity = 512;
+    let b = Instance::start(b_config).await;
+    let id = random_id();
+    let mut first = b.bus.subscribe(id).await.expect("subscribed");
+    let mut second = b.bus.subscribe(id).await.expect("subscribed");
+    assert_eq!(subscribers(&mut redis, "NUMSUB", &channel(id)).await, 1);
+
+    for version in 1..=300 {
+        a.bus.publish(update(id, version)).await;
+    }
+
+    // Each subscription has its own queue: reading one to the end first
+    // loses nothing of the other.
+    for subscription in [&mut first, &mut second] {
+        for expected in 1..=300 {
+            let message = next(subscription).await;
+            assert_eq!(version_of(&message), Some(expected), "got {message:?}");
+        }
+    }
+    let stats = b.bus.stats();
+    assert_eq!((stats.received, stats.local_dropped), (300, 0), "{stats:?}");
+
+    drop(first);
+    drop(second);
+    eventually(
+        "the last drop unsubscribes in Redis",
+        Duration::from_secs(2),
+        async || subscribers(&mut redis, "NUMSUB", &channel(id)).await == 0,
+    )
+    .await;
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -222,9 +261,15 @@ async fn a_local_subscriber_that_falls_behind_gets_lagged_and_the_others_do_not(
         a.bus.publish(update(id, version)).await;
         assert_eq!(version_of(&next(&mut fast).await), Some(version));
     }
+    // The slow queue held 4 and dropped the 16 oldest, each counted (just
+    // after the fast one was handed the last message, hence the wait).
+    eventually("16 drops counted", Duration::from_secs(2), async || {
+        b.bus.stats().local_dropped == 16
+    })
+    .await;
 
     assert_eq!(next(&mut slow).await, BusMessage::Lagged);
-    // Then the newest messages still in the channel, in order.
+    // Then the newest messages still in its queue, in order.
     let mut last = 0;
     for _ in 0..4 {
         let version = version_of(&next(&mut slow).await).expect("an update");

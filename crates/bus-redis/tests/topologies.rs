@@ -165,6 +165,12 @@ async fn cluster_mode_uses_sharded_pubsub() {
         1
     );
     assert_eq!(subscribers(&mut redis, "NUMSUB", &channel(id)).await, 0);
+    // A second local subscription shares the sharded one.
+    let mut second = b.bus.subscribe(id).await.expect("subscribed");
+    assert_eq!(
+        subscribers(&mut redis, "SHARDNUMSUB", &channel(id)).await,
+        1
+    );
 
     for version in 1..=100 {
         a.bus.publish(update(id, version)).await;
@@ -172,6 +178,10 @@ async fn cluster_mode_uses_sharded_pubsub() {
     for expected in 1..=100 {
         assert_eq!(version_of(&next(&mut subscription).await), Some(expected));
     }
+    for expected in 1..=100 {
+        assert_eq!(version_of(&next(&mut second).await), Some(expected));
+    }
+    drop(second);
     a.bus
         .publish(BusMessage::Deleted {
             session_id: id,

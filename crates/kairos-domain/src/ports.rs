@@ -158,8 +158,11 @@ pub enum BusMessage {
     Lagged,
 }
 
-/// A subscription: the messages of one session, in publication order. Dropping
-/// it unsubscribes.
+/// A subscription: the messages of one session, in publication order, read
+/// from a queue of its own (see [`EventBus`] for what a bus guarantees about
+/// it). Dropping it unsubscribes. The stream ends (`None`) only when the bus
+/// can no longer deliver on it (it shut down); the holder may subscribe again
+/// and resynchronise from the store.
 pub type Subscription = Pin<Box<dyn Stream<Item = BusMessage> + Send>>;
 
 /// Why a bus call failed.
@@ -171,16 +174,43 @@ pub enum BusError {
 }
 
 /// The bus between instances: every instance's subscribers see every commit.
+///
+/// A bus routes; it does not fan out. Per-session fan-out belongs to the
+/// caller: a caller SHOULD hold one subscription per session per instance
+/// and share each message among its own readers (the WebSocket hub turns it
+/// into wire text once for all of a session's sockets). An implementation
+/// MUST still serve several subscriptions to one session, each receiving
+/// every message (a caller may briefly hold two while joining).
+///
+/// Delivery to each subscription:
+/// - MUST carry only its session's messages, in publication order.
+/// - MUST go through that subscription's own bounded queue, with no
+///   per-session buffer shared by subscriptions: a subscription that falls
+///   behind MUST NOT delay `publish`, the bus, or any other subscription.
+/// - When its queue is full, the bus drops messages of that subscription
+///   only, SHOULD count them, and MUST deliver [`BusMessage::Lagged`] to it
+///   before any message published after the first one it lost.
+/// - A message the bus may have missed (a lost connection) or cannot read
+///   MUST become `Lagged` for the subscriptions concerned: `Lagged` means
+///   "resynchronise from the store", never "nothing happened".
+///
+/// An idle subscription SHOULD cost little memory (a queue that holds no
+/// buffer while it is empty): there is one per watched session.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
-    /// Publishes to every subscriber of the message's session on every
-    /// instance. MUST NOT fail the caller (the commit already happened):
-    /// implementations log and count their failures; clients recover by version.
+    /// Publishes to every subscription of the message's session on every
+    /// instance. MUST NOT fail the caller (the commit already happened), nor
+    /// wait for any subscription to read: implementations log and count
+    /// their failures; clients recover by version.
     async fn publish(&self, message: BusMessage);
 
-    /// Subscribes to one session's messages. An implementation SHOULD receive
-    /// traffic for a session only while it has at least one subscription to it.
+    /// Subscribes to one session's messages. Once it returns `Ok`, every
+    /// message published afterwards on any instance MUST reach the
+    /// subscription (or `Lagged` does), so that a snapshot loaded after it
+    /// leaves no gap. An implementation SHOULD receive traffic for a session
+    /// only while it has at least one subscription to it, and stop when the
+    /// last one is dropped.
     async fn subscribe(&self, session_id: SessionId) -> Result<Subscription, BusError>;
 
     /// False while the bus cannot deliver (e.g. its subscriber connection is down).
