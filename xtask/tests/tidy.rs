@@ -219,7 +219,7 @@ fn no_module_import_cycles_inside_a_crate() -> Result<()> {
     for root in crate_roots(&metadata)? {
         let tree = ModuleTree::load(&root.file)?;
         for cycle in tree.cycles() {
-            let names: Vec<String> = cycle.modules.iter().map(|m| module_name(m)).collect();
+            let names: Vec<String> = cycle.modules.iter().map(module_name).collect();
             let mut report = format!(
                 "{} ({}): {} import each other in a circle:",
                 root.package,
