@@ -14,6 +14,8 @@
 //! - [`schemathesis`]: property-based tests of a live server from its OpenAPI document.
 //! - [`test`](mod@test): `cargo test --workspace` against throwaway Redis and PostgreSQL.
 //! - [`web`](mod@web): the SDK's and demo page's tests under `web/` (node, Chromium).
+//! - [`pyvenv`]: pinned Python virtual environments under `target/` for the
+//!   PyPI tools that deploy-check and schemathesis run.
 //! - [`services`]: finds or installs the server binaries, starts the
 //!   throwaway servers and guarantees they are stopped again.
 //! - [`shell`]: running child processes with errors that name the command.

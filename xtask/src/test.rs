@@ -17,8 +17,12 @@ pub(crate) const REDIS_SERVER_VAR: &str = "KAIROS_TEST_REDIS_SERVER";
 pub(crate) const PG_BIN_VAR: &str = "KAIROS_TEST_PG_BIN";
 pub(crate) const NGINX_VAR: &str = "KAIROS_TEST_NGINX";
 
-/// The service-level suites of `crates/server/tests` that run a second time
-/// on the Redis and PostgreSQL adapters (`KAIROS_TEST_ADAPTERS=redis`).
+/// The server's integration test binary (`crates/server/tests/integration/`).
+const SERVER_SUITE: &str = "integration";
+
+/// The service-level modules of [`SERVER_SUITE`] that run a second time on
+/// the Redis and PostgreSQL adapters (`KAIROS_TEST_ADAPTERS=redis`), each
+/// selected by the test name filter `<module>::`.
 const REDIS_SUITES: &[&str] = &["api", "ws", "limits", "auth", "ws_security", "web"];
 
 /// Runs `cargo test` with `extra_args` and returns its exit code.
@@ -75,10 +79,15 @@ pub(crate) fn run(extra_args: &[OsString]) -> Result<i32> {
     // limiter and the PostgreSQL audit trail: the same tests, other adapters.
     if !selects_packages(extra_args) && status.as_ref().is_ok_and(|s| s.success()) {
         let mut again = shell::cargo();
-        again.args(["test", "-p", "server", "--no-fail-fast"]);
-        for suite in REDIS_SUITES {
-            again.args(["--test", suite]);
-        }
+        again.args([
+            "test",
+            "-p",
+            "server",
+            "--no-fail-fast",
+            "--test",
+            SERVER_SUITE,
+        ]);
+        again.arg("--").args(redis_filters());
         again
             .envs(vars.iter().map(|(k, v)| (k, v)))
             .env("KAIROS_TEST_ADAPTERS", "redis");
@@ -102,6 +111,12 @@ pub(crate) fn run(extra_args: &[OsString]) -> Result<i32> {
         web::run()?;
     }
     Ok(code)
+}
+
+/// The test name filters that select the [`REDIS_SUITES`] modules, and
+/// only them: `ws::` does not match `ws_security::`.
+fn redis_filters() -> Vec<String> {
+    REDIS_SUITES.iter().map(|m| format!("{m}::")).collect()
 }
 
 /// Whether the caller picked packages itself. `cargo test --workspace -p x`
@@ -139,6 +154,27 @@ mod tests {
             "--package",
             "xtask"
         ])));
+    }
+
+    #[test]
+    fn the_redis_pass_selects_exactly_its_modules_of_the_suite() {
+        let filters = redis_filters();
+        let selected = |test: &str| filters.iter().any(|f| test.contains(f.as_str()));
+        for module in REDIS_SUITES {
+            assert!(selected(&format!("{module}::some_test")), "{module}");
+        }
+        for other in ["audit", "multi_instance", "nginx", "common"] {
+            assert!(!selected(&format!("{other}::some_test")), "{other}");
+        }
+        let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../crates/server/tests")
+            .join(SERVER_SUITE);
+        for module in REDIS_SUITES {
+            assert!(
+                suite.join(format!("{module}.rs")).is_file(),
+                "{SERVER_SUITE} has no module {module}"
+            );
+        }
     }
 
     #[test]

@@ -240,7 +240,7 @@ mod tests {
             None
         );
         assert_eq!(
-            selected_packages(&args(&["-p", "server", "--test", "web"])),
+            selected_packages(&args(&["-p", "server", "--test", "integration"])),
             Some(vec!["server".to_owned()])
         );
         assert_eq!(
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn web_tests_run_for_the_packages_they_test() {
         assert!(wanted(&args(&[])));
-        assert!(wanted(&args(&["-p", "server", "--test", "web"])));
+        assert!(wanted(&args(&["-p", "server", "--test", "integration"])));
         assert!(wanted(&args(&["-p", "http-actix"])));
         assert!(!wanted(&args(&["-p", "kairos-domain"])));
         assert!(!wanted(&args(&["-p", "xtask"])));

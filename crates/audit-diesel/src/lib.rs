@@ -39,6 +39,8 @@
 //! - `rows`: conversions between domain events and table rows, and the
 //!   per-session summaries that feed `sync_sessions`.
 //! - `schema`: diesel's description of the two tables.
+//! - `tls`: connections with the TLS the URL's `sslmode` asks for, as libpq
+//!   reads it (`verify-full` with `sslrootcert` verifies the server).
 //! - `error`: how pool, connection and query errors become
 //!   [`AuditError`](kairos_domain::AuditError) (unreachable means `Unavailable`).
 //!

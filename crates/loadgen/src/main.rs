@@ -11,6 +11,8 @@
 //!   the HTTP and WebSocket helpers shared by the scenarios.
 //! - [`switch`]: HTTP switch load, closed loop or open loop.
 //! - [`fanout`]: switches delivered to many WebSocket subscribers.
+//! - [`fleet`]: many WebSocket clients opened with bounded parallelism, each
+//!   reading its session's messages until told to stop.
 //! - [`connections`]: many idle WebSockets and the server's memory per socket.
 //! - [`timeouts`]: many deadlines in the same second, lateness to clients.
 //! - [`redis_ping`]: the bare Redis round trip the switch is compared with.

@@ -20,8 +20,9 @@ use crate::conn::RedisConnection;
 use crate::keys::{Keys, PARTITIONS, PartitionKeys, partition_of, split_budget};
 use crate::scripts::Scripts;
 
-/// The Redis [`SessionStore`] (and [`kairos_domain::Outbox`], in
-/// [`crate::outbox`]). Cheap to share behind an `Arc`; all methods take `&self`.
+/// The Redis [`SessionStore`] (and [`kairos_domain::Outbox`], implemented in
+/// `outbox.rs`, which builds on this module and not the other way round).
+/// Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct RedisStore {
     pub(crate) conn: RedisConnection,
     pub(crate) keys: Keys,

@@ -4,15 +4,13 @@
 //! clock is off, limits are shared, and a Redis restart is survived.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
-#[path = "common/procs.rs"]
-mod procs;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
+use crate::common::procs::{self, Instance, OwnRedis, post, redis_url};
+use crate::common::{chess, create_session};
 use futures_util::StreamExt;
-use procs::{Instance, OwnRedis, post, redis_url};
 use serde_json::{Value, json};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
@@ -28,12 +26,6 @@ async fn cluster(n: usize, redis: &str, extra: &[(&str, String)]) -> Vec<Instanc
         out.push(Instance::start(&env).await);
     }
     out
-}
-
-async fn create(http: &reqwest::Client, at: &Instance, config: Value) -> String {
-    let (status, body) = post(http, at.url("/v1/sessions"), Some(config)).await;
-    assert_eq!(status, 201, "{body}");
-    body["data"]["session_id"].as_str().unwrap().to_owned()
 }
 
 async fn subscribe(at: &Instance, id: &str) -> Ws {
@@ -70,22 +62,11 @@ async fn next_of(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
-fn chess(bank: i64, inc: i64) -> Value {
-    json!({
-        "sync_mode": "per_participant",
-        "participants": [
-            {"participant_id": "white", "total_time_ms": bank},
-            {"participant_id": "black", "total_time_ms": bank}
-        ],
-        "increment_ms": inc
-    })
-}
-
 #[tokio::test]
 async fn a_switch_on_instance_a_reaches_a_client_on_instance_c() {
     let nodes = cluster(3, &redis_url(), &[]).await;
     let http = reqwest::Client::new();
-    let id = create(&http, &nodes[0], chess(60_000, 0)).await;
+    let id = create_session(&http, nodes[0].url("/v1/sessions"), None, chess(60_000, 0)).await;
     let mut on_c = subscribe(&nodes[2], &id).await;
     let mut on_b = subscribe(&nodes[1], &id).await;
     let (status, _) = post(
@@ -133,7 +114,7 @@ async fn fifty_clients_two_thousand_switches_lose_no_update() {
     const BANK: i64 = 86_400_000;
     const INC: i64 = 1_000;
     for with_version in [false, true] {
-        let id = create(&http, &nodes[0], chess(BANK, INC)).await;
+        let id = create_session(&http, nodes[0].url("/v1/sessions"), None, chess(BANK, INC)).await;
         let (status, _) = post(
             &http,
             nodes[1].url(&format!("/v1/sessions/{id}/start")),
@@ -249,7 +230,7 @@ async fn a_timeout_fires_exactly_once_and_reaches_clients_on_every_instance() {
     let mut cfg = chess(1_000, 0);
     cfg["action_on_timeout"] = json!({"type": "skip_cycle"});
     cfg["auto_advance"] = json!(true);
-    let id = create(&http, &nodes[0], cfg).await;
+    let id = create_session(&http, nodes[0].url("/v1/sessions"), None, cfg).await;
     let mut clients = Vec::new();
     for n in &nodes {
         clients.push(subscribe(n, &id).await);
@@ -346,7 +327,7 @@ async fn an_instance_whose_host_clock_is_5_s_off_reads_the_same_time() {
         }
     }
     // And they compute the same numbers for a session.
-    let id = create(&http, &straight, chess(600_000, 0)).await;
+    let id = create_session(&http, straight.url("/v1/sessions"), None, chess(600_000, 0)).await;
     post(
         &http,
         straight.url(&format!("/v1/sessions/{id}/start")),
@@ -401,7 +382,7 @@ async fn the_eleventh_switch_in_a_second_is_429_whichever_instance_gets_it() {
     // that took 900 ms or more could not tell the two apart; a slow machine
     // gets another try with a new session.
     for attempt in 1..=5 {
-        let id = create(&http, &nodes[0], chess(600_000, 0)).await;
+        let id = create_session(&http, nodes[0].url("/v1/sessions"), None, chess(600_000, 0)).await;
         post(
             &http,
             nodes[0].url(&format!("/v1/sessions/{id}/start")),
@@ -449,7 +430,7 @@ async fn redis_down_gives_fast_503_and_everything_recovers_after_it_returns() {
     let mut redis = OwnRedis::start();
     let nodes = cluster(2, &redis.url(), &[]).await;
     let http = reqwest::Client::new();
-    let id = create(&http, &nodes[0], chess(600_000, 0)).await;
+    let id = create_session(&http, nodes[0].url("/v1/sessions"), None, chess(600_000, 0)).await;
     let mut ws = subscribe(&nodes[1], &id).await;
     post(
         &http,
@@ -559,18 +540,13 @@ async fn one_user_holds_at_most_the_cap_across_instances() {
         };
         http_actix::auth::mint(&secret, &claims).unwrap()
     };
-    let res = reqwest::Client::new()
-        .post(nodes[0].url("/v1/sessions"))
-        .bearer_auth(token("host", "alice"))
-        .json(&chess(600_000, 0))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let id = res.json::<Value>().await.unwrap()["data"]["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_session(
+        &reqwest::Client::new(),
+        nodes[0].url("/v1/sessions"),
+        Some(&token("host", "alice")),
+        chess(600_000, 0),
+    )
+    .await;
     let viewer = token("viewer", "bob");
     let open = |node: usize| {
         let url = nodes[node].ws_url(&format!("/ws?sessionId={id}&token={viewer}"));
@@ -645,7 +621,7 @@ async fn two_instances_share_a_redis_that_only_speaks_tls() {
     let ca = [("REDIS_TLS_CA_FILE", redis.ca_file().display().to_string())];
     let nodes = cluster(2, &url, &ca).await;
     let http = reqwest::Client::new();
-    let id = create(&http, &nodes[0], chess(600_000, 0)).await;
+    let id = create_session(&http, nodes[0].url("/v1/sessions"), None, chess(600_000, 0)).await;
     let mut watcher = subscribe(&nodes[1], &id).await;
     let (status, _) = post(
         &http,

@@ -2,11 +2,9 @@
 //! Retry-After past the limit, and recovery as the headers promise.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{chess, spawn_with, test_settings};
+use crate::common::{chess, spawn_with, test_settings};
 use serde_json::Value;
 
 fn limited() -> server::Settings {

@@ -2,9 +2,7 @@
 //! tokens, and a check that tokens never reach the logs.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
-mod common;
-
-use common::{TestApp, chess, secured_settings, spawn_with, token};
+use crate::common::{self, TestApp, chess, create_session, secured_settings, spawn_with, token};
 use serde_json::{Value, json};
 
 fn code(body: &Value) -> &str {
@@ -32,11 +30,13 @@ fn cast() -> Cast {
 }
 
 async fn new_session(app: &TestApp, owner: &str) -> String {
-    let (status, body) = app
-        .call_as(Some(owner), "POST", "/v1/sessions", Some(chess(60_000, 0)))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["data"]["session_id"].as_str().unwrap().to_owned()
+    create_session(
+        &app.http,
+        app.url("/v1/sessions"),
+        Some(owner),
+        chess(60_000, 0),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -395,18 +395,13 @@ async fn tokens_never_reach_the_logs() {
     }
     assert!(up, "server did not start");
     let t = token("host", "alice", None, None);
-    let res = http
-        .post(format!("{base}/v1/sessions"))
-        .bearer_auth(&t)
-        .json(&chess(60_000, 0))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let id = res.json::<Value>().await.unwrap()["data"]["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_session(
+        &http,
+        format!("{base}/v1/sessions"),
+        Some(&t),
+        chess(60_000, 0),
+    )
+    .await;
     // A token in the WebSocket query string, and a bad one in a header.
     let _ = tokio_tungstenite::connect_async(format!(
         "ws://127.0.0.1:{port}/ws?sessionId={id}&token={t}"

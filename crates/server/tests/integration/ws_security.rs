@@ -3,11 +3,9 @@
 //! WebSocket commands, and CORS.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestApp, chess, secured_settings, spawn_with, token};
+use crate::common::{self, TestApp, chess, secured_settings, spawn_with, token};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;

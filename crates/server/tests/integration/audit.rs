@@ -4,25 +4,14 @@
 //! dies between reading a batch and acknowledging it.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
-#[path = "common/procs.rs"]
-mod procs;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procs::{Instance, OwnPostgres, database_url, post, prefix, psql, redis_url};
-use serde_json::{Value, json};
-
-fn chess(bank: i64) -> Value {
-    json!({
-        "sync_mode": "per_participant",
-        "participants": [
-            {"participant_id": "white", "total_time_ms": bank},
-            {"participant_id": "black", "total_time_ms": bank}
-        ],
-        "increment_ms": 500
-    })
-}
+use crate::common::procs::{
+    self, Instance, OwnPostgres, database_url, post, prefix, psql, redis_url,
+};
+use crate::common::{chess, create_session};
+use serde_json::Value;
 
 /// Polls until `sql` returns `want` (as text), for at most `secs`.
 async fn wait_for(url: &str, sql: &str, want: &str, secs: u64) -> String {
@@ -46,9 +35,7 @@ async fn every_committed_change_appears_exactly_once_with_the_contract_fields() 
     ])
     .await;
     let http = reqwest::Client::new();
-    let (status, created) = post(&http, node.url("/v1/sessions"), Some(chess(3_000))).await;
-    assert_eq!(status, 201);
-    let id = created["data"]["session_id"].as_str().unwrap().to_owned();
+    let id = create_session(&http, node.url("/v1/sessions"), None, chess(3_000, 500)).await;
     for cmd in ["start", "switch", "pause", "resume"] {
         let (status, body) = post(&http, node.url(&format!("/v1/sessions/{id}/{cmd}")), None).await;
         assert_eq!(status, 200, "{cmd}: {body}");
@@ -171,8 +158,13 @@ async fn postgres_down_in_the_middle_of_5000_switches_loses_nothing() {
     const SWITCHES: usize = 500;
     let mut ids = Vec::new();
     for _ in 0..SESSIONS {
-        let (_, created) = post(&http, nodes[0].url("/v1/sessions"), Some(chess(86_400_000))).await;
-        let id = created["data"]["session_id"].as_str().unwrap().to_owned();
+        let id = create_session(
+            &http,
+            nodes[0].url("/v1/sessions"),
+            None,
+            chess(86_400_000, 500),
+        )
+        .await;
         let (status, _) = post(
             &http,
             nodes[1].url(&format!("/v1/sessions/{id}/start")),
@@ -290,8 +282,7 @@ async fn an_instance_killed_between_reading_and_acknowledging_is_covered_by_anot
     ])
     .await;
     let http = reqwest::Client::new();
-    let (_, created) = post(&http, a.url("/v1/sessions"), Some(chess(600_000))).await;
-    let id = created["data"]["session_id"].as_str().unwrap().to_owned();
+    let id = create_session(&http, a.url("/v1/sessions"), None, chess(600_000, 500)).await;
     post(&http, a.url(&format!("/v1/sessions/{id}/start")), None).await;
     for _ in 0..20 {
         let (status, _) = post(&http, a.url(&format!("/v1/sessions/{id}/switch")), None).await;
@@ -336,9 +327,7 @@ async fn the_audit_trail_reaches_postgres_over_verified_tls() {
     ])
     .await;
     let http = reqwest::Client::new();
-    let (status, created) = post(&http, node.url("/v1/sessions"), Some(chess(600_000))).await;
-    assert_eq!(status, 201);
-    let id = created["data"]["session_id"].as_str().unwrap().to_owned();
+    let id = create_session(&http, node.url("/v1/sessions"), None, chess(600_000, 500)).await;
     let (status, _) = post(&http, node.url(&format!("/v1/sessions/{id}/start")), None).await;
     assert_eq!(status, 200);
     let count = format!("SELECT count(*) FROM sync_events WHERE session_id = '{id}'");

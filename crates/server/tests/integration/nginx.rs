@@ -4,16 +4,14 @@
 //! its instance is stopped and still receives updates.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
-#[path = "common/procs.rs"]
-mod procs;
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::create_session;
+use crate::common::procs::{Instance, free_port, prefix, redis_url};
 use futures_util::StreamExt;
-use procs::{Instance, free_port, prefix, redis_url};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -174,21 +172,17 @@ async fn round_robin_rest_and_websockets_through_nginx_survive_an_instance_stopp
     let http = reqwest::Client::new();
 
     // REST through nginx.
-    let res = http
-        .post(nginx.url("/v1/sessions"))
-        .json(&json!({
+    let id = create_session(
+        &http,
+        nginx.url("/v1/sessions"),
+        None,
+        json!({
             "sync_mode": "per_participant",
             "participants": [{"participant_id": "white", "total_time_ms": 600000},
                              {"participant_id": "black", "total_time_ms": 600000}]
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let id = res.json::<Value>().await.unwrap()["data"]["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        }),
+    )
+    .await;
     assert_eq!(
         http.post(nginx.url(&format!("/v1/sessions/{id}/start")))
             .send()

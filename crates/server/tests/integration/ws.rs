@@ -2,11 +2,9 @@
 //! tokio-tungstenite clients, every message type and close code.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestApp, chess, eventually, spawn_with, test_settings};
+use crate::common::{TestApp, chess, eventually, spawn_with, test_settings};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;

@@ -5,9 +5,7 @@
 //! `web/tests/browser.test.mjs`, run by `cargo xtask test`.)
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
-mod common;
-
-use common::spawn_app;
+use crate::common::{self, spawn_app};
 
 async fn get(app: &common::TestApp, path: &str) -> reqwest::Response {
     app.http.get(app.url(path)).send().await.expect("request")

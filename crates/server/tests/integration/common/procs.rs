@@ -1,6 +1,6 @@
 //! Real `kairos-server` processes and a Redis of their own, for tests that
 //! need several instances or need to stop Redis under them.
-#![allow(dead_code, unreachable_pub)]
+#![allow(unreachable_pub)] // `pub` here means "shared by the suite's modules".
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -3,11 +3,9 @@
 //! flight, and graceful shutdown.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{chess, eventually, spawn_app, spawn_with, test_settings};
+use crate::common::{self, chess, eventually, spawn_app, spawn_with, test_settings};
 use serde_json::{Value, json};
 
 const VIEW_FIELDS: &[&str] = &[

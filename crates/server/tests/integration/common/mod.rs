@@ -1,7 +1,10 @@
 //! Shared test harness: `spawn_app()` starts the real server on free ports
-//! with the embedded adapters and gives each test its own instance.
-#![allow(dead_code)] // Each test binary uses a different subset of the helpers.
-#![allow(unreachable_pub)] // `pub` here means "shared by the test binaries", which are separate crates.
+//! with the embedded adapters and gives each test its own instance;
+//! [`procs`] runs real `kairos-server` processes and servers of their own;
+//! [`create_session`] creates a session on either.
+#![allow(unreachable_pub)] // `pub` here means "shared by the suite's modules".
+
+pub mod procs;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -201,6 +204,29 @@ pub fn token(role: &str, sub: &str, sid: Option<&str>, pid: Option<&str>) -> Str
         now,
     )
     .expect("token")
+}
+
+/// Creates a session with `POST url` (a `/v1/sessions` URL of a [`TestApp`],
+/// a [`procs::Instance`] or a proxy in front of them), as `token` when
+/// given; asserts 201 and returns the new session's id.
+pub async fn create_session(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    config: Value,
+) -> String {
+    let mut req = http.post(url).json(&config);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    let body = res.json::<Value>().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "create failed: {body}");
+    body["data"]["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned()
 }
 
 /// A chess clock: two players, `bank_ms` each, `inc_ms` increment.
