@@ -365,3 +365,22 @@ fn the_openapi_document_agrees_with_the_schema() {
         }
     }
 }
+
+/// The example view of the protocol reference is a valid view too, so the
+/// page a client author copies from cannot drift from the schema.
+#[test]
+fn the_documented_example_view_matches_the_schema() {
+    let doc = include_str!("../../../docs/protocol.md");
+    let section = doc
+        .split("### The session view")
+        .nth(1)
+        .expect("docs/protocol.md has a section `### The session view`");
+    let example = section
+        .split("```json")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section opens with a JSON example");
+    let view: Value = serde_json::from_str(example).expect("the example is JSON");
+    assert_shape(&validator(), &view, "docs/protocol.md example");
+    assert!(view.get("max_time_ms").is_none());
+}
