@@ -153,16 +153,17 @@ function chessView(version, overrides = {}) {
     status: 'running',
     version,
     server_time_ms: 1_000_000,
+    // As the server sends it: max_time_ms and group_id are left out when
+    // empty (v2 clients validate them as optional), never null.
     increment_ms: 2000,
-    max_time_ms: null,
     active_participant_id: 'white',
     active_group_id: null,
     groups: [],
     time_remaining_ms: null,
     elapsed_ms: 30_000,
     participants: [
-      { participant_id: 'white', participant_index: 0, group_id: null, total_time_ms: 302_000, time_used_ms: 15_000, time_remaining_ms: 287_000, cycle_count: 5, is_active: true, has_expired: false },
-      { participant_id: 'black', participant_index: 1, group_id: null, total_time_ms: 300_000, time_used_ms: 20_000, time_remaining_ms: 280_000, cycle_count: 4, is_active: false, has_expired: false },
+      { participant_id: 'white', participant_index: 0, total_time_ms: 302_000, time_used_ms: 15_000, time_remaining_ms: 287_000, cycle_count: 5, is_active: true, has_expired: false },
+      { participant_id: 'black', participant_index: 1, total_time_ms: 300_000, time_used_ms: 20_000, time_remaining_ms: 280_000, cycle_count: 4, is_active: false, has_expired: false },
     ],
     ...overrides,
   };
@@ -473,10 +474,52 @@ describe('computeDisplay', () => {
     assert.equal(d.elapsed_ms, 60_000);
     assert.equal(d.byId.runner.time_remaining_ms, 0);
     // Without a limit: no remaining time, and the stopwatch never stops.
-    const open = { ...v, max_time_ms: null, participants: [{ ...v.participants[0], time_remaining_ms: 0 }] };
+    const { max_time_ms: _limit, ...withoutLimit } = v;
+    const open = { ...withoutLimit, participants: [{ ...v.participants[0], time_remaining_ms: 0 }] };
     d = computeDisplay(open, v.server_time_ms + 10_000_000);
     assert.equal(d.elapsed_ms, 10_010_000);
     assert.equal(d.byId.runner.time_remaining_ms, 0);
+    assert.equal(d.max_time_ms, null);
+    // An older server's null reads the same as the field left out.
+    const nullLimit = computeDisplay({ ...open, max_time_ms: null }, v.server_time_ms + 10_000_000);
+    assert.deepEqual(nullLimit, d);
+  });
+
+  it('reads views whose optional fields are left out like views that send them null', () => {
+    const omitted = chessView(4);
+    delete omitted.increment_ms;
+    assert.equal('max_time_ms' in omitted, false);
+    assert.equal('group_id' in omitted.participants[0], false);
+    const nulls = {
+      ...omitted,
+      increment_ms: 0,
+      max_time_ms: null,
+      participants: omitted.participants.map((p) => ({ ...p, group_id: null })),
+    };
+    for (const dt of [0, 5_000, 500_000]) {
+      const a = computeDisplay(omitted, omitted.server_time_ms + dt);
+      const b = computeDisplay(nulls, nulls.server_time_ms + dt);
+      assert.equal(a.max_time_ms, null);
+      assert.equal(a.ticking, b.ticking);
+      assert.deepEqual(
+        a.participants.map((p) => [p.time_remaining_ms, p.time_used_ms, p.running]),
+        b.participants.map((p) => [p.time_remaining_ms, p.time_used_ms, p.running]),
+      );
+    }
+    // per_group: a participant without a group never runs with the active group.
+    const grouped = chessView(2, {
+      sync_mode: 'per_group',
+      active_group_id: 'red',
+      groups: [{ group_id: 'red', is_active: true, time_remaining_ms: 100_000, time_used_ms: 0 }],
+      participants: [
+        { participant_id: 'r1', group_id: 'red', is_active: true, time_remaining_ms: 100_000, time_used_ms: 0 },
+        { participant_id: 'x', is_active: false, time_remaining_ms: 50_000, time_used_ms: 0 },
+      ],
+    });
+    const d = computeDisplay(grouped, grouped.server_time_ms + 1_000);
+    assert.equal(d.byId.r1.time_remaining_ms, 99_000);
+    assert.equal(d.byId.x.time_remaining_ms, 50_000);
+    assert.equal(d.byId.x.running, false);
   });
 
   it('per_group: the active group and all its members run', () => {

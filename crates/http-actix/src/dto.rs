@@ -19,6 +19,10 @@ pub fn rfc3339(ms: i64) -> Option<String> {
 pub struct WireParticipant {
     participant_id: String,
     participant_index: u32,
+    /// Omitted, never `null`, outside a group: v2 clients validate it as an
+    /// optional string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     group_id: Option<String>,
     total_time_ms: i64,
     time_used_ms: i64,
@@ -53,7 +57,14 @@ pub struct WireView {
     active_participant_id: Option<String>,
     total_time_ms: Option<i64>,
     time_per_cycle_ms: Option<i64>,
+    /// Always present (0 when none was configured, as v2 stores it), but
+    /// optional in the schema, which v2 clients validate.
+    #[schema(required = false)]
     increment_ms: i64,
+    /// Omitted, never `null`, when there is no cap: v2 clients validate it
+    /// as an optional number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     max_time_ms: Option<i64>,
     cycle_started_at: Option<String>,
     session_started_at: Option<String>,

@@ -223,7 +223,7 @@ function showSession(sessionId) {
           expired: p.has_expired || (rem <= 0 && d.status === 'expired' && p.is_active),
           low: rem < LOW_MS,
           text: formatMs(rem),
-          sub: d.sync_mode === 'per_participant' && state.increment_ms > 0
+          sub: d.sync_mode === 'per_participant' && (state.increment_ms ?? 0) > 0
             ? `${moves} · +${state.increment_ms / 1000} s a move`
             : moves,
         });

@@ -8,11 +8,12 @@ export declare const SDK_VERSION: string;
 export type SyncMode = 'per_participant' | 'per_cycle' | 'per_group' | 'global' | 'count_up';
 export type SessionStatus = 'pending' | 'running' | 'paused' | 'completed' | 'cancelled' | 'expired';
 
-/** One participant of a session view (contract section 3). */
+/** One participant of a session view (docs/protocol.md, "The session view"). */
 export interface ParticipantView {
   participant_id: string;
   participant_index: number;
-  group_id: string | null;
+  /** Absent (never null) when the participant is in no group. */
+  group_id?: string;
   total_time_ms: number;
   time_used_ms: number;
   time_remaining_ms: number;
@@ -32,7 +33,12 @@ export interface GroupView {
   has_expired: boolean;
 }
 
-/** A session view as the server sends it, computed at `server_time_ms`. */
+/**
+ * A session view as the server sends it, computed at `server_time_ms`.
+ * `increment_ms`, `max_time_ms` and each participant's `group_id` are left
+ * out when they have no value (as v2 clients expect); every other field is
+ * always present, `null` when empty.
+ */
 export interface SessionView {
   session_id: string;
   sync_mode: SyncMode;
@@ -42,8 +48,10 @@ export interface SessionView {
   active_participant_id: string | null;
   total_time_ms: number | null;
   time_per_cycle_ms: number | null;
-  increment_ms: number;
-  max_time_ms: number | null;
+  /** The increment per switch (0 when none was configured); optional in the v2 format. */
+  increment_ms?: number;
+  /** The bank cap, or the stopwatch limit in count_up; absent when there is none. */
+  max_time_ms?: number;
   cycle_started_at: string | null;
   session_started_at: string | null;
   session_completed_at: string | null;
@@ -52,6 +60,10 @@ export interface SessionView {
   metadata: Record<string, unknown>;
   server_time_ms: number;
   cycle_started_at_ms: number | null;
+  session_started_at_ms: number | null;
+  session_completed_at_ms: number | null;
+  created_at_ms: number;
+  updated_at_ms: number;
   active_group_id: string | null;
   groups: GroupView[];
   time_remaining_ms: number | null;
@@ -61,7 +73,7 @@ export interface SessionView {
   expired_participant_id?: string;
 }
 
-/** An audit event (`EVENT` messages, contract section 5). */
+/** An audit event (`EVENT` messages, docs/protocol.md, "Events"). */
 export interface SessionEvent {
   event_id: string;
   session_id: string;
@@ -107,6 +119,7 @@ export interface Display {
   time_remaining_ms: number | null;
   /** Running time since start, pauses excluded (the stopwatch in count_up). */
   elapsed_ms: number;
+  /** The view's `max_time_ms`, or null when it has none. */
   max_time_ms: number | null;
 }
 

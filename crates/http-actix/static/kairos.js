@@ -2,8 +2,8 @@
 //
 // A SyncKairos server keeps authoritative clock state and pushes it over a
 // WebSocket; a screen must show the same numbers as every other screen
-// without counting down on its own (contract section 1, "calculate, don't
-// count"). This dependency-free ES module does the client half of that:
+// without counting down on its own (docs/protocol.md, "The time model":
+// calculate, don't count). This dependency-free ES module does the client half of that:
 // it keeps the latest session view in version order, measures the offset
 // between this machine's clock and the server's from PING/PONG round trips,
 // computes every clock for display from (last view, corrected now), sends

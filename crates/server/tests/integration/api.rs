@@ -18,7 +18,6 @@ const VIEW_FIELDS: &[&str] = &[
     "total_time_ms",
     "time_per_cycle_ms",
     "increment_ms",
-    "max_time_ms",
     "cycle_started_at",
     "session_started_at",
     "session_completed_at",
@@ -38,7 +37,6 @@ const VIEW_FIELDS: &[&str] = &[
 const PARTICIPANT_FIELDS: &[&str] = &[
     "participant_id",
     "participant_index",
-    "group_id",
     "total_time_ms",
     "time_used_ms",
     "time_remaining_ms",
@@ -86,6 +84,9 @@ async fn create_returns_201_with_location_and_the_full_view() {
     assert_eq!(v["status"], "pending");
     assert_eq!(v["version"], 1);
     assert_eq!(v["increment_ms"], 2000);
+    // Omitted, not null, when empty (v2 clients validate them as optional).
+    assert!(v.get("max_time_ms").is_none(), "{v}");
+    assert!(v["participants"][0].get("group_id").is_none());
     assert_eq!(v["metadata"], json!({"table": 7}));
     assert_eq!(v["participants"][0]["time_remaining_ms"], 300_000);
     assert_eq!(v["active_participant_id"], "white");
