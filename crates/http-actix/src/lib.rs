@@ -39,7 +39,7 @@ use actix_web::{App, HttpServer};
 
 pub use error::{ApiError, Code};
 pub use metrics::Metrics;
-pub use state::{AppState, AuditHealth, AuditHealthFn, AuthMode, HttpSettings, Lifecycle, Service};
+pub use state::{AppState, AuditHealthFn, AuthMode, HttpSettings, Lifecycle, Service};
 
 /// Registers every route of the public API on `cfg`.
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {

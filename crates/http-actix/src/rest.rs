@@ -433,7 +433,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "status": if store && bus { "ok" } else { "unavailable" },
         "store": if store { "ok" } else { "unavailable" },
         "bus": if bus { "ok" } else { "unavailable" },
-        "audit": (state.audit_health)().as_str(),
+        "audit": audit_str((state.audit_health)()),
         "uptime_s": state.lifecycle.uptime().as_secs(),
         "version": state.settings.version,
     });
@@ -441,6 +441,15 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// The wire value of the audit trail's health.
+fn audit_str(health: kairos_domain::AuditHealth) -> &'static str {
+    match health {
+        kairos_domain::AuditHealth::Ok => "ok",
+        kairos_domain::AuditHealth::Degraded => "degraded",
+        kairos_domain::AuditHealth::Disabled => "disabled",
     }
 }
 

@@ -5,35 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kairos_domain::{Clock, EventBus, SessionService, SessionStore};
+use kairos_domain::AuditHealth;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
 /// The service as the transport holds it: adapters chosen at start-up.
-pub type Service = SessionService<dyn SessionStore, dyn EventBus, dyn Clock>;
-
-/// How the audit trail is doing, for `/health`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditHealth {
-    /// Writing and drained.
-    Ok,
-    /// Behind (database down or backlog growing).
-    Degraded,
-    /// No audit store configured.
-    Disabled,
-}
-
-impl AuditHealth {
-    /// The wire value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Degraded => "degraded",
-            Self::Disabled => "disabled",
-        }
-    }
-}
+pub type Service = kairos_domain::DynSessionService;
 
 /// Whether calls need a token (contract section 6).
 #[derive(Debug, Clone)]

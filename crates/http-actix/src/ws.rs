@@ -1303,7 +1303,7 @@ mod tests {
         let state = web::Data::new(AppState {
             hub: crate::hub::Hub::new(service.clone(), bus),
             service,
-            audit_health: Arc::new(|| crate::state::AuditHealth::Disabled),
+            audit_health: Arc::new(|| kairos_domain::AuditHealth::Disabled),
             metrics: crate::metrics::Metrics::new(),
             settings: crate::state::HttpSettings::default(),
             lifecycle: Arc::new(crate::state::Lifecycle::new()),

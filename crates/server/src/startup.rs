@@ -10,8 +10,11 @@ use std::sync::atomic::AtomicUsize;
 use actix_web::web;
 use adapter_memory::{MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock};
 use bus_redis::{RedisBus, RedisBusConfig};
-use http_actix::{AppState, AuditHealth, AuthMode, HttpSettings, Lifecycle, Metrics, Service};
-use kairos_domain::{AuditSink, Clock, EventBus, Outbox, RateLimiter, SessionStore};
+use http_actix::{AppState, AuthMode, HttpSettings, Lifecycle, Metrics};
+use kairos_domain::{
+    AuditHealth, AuditSink, Clock, DynSessionService as Service, EventBus, Outbox, RateLimiter,
+    SessionStore,
+};
 use store_redis::{
     RedisClock, RedisConfig, RedisMode, RedisPlaceRegistry, RedisRateLimiter, RedisStore,
 };
@@ -19,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{RedisSettings, Settings};
-use crate::workers::{self, AuditStatus};
+use crate::workers::{self, AuditStatus, WorkerMetrics};
 
 /// The adapters behind the ports, as the configuration chose them.
 struct Adapters {
@@ -48,6 +51,8 @@ pub struct Application {
     adapters_stop: watch::Sender<bool>,
     adapter_tasks: JoinSet<()>,
     bus_stats: Option<bus_redis::RedisBus>,
+    /// The workers' metrics, in the registry `/metrics` renders.
+    worker_metrics: WorkerMetrics,
 }
 
 impl std::fmt::Debug for Application {
@@ -247,9 +252,12 @@ impl Application {
         }
 
         let metrics = Metrics::new();
+        let worker_metrics =
+            WorkerMetrics::register(metrics.registry(), metrics.store_errors.clone())
+                .map_err(|e| anyhow::anyhow!("cannot register the workers' metrics: {e}"))?;
         if bus_stats.is_none() {
             // The in-process bus cannot disconnect.
-            metrics.bus_subscriber_up.set(1);
+            worker_metrics.bus_subscriber_up.set(1);
         }
         let bus = adapters.bus;
         let mut service = Service::new(adapters.store, bus.clone(), adapters.clock);
@@ -302,6 +310,7 @@ impl Application {
             adapters_stop,
             adapter_tasks,
             bus_stats,
+            worker_metrics,
         })
     }
 
@@ -346,13 +355,14 @@ impl Application {
             adapters_stop,
             mut adapter_tasks,
             bus_stats,
+            worker_metrics,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = tokio::task::JoinSet::new();
         workers.spawn(workers::timeout_worker(
             state.service.clone(),
-            state.metrics.clone(),
+            worker_metrics.clone(),
             stop_rx.clone(),
         ));
         if let Some((outbox, sink)) = audit {
@@ -361,7 +371,7 @@ impl Application {
                     outbox,
                     audit: sink,
                     service: state.service.clone(),
-                    metrics: state.metrics.clone(),
+                    metrics: worker_metrics.clone(),
                     status: audit_status,
                     consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
                     reclaim_after_ms: settings.audit_reclaim_ms,
@@ -376,7 +386,7 @@ impl Application {
         if let Some(bus) = bus_stats {
             workers.spawn(workers::bus_stats_worker(
                 bus,
-                state.metrics.clone(),
+                worker_metrics.clone(),
                 stop_rx.clone(),
             ));
         }
