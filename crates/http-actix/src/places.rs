@@ -20,7 +20,6 @@ use kairos_domain::{PlaceRegistry, StoreError};
 use tokio::sync::watch;
 
 use crate::error::{ApiError, Code};
-use crate::state::AppState;
 
 /// How long a place in the shared registry lasts without renewal.
 pub const LEASE_MS: i64 = 30_000;
@@ -204,10 +203,15 @@ impl UserPlaces {
     }
 }
 
-/// Renews this instance's places every [`RENEW_EVERY`] until `stop` turns
-/// true (or its sender is dropped). Does nothing without a shared registry.
-pub async fn renew_places(state: actix_web::web::Data<AppState>, mut stop: watch::Receiver<bool>) {
-    if !state.places.is_shared() {
+/// Renews `places` every [`RENEW_EVERY`], at the time `now_ms` tells,
+/// until `stop` turns true (or its sender is dropped). Does nothing without
+/// a shared registry.
+pub async fn renew_places(
+    places: &UserPlaces,
+    now_ms: impl Fn() -> i64,
+    mut stop: watch::Receiver<bool>,
+) {
+    if !places.is_shared() {
         return;
     }
     let mut ticker = tokio::time::interval(RENEW_EVERY);
@@ -215,8 +219,7 @@ pub async fn renew_places(state: actix_web::web::Data<AppState>, mut stop: watch
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let now = state.service.now_ms();
-                if let Err(e) = state.places.renew(now).await {
+                if let Err(e) = places.renew(now_ms()).await {
                     tracing::warn!(error = %e, "cannot renew the per-user WebSocket places; retrying next round");
                 }
             }

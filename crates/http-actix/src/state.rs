@@ -1,27 +1,28 @@
 //! What every handler shares: the service over trait-object ports, the
-//! transport's settings, metrics, and the instance's lifecycle flags.
+//! transport's settings, metrics, and the instance's lifecycle flags; and
+//! the steps every command takes, whichever transport it came by
+//! ([`AppState::execute`]).
+//!
+//! This module sits above the parts it holds (auth, limits, places, hub,
+//! metrics): it imports them, none of them imports it. Only the handlers
+//! (REST, WebSocket, middleware) see the whole state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kairos_domain::AuditHealth;
+use kairos_domain::{Actor, AuditHealth, Command, Executed, RateDecision, ServiceError, SessionId};
 use tokio::sync::watch;
 
+pub use crate::auth::AuthMode;
+use crate::error::{ApiError, from_service};
+use crate::hub::Hub;
+use crate::limits::{Kind, Limiter};
 use crate::metrics::Metrics;
+use crate::places::UserPlaces;
 
 /// The service as the transport holds it: adapters chosen at start-up.
 pub type Service = kairos_domain::DynSessionService;
-
-/// Whether calls need a token (contract section 6).
-#[derive(Debug, Clone)]
-pub enum AuthMode {
-    /// Every caller is an admin; for local development. Logged loudly at start.
-    Off,
-    /// HS256 JWTs signed with `JWT_SECRET` (boxed: the key material is large
-    /// and the enum is copied into every worker's settings).
-    Jwt(Box<crate::auth::JwtAuth>),
-}
 
 /// Transport settings, from the server's configuration.
 #[derive(Debug, Clone)]
@@ -146,11 +147,69 @@ pub struct AppState {
     pub ws_connections: AtomicUsize,
     /// The per-user WebSocket cap: this instance's places, shared with
     /// the other instances when Redis is configured.
-    pub places: crate::places::UserPlaces,
+    pub places: UserPlaces,
     /// Rate limits; `None` disables them (as does `RATE_LIMITS=off`).
-    pub limiter: Option<crate::limits::Limiter>,
+    pub limiter: Option<Limiter>,
     /// Shares one bus subscription per watched session among this instance's WebSockets.
-    pub hub: crate::hub::Hub,
+    pub hub: Hub,
+}
+
+impl AppState {
+    /// Counts one request of `kind` for `key` against its rate limit
+    /// (`Ok(None)` when limits are off).
+    pub async fn rate(&self, kind: Kind, key: &str) -> Result<Option<RateDecision>, ApiError> {
+        match &self.limiter {
+            None => Ok(None),
+            Some(limiter) => limiter.check(kind, key, self.service.now_ms()).await,
+        }
+    }
+
+    /// The peers whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        self.limiter
+            .as_ref()
+            .map_or(&[][..], |l| l.limits.trusted_proxies.as_slice())
+    }
+
+    /// Runs a client's command, from REST or a WebSocket alike: a switch
+    /// is rate-limited per session and its latency recorded, a store
+    /// outage is counted, and a refusal becomes the one [`ApiError`] of
+    /// [`from_service`] (`request_id` goes into a 500's body and the log).
+    /// Returns the rate decision for the `RateLimit-*` headers.
+    pub async fn execute(
+        &self,
+        actor: &Actor,
+        id: SessionId,
+        command: Command,
+        expected_version: Option<u64>,
+        request_id: &str,
+    ) -> Result<(Executed, Option<RateDecision>), ApiError> {
+        let is_switch = matches!(command, Command::Switch { .. });
+        let rate = if is_switch {
+            self.rate(Kind::Switch, &id.to_string()).await?
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let result = self
+            .service
+            .execute(actor, id, command, expected_version)
+            .await;
+        if is_switch {
+            self.metrics
+                .switch_latency
+                .observe(started.elapsed().as_secs_f64());
+        }
+        match result {
+            Ok(executed) => Ok((executed, rate)),
+            Err(e) => {
+                if matches!(e, ServiceError::Unavailable(_)) {
+                    self.metrics.store_errors.inc();
+                }
+                Err(from_service(e, request_id))
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for AppState {

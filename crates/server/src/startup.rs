@@ -379,10 +379,12 @@ impl Application {
                 stop_rx.clone(),
             ));
         }
-        workers.spawn(http_actix::places::renew_places(
-            state.clone(),
-            stop_rx.clone(),
-        ));
+        let places = state.clone();
+        let stop = stop_rx.clone();
+        workers.spawn(async move {
+            let now_ms = || places.service.now_ms();
+            http_actix::places::renew_places(&places.places, now_ms, stop).await;
+        });
         if let Some(bus) = bus_stats {
             workers.spawn(workers::bus_stats_worker(
                 bus,
