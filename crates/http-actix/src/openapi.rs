@@ -70,3 +70,86 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/docs", web::get().to(to_docs))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document()));
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::command::CommandName;
+
+    /// Generated clients get a method per command (contract section 3):
+    /// one path per command, each with its own operation id and body
+    /// schema, and no templated `{command}` path.
+    #[test]
+    fn every_command_has_its_own_path_operation_and_body() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(
+            !paths.keys().any(|p| p.contains("{command}")),
+            "{:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+        let mut ids = HashSet::new();
+        for name in CommandName::ALL {
+            let path = format!("/v1/sessions/{{id}}/{}", name.as_str());
+            let op = &paths.get(&path).unwrap_or_else(|| panic!("{path} missing"))["post"];
+            let id = op["operationId"].as_str().unwrap();
+            assert_eq!(id, format!("{}Session", name.as_str()));
+            assert!(ids.insert(id.to_owned()), "{id} twice");
+
+            let schema = op["requestBody"]["content"]["application/json"]["schema"].to_string();
+            let body = if name.is_switch() {
+                "SwitchBodyDoc"
+            } else {
+                "CommandBodyDoc"
+            };
+            assert!(
+                schema.contains(&format!("#/components/schemas/{body}")),
+                "{path}: {schema}"
+            );
+
+            let responses = op["responses"].as_object().unwrap();
+            let statuses: Vec<&str> = responses.keys().map(String::as_str).collect();
+            assert_eq!(
+                statuses,
+                ["200", "400", "401", "403", "404", "409", "429", "503"],
+                "{path}"
+            );
+            assert_eq!(
+                responses["200"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ViewEnvelope"
+            );
+            assert_eq!(
+                responses["409"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody"
+            );
+        }
+        let schemas = &doc["components"]["schemas"];
+        let switch = schemas["SwitchBodyDoc"]["properties"].as_object().unwrap();
+        assert!(
+            switch.contains_key("next_participant_id") && switch.contains_key("expected_version")
+        );
+        let other = schemas["CommandBodyDoc"]["properties"].as_object().unwrap();
+        assert_eq!(other.keys().collect::<Vec<_>>(), ["expected_version"]);
+    }
+
+    /// The shared error rows reach every authenticated endpoint.
+    #[test]
+    fn access_errors_are_listed_on_every_session_endpoint() {
+        let doc = serde_json::to_value(document()).unwrap();
+        for (path, method) in [
+            ("/v1/sessions", "post"),
+            ("/v1/sessions/{id}", "get"),
+            ("/v1/sessions/{id}", "delete"),
+            ("/v1/sessions/{id}/events", "get"),
+        ] {
+            let responses = doc["paths"][path][method]["responses"].as_object().unwrap();
+            for status in ["401", "403", "429", "503"] {
+                assert!(responses.contains_key(status), "{method} {path}: {status}");
+            }
+        }
+    }
+}
