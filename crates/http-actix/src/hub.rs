@@ -26,6 +26,7 @@ use kairos_domain::{
 };
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
+use tokio_util::task::TaskTracker;
 
 use crate::wire;
 
@@ -94,6 +95,8 @@ pub struct Hub {
     service: Service,
     bus: Arc<dyn EventBus>,
     topics: Topics,
+    /// Where pumps are spawned, so that shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Hub {
@@ -105,13 +108,16 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// A hub over the service's bus (subscriptions), clock (timestamps) and
-    /// store (one snapshot per session when the bus reports lost messages).
-    pub fn new(service: Service, bus: Arc<dyn EventBus>) -> Self {
+    /// A hub over `bus` (the server passes the one the service publishes
+    /// on), using the service for timestamps and for one snapshot per
+    /// session when the bus reports lost messages. Pumps are spawned on
+    /// `tasks`.
+    pub fn new(service: Service, bus: Arc<dyn EventBus>, tasks: TaskTracker) -> Self {
         Self {
             service,
             bus,
             topics: Arc::default(),
+            tasks,
         }
     }
 
@@ -141,14 +147,16 @@ impl Hub {
             }
             Entry::Vacant(e) => {
                 let (tx, rx) = broadcast::channel(FRAME_BUFFER);
-                let pump = tokio::spawn(pump(
-                    self.service.clone(),
-                    self.bus.clone(),
-                    session_id,
-                    subscription,
-                    tx.clone(),
-                ))
-                .abort_handle();
+                let pump = self
+                    .tasks
+                    .spawn(pump(
+                        self.service.clone(),
+                        self.bus.clone(),
+                        session_id,
+                        subscription,
+                        tx.clone(),
+                    ))
+                    .abort_handle();
                 e.insert(Topic {
                     tx,
                     members: 1,
@@ -434,7 +442,7 @@ mod tests {
             clock.clone(),
         );
         Fixture {
-            hub: Hub::new(service.clone(), bus.clone()),
+            hub: Hub::new(service.clone(), bus.clone(), TaskTracker::new()),
             bus,
             clock,
             service,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use kairos_domain::{Actor, AuditHealth, Command, Executed, RateDecision, ServiceError, SessionId};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 pub use crate::auth::AuthMode;
 use crate::error::{ApiError, from_service};
@@ -65,14 +66,17 @@ impl Default for HttpSettings {
     }
 }
 
-/// Lifecycle of this instance: ready flag and the shutdown broadcast that
-/// every WebSocket task listens to (the mini-redis pattern).
+/// Lifecycle of this instance: ready flag, the shutdown broadcast that
+/// every WebSocket task listens to (the mini-redis pattern), and the
+/// tracker of every task the transport spawns (socket tasks, refusal
+/// closes, hub pumps, place releases), so that shutdown can wait for them.
 #[derive(Debug)]
 pub struct Lifecycle {
     ready: AtomicBool,
     draining: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     started: Instant,
+    tasks: TaskTracker,
 }
 
 impl Lifecycle {
@@ -83,6 +87,7 @@ impl Lifecycle {
             draining: AtomicBool::new(false),
             shutdown_tx: watch::channel(false).0,
             started: Instant::now(),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -99,6 +104,23 @@ impl Lifecycle {
     /// Tells every WebSocket to close with 1001 (going away).
     pub fn close_sockets(&self) {
         self.shutdown_tx.send_replace(true);
+    }
+
+    /// Tells every WebSocket to close with 1001, then waits until every
+    /// task the transport spawned has ended (each socket's close frame
+    /// queued, its place given back), at most `deadline`. False when the
+    /// deadline passed first.
+    pub async fn close_sockets_and_wait(&self, deadline: Duration) -> bool {
+        self.close_sockets();
+        self.tasks.close();
+        tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+
+    /// The tracker every task the transport spawns is registered with.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     /// Whether the instance serves (ready and not draining).

@@ -196,6 +196,11 @@ async fn audit_store(
     Ok(Arc::new(pg))
 }
 
+/// How long shutdown waits for the WebSockets' close frames (each close
+/// itself gives up after a second on a peer that stopped reading; a socket
+/// in the middle of a command first finishes it).
+const SOCKETS_CLOSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often instances re-measure their offset to Redis `TIME`.
 const CLOCK_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -281,16 +286,19 @@ impl Application {
             ..HttpSettings::default()
         };
         let status = audit_status.clone();
+        // Every task the transport spawns is tracked here; shutdown waits for them.
+        let lifecycle = Arc::new(Lifecycle::new());
+        let tasks = lifecycle.tasks().clone();
         let state = web::Data::new(AppState {
-            hub: http_actix::hub::Hub::new(service.clone(), bus),
+            hub: http_actix::hub::Hub::new(service.clone(), bus, tasks.clone()),
             service,
             audit_health: Arc::new(move || status.get()),
             metrics,
             settings: http,
-            lifecycle: Arc::new(Lifecycle::new()),
+            lifecycle,
             ws_connections: AtomicUsize::new(0),
             places: match adapters.places {
-                Some(registry) => http_actix::places::UserPlaces::shared(registry),
+                Some(registry) => http_actix::places::UserPlaces::shared(registry, tasks),
                 None => http_actix::places::UserPlaces::local(),
             },
             limiter: Some(http_actix::limits::Limiter {
@@ -432,9 +440,20 @@ impl Application {
             () = tokio::time::sleep(settings.shutdown_drain) => {}
             () = force => tracing::warn!("second signal: skipping the rest of the drain"),
         }
-        state.lifecycle.close_sockets();
-        // Let close frames flush before connections are torn down.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Every socket closes with 1001; wait until each close frame is
+        // queued (and every other task of the transport has ended) before
+        // the servers, which flush them, stop.
+        if !state
+            .lifecycle
+            .close_sockets_and_wait(SOCKETS_CLOSE_DEADLINE)
+            .await
+        {
+            tracing::warn!(
+                tasks = state.lifecycle.tasks().len(),
+                deadline_s = SOCKETS_CLOSE_DEADLINE.as_secs(),
+                "some WebSocket tasks had not ended by the deadline; stopping anyway"
+            );
+        }
         server.stop(true).await;
         if let Some(h) = metrics_server {
             h.stop(true).await;

@@ -67,11 +67,13 @@ pub(crate) async fn accept(
         )
     })?;
     let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
+    // Every task is tracked: shutdown waits for its close frame.
+    let tasks = slot.state.lifecycle.tasks().clone();
     let refusal = match (admitted, actor, target) {
         (Ok(()), Ok((actor, until)), Ok(id)) => {
             let mut connection = Connection::new(slot, session, stream, id, actor);
             connection.expires_ms = until.map_or(u64::MAX, ms_until);
-            actix_web::rt::spawn(connection.serve());
+            actix_web::rt::spawn(tasks.track_future(connection.serve()));
             return Ok(response);
         }
         // Refused: 1008, or 1013 (try again shortly) when a store the checks
@@ -79,11 +81,11 @@ pub(crate) async fn accept(
         (Err(e), _, _) | (_, Err(e), _) => close_reason(close_code(e.code), &e.message),
         (_, _, Err(why)) => close_reason(close_code(Code::ValidationError), why),
     };
-    actix_web::rt::spawn(async move {
+    actix_web::rt::spawn(tasks.track_future(async move {
         close(session, refusal).await;
         // The place is held until the close frame is queued.
         drop((slot, stream));
-    });
+    }));
     Ok(response)
 }
 

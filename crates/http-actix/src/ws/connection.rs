@@ -483,7 +483,7 @@ mod tests {
             Arc::new(SystemClock::new()),
         );
         let state = web::Data::new(AppState {
-            hub: crate::hub::Hub::new(service.clone(), bus),
+            hub: crate::hub::Hub::new(service.clone(), bus, Default::default()),
             service,
             audit_health: Arc::new(|| kairos_domain::AuditHealth::Disabled),
             metrics: crate::metrics::Metrics::new(),
