@@ -378,9 +378,8 @@ async fn unknown_command(path: web::Path<(String, String)>) -> Result<HttpRespon
     delete, path = "/v1/sessions/{id}", tag = "sessions",
     params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
     responses(
-        (status = 204, description = "Deleted; subscribers got SESSION_DELETED"),
+        (status = 204, description = "Deleted, subscribers got SESSION_DELETED; also for an unknown or already deleted id (idempotent)"),
         (status = 400, description = "VALIDATION_ERROR: the id is not a UUID", body = ErrorBody),
-        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
         AccessErrors,
     )
 )]
