@@ -27,7 +27,10 @@
 //!   broadcast, tracked tasks), and the command path both transports share.
 //! - [`middleware`]: request ids, request logging and HTTP metrics.
 //! - [`rest`]: the REST endpoints.
-//! - [`ws`]: the WebSocket endpoint: admission, the connection loop, the guards.
+//! - [`ws`]: the WebSocket endpoint, in three parts: [`ws::admission`] (the
+//!   handshake and its refusals), [`ws::connection`] (one socket's task: its
+//!   loop and commands), [`ws::guards`] (slot, version gate, rate window,
+//!   reassembler).
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
 //! - [`web`]: the demo page (`/`) and the browser SDK (`/sdk/kairos.js`).
 

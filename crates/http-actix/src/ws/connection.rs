@@ -203,10 +203,10 @@ impl Connection {
             Ok(member) => member,
             Err(e) => {
                 tracing::warn!(session_id = %self.id, error = %e, "cannot subscribe to the session");
-                return Err(Exit::close(
-                    CloseCode::Again,
+                return Err(refusal(&ApiError::unavailable(
                     "event bus unavailable; retry shortly",
-                ));
+                    1,
+                )));
             }
         };
         let view = match Box::pin(self.state().service.get(&self.actor, self.id)).await {

@@ -123,7 +123,7 @@ impl VersionGate {
     }
 }
 
-/// The client message limit over a rolling minute, in [`RATE_BUCKETS`]
+/// The client message limit over a rolling minute, in `RATE_BUCKETS`
 /// buckets: 26 bytes instead of a timestamp per message. The window spans
 /// the current bucket and the previous `RATE_BUCKETS - 1`, i.e. between 55
 /// and 60 s, so it never refuses a client that keeps to the limit over any
@@ -131,7 +131,7 @@ impl VersionGate {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RateWindow {
     counts: [u16; RATE_BUCKETS],
-    /// The bucket number (ms / [`RATE_BUCKET_MS`]) `counts` was last advanced to.
+    /// The bucket number (ms / `RATE_BUCKET_MS`) `counts` was last advanced to.
     current: u64,
 }
 
