@@ -1,5 +1,6 @@
 //! Fuzz target: any text a WebSocket client may send, through the socket's
-//! message parser (`http_actix::ws::fuzzing::parse_client_message`).
+//! message parser (`http_actix::wire::parse_client_message`), and what the
+//! socket would answer to a refusal (`http_actix::wire::error_message`).
 //!
 //! Only what reaches the parser is tried: UTF-8 text (other frames close the
 //! socket first) of at most `MAX_MESSAGE_BYTES`. The parser must never
@@ -9,8 +10,7 @@
 
 #![no_main]
 
-use http_actix::ws::MAX_MESSAGE_BYTES;
-use http_actix::ws::fuzzing::parse_client_message;
+use http_actix::wire::{ClientMessage, MAX_MESSAGE_BYTES, error_message, parse_client_message};
 use kairos_domain::Command;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -28,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|v| v.get("type"))
         .and_then(Value::as_str);
     match parse_client_message(text) {
-        Ok(Some((command, expected_version))) => {
+        Ok(ClientMessage::Command {
+            command,
+            expected_version,
+            ..
+        }) => {
             let wanted = match command {
                 Command::Switch { .. } => "SWITCH",
                 Command::Pause => "PAUSE",
@@ -39,8 +43,11 @@ fuzz_target!(|data: &[u8]| {
             let sent = parsed.as_ref().and_then(|v| v.get("expected_version"));
             assert_eq!(expected_version, sent.and_then(Value::as_u64));
         }
-        Ok(None) => assert!(matches!(kind, Some("PING" | "RECONNECT")), "{kind:?}"),
-        Err(error) => {
+        Ok(ClientMessage::Ping { .. } | ClientMessage::Reconnect) => {
+            assert!(matches!(kind, Some("PING" | "RECONNECT")), "{kind:?}")
+        }
+        Err(rejected) => {
+            let error = error_message(&rejected.error, rejected.request_id.as_ref());
             let error: Value = serde_json::from_str(&error).expect("the ERROR text is JSON");
             assert_eq!(error["type"], "ERROR");
             assert_eq!(error["code"], "VALIDATION_ERROR");

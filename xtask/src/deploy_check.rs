@@ -10,7 +10,7 @@
 //! | `.github/workflows/*.yml` | check-jsonschema, builtin `vendor.github-workflows` |
 //! | `deploy/prometheus/` | `promtool check rules`, `promtool test rules`, `promtool check config` |
 //! | `deploy/nginx/` | templates rendered for loopback, then `nginx -t` |
-//! | `deploy/grafana/kairos-dashboard.json` | parses; has every metric of `crates/http-actix/src/metrics.rs`; its PromQL parses (promtool) |
+//! | `deploy/grafana/kairos-dashboard.json` | parses; has every metric of `crates/http-actix/src/metrics.rs` and `crates/server/src/workers.rs`; its PromQL parses (promtool) |
 //! | `deploy/fly.toml`, every YAML file | parse |
 //!
 //! plus the agreements between files that no single tool sees: the preStop
@@ -57,8 +57,14 @@ const BUS_METRICS: &[&str] = &[
     "kairos_bus_publish_failures_total",
 ];
 
-/// Where the HTTP metrics are registered, relative to the root.
-const METRICS_RS: &str = "crates/http-actix/src/metrics.rs";
+/// Where the metrics are registered, relative to the root: the transport's
+/// and the background workers' (one registry at run time).
+const METRICS_FILES: &[&str] = &[
+    "crates/http-actix/src/metrics.rs",
+    "crates/server/src/workers.rs",
+];
+/// How messages name them.
+const METRICS_RS: &str = "crates/http-actix/src/metrics.rs or crates/server/src/workers.rs";
 
 /// The placeholders of `deploy/nginx/templates/*.template`, with values
 /// for a loopback rendering (`nginx -t` binds nothing, so any port does).
@@ -924,22 +930,22 @@ fn panel_exprs(panels: &Value) -> Vec<String> {
     exprs
 }
 
-/// The metric names (`kairos_...`) registered in `crates/http-actix/src/metrics.rs`.
+/// The metric names (`kairos_...`) registered in [`METRICS_FILES`].
 fn registered_metrics(root: &Path) -> Result<BTreeSet<String>> {
-    let path = root.join(METRICS_RS);
-    let text =
-        fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;
-    // The unit tests at the end quote series names too (`..._bucket`).
-    let code = text.split("#[cfg(test)]").next().unwrap_or("");
-    let names: BTreeSet<String> = code
-        .match_indices("\"kairos_")
-        .filter_map(|(start, _)| {
+    let mut names = BTreeSet::new();
+    for file in METRICS_FILES {
+        let path = root.join(file);
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("could not read {}", path.display()))?;
+        // The unit tests at the end quote series names too (`..._bucket`).
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        names.extend(code.match_indices("\"kairos_").filter_map(|(start, _)| {
             let literal = &code[start + 1..];
             let name: String = literal.chars().take_while(|&c| is_name_char(c)).collect();
             // A whole string literal, not the start of a longer text.
             literal[name.len()..].starts_with('"').then_some(name)
-        })
-        .collect();
+        }));
+    }
     ensure!(
         !names.is_empty(),
         "{METRICS_RS} registers no kairos_ metric"

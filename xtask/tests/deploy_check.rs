@@ -25,6 +25,7 @@ const INPUTS: &[&str] = &[
     "deploy",
     ".github/workflows",
     "crates/http-actix/src/metrics.rs",
+    "crates/server/src/workers.rs",
     "docs/operations.md",
 ];
 

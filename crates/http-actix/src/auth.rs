@@ -15,7 +15,35 @@ use kairos_domain::{Actor, ParticipantId, Role, SessionId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, Code};
-use crate::state::{AppState, AuthMode};
+
+/// Whether calls need a token (contract section 6).
+#[derive(Debug, Clone)]
+pub enum AuthMode {
+    /// Every caller is an admin; for local development. Logged loudly at start.
+    Off,
+    /// HS256 JWTs signed with `JWT_SECRET` (boxed: the key material is large
+    /// and the enum is copied into every worker's settings).
+    Jwt(Box<JwtAuth>),
+}
+
+impl AuthMode {
+    /// The caller of `req`.
+    pub fn authenticate(&self, req: &HttpRequest) -> Result<Actor, ApiError> {
+        self.authenticate_until(req).map(|(actor, _)| actor)
+    }
+
+    /// The caller of `req`, and until when its token is accepted (seconds
+    /// since the Unix epoch, leeway included); `None` with `AUTH_MODE=off`.
+    pub fn authenticate_until(&self, req: &HttpRequest) -> Result<(Actor, Option<i64>), ApiError> {
+        match self {
+            Self::Off => Ok((Actor::anonymous_admin(), None)),
+            Self::Jwt(jwt) => match token_of(req)? {
+                Some(token) => jwt.verify_until(&token).map(|(a, until)| (a, Some(until))),
+                None => Err(unauthorized("a bearer token is required")),
+            },
+        }
+    }
+}
 
 /// The shortest secret accepted: 32 bytes, as HS256 needs 256 bits of key.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -185,26 +213,6 @@ fn web_query(qs: &str) -> Option<String> {
         let (k, v) = pair.split_once('=')?;
         (k == "token").then(|| v.to_owned())
     })
-}
-
-/// The caller of `req`.
-pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Actor, ApiError> {
-    authenticate_until(req, state).map(|(actor, _)| actor)
-}
-
-/// The caller of `req`, and until when its token is accepted (seconds since
-/// the Unix epoch, leeway included); `None` with `AUTH_MODE=off`.
-pub fn authenticate_until(
-    req: &HttpRequest,
-    state: &AppState,
-) -> Result<(Actor, Option<i64>), ApiError> {
-    match &state.settings.auth {
-        AuthMode::Off => Ok((Actor::anonymous_admin(), None)),
-        AuthMode::Jwt(jwt) => match token_of(req)? {
-            Some(token) => jwt.verify_until(&token).map(|(a, until)| (a, Some(until))),
-            None => Err(unauthorized("a bearer token is required")),
-        },
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The one place where errors become status codes and wire error codes
-//! (contract section 3, "Errors").
+//! The one place where errors become status codes, wire error codes and
+//! WebSocket close codes (contract sections 3, "Errors", and 4).
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -123,6 +123,14 @@ impl ApiError {
         Self::validation(vec![FieldError::new(field, message)])
     }
 
+    /// A 503 with `Retry-After: retry_after_s`.
+    pub fn unavailable(message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_s),
+            ..Self::new(Code::Unavailable, message)
+        }
+    }
+
     /// A 500 that names only the request id; the cause goes to the log.
     pub fn internal(request_id: &str) -> Self {
         Self::new(
@@ -155,15 +163,43 @@ impl ResponseError for ApiError {
         if let Some(d) = &self.rate_limit {
             response.insert_header(("ratelimit-limit", d.limit.to_string()));
             response.insert_header(("ratelimit-remaining", d.remaining.to_string()));
-            response.insert_header((
-                "ratelimit-reset",
-                crate::limits::ceil_secs(d.reset_ms).to_string(),
-            ));
+            response.insert_header(("ratelimit-reset", ceil_secs(d.reset_ms).to_string()));
         }
         if self.code == Code::Unauthorized {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
         response.json(self.body())
+    }
+}
+
+/// Whole seconds, rounded up (headers count in seconds).
+pub fn ceil_secs(ms: i64) -> u64 {
+    u64::try_from(ms.max(0)).unwrap_or(0).div_ceil(1000)
+}
+
+/// The close code for an unknown session (contract section 4).
+pub const CLOSE_NO_SUCH_SESSION: u16 = 4404;
+
+/// The WebSocket close code of an error that ends a socket, from the same
+/// wire code as its HTTP status: 4404 for an unknown session, 1013 (try
+/// again later) when a store or bus is unreachable, 1009 for a message
+/// over the limit, 1011 for anything unexpected, 1008 (policy) for every
+/// refusal (token, right, origin, rate, bad session id).
+pub fn close_code(code: Code) -> u16 {
+    match code {
+        Code::SessionNotFound => CLOSE_NO_SUCH_SESSION,
+        Code::Unavailable => 1013,
+        Code::PayloadTooLarge => 1009,
+        Code::InternalError => 1011,
+        Code::ValidationError
+        | Code::InvalidStateTransition
+        | Code::Unauthorized
+        | Code::Forbidden
+        | Code::NotFound
+        | Code::MethodNotAllowed
+        | Code::Conflict
+        | Code::SessionExists
+        | Code::RateLimited => 1008,
     }
 }
 
@@ -197,13 +233,7 @@ pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
         },
         ServiceError::Unavailable(cause) => {
             tracing::warn!(request_id, %cause, "primary store unavailable");
-            ApiError {
-                retry_after: Some(1),
-                ..ApiError::new(
-                    Code::Unavailable,
-                    "the session store is unreachable; retry shortly",
-                )
-            }
+            ApiError::unavailable("the session store is unreachable; retry shortly", 1)
         }
         ServiceError::AuditDisabled => ApiError {
             retry_after: None,
@@ -214,17 +244,38 @@ pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
         },
         ServiceError::AuditUnavailable(cause) => {
             tracing::warn!(request_id, %cause, "audit history failed");
-            ApiError {
-                retry_after: Some(5),
-                ..ApiError::new(
-                    Code::Unavailable,
-                    "the audit trail is unreachable; retry shortly",
-                )
-            }
+            ApiError::unavailable("the audit trail is unreachable; retry shortly", 5)
         }
         ServiceError::Internal(cause) => {
             tracing::error!(request_id, %cause, "internal error");
             ApiError::internal(request_id)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_domain::SessionId;
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_secs(0), 0);
+        assert_eq!(ceil_secs(1), 1);
+        assert_eq!(ceil_secs(1000), 1);
+        assert_eq!(ceil_secs(1001), 2);
+        assert_eq!(ceil_secs(-5), 0);
+    }
+
+    #[test]
+    fn close_codes_follow_the_wire_codes() {
+        let id = SessionId::from_uuid(uuid::Uuid::nil());
+        let close = |e: ServiceError| close_code(from_service(e, "r").code);
+        assert_eq!(close(ServiceError::NotFound(id)), 4404);
+        assert_eq!(close(ServiceError::Forbidden("no")), 1008);
+        assert_eq!(close(ServiceError::Unavailable("down".into())), 1013);
+        assert_eq!(close(ServiceError::Internal("bug".into())), 1011);
+        assert_eq!(close_code(Code::Unauthorized), 1008);
+        assert_eq!(close_code(Code::RateLimited), 1008);
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! Ordering: the bus delivers a session's versions in order and the pump
 //! forwards them in that order; each connection still skips versions it has
-//! already sent (see `ws::VersionGate`), so duplicates and the overlap with
+//! already sent (see the WebSocket guards' `VersionGate`), so duplicates and the overlap with
 //! the initial snapshot are harmless.
 
 use std::collections::HashMap;
@@ -21,14 +21,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use kairos_domain::view::view;
 use kairos_domain::{
-    Actor, BusError, BusMessage, Event, EventBus, ServiceError, Session, SessionId, Snapshot,
-    Subscription,
+    Actor, BusError, BusMessage, DynSessionService as Service, Event, EventBus, ServiceError,
+    Session, SessionId, Snapshot, Subscription,
 };
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
+use tokio_util::task::TaskTracker;
 
-use crate::state::Service;
-use crate::ws;
+use crate::wire;
 
 /// Frames a session's channel buffers for its slowest local socket. A socket
 /// that falls further behind is resynchronised from the store instead, so
@@ -90,11 +90,13 @@ fn lock(topics: &Topics) -> MutexGuard<'_, HashMap<SessionId, Topic>> {
     topics.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The per-instance fan-out (one per [`crate::AppState`]).
+/// The per-instance fan-out (one per `AppState`).
 pub struct Hub {
     service: Service,
     bus: Arc<dyn EventBus>,
     topics: Topics,
+    /// Where pumps are spawned, so that shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Hub {
@@ -106,13 +108,16 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// A hub over the service's bus (subscriptions), clock (timestamps) and
-    /// store (one snapshot per session when the bus reports lost messages).
-    pub fn new(service: Service, bus: Arc<dyn EventBus>) -> Self {
+    /// A hub over `bus` (the server passes the one the service publishes
+    /// on), using the service for timestamps and for one snapshot per
+    /// session when the bus reports lost messages. Pumps are spawned on
+    /// `tasks`.
+    pub fn new(service: Service, bus: Arc<dyn EventBus>, tasks: TaskTracker) -> Self {
         Self {
             service,
             bus,
             topics: Arc::default(),
+            tasks,
         }
     }
 
@@ -142,14 +147,16 @@ impl Hub {
             }
             Entry::Vacant(e) => {
                 let (tx, rx) = broadcast::channel(FRAME_BUFFER);
-                let pump = tokio::spawn(pump(
-                    self.service.clone(),
-                    self.bus.clone(),
-                    session_id,
-                    subscription,
-                    tx.clone(),
-                ))
-                .abort_handle();
+                let pump = self
+                    .tasks
+                    .spawn(pump(
+                        self.service.clone(),
+                        self.bus.clone(),
+                        session_id,
+                        subscription,
+                        tx.clone(),
+                    ))
+                    .abort_handle();
                 e.insert(Topic {
                     tx,
                     members: 1,
@@ -241,7 +248,7 @@ async fn pump(
             Some(BusMessage::Deleted { session_id: id, .. }) if id == session_id => {
                 let now = service.now_ms();
                 Frame::Deleted {
-                    text: ws::deleted_message(session_id, now).into(),
+                    text: wire::deleted_message(session_id, now).into(),
                 }
             }
             // A subscription only carries its own session; anything else is
@@ -286,12 +293,12 @@ fn update_frame(service: &Service, state: &Session, events: &[Event], at_ms: i64
     let v = view(state, at_ms);
     let version = v.version;
     let mut texts: Vec<Box<str>> = Vec::with_capacity(1 + events.len());
-    texts.push(ws::state_message(ws::STATE_UPDATE, state.id, now, v).into_boxed_str());
+    texts.push(wire::state_message(wire::STATE_UPDATE, state.id, now, v).into_boxed_str());
     texts.extend(
         events
             .iter()
             .filter(|e| e.event_type.is_timeout())
-            .map(|e| ws::event_message(state.id, now, e).into_boxed_str()),
+            .map(|e| wire::event_message(state.id, now, e).into_boxed_str()),
     );
     Frame::Update {
         version,
@@ -313,7 +320,7 @@ async fn resync_frame(service: &Service, session_id: SessionId) -> Frame {
             let version = v.version;
             Frame::Sync {
                 version,
-                text: ws::state_message(ws::STATE_SYNC, session_id, now_ms, v).into(),
+                text: wire::state_message(wire::STATE_SYNC, session_id, now_ms, v).into(),
             }
         }
         Err(ServiceError::NotFound(_)) => Frame::Gone,
@@ -435,7 +442,7 @@ mod tests {
             clock.clone(),
         );
         Fixture {
-            hub: Hub::new(service.clone(), bus.clone()),
+            hub: Hub::new(service.clone(), bus.clone(), TaskTracker::new()),
             bus,
             clock,
             service,

@@ -7,19 +7,35 @@
 //!
 //! # Layout
 //!
-//! - [`state`]: [`AppState`], settings, lifecycle (ready flag, shutdown broadcast).
-//! - [`error`]: [`ApiError`] and the one mapping from service errors to wire codes.
+//! From the bottom up; a module imports only modules listed before it
+//! (no cycles), so `state` sits above the parts it holds and only the
+//! handlers see it.
+//!
+//! - [`error`]: [`ApiError`] and the one mapping from service errors to wire
+//!   codes, HTTP statuses and WebSocket close codes.
 //! - [`dto`]: wire shapes of views, events and command bodies.
-//! - [`auth`]: turns a request into an `Actor`.
-//! - [`rest`]: the REST endpoints.
-//! - [`ws`]: the WebSocket endpoint; [`hub`] shares one bus subscription per session.
-//! - [`limits`]: rate limits and their headers.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`openapi`]: the OpenAPI document generated from the handlers.
+//! - [`schemas`]: shapes that exist only for the OpenAPI document, and the
+//!   error rows the handlers share.
+//! - [`command`]: the commands by name, for REST and WebSocket alike.
+//! - [`wire`]: the WebSocket messages: types, the client-message parser, the encoders.
+//! - [`auth`]: the auth mode, which turns a request into an `Actor`.
+//! - [`limits`]: rate limits, the client's address, the `RateLimit-*` headers.
+//! - [`places`]: the per-user WebSocket cap across instances.
+//! - [`metrics`]: the transport's Prometheus metrics and the registry `/metrics` renders.
+//! - [`hub`]: one bus subscription per watched session, shared by its local sockets.
+//! - [`state`]: [`AppState`], settings, lifecycle (ready flag, shutdown
+//!   broadcast, tracked tasks), and the command path both transports share.
 //! - [`middleware`]: request ids, request logging and HTTP metrics.
+//! - [`rest`]: the REST endpoints.
+//! - [`ws`]: the WebSocket endpoint, in three parts: [`ws::admission`] (the
+//!   handshake and its refusals), [`ws::connection`] (one socket's task: its
+//!   loop and commands), [`ws::guards`] (slot, version gate, rate window,
+//!   reassembler).
+//! - [`openapi`]: the OpenAPI document generated from the handlers.
 //! - [`web`]: the demo page (`/`) and the browser SDK (`/sdk/kairos.js`).
 
 pub mod auth;
+pub mod command;
 pub mod dto;
 pub mod error;
 pub mod hub;
@@ -29,8 +45,10 @@ pub mod middleware;
 pub mod openapi;
 pub mod places;
 pub mod rest;
+pub mod schemas;
 pub mod state;
 pub mod web;
+pub mod wire;
 pub mod ws;
 
 use std::net::TcpListener;
@@ -39,7 +57,7 @@ use actix_web::{App, HttpServer};
 
 pub use error::{ApiError, Code};
 pub use metrics::Metrics;
-pub use state::{AppState, AuditHealth, AuditHealthFn, AuthMode, HttpSettings, Lifecycle, Service};
+pub use state::{AppState, AuditHealthFn, AuthMode, HttpSettings, Lifecycle, Service};
 
 /// Registers every route of the public API on `cfg`.
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {

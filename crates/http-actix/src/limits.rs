@@ -12,8 +12,7 @@ use actix_web::HttpResponse;
 use ipnet::IpNet;
 use kairos_domain::ratelimit::{Limit, RateDecision, RateLimiter};
 
-use crate::error::{ApiError, Code};
-use crate::state::AppState;
+use crate::error::{ApiError, Code, ceil_secs};
 
 /// Every configurable limit (defaults are the contract's table).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +91,51 @@ impl std::fmt::Debug for Limiter {
     }
 }
 
+impl Limiter {
+    /// Counts one request of `kind` for `key` at `now_ms`. `Ok(None)` when
+    /// limits are off; an error 429 `RATE_LIMITED` (with the headers) when over the limit. A
+    /// failing limiter lets the request through: availability of the clock
+    /// service matters more than a limit, and the failure is logged.
+    pub async fn check(
+        &self,
+        kind: Kind,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<RateDecision>, ApiError> {
+        if !self.limits.enabled {
+            return Ok(None);
+        }
+        let limit = match kind {
+            Kind::Switch => self.limits.switch,
+            Kind::Create => self.limits.create,
+            Kind::Get => self.limits.get,
+            Kind::Time => self.limits.time,
+            Kind::WsConnect => self.limits.ws_connect,
+        };
+        let full_key = format!("{}:{key}", kind.name());
+        match self.backend.check(&full_key, limit, now_ms).await {
+            Ok(d) if d.allowed => Ok(Some(d)),
+            Ok(d) => Err(ApiError {
+                retry_after: Some(ceil_secs(d.retry_after_ms)),
+                rate_limit: Some(Box::new(d)),
+                ..ApiError::new(
+                    Code::RateLimited,
+                    format!(
+                        "over the limit of {} per {} s; retry after {} s",
+                        d.limit,
+                        limit.period_ms / 1000,
+                        ceil_secs(d.retry_after_ms)
+                    ),
+                )
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "rate limiter unavailable; letting the request through");
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// The client's address: the peer, or the first `X-Forwarded-For` hop when
 /// the peer is a trusted proxy (anyone else could forge the header).
 pub fn client_ip(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
@@ -109,57 +153,6 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
         }
     }
     peer
-}
-
-/// Counts one request of `kind` for `key`. `Ok(None)` when limits are off;
-/// an error 429 `RATE_LIMITED` (with the headers) when over the limit. A
-/// failing limiter lets the request through: availability of the clock
-/// service matters more than a limit, and the failure is logged.
-pub async fn check(
-    state: &AppState,
-    kind: Kind,
-    key: &str,
-) -> Result<Option<RateDecision>, ApiError> {
-    let Some(limiter) = &state.limiter else {
-        return Ok(None);
-    };
-    if !limiter.limits.enabled {
-        return Ok(None);
-    }
-    let limit = match kind {
-        Kind::Switch => limiter.limits.switch,
-        Kind::Create => limiter.limits.create,
-        Kind::Get => limiter.limits.get,
-        Kind::Time => limiter.limits.time,
-        Kind::WsConnect => limiter.limits.ws_connect,
-    };
-    let now = state.service.now_ms();
-    let full_key = format!("{}:{key}", kind.name());
-    match limiter.backend.check(&full_key, limit, now).await {
-        Ok(d) if d.allowed => Ok(Some(d)),
-        Ok(d) => Err(ApiError {
-            retry_after: Some(ceil_secs(d.retry_after_ms)),
-            rate_limit: Some(Box::new(d)),
-            ..ApiError::new(
-                Code::RateLimited,
-                format!(
-                    "over the limit of {} per {} s; retry after {} s",
-                    d.limit,
-                    limit.period_ms / 1000,
-                    ceil_secs(d.retry_after_ms)
-                ),
-            )
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, "rate limiter unavailable; letting the request through");
-            Ok(None)
-        }
-    }
-}
-
-/// Whole seconds, rounded up (headers count in seconds).
-pub fn ceil_secs(ms: i64) -> u64 {
-    u64::try_from(ms.max(0)).unwrap_or(0).div_ceil(1000)
 }
 
 /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
@@ -214,14 +207,5 @@ mod tests {
             client_ip(&direct, &trusted),
             Some("198.51.100.7".parse().unwrap())
         );
-    }
-
-    #[test]
-    fn seconds_round_up() {
-        assert_eq!(ceil_secs(0), 0);
-        assert_eq!(ceil_secs(1), 1);
-        assert_eq!(ceil_secs(1000), 1);
-        assert_eq!(ceil_secs(1001), 2);
-        assert_eq!(ceil_secs(-5), 0);
     }
 }

@@ -1,5 +1,7 @@
-//! Prometheus metrics of this instance (contract section 3, `GET /metrics`).
+//! Prometheus metrics of the transport (contract section 3, `GET /metrics`).
 //! Names are prefixed `kairos_`; every one is listed in `docs/operations.md`.
+//! The server registers the background workers' metrics in the same
+//! registry ([`Metrics::registry`]), so `/metrics` shows them all.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -11,7 +13,7 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// Every metric the transport and the workers record.
+/// Every metric the transport records, and the registry `/metrics` renders.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -25,22 +27,9 @@ pub struct Metrics {
     pub ws_connections: IntGauge,
     /// WebSocket messages sent to clients.
     pub ws_messages_sent: IntCounter,
-    /// Deadlines applied by the timeout worker.
-    pub timeouts_fired: IntCounter,
-    /// From deadline to commit, for deadlines the timeout worker applied.
-    pub timeout_lateness: Histogram,
-    /// Primary store errors (unreachable, timeouts, corrupt data).
+    /// Primary store errors (unreachable, timeouts, corrupt data), counted
+    /// by the transport and, through a clone, by the workers.
     pub store_errors: IntCounter,
-    /// Events waiting in the outbox for the audit trail.
-    pub audit_backlog: IntGauge,
-    /// Age in ms of the oldest event waiting for the audit trail.
-    pub audit_backlog_age_ms: IntGauge,
-    /// Events written to the audit trail.
-    pub audit_written: IntCounter,
-    /// 1 while the event bus can deliver (its subscriber connection is up).
-    pub bus_subscriber_up: IntGauge,
-    /// Bus messages that could not be published (failed or dropped), since start.
-    pub bus_publish_failures: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -101,34 +90,15 @@ impl Metrics {
                 "kairos_ws_messages_sent_total",
                 "WebSocket messages sent to clients",
             ),
-            timeouts_fired: counter(
-                "kairos_timeouts_fired_total",
-                "Deadlines applied by the timeout worker",
-            ),
-            timeout_lateness: histogram(
-                "kairos_timeout_lateness_seconds",
-                "From a deadline to the commit that applied it",
-            ),
             store_errors: counter("kairos_store_errors_total", "Primary store errors"),
-            audit_backlog: gauge("kairos_audit_backlog", "Events waiting for the audit trail"),
-            audit_backlog_age_ms: gauge(
-                "kairos_audit_backlog_age_ms",
-                "Age of the oldest event waiting for the audit trail",
-            ),
-            audit_written: counter(
-                "kairos_audit_events_written_total",
-                "Events written to the audit trail",
-            ),
-            bus_subscriber_up: gauge(
-                "kairos_bus_subscriber_up",
-                "1 while the event bus subscriber connection is up",
-            ),
-            bus_publish_failures: gauge(
-                "kairos_bus_publish_failures_total",
-                "Bus messages not published (failed or dropped) since start",
-            ),
             registry,
         }
+    }
+
+    /// The registry `/metrics` renders; the server registers the workers'
+    /// metrics in it.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The Prometheus text exposition of every metric.
@@ -158,12 +128,12 @@ mod tests {
     #[test]
     fn every_metric_registers_and_renders() {
         let m = Metrics::new();
-        m.timeouts_fired.inc();
+        m.store_errors.inc();
         m.http_requests
             .with_label_values(&["/v1/time", "GET", "200"])
             .inc();
         let text = m.render();
-        assert!(text.contains("kairos_timeouts_fired_total 1"));
+        assert!(text.contains("kairos_store_errors_total 1"));
         assert!(text.contains(
             "kairos_http_requests_total{method=\"GET\",route=\"/v1/time\",status=\"200\"} 1"
         ));

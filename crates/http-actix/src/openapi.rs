@@ -3,166 +3,15 @@
 //! rendered at `/docs` by a vendored Swagger UI (works offline).
 
 use actix_web::{HttpResponse, web};
-use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::dto::{WireEvent, WireGroup, WireParticipant, WireView};
-
-/// `{"data": view}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ViewEnvelope {
-    data: WireView,
-}
-
-/// `{"data": [event, ...]}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventsEnvelope {
-    data: Vec<WireEvent>,
-}
-
-/// The error body: `{"error": {"code", "message", "details"?}}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    error: ErrorDoc,
-}
-
-/// The inside of an error body.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDoc {
-    /// VALIDATION_ERROR, INVALID_STATE_TRANSITION, UNAUTHORIZED, FORBIDDEN,
-    /// SESSION_NOT_FOUND, CONFLICT, SESSION_EXISTS, PAYLOAD_TOO_LARGE,
-    /// RATE_LIMITED, UNAVAILABLE, INTERNAL_ERROR (and NOT_FOUND,
-    /// METHOD_NOT_ALLOWED for unknown routes).
-    code: String,
-    message: String,
-    /// Field errors (`[{"field", "message"}]`, an array), versions (CONFLICT,
-    /// an object), or the request id (500, an object).
-    details: Option<serde_json::Value>,
-}
-
-/// One participant of a session config.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ParticipantConfigDoc {
-    /// 1 to 64 characters from `[A-Za-z0-9_.:-]`.
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
-    participant_id: String,
-    /// Rotation position; list order when left out.
-    participant_index: Option<u32>,
-    /// Bank in ms (1000..=86400000); required in per_participant.
-    #[schema(minimum = 1000, maximum = 86400000)]
-    total_time_ms: Option<i64>,
-    /// The group (per_group).
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
-    group_id: Option<String>,
-}
-
-/// One group of a session config.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct GroupConfigDoc {
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
-    group_id: String,
-    /// Bank in ms (1000..=86400000).
-    #[schema(minimum = 1000, maximum = 86400000)]
-    total_time_ms: i64,
-}
-
-/// `sync_mode` (contract section 2).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncModeDoc {
-    PerParticipant,
-    PerCycle,
-    PerGroup,
-    Global,
-    CountUp,
-}
-
-/// The session config of `POST /v1/sessions` (contract section 3).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SessionConfigDoc {
-    /// UUID; generated when left out.
-    #[schema(value_type = Option<uuid::Uuid>)]
-    session_id: Option<String>,
-    sync_mode: SyncModeDoc,
-    /// At most 1000, with unique ids and indexes.
-    #[schema(max_items = 1000)]
-    participants: Option<Vec<ParticipantConfigDoc>>,
-    groups: Option<Vec<GroupConfigDoc>>,
-    /// Session bank (required in global), 1000..=86400000.
-    #[schema(minimum = 1000, maximum = 86400000)]
-    total_time_ms: Option<i64>,
-    /// Cycle length (required in per_cycle), 1000..=86400000.
-    #[schema(minimum = 1000, maximum = 86400000)]
-    time_per_cycle_ms: Option<i64>,
-    /// 0..=3600000.
-    #[schema(minimum = 0, maximum = 3600000)]
-    increment_ms: Option<i64>,
-    /// Bank cap, or the stopwatch limit in count_up; 1000..=86400000.
-    #[schema(minimum = 1000, maximum = 86400000)]
-    max_time_ms: Option<i64>,
-    /// `{"type": "end_session" | "skip_cycle" | "auto_action", "action"?: string, ...extra}`.
-    #[schema(value_type = Option<Object>)]
-    action_on_timeout: Option<serde_json::Value>,
-    auto_advance: Option<bool>,
-    /// At most 10 KiB serialized.
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
-}
-
-/// The `{command}` of `POST /v1/sessions/{id}/{command}`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandDoc {
-    Start,
-    Switch,
-    Pause,
-    Resume,
-    Complete,
-    Cancel,
-}
-
-/// The optional body of a command.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CommandBodyDoc {
-    /// Apply only at this version (else 409 CONFLICT).
-    expected_version: Option<u64>,
-    /// switch only: who plays next.
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
-    next_participant_id: Option<String>,
-}
-
-/// `GET /v1/time`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TimeBody {
-    timestamp_ms: i64,
-    server_version: String,
-    drift_tolerance_ms: i64,
-}
-
-/// `GET /health`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HealthBody {
-    /// ok | unavailable
-    status: String,
-    /// ok | unavailable
-    store: String,
-    /// ok | unavailable
-    bus: String,
-    /// ok | degraded | disabled
-    audit: String,
-    uptime_s: u64,
-    version: String,
-}
-
-/// `GET /ready`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReadyBody {
-    /// ready | not_ready
-    status: String,
-    /// Why not ready: starting, draining, store unreachable.
-    reason: Option<String>,
-}
+use crate::schemas::{
+    CommandBodyDoc, ErrorBody, ErrorDoc, EventsEnvelope, GroupConfigDoc, HealthBody,
+    ParticipantConfigDoc, ReadyBody, SessionConfigDoc, SwitchBodyDoc, SyncModeDoc, TimeBody,
+    ViewEnvelope,
+};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -174,7 +23,12 @@ pub struct ReadyBody {
     paths(
         crate::rest::create_session,
         crate::rest::get_session,
-        crate::rest::session_command,
+        crate::rest::start_session,
+        crate::rest::switch_session,
+        crate::rest::pause_session,
+        crate::rest::resume_session,
+        crate::rest::complete_session,
+        crate::rest::cancel_session,
         crate::rest::delete_session,
         crate::rest::session_events,
         crate::rest::time,
@@ -183,7 +37,7 @@ pub struct ReadyBody {
     ),
     components(schemas(
         ViewEnvelope, EventsEnvelope, ErrorBody, ErrorDoc, SessionConfigDoc, ParticipantConfigDoc,
-        GroupConfigDoc, SyncModeDoc, CommandDoc, CommandBodyDoc, TimeBody, HealthBody, ReadyBody, WireView,
+        GroupConfigDoc, SyncModeDoc, CommandBodyDoc, SwitchBodyDoc, TimeBody, HealthBody, ReadyBody, WireView,
         WireParticipant, WireGroup, WireEvent
     )),
     tags(
@@ -215,4 +69,87 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/openapi.json", web::get().to(openapi_json))
         .route("/docs", web::get().to(to_docs))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document()));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::command::CommandName;
+
+    /// Generated clients get a method per command (contract section 3):
+    /// one path per command, each with its own operation id and body
+    /// schema, and no templated `{command}` path.
+    #[test]
+    fn every_command_has_its_own_path_operation_and_body() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(
+            !paths.keys().any(|p| p.contains("{command}")),
+            "{:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+        let mut ids = HashSet::new();
+        for name in CommandName::ALL {
+            let path = format!("/v1/sessions/{{id}}/{}", name.as_str());
+            let op = &paths.get(&path).unwrap_or_else(|| panic!("{path} missing"))["post"];
+            let id = op["operationId"].as_str().unwrap();
+            assert_eq!(id, format!("{}Session", name.as_str()));
+            assert!(ids.insert(id.to_owned()), "{id} twice");
+
+            let schema = op["requestBody"]["content"]["application/json"]["schema"].to_string();
+            let body = if name.is_switch() {
+                "SwitchBodyDoc"
+            } else {
+                "CommandBodyDoc"
+            };
+            assert!(
+                schema.contains(&format!("#/components/schemas/{body}")),
+                "{path}: {schema}"
+            );
+
+            let responses = op["responses"].as_object().unwrap();
+            let statuses: Vec<&str> = responses.keys().map(String::as_str).collect();
+            assert_eq!(
+                statuses,
+                ["200", "400", "401", "403", "404", "409", "429", "503"],
+                "{path}"
+            );
+            assert_eq!(
+                responses["200"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ViewEnvelope"
+            );
+            assert_eq!(
+                responses["409"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody"
+            );
+        }
+        let schemas = &doc["components"]["schemas"];
+        let switch = schemas["SwitchBodyDoc"]["properties"].as_object().unwrap();
+        assert!(
+            switch.contains_key("next_participant_id") && switch.contains_key("expected_version")
+        );
+        let other = schemas["CommandBodyDoc"]["properties"].as_object().unwrap();
+        assert_eq!(other.keys().collect::<Vec<_>>(), ["expected_version"]);
+    }
+
+    /// The shared error rows reach every authenticated endpoint.
+    #[test]
+    fn access_errors_are_listed_on_every_session_endpoint() {
+        let doc = serde_json::to_value(document()).unwrap();
+        for (path, method) in [
+            ("/v1/sessions", "post"),
+            ("/v1/sessions/{id}", "get"),
+            ("/v1/sessions/{id}", "delete"),
+            ("/v1/sessions/{id}/events", "get"),
+        ] {
+            let responses = doc["paths"][path][method]["responses"].as_object().unwrap();
+            for status in ["401", "403", "429", "503"] {
+                assert!(responses.contains_key(status), "{method} {path}: {status}");
+            }
+        }
+    }
 }

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use kairos_domain::{PlaceRegistry, StoreError};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::error::{ApiError, Code};
-use crate::state::AppState;
 
 /// How long a place in the shared registry lasts without renewal.
 pub const LEASE_MS: i64 = 30_000;
@@ -50,6 +50,8 @@ pub struct UserPlaces {
     /// Makes holder ids unique across instances.
     instance: String,
     next: AtomicU64,
+    /// Where releases in the shared registry run, so that shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for UserPlaces {
@@ -71,20 +73,22 @@ pub struct Place {
 impl UserPlaces {
     /// Places counted on this instance only (no shared store).
     pub fn local() -> Self {
-        Self::new(None)
+        Self::new(None, TaskTracker::new())
     }
 
-    /// Places counted across every instance sharing `registry`.
-    pub fn shared(registry: Arc<dyn PlaceRegistry>) -> Self {
-        Self::new(Some(registry))
+    /// Places counted across every instance sharing `registry`; releases
+    /// are spawned on `tasks`.
+    pub fn shared(registry: Arc<dyn PlaceRegistry>, tasks: TaskTracker) -> Self {
+        Self::new(Some(registry), tasks)
     }
 
-    fn new(shared: Option<Arc<dyn PlaceRegistry>>) -> Self {
+    fn new(shared: Option<Arc<dyn PlaceRegistry>>, tasks: TaskTracker) -> Self {
         Self {
             held: Mutex::new(HashMap::new()),
             shared,
             instance: uuid::Uuid::new_v4().simple().to_string(),
             next: AtomicU64::new(0),
+            tasks,
         }
     }
 
@@ -175,11 +179,11 @@ impl UserPlaces {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let shared = Arc::clone(shared);
-            runtime.spawn(async move {
+            runtime.spawn(self.tasks.track_future(async move {
                 if let Err(e) = shared.release(&place.sub, &place.holder).await {
                     tracing::debug!(error = %e, "place not released; it lapses with its lease");
                 }
-            });
+            }));
         }
     }
 
@@ -204,10 +208,15 @@ impl UserPlaces {
     }
 }
 
-/// Renews this instance's places every [`RENEW_EVERY`] until `stop` turns
-/// true (or its sender is dropped). Does nothing without a shared registry.
-pub async fn renew_places(state: actix_web::web::Data<AppState>, mut stop: watch::Receiver<bool>) {
-    if !state.places.is_shared() {
+/// Renews `places` every [`RENEW_EVERY`], at the time `now_ms` tells,
+/// until `stop` turns true (or its sender is dropped). Does nothing without
+/// a shared registry.
+pub async fn renew_places(
+    places: &UserPlaces,
+    now_ms: impl Fn() -> i64,
+    mut stop: watch::Receiver<bool>,
+) {
+    if !places.is_shared() {
         return;
     }
     let mut ticker = tokio::time::interval(RENEW_EVERY);
@@ -215,8 +224,7 @@ pub async fn renew_places(state: actix_web::web::Data<AppState>, mut stop: watch
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let now = state.service.now_ms();
-                if let Err(e) = state.places.renew(now).await {
+                if let Err(e) = places.renew(now_ms()).await {
                     tracing::warn!(error = %e, "cannot renew the per-user WebSocket places; retrying next round");
                 }
             }
@@ -305,7 +313,7 @@ mod tests {
     #[tokio::test]
     async fn a_shared_refusal_or_outage_leaves_no_local_place_behind() {
         let full = Scripted::answering(Ok(false));
-        let places = UserPlaces::shared(full.clone());
+        let places = UserPlaces::shared(full.clone(), TaskTracker::new());
         assert_eq!(
             places.take("bob", 5, 0).await.unwrap_err().code,
             Code::Forbidden
@@ -349,7 +357,7 @@ mod tests {
     async fn a_take_dropped_while_the_registry_answers_leaves_no_place_behind() {
         let hanging = Scripted::answering(Ok(true));
         hanging.hang.store(true, Ordering::SeqCst);
-        let places = UserPlaces::shared(hanging.clone());
+        let places = UserPlaces::shared(hanging.clone(), TaskTracker::new());
         let take = places.take("bob", 1, 0);
         // The handshake is dropped while the registry has not answered.
         assert!(

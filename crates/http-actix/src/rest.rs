@@ -1,20 +1,27 @@
 //! The REST endpoints of contract section 3, one handler per endpoint, each
 //! parsing its input into domain types, calling the service, and shaping the
-//! answer; errors go through [`crate::error::from_service`].
+//! answer; errors go through `error::from_service`. The six commands have a
+//! path (and an OpenAPI operation) each, and share one body: name to
+//! command in `command`, the rest in `AppState::execute`, as the
+//! WebSocket's commands do.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use kairos_domain::{Command, SessionConfig, SessionId};
+use kairos_domain::{SessionConfig, SessionId};
 use serde_json::{Value, json};
 
-use crate::auth::authenticate;
+use crate::command::CommandName;
 use crate::dto::{CommandBody, WireEvent, WireView};
 use crate::error::{ApiError, Code, from_service};
 use crate::limits::{self, Kind};
 use crate::middleware::request_id;
+use crate::schemas::{
+    AccessErrors, CommandBodyDoc, CommandErrors, ErrorBody, EventsEnvelope, HealthBody, ReadyBody,
+    SessionConfigDoc, SwitchBodyDoc, TimeBody, ViewEnvelope,
+};
 use crate::state::AppState;
 
 /// Request bodies over this many bytes are refused with 413.
@@ -45,8 +52,39 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed()),
     )
     .service(
+        web::resource("/v1/sessions/{id}/start")
+            .route(web::post().to(start_session))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/sessions/{id}/switch")
+            .route(web::post().to(switch_session))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/sessions/{id}/pause")
+            .route(web::post().to(pause_session))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/sessions/{id}/resume")
+            .route(web::post().to(resume_session))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/sessions/{id}/complete")
+            .route(web::post().to(complete_session))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/sessions/{id}/cancel")
+            .route(web::post().to(cancel_session))
+            .default_service(not_allowed()),
+    )
+    // Any other name: 404 (after the paths above and `/events`).
+    .service(
         web::resource("/v1/sessions/{id}/{command}")
-            .route(web::post().to(session_command))
+            .route(web::post().to(unknown_command))
             .default_service(not_allowed()),
     )
     .service(
@@ -112,16 +150,13 @@ fn data(value: impl serde::Serialize) -> HttpResponse {
 /// Create a session.
 #[utoipa::path(
     post, path = "/v1/sessions", tag = "sessions",
-    request_body(content = crate::openapi::SessionConfigDoc, description = "Session config (contract section 3)"),
+    request_body(content = SessionConfigDoc, description = "Session config (contract section 3)"),
     responses(
-        (status = 201, description = "Created; `Location` names the session", body = crate::openapi::ViewEnvelope),
-        (status = 400, description = "VALIDATION_ERROR listing every bad field", body = crate::openapi::ErrorBody),
-        (status = 409, description = "SESSION_EXISTS", body = crate::openapi::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED (Retry-After)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "UNAVAILABLE: the store is unreachable (Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 201, description = "Created; `Location` names the session", body = ViewEnvelope),
+        (status = 400, description = "VALIDATION_ERROR listing every bad field", body = ErrorBody),
+        (status = 409, description = "SESSION_EXISTS", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+        AccessErrors,
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -131,8 +166,10 @@ pub async fn create_session(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let rid = request_id(&req);
-    let actor = authenticate(&req, &state)?;
-    let rate = limits::check(&state, Kind::Create, &caller(&state, &actor, &req)).await?;
+    let actor = state.settings.auth.authenticate(&req)?;
+    let rate = state
+        .rate(Kind::Create, &caller(&state, &actor, &req))
+        .await?;
     let body = read_json(&req, payload).await?;
     let config = SessionConfig::parse(&body).map_err(ApiError::validation)?;
     let generated = SessionId::from_uuid(uuid::Uuid::new_v4());
@@ -157,13 +194,10 @@ pub async fn create_session(
     get, path = "/v1/sessions/{id}", tag = "sessions",
     params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
     responses(
-        (status = 200, description = "The session view", body = crate::openapi::ViewEnvelope),
-        (status = 400, description = "VALIDATION_ERROR: the id is not a UUID", body = crate::openapi::ErrorBody),
-        (status = 404, description = "SESSION_NOT_FOUND", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED (Retry-After)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "UNAVAILABLE: the store is unreachable (Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 200, description = "The session view", body = ViewEnvelope),
+        (status = 400, description = "VALIDATION_ERROR: the id is not a UUID", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        AccessErrors,
     )
 )]
 #[tracing::instrument(skip_all, fields(session_id = %path))]
@@ -174,8 +208,8 @@ pub async fn get_session(
 ) -> Result<HttpResponse, ApiError> {
     let rid = request_id(&req);
     let id = parse_id(&path)?;
-    let actor = authenticate(&req, &state)?;
-    let rate = limits::check(&state, Kind::Get, &caller(&state, &actor, &req)).await?;
+    let actor = state.settings.auth.authenticate(&req)?;
+    let rate = state.rate(Kind::Get, &caller(&state, &actor, &req)).await?;
     let view = state
         .service
         .get(&actor, id)
@@ -186,87 +220,142 @@ pub async fn get_session(
     Ok(response)
 }
 
-/// Start, switch, pause, resume, complete or cancel a session.
+/// Start a session (`pending` to `running`).
 #[utoipa::path(
-    post, path = "/v1/sessions/{id}/{command}", tag = "sessions",
-    params(
-        ("id" = uuid::Uuid, Path, description = "Session id (UUID)"),
-        ("command" = crate::openapi::CommandDoc, Path, description = "start | switch | pause | resume | complete | cancel"),
-    ),
-    request_body(content = Option<crate::openapi::CommandBodyDoc>, description = "Optional: expected_version, and next_participant_id for switch"),
+    post, path = "/v1/sessions/{id}/start", tag = "sessions", operation_id = "startSession",
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
+    request_body(content = Option<CommandBodyDoc>, description = "Optional: expected_version"),
     responses(
-        (status = 200, description = "The session after the command", body = crate::openapi::ViewEnvelope),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody),
-        (status = 404, description = "SESSION_NOT_FOUND, or an unknown command", body = crate::openapi::ErrorBody),
-        (status = 409, description = "CONFLICT: expected_version differs", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED (Retry-After)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "UNAVAILABLE: the store is unreachable (Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 200, description = "The session after the command", body = ViewEnvelope),
+        CommandErrors,
     )
 )]
-#[tracing::instrument(skip_all, fields(session_id = %path.0, command = %path.1))]
-pub async fn session_command(
+#[tracing::instrument(skip_all, fields(session_id = %path, command = "start"))]
+pub async fn start_session(
     req: HttpRequest,
-    path: web::Path<(String, String)>,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    session_command(req, &path, CommandName::Start, payload, state).await
+}
+
+/// Switch: charge the active clock and activate the next participant (contract section 2).
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/switch", tag = "sessions", operation_id = "switchSession",
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
+    request_body(content = Option<SwitchBodyDoc>, description = "Optional: expected_version, next_participant_id"),
+    responses(
+        (status = 200, description = "The session after the command", body = ViewEnvelope),
+        CommandErrors,
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path, command = "switch"))]
+pub async fn switch_session(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    session_command(req, &path, CommandName::Switch, payload, state).await
+}
+
+/// Pause a running session.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/pause", tag = "sessions", operation_id = "pauseSession",
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
+    request_body(content = Option<CommandBodyDoc>, description = "Optional: expected_version"),
+    responses(
+        (status = 200, description = "The session after the command", body = ViewEnvelope),
+        CommandErrors,
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path, command = "pause"))]
+pub async fn pause_session(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    session_command(req, &path, CommandName::Pause, payload, state).await
+}
+
+/// Resume a paused session.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/resume", tag = "sessions", operation_id = "resumeSession",
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
+    request_body(content = Option<CommandBodyDoc>, description = "Optional: expected_version"),
+    responses(
+        (status = 200, description = "The session after the command", body = ViewEnvelope),
+        CommandErrors,
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path, command = "resume"))]
+pub async fn resume_session(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    session_command(req, &path, CommandName::Resume, payload, state).await
+}
+
+/// Complete a session.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/complete", tag = "sessions", operation_id = "completeSession",
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
+    request_body(content = Option<CommandBodyDoc>, description = "Optional: expected_version"),
+    responses(
+        (status = 200, description = "The session after the command", body = ViewEnvelope),
+        CommandErrors,
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path, command = "complete"))]
+pub async fn complete_session(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    session_command(req, &path, CommandName::Complete, payload, state).await
+}
+
+/// Cancel a session (ext); it is kept until its TTL.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/cancel", tag = "sessions", operation_id = "cancelSession",
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
+    request_body(content = Option<CommandBodyDoc>, description = "Optional: expected_version"),
+    responses(
+        (status = 200, description = "The session after the command", body = ViewEnvelope),
+        CommandErrors,
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path, command = "cancel"))]
+pub async fn cancel_session(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    session_command(req, &path, CommandName::Cancel, payload, state).await
+}
+
+/// What every command path does: parse, authenticate, then run the
+/// command as a WebSocket's would be ([`AppState::execute`]).
+async fn session_command(
+    req: HttpRequest,
+    raw_id: &str,
+    name: CommandName,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let rid = request_id(&req);
-    let (raw_id, name) = path.into_inner();
-    let is_switch = name == "switch";
-    let body_value;
-    let command = match name.as_str() {
-        "start" | "pause" | "resume" | "complete" | "cancel" | "switch" => {
-            let id = parse_id(&raw_id)?;
-            body_value = read_json(&req, payload).await?;
-            let body = CommandBody::parse(&body_value)?;
-            if body.next_participant_id.is_some() && !is_switch {
-                return Err(ApiError::field(
-                    "next_participant_id",
-                    "is only accepted by switch",
-                ));
-            }
-            let command = match name.as_str() {
-                "start" => Command::Start,
-                "pause" => Command::Pause,
-                "resume" => Command::Resume,
-                "complete" => Command::Complete,
-                "cancel" => Command::Cancel,
-                _ => Command::Switch {
-                    next: body.next_participant_id,
-                },
-            };
-            (id, command, body.expected_version)
-        }
-        _ => {
-            return Err(ApiError::new(
-                Code::NotFound,
-                format!("no such command: {name}"),
-            ));
-        }
-    };
-    let (id, command, expected) = command;
-    let actor = authenticate(&req, &state)?;
-    let rate = if is_switch {
-        limits::check(&state, Kind::Switch, &id.to_string()).await?
-    } else {
-        None
-    };
-    let started = Instant::now();
-    let result = state.service.execute(&actor, id, command, expected).await;
-    if is_switch {
-        state
-            .metrics
-            .switch_latency
-            .observe(started.elapsed().as_secs_f64());
-    }
-    let executed = result.map_err(|e| {
-        if matches!(e, kairos_domain::ServiceError::Unavailable(_)) {
-            state.metrics.store_errors.inc();
-        }
-        from_service(e, &rid)
-    })?;
+    let id = parse_id(raw_id)?;
+    let body = CommandBody::parse(&read_json(&req, payload).await?)?;
+    let expected = body.expected_version;
+    let command = name.command(body)?;
+    let actor = state.settings.auth.authenticate(&req)?;
+    let (executed, rate) = state.execute(&actor, id, command, expected, &rid).await?;
     let mut response = data(WireView::from_view(
         executed.view,
         executed.expired_participant_id,
@@ -275,18 +364,23 @@ pub async fn session_command(
     Ok(response)
 }
 
+/// `POST /v1/sessions/{id}/<anything else>`: 404, before the id or the
+/// token is looked at.
+async fn unknown_command(path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        Code::NotFound,
+        format!("no such command: {}", path.into_inner().1),
+    ))
+}
+
 /// Delete a session (cancelled first if still live).
 #[utoipa::path(
     delete, path = "/v1/sessions/{id}", tag = "sessions",
     params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
     responses(
-        (status = 204, description = "Deleted; subscribers got SESSION_DELETED"),
-        (status = 400, description = "VALIDATION_ERROR: the id is not a UUID", body = crate::openapi::ErrorBody),
-        (status = 404, description = "SESSION_NOT_FOUND", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED (Retry-After)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "UNAVAILABLE: the store is unreachable (Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 204, description = "Deleted, subscribers got SESSION_DELETED; also for an unknown or already deleted id (idempotent)"),
+        (status = 400, description = "VALIDATION_ERROR: the id is not a UUID", body = ErrorBody),
+        AccessErrors,
     )
 )]
 #[tracing::instrument(skip_all, fields(session_id = %path))]
@@ -297,7 +391,7 @@ pub async fn delete_session(
 ) -> Result<HttpResponse, ApiError> {
     let rid = request_id(&req);
     let id = parse_id(&path)?;
-    let actor = authenticate(&req, &state)?;
+    let actor = state.settings.auth.authenticate(&req)?;
     state
         .service
         .delete(&actor, id)
@@ -315,13 +409,10 @@ pub async fn delete_session(
         ("before_ms" = Option<i64>, Query, description = "Only events with at_ms before this instant (paging)"),
     ),
     responses(
-        (status = 200, description = "Events, newest first", body = crate::openapi::EventsEnvelope),
-        (status = 400, description = "VALIDATION_ERROR: the id is not a UUID, or a bad limit or before_ms", body = crate::openapi::ErrorBody),
-        (status = 404, description = "SESSION_NOT_FOUND", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHORIZED: no valid token (authentication on)", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the token lacks the right", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED (Retry-After)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "UNAVAILABLE: the store is unreachable (Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Events, newest first", body = EventsEnvelope),
+        (status = 400, description = "VALIDATION_ERROR: the id is not a UUID, or a bad limit or before_ms", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        AccessErrors,
     )
 )]
 #[tracing::instrument(skip_all, fields(session_id = %path))]
@@ -363,7 +454,7 @@ pub async fn session_events(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let actor = authenticate(&req, &state)?;
+    let actor = state.settings.auth.authenticate(&req)?;
     let events = state
         .service
         .history(&actor, id, limit, before_ms)
@@ -377,17 +468,14 @@ pub async fn session_events(
 #[utoipa::path(
     get, path = "/v1/time", tag = "time",
     responses(
-        (status = 200, description = "Server time", body = crate::openapi::TimeBody),
-        (status = 429, description = "RATE_LIMITED", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Server time", body = TimeBody),
+        (status = 429, description = "RATE_LIMITED", body = ErrorBody),
     )
 )]
 pub async fn time(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let ip = state
-        .limiter
-        .as_ref()
-        .and_then(|l| limits::client_ip(&req, &l.limits.trusted_proxies))
+    let ip = limits::client_ip(&req, state.trusted_proxies())
         .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
-    let rate = limits::check(&state, Kind::Time, &format!("ip:{ip}")).await?;
+    let rate = state.rate(Kind::Time, &format!("ip:{ip}")).await?;
     let mut response = HttpResponse::Ok().json(json!({
         "timestamp_ms": state.service.now_ms(),
         "server_version": state.settings.version,
@@ -399,11 +487,7 @@ pub async fn time(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 
 /// The rate-limit key of the caller: its token subject, else its IP.
 fn caller(state: &AppState, actor: &kairos_domain::Actor, req: &HttpRequest) -> String {
-    let trusted = state
-        .limiter
-        .as_ref()
-        .map_or(&[][..], |l| l.limits.trusted_proxies.as_slice());
-    limits::caller_key(actor, req, trusted)
+    limits::caller_key(actor, req, state.trusted_proxies())
 }
 
 /// The service's dependencies, the store's ping bounded by [`PROBE_TIMEOUT`].
@@ -420,8 +504,8 @@ async fn probe(state: &AppState) -> kairos_domain::Health {
 #[utoipa::path(
     get, path = "/health", tag = "operations",
     responses(
-        (status = 200, description = "Healthy", body = crate::openapi::HealthBody),
-        (status = 503, description = "The primary store or the bus is down", body = crate::openapi::HealthBody),
+        (status = 200, description = "Healthy", body = HealthBody),
+        (status = 503, description = "The primary store or the bus is down", body = HealthBody),
     )
 )]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
@@ -433,7 +517,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "status": if store && bus { "ok" } else { "unavailable" },
         "store": if store { "ok" } else { "unavailable" },
         "bus": if bus { "ok" } else { "unavailable" },
-        "audit": (state.audit_health)().as_str(),
+        "audit": audit_str((state.audit_health)()),
         "uptime_s": state.lifecycle.uptime().as_secs(),
         "version": state.settings.version,
     });
@@ -444,12 +528,21 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// The wire value of the audit trail's health.
+fn audit_str(health: kairos_domain::AuditHealth) -> &'static str {
+    match health {
+        kairos_domain::AuditHealth::Ok => "ok",
+        kairos_domain::AuditHealth::Degraded => "degraded",
+        kairos_domain::AuditHealth::Disabled => "disabled",
+    }
+}
+
 /// Readiness for load balancers.
 #[utoipa::path(
     get, path = "/ready", tag = "operations",
     responses(
-        (status = 200, description = "Ready", body = crate::openapi::ReadyBody),
-        (status = 503, description = "Starting, draining, or the store is unreachable", body = crate::openapi::ReadyBody),
+        (status = 200, description = "Ready", body = ReadyBody),
+        (status = 503, description = "Starting, draining, or the store is unreachable", body = ReadyBody),
     )
 )]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {

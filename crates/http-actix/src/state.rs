@@ -1,49 +1,29 @@
 //! What every handler shares: the service over trait-object ports, the
-//! transport's settings, metrics, and the instance's lifecycle flags.
+//! transport's settings, metrics, and the instance's lifecycle flags; and
+//! the steps every command takes, whichever transport it came by
+//! ([`AppState::execute`]).
+//!
+//! This module sits above the parts it holds (auth, limits, places, hub,
+//! metrics): it imports them, none of them imports it. Only the handlers
+//! (REST, WebSocket, middleware) see the whole state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kairos_domain::{Clock, EventBus, SessionService, SessionStore};
+use kairos_domain::{Actor, AuditHealth, Command, Executed, RateDecision, ServiceError, SessionId};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
+pub use crate::auth::AuthMode;
+use crate::error::{ApiError, from_service};
+use crate::hub::Hub;
+use crate::limits::{Kind, Limiter};
 use crate::metrics::Metrics;
+use crate::places::UserPlaces;
 
 /// The service as the transport holds it: adapters chosen at start-up.
-pub type Service = SessionService<dyn SessionStore, dyn EventBus, dyn Clock>;
-
-/// How the audit trail is doing, for `/health`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditHealth {
-    /// Writing and drained.
-    Ok,
-    /// Behind (database down or backlog growing).
-    Degraded,
-    /// No audit store configured.
-    Disabled,
-}
-
-impl AuditHealth {
-    /// The wire value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Degraded => "degraded",
-            Self::Disabled => "disabled",
-        }
-    }
-}
-
-/// Whether calls need a token (contract section 6).
-#[derive(Debug, Clone)]
-pub enum AuthMode {
-    /// Every caller is an admin; for local development. Logged loudly at start.
-    Off,
-    /// HS256 JWTs signed with `JWT_SECRET` (boxed: the key material is large
-    /// and the enum is copied into every worker's settings).
-    Jwt(Box<crate::auth::JwtAuth>),
-}
+pub type Service = kairos_domain::DynSessionService;
 
 /// Transport settings, from the server's configuration.
 #[derive(Debug, Clone)]
@@ -86,14 +66,17 @@ impl Default for HttpSettings {
     }
 }
 
-/// Lifecycle of this instance: ready flag and the shutdown broadcast that
-/// every WebSocket task listens to (the mini-redis pattern).
+/// Lifecycle of this instance: ready flag, the shutdown broadcast that
+/// every WebSocket task listens to (the mini-redis pattern), and the
+/// tracker of every task the transport spawns (socket tasks, refusal
+/// closes, hub pumps, place releases), so that shutdown can wait for them.
 #[derive(Debug)]
 pub struct Lifecycle {
     ready: AtomicBool,
     draining: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     started: Instant,
+    tasks: TaskTracker,
 }
 
 impl Lifecycle {
@@ -104,6 +87,7 @@ impl Lifecycle {
             draining: AtomicBool::new(false),
             shutdown_tx: watch::channel(false).0,
             started: Instant::now(),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -120,6 +104,23 @@ impl Lifecycle {
     /// Tells every WebSocket to close with 1001 (going away).
     pub fn close_sockets(&self) {
         self.shutdown_tx.send_replace(true);
+    }
+
+    /// Tells every WebSocket to close with 1001, then waits until every
+    /// task the transport spawned has ended (each socket's close frame
+    /// queued, its place given back), at most `deadline`. False when the
+    /// deadline passed first.
+    pub async fn close_sockets_and_wait(&self, deadline: Duration) -> bool {
+        self.close_sockets();
+        self.tasks.close();
+        tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+
+    /// The tracker every task the transport spawns is registered with.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     /// Whether the instance serves (ready and not draining).
@@ -168,11 +169,122 @@ pub struct AppState {
     pub ws_connections: AtomicUsize,
     /// The per-user WebSocket cap: this instance's places, shared with
     /// the other instances when Redis is configured.
-    pub places: crate::places::UserPlaces,
+    pub places: UserPlaces,
     /// Rate limits; `None` disables them (as does `RATE_LIMITS=off`).
-    pub limiter: Option<crate::limits::Limiter>,
+    pub limiter: Option<Limiter>,
     /// Shares one bus subscription per watched session among this instance's WebSockets.
-    pub hub: crate::hub::Hub,
+    pub hub: Hub,
+}
+
+impl AppState {
+    /// The state of one instance: the service, the bus its hub subscribes
+    /// to, and the transport's settings. Everything else starts at its
+    /// embedded default (no rate limits, the per-user cap counted on this
+    /// instance only, audit disabled, fresh metrics and lifecycle); the
+    /// `with_*` methods set it.
+    pub fn new(
+        service: Service,
+        bus: Arc<dyn kairos_domain::EventBus>,
+        settings: HttpSettings,
+    ) -> Self {
+        let lifecycle = Arc::new(Lifecycle::new());
+        Self {
+            hub: Hub::new(service.clone(), bus, lifecycle.tasks().clone()),
+            service,
+            audit_health: Arc::new(|| AuditHealth::Disabled),
+            metrics: Metrics::new(),
+            settings,
+            lifecycle,
+            ws_connections: AtomicUsize::new(0),
+            places: UserPlaces::local(),
+            limiter: None,
+        }
+    }
+
+    /// Reports the audit trail's health through `audit_health`.
+    #[must_use]
+    pub fn with_audit_health(mut self, audit_health: AuditHealthFn) -> Self {
+        self.audit_health = audit_health;
+        self
+    }
+
+    /// Records into `metrics` (e.g. a registry the workers share).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Enforces rate limits with `limiter`.
+    #[must_use]
+    pub fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Counts the per-user WebSocket cap across instances in `registry`
+    /// (its lease renewals are tracked by this state's lifecycle).
+    #[must_use]
+    pub fn with_place_registry(mut self, registry: Arc<dyn kairos_domain::PlaceRegistry>) -> Self {
+        self.places = UserPlaces::shared(registry, self.lifecycle.tasks().clone());
+        self
+    }
+
+    /// Counts one request of `kind` for `key` against its rate limit
+    /// (`Ok(None)` when limits are off).
+    pub async fn rate(&self, kind: Kind, key: &str) -> Result<Option<RateDecision>, ApiError> {
+        match &self.limiter {
+            None => Ok(None),
+            Some(limiter) => limiter.check(kind, key, self.service.now_ms()).await,
+        }
+    }
+
+    /// The peers whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        self.limiter
+            .as_ref()
+            .map_or(&[][..], |l| l.limits.trusted_proxies.as_slice())
+    }
+
+    /// Runs a client's command, from REST or a WebSocket alike: a switch
+    /// is rate-limited per session and its latency recorded, a store
+    /// outage is counted, and a refusal becomes the one [`ApiError`] of
+    /// [`from_service`] (`request_id` goes into a 500's body and the log).
+    /// Returns the rate decision for the `RateLimit-*` headers.
+    pub async fn execute(
+        &self,
+        actor: &Actor,
+        id: SessionId,
+        command: Command,
+        expected_version: Option<u64>,
+        request_id: &str,
+    ) -> Result<(Executed, Option<RateDecision>), ApiError> {
+        let is_switch = matches!(command, Command::Switch { .. });
+        let rate = if is_switch {
+            self.rate(Kind::Switch, &id.to_string()).await?
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let result = self
+            .service
+            .execute(actor, id, command, expected_version)
+            .await;
+        if is_switch {
+            self.metrics
+                .switch_latency
+                .observe(started.elapsed().as_secs_f64());
+        }
+        match result {
+            Ok(executed) => Ok((executed, rate)),
+            Err(e) => {
+                if matches!(e, ServiceError::Unavailable(_)) {
+                    self.metrics.store_errors.inc();
+                }
+                Err(from_service(e, request_id))
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for AppState {

@@ -12,13 +12,12 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use actix_web::web::Data;
 use adapter_memory::{MemoryBus, MemoryStore, SystemClock};
 use futures_util::StreamExt;
-use http_actix::{AppState, AuditHealth, HttpSettings, Lifecycle, Metrics, Service};
+use http_actix::{AppState, HttpSettings, Service};
 use jsonschema::Validator;
 use serde_json::{Value, json};
 use tokio_tungstenite::connect_async;
@@ -79,19 +78,8 @@ impl TestServer {
         let store = Arc::new(MemoryStore::new(Duration::from_secs(3600)));
         let bus = Arc::new(MemoryBus::new());
         let service = Service::new(store, bus.clone(), Arc::new(SystemClock::new()));
-        let lifecycle = Arc::new(Lifecycle::new());
-        lifecycle.set_ready();
-        let state = Data::new(AppState {
-            hub: http_actix::hub::Hub::new(service.clone(), bus),
-            service,
-            audit_health: Arc::new(|| AuditHealth::Disabled),
-            metrics: Metrics::new(),
-            settings: HttpSettings::default(),
-            lifecycle,
-            ws_connections: AtomicUsize::new(0),
-            places: http_actix::places::UserPlaces::local(),
-            limiter: None,
-        });
+        let state = Data::new(AppState::new(service, bus, HttpSettings::default()));
+        state.lifecycle.set_ready();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
         let server = http_actix::serve(listener, state, Some(1), || {}).unwrap();

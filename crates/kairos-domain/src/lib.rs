@@ -83,7 +83,9 @@ pub use ports::{
     OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription,
 };
 pub use ratelimit::{Limit, RateDecision, RateLimiter};
-pub use service::{Executed, Health, ServiceError, SessionService, Snapshot};
+pub use service::{
+    AuditHealth, DynSessionService, Executed, Health, ServiceError, SessionService, Snapshot,
+};
 pub use session::{Group, Participant, Session, Status, SyncMode, TimeoutAction, TimeoutKind};
 pub use view::{GroupView, ParticipantView, SessionView};
 

@@ -64,6 +64,22 @@ pub struct Health {
     pub bus: bool,
 }
 
+/// How the audit trail is doing, for `/health`: the audit worker sets it,
+/// the transport reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditHealth {
+    /// Writing and drained.
+    Ok,
+    /// Behind (database down or backlog growing).
+    Degraded,
+    /// No audit store configured.
+    Disabled,
+}
+
+/// The service over trait-object ports, as the server wires it (adapters
+/// chosen at start-up) and as the transport and the workers hold it.
+pub type DynSessionService = SessionService<dyn SessionStore, dyn EventBus, dyn Clock>;
+
 /// A session's stored state and the instant it was read at: what a caller
 /// allowed to read it needs to compute any view (`view::view(&state, now_ms)`).
 #[derive(Debug, Clone, PartialEq)]

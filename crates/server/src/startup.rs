@@ -5,13 +5,15 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use actix_web::web;
 use adapter_memory::{MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock};
 use bus_redis::{RedisBus, RedisBusConfig};
-use http_actix::{AppState, AuditHealth, AuthMode, HttpSettings, Lifecycle, Metrics, Service};
-use kairos_domain::{AuditSink, Clock, EventBus, Outbox, RateLimiter, SessionStore};
+use http_actix::{AppState, AuthMode, HttpSettings, Metrics};
+use kairos_domain::{
+    AuditHealth, AuditSink, Clock, DynSessionService as Service, EventBus, Outbox, RateLimiter,
+    SessionStore,
+};
 use store_redis::{
     RedisClock, RedisConfig, RedisMode, RedisPlaceRegistry, RedisRateLimiter, RedisStore,
 };
@@ -19,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{RedisSettings, Settings};
-use crate::workers::{self, AuditStatus};
+use crate::workers::{self, AuditStatus, WorkerMetrics};
 
 /// The adapters behind the ports, as the configuration chose them.
 struct Adapters {
@@ -48,6 +50,8 @@ pub struct Application {
     adapters_stop: watch::Sender<bool>,
     adapter_tasks: JoinSet<()>,
     bus_stats: Option<bus_redis::RedisBus>,
+    /// The workers' metrics, in the registry `/metrics` renders.
+    worker_metrics: WorkerMetrics,
 }
 
 impl std::fmt::Debug for Application {
@@ -191,6 +195,11 @@ async fn audit_store(
     Ok(Arc::new(pg))
 }
 
+/// How long shutdown waits for the WebSockets' close frames (each close
+/// itself gives up after a second on a peer that stopped reading; a socket
+/// in the middle of a command first finishes it).
+const SOCKETS_CLOSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often instances re-measure their offset to Redis `TIME`.
 const CLOCK_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -247,9 +256,12 @@ impl Application {
         }
 
         let metrics = Metrics::new();
+        let worker_metrics =
+            WorkerMetrics::register(metrics.registry(), metrics.store_errors.clone())
+                .map_err(|e| anyhow::anyhow!("cannot register the workers' metrics: {e}"))?;
         if bus_stats.is_none() {
             // The in-process bus cannot disconnect.
-            metrics.bus_subscriber_up.set(1);
+            worker_metrics.bus_subscriber_up.set(1);
         }
         let bus = adapters.bus;
         let mut service = Service::new(adapters.store, bus.clone(), adapters.clock);
@@ -273,23 +285,19 @@ impl Application {
             ..HttpSettings::default()
         };
         let status = audit_status.clone();
-        let state = web::Data::new(AppState {
-            hub: http_actix::hub::Hub::new(service.clone(), bus),
-            service,
-            audit_health: Arc::new(move || status.get()),
-            metrics,
-            settings: http,
-            lifecycle: Arc::new(Lifecycle::new()),
-            ws_connections: AtomicUsize::new(0),
-            places: match adapters.places {
-                Some(registry) => http_actix::places::UserPlaces::shared(registry),
-                None => http_actix::places::UserPlaces::local(),
-            },
-            limiter: Some(http_actix::limits::Limiter {
+        // Every task the transport spawns is tracked by the state's
+        // lifecycle; shutdown waits for them.
+        let mut state = AppState::new(service, bus, http)
+            .with_audit_health(Arc::new(move || status.get()))
+            .with_metrics(metrics)
+            .with_limiter(http_actix::limits::Limiter {
                 backend: adapters.limiter,
                 limits: settings.rate_limits.clone(),
-            }),
-        });
+            });
+        if let Some(registry) = adapters.places {
+            state = state.with_place_registry(registry);
+        }
+        let state = web::Data::new(state);
         Ok(Self {
             settings,
             state,
@@ -302,6 +310,7 @@ impl Application {
             adapters_stop,
             adapter_tasks,
             bus_stats,
+            worker_metrics,
         })
     }
 
@@ -346,13 +355,14 @@ impl Application {
             adapters_stop,
             mut adapter_tasks,
             bus_stats,
+            worker_metrics,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = tokio::task::JoinSet::new();
         workers.spawn(workers::timeout_worker(
             state.service.clone(),
-            state.metrics.clone(),
+            worker_metrics.clone(),
             stop_rx.clone(),
         ));
         if let Some((outbox, sink)) = audit {
@@ -361,7 +371,7 @@ impl Application {
                     outbox,
                     audit: sink,
                     service: state.service.clone(),
-                    metrics: state.metrics.clone(),
+                    metrics: worker_metrics.clone(),
                     status: audit_status,
                     consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
                     reclaim_after_ms: settings.audit_reclaim_ms,
@@ -369,14 +379,16 @@ impl Application {
                 stop_rx.clone(),
             ));
         }
-        workers.spawn(http_actix::places::renew_places(
-            state.clone(),
-            stop_rx.clone(),
-        ));
+        let places = state.clone();
+        let stop = stop_rx.clone();
+        workers.spawn(async move {
+            let now_ms = || places.service.now_ms();
+            http_actix::places::renew_places(&places.places, now_ms, stop).await;
+        });
         if let Some(bus) = bus_stats {
             workers.spawn(workers::bus_stats_worker(
                 bus,
-                state.metrics.clone(),
+                worker_metrics.clone(),
                 stop_rx.clone(),
             ));
         }
@@ -420,9 +432,20 @@ impl Application {
             () = tokio::time::sleep(settings.shutdown_drain) => {}
             () = force => tracing::warn!("second signal: skipping the rest of the drain"),
         }
-        state.lifecycle.close_sockets();
-        // Let close frames flush before connections are torn down.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Every socket closes with 1001; wait until each close frame is
+        // queued (and every other task of the transport has ended) before
+        // the servers, which flush them, stop.
+        if !state
+            .lifecycle
+            .close_sockets_and_wait(SOCKETS_CLOSE_DEADLINE)
+            .await
+        {
+            tracing::warn!(
+                tasks = state.lifecycle.tasks().len(),
+                deadline_s = SOCKETS_CLOSE_DEADLINE.as_secs(),
+                "some WebSocket tasks had not ended by the deadline; stopping anyway"
+            );
+        }
         server.stop(true).await;
         if let Some(h) = metrics_server {
             h.stop(true).await;

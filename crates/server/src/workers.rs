@@ -1,14 +1,19 @@
-//! Background workers: the timeout scheduler and the audit drain. Each runs
-//! until the shutdown signal flips, then returns, so shutdown can wait for
-//! them (no detached task is left behind).
+//! Background workers: the timeout scheduler, the audit drain and the bus
+//! statistics. Each runs until the shutdown signal flips, then returns, so
+//! shutdown can wait for them (no detached task is left behind).
+//!
+//! They depend on the core and on Prometheus, not on the transport: their
+//! metrics ([`WorkerMetrics`]) are registered by the server in the registry
+//! the transport's `/metrics` renders, and their audit status is a
+//! [`kairos_domain::AuditHealth`] the transport reads through a closure.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use http_actix::{AuditHealth, Metrics, Service};
-use kairos_domain::{AuditSink, Claimed, Outbox};
+use kairos_domain::{AuditHealth, AuditSink, Claimed, DynSessionService as Service, Outbox};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -25,6 +30,85 @@ const CLAIM_LEASE_MS: i64 = 5_000;
 /// Timeouts applied concurrently.
 const FIRE_CONCURRENCY: usize = 64;
 
+/// Buckets in seconds for timeout lateness: 100 µs to 5 s (the transport's
+/// latency buckets).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Every metric the workers record. Names are prefixed `kairos_`; the
+/// Grafana dashboard and the alert rules in `deploy/` name them, and every
+/// one is listed in `docs/operations.md`.
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    /// Deadlines applied by the timeout worker.
+    pub timeouts_fired: IntCounter,
+    /// From deadline to commit, for deadlines the timeout worker applied.
+    pub timeout_lateness: Histogram,
+    /// Primary store errors: the transport's counter, shared.
+    pub store_errors: IntCounter,
+    /// Events waiting in the outbox for the audit trail.
+    pub audit_backlog: IntGauge,
+    /// Age in ms of the oldest event waiting for the audit trail.
+    pub audit_backlog_age_ms: IntGauge,
+    /// Events written to the audit trail.
+    pub audit_written: IntCounter,
+    /// 1 while the event bus can deliver (its subscriber connection is up).
+    pub bus_subscriber_up: IntGauge,
+    /// Bus messages that could not be published (failed or dropped), since start.
+    pub bus_publish_failures: IntGauge,
+}
+
+impl WorkerMetrics {
+    /// Registers the workers' metrics in `registry` (the one `/metrics`
+    /// renders); `store_errors` is the counter already registered there.
+    pub fn register(registry: &Registry, store_errors: IntCounter) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let timeout_lateness = Histogram::with_opts(
+            HistogramOpts::new(
+                "kairos_timeout_lateness_seconds",
+                "From a deadline to the commit that applied it",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(timeout_lateness.clone()))?;
+        Ok(Self {
+            timeouts_fired: counter(
+                "kairos_timeouts_fired_total",
+                "Deadlines applied by the timeout worker",
+            )?,
+            timeout_lateness,
+            store_errors,
+            audit_backlog: gauge("kairos_audit_backlog", "Events waiting for the audit trail")?,
+            audit_backlog_age_ms: gauge(
+                "kairos_audit_backlog_age_ms",
+                "Age of the oldest event waiting for the audit trail",
+            )?,
+            audit_written: counter(
+                "kairos_audit_events_written_total",
+                "Events written to the audit trail",
+            )?,
+            bus_subscriber_up: gauge(
+                "kairos_bus_subscriber_up",
+                "1 while the event bus subscriber connection is up",
+            )?,
+            bus_publish_failures: gauge(
+                "kairos_bus_publish_failures_total",
+                "Bus messages not published (failed or dropped) since start",
+            )?,
+        })
+    }
+}
+
 /// Fires due deadlines until `shutdown` turns true, then fires what it had
 /// already claimed and returns.
 ///
@@ -38,7 +122,7 @@ const FIRE_CONCURRENCY: usize = 64;
 /// the queue drains; otherwise the next poll is [`TIMEOUT_POLL`] later.
 pub async fn timeout_worker(
     service: Service,
-    metrics: Metrics,
+    metrics: WorkerMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     // While the store is down, poll less often and log once per outage
@@ -109,7 +193,7 @@ pub async fn timeout_worker(
 }
 
 /// Applies one claimed session's due deadlines and records them.
-async fn fire(service: Service, metrics: Metrics, claimed: Claimed) {
+async fn fire(service: Service, metrics: WorkerMetrics, claimed: Claimed) {
     let id = claimed.id;
     match service.fire_claimed(claimed).await {
         Ok(fired) => {
@@ -165,7 +249,7 @@ pub struct AuditWorker {
     /// For the clock.
     pub service: Service,
     /// Backlog and throughput metrics.
-    pub metrics: Metrics,
+    pub metrics: WorkerMetrics,
     /// `/health`'s audit status.
     pub status: Arc<AuditStatus>,
     /// This instance's consumer name in the outbox.
@@ -247,7 +331,7 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
 /// operators see a dead subscriber connection and dropped publishes.
 pub async fn bus_stats_worker(
     bus: bus_redis::RedisBus,
-    metrics: Metrics,
+    metrics: WorkerMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use kairos_domain::EventBus;
@@ -308,7 +392,13 @@ mod tests {
         // Every one-second clock has run out before the worker starts.
         tokio::time::sleep(Duration::from_millis(1_100)).await;
 
-        let metrics = Metrics::new();
+        let registry = Registry::new();
+        let store_errors = IntCounter::new("kairos_store_errors_total", "Primary store errors")
+            .expect("a valid metric");
+        registry
+            .register(Box::new(store_errors.clone()))
+            .expect("registered once");
+        let metrics = WorkerMetrics::register(&registry, store_errors).expect("registered once");
         let (stop, stopped) = watch::channel(false);
         let worker = tokio::spawn(timeout_worker(service.clone(), metrics.clone(), stopped));
         let give_up = Instant::now() + Duration::from_secs(20);
@@ -322,6 +412,16 @@ mod tests {
             .expect("no panic");
 
         assert_eq!(metrics.timeouts_fired.get(), n as u64);
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut text,
+        )
+        .expect("encodable");
+        let text = String::from_utf8(text).expect("UTF-8");
+        assert!(text.contains(&format!("kairos_timeouts_fired_total {n}")));
+        assert!(text.contains("kairos_timeout_lateness_seconds_bucket"));
         for id in ids {
             let view = service.get(&admin, id).await.expect("readable");
             assert_eq!(view.status, Status::Expired, "{id}");

@@ -1,0 +1,220 @@
+//! Wire shapes that exist only for the OpenAPI document: the envelopes,
+//! the error body, the session config and command bodies as a client
+//! writes them (the server parses those by hand to report every bad field,
+//! see `dto` and `kairos_domain::config`), and the error rows every
+//! authenticated endpoint shares ([`AccessErrors`]). Beside `dto`, which
+//! holds the shapes the server actually serializes.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::{IntoResponses, ToSchema};
+
+use crate::dto::{WireEvent, WireView};
+
+/// `{"data": view}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViewEnvelope {
+    data: WireView,
+}
+
+/// `{"data": [event, ...]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventsEnvelope {
+    data: Vec<WireEvent>,
+}
+
+/// The error body: `{"error": {"code", "message", "details"?}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDoc,
+}
+
+/// The inside of an error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDoc {
+    /// VALIDATION_ERROR, INVALID_STATE_TRANSITION, UNAUTHORIZED, FORBIDDEN,
+    /// SESSION_NOT_FOUND, CONFLICT, SESSION_EXISTS, PAYLOAD_TOO_LARGE,
+    /// RATE_LIMITED, UNAVAILABLE, INTERNAL_ERROR (and NOT_FOUND,
+    /// METHOD_NOT_ALLOWED for unknown routes).
+    code: String,
+    message: String,
+    /// Field errors (`[{"field", "message"}]`, an array), versions (CONFLICT,
+    /// an object), or the request id (500, an object).
+    details: Option<serde_json::Value>,
+}
+
+/// One participant of a session config.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ParticipantConfigDoc {
+    /// 1 to 64 characters from `[A-Za-z0-9_.:-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    participant_id: String,
+    /// Rotation position; list order when left out.
+    participant_index: Option<u32>,
+    /// Bank in ms (1000..=86400000); required in per_participant.
+    #[schema(minimum = 1000, maximum = 86400000)]
+    total_time_ms: Option<i64>,
+    /// The group (per_group).
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    group_id: Option<String>,
+}
+
+/// One group of a session config.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupConfigDoc {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    group_id: String,
+    /// Bank in ms (1000..=86400000).
+    #[schema(minimum = 1000, maximum = 86400000)]
+    total_time_ms: i64,
+}
+
+/// `sync_mode` (contract section 2).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncModeDoc {
+    PerParticipant,
+    PerCycle,
+    PerGroup,
+    Global,
+    CountUp,
+}
+
+/// The session config of `POST /v1/sessions` (contract section 3).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionConfigDoc {
+    /// UUID; generated when left out.
+    #[schema(value_type = Option<uuid::Uuid>)]
+    session_id: Option<String>,
+    sync_mode: SyncModeDoc,
+    /// At most 1000, with unique ids and indexes.
+    #[schema(max_items = 1000)]
+    participants: Option<Vec<ParticipantConfigDoc>>,
+    groups: Option<Vec<GroupConfigDoc>>,
+    /// Session bank (required in global), 1000..=86400000.
+    #[schema(minimum = 1000, maximum = 86400000)]
+    total_time_ms: Option<i64>,
+    /// Cycle length (required in per_cycle), 1000..=86400000.
+    #[schema(minimum = 1000, maximum = 86400000)]
+    time_per_cycle_ms: Option<i64>,
+    /// 0..=3600000.
+    #[schema(minimum = 0, maximum = 3600000)]
+    increment_ms: Option<i64>,
+    /// Bank cap, or the stopwatch limit in count_up; 1000..=86400000.
+    #[schema(minimum = 1000, maximum = 86400000)]
+    max_time_ms: Option<i64>,
+    /// `{"type": "end_session" | "skip_cycle" | "auto_action", "action"?: string, ...extra}`.
+    #[schema(value_type = Option<Object>)]
+    action_on_timeout: Option<serde_json::Value>,
+    auto_advance: Option<bool>,
+    /// At most 10 KiB serialized.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+}
+
+/// The optional body of `start`, `pause`, `resume`, `complete` and `cancel`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandBodyDoc {
+    /// Apply only at this version (else 409 CONFLICT).
+    expected_version: Option<u64>,
+}
+
+/// The optional body of `switch`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SwitchBodyDoc {
+    /// Apply only at this version (else 409 CONFLICT).
+    expected_version: Option<u64>,
+    /// Who plays next; by default the next in `participant_index` order
+    /// that has not expired.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    next_participant_id: Option<String>,
+}
+
+/// `GET /v1/time`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TimeBody {
+    timestamp_ms: i64,
+    server_version: String,
+    drift_tolerance_ms: i64,
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthBody {
+    /// ok | unavailable
+    status: String,
+    /// ok | unavailable
+    store: String,
+    /// ok | unavailable
+    bus: String,
+    /// ok | degraded | disabled
+    audit: String,
+    uptime_s: u64,
+    version: String,
+}
+
+/// `GET /ready`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyBody {
+    /// ready | not_ready
+    status: String,
+    /// Why not ready: starting, draining, store unreachable.
+    reason: Option<String>,
+}
+
+/// The error rows of every endpoint that authenticates, counts a rate
+/// limit and reads the store: 401, 403, 429 and 503, each an [`ErrorBody`].
+/// Handlers list it once beside their own rows.
+#[derive(Debug)]
+pub struct AccessErrors;
+
+impl IntoResponses for AccessErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        [
+            ("401", "UNAUTHORIZED: no valid token (authentication on)"),
+            ("403", "FORBIDDEN: the token lacks the right"),
+            ("429", "RATE_LIMITED (Retry-After)"),
+            ("503", "UNAVAILABLE: the store is unreachable (Retry-After)"),
+        ]
+        .into_iter()
+        .map(|(status, description)| (status.to_owned(), error_response(description)))
+        .collect()
+    }
+}
+
+/// The error rows of the six command paths: 400, 404 and 409, then
+/// [`AccessErrors`].
+#[derive(Debug)]
+pub struct CommandErrors;
+
+impl IntoResponses for CommandErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let mut rows: BTreeMap<String, RefOr<Response>> = [
+            ("400", "VALIDATION_ERROR or INVALID_STATE_TRANSITION"),
+            ("404", "SESSION_NOT_FOUND"),
+            ("409", "CONFLICT: expected_version differs"),
+        ]
+        .into_iter()
+        .map(|(status, description)| (status.to_owned(), error_response(description)))
+        .collect();
+        rows.extend(AccessErrors::responses());
+        rows
+    }
+}
+
+/// One error row: `description`, an [`ErrorBody`] as JSON.
+fn error_response(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}

@@ -1,0 +1,130 @@
+//! Admission of a WebSocket: everything decided before a socket's task
+//! starts. Draining and a full instance are answered 503 before the
+//! upgrade (they tell a balancer or client to go elsewhere); every other
+//! refusal (origin, connect rate, token, per-user cap, session id) is a
+//! close frame after it, because a browser's WebSocket API shows close
+//! codes but never the status of a refused handshake. The close code comes
+//! from the error's wire code (`error::close_code`).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use kairos_domain::SessionId;
+
+use crate::error::{ApiError, Code, close_code};
+use crate::limits::{self, Kind};
+use crate::state::AppState;
+use crate::wire::MAX_MESSAGE_BYTES;
+use crate::ws::connection::{Connection, close, close_reason};
+use crate::ws::guards::Slot;
+
+/// Parses the session id; the error is the close reason. A bad id is
+/// reported after the upgrade (close 1008), because a browser's WebSocket
+/// API shows close codes but never the status of a refused handshake.
+pub(crate) fn parse_target(raw: Option<&str>) -> Result<SessionId, &'static str> {
+    let raw = raw.ok_or("sessionId is required")?;
+    let id = raw.parse().map_err(|_| "sessionId must be a UUID")?;
+    tracing::Span::current().record("session_id", tracing::field::display(&id));
+    Ok(id)
+}
+
+/// Refuses when the instance is draining or full (503, the only answers
+/// given before the upgrade: they tell a load balancer or client to go
+/// elsewhere), otherwise upgrades and hands the socket to its task. Every
+/// other refusal (connect rate, token, session id) is a close frame after
+/// the upgrade, because a browser's WebSocket API shows close codes but
+/// never the status of a refused handshake.
+pub(crate) async fn accept(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    target: Result<SessionId, &'static str>,
+) -> Result<HttpResponse, ApiError> {
+    if state.lifecycle.is_draining() {
+        return Err(ApiError::unavailable(
+            "this instance is shutting down; connect to another",
+            1,
+        ));
+    }
+    let mut slot = Slot::acquire(state)?;
+    let admitted = match check_origin(req, &slot.state) {
+        Ok(()) => admit_connect(req, &slot.state).await,
+        Err(e) => Err(e),
+    };
+    // A place under the per-user cap only for a socket that is otherwise
+    // admitted: a refused one costs no call to the shared registry.
+    let actor = match slot.state.settings.auth.authenticate_until(req) {
+        Ok((actor, until)) => match actor.sub.clone() {
+            Some(sub) if admitted.is_ok() && target.is_ok() => {
+                slot.claim_user(&sub).await.map(|()| (actor, until))
+            }
+            _ => Ok((actor, until)),
+        },
+        Err(e) => Err(e),
+    };
+    let (response, session, stream) = actix_ws::handle(req, body).map_err(|e| {
+        ApiError::new(
+            Code::ValidationError,
+            format!("expected a WebSocket handshake: {e}"),
+        )
+    })?;
+    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
+    // Every task is tracked: shutdown waits for its close frame.
+    let tasks = slot.state.lifecycle.tasks().clone();
+    let refusal = match (admitted, actor, target) {
+        (Ok(()), Ok((actor, until)), Ok(id)) => {
+            let mut connection = Connection::new(slot, session, stream, id, actor);
+            connection.expires_ms = until.map_or(u64::MAX, ms_until);
+            actix_web::rt::spawn(tasks.track_future(connection.serve()));
+            return Ok(response);
+        }
+        // Refused: 1008, or 1013 (try again shortly) when a store the checks
+        // need is unreachable (the connect limit, the shared per-user cap).
+        (Err(e), _, _) | (_, Err(e), _) => close_reason(close_code(e.code), &e.message),
+        (_, _, Err(why)) => close_reason(close_code(Code::ValidationError), why),
+    };
+    actix_web::rt::spawn(tasks.track_future(async move {
+        close(session, refusal).await;
+        // The place is held until the close frame is queued.
+        drop((slot, stream));
+    }));
+    Ok(response)
+}
+
+/// Milliseconds from now until `until_s` (seconds since the Unix epoch, by
+/// the host clock, as the token was checked by), 0 when already past.
+fn ms_until(until_s: i64) -> u64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let left = until_s.saturating_mul(1_000).saturating_sub(now_ms);
+    u64::try_from(left).unwrap_or(0)
+}
+
+/// With `ALLOWED_ORIGINS` set, a browser (which always sends `Origin`) from
+/// another origin is refused; clients that send no `Origin` (servers,
+/// native apps) are not browsers and are not subject to it.
+fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(allowed) = &state.settings.allowed_origins else {
+        return Ok(());
+    };
+    match req.headers().get(actix_web::http::header::ORIGIN) {
+        None => Ok(()),
+        Some(origin) => {
+            let origin = origin.to_str().unwrap_or_default();
+            if allowed.iter().any(|a| a == origin) {
+                Ok(())
+            } else {
+                Err(ApiError::new(Code::Forbidden, "origin not allowed"))
+            }
+        }
+    }
+}
+
+/// Counts a connect against the per-IP limit (contract section 7).
+async fn admit_connect(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let ip = limits::client_ip(req, state.trusted_proxies())
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    state
+        .rate(Kind::WsConnect, &format!("ip:{ip}"))
+        .await
+        .map(drop)
+}
