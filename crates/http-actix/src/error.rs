@@ -4,6 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
+use actix_ws::CloseCode;
 use kairos_domain::{FieldError, ServiceError, TransitionError};
 use serde_json::{Value, json};
 
@@ -188,9 +189,9 @@ pub const CLOSE_NO_SUCH_SESSION: u16 = 4404;
 pub fn close_code(code: Code) -> u16 {
     match code {
         Code::SessionNotFound => CLOSE_NO_SUCH_SESSION,
-        Code::Unavailable => 1013,
-        Code::PayloadTooLarge => 1009,
-        Code::InternalError => 1011,
+        Code::Unavailable => CloseCode::Again.into(),
+        Code::PayloadTooLarge => CloseCode::Size.into(),
+        Code::InternalError => CloseCode::Error.into(),
         Code::ValidationError
         | Code::InvalidStateTransition
         | Code::Unauthorized
@@ -199,7 +200,7 @@ pub fn close_code(code: Code) -> u16 {
         | Code::MethodNotAllowed
         | Code::Conflict
         | Code::SessionExists
-        | Code::RateLimited => 1008,
+        | Code::RateLimited => CloseCode::Policy.into(),
     }
 }
 
