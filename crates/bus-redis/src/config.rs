@@ -61,13 +61,7 @@ impl RedisBusConfig {
 
     /// Defaults for a primary found through the given Sentinels, without credentials.
     pub fn sentinel(sentinels: Vec<String>, master_name: impl Into<String>) -> Self {
-        Self::new(RedisTarget {
-            mode: RedisMode::Sentinel {
-                master_name: master_name.into(),
-                sentinels,
-            },
-            ..RedisTarget::new("redis://")
-        })
+        Self::new(RedisTarget::sentinel(master_name, sentinels))
     }
 
     /// Defaults for a Redis Cluster reachable through `nodes`.

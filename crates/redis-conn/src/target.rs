@@ -13,6 +13,11 @@ use redis::{Client, IntoConnectionInfo, RedisResult};
 use crate::mode::{ConfigError, RedisMode};
 use crate::url::redact_url;
 
+/// The URL of a Sentinel primary when none is configured: no credentials,
+/// database 0. Its host is a placeholder (Sentinel names the real one), but
+/// a URL without one does not parse.
+pub const SENTINEL_PRIMARY_URL: &str = "redis://sentinel-primary/";
+
 /// Where Redis is. Built once by the server from its settings (`REDIS_URL`,
 /// `REDIS_MODE`, `REDIS_SENTINEL_MASTER`, `REDIS_SENTINELS`,
 /// `REDIS_CLUSTER_NODES`, `REDIS_TLS_CA_FILE`) and handed to both adapters.
@@ -53,6 +58,18 @@ impl RedisTarget {
             url: url.into(),
             mode: RedisMode::Standalone,
             tls_root_cert: None,
+        }
+    }
+
+    /// A primary found through `sentinels` under `master_name`, logged in
+    /// to without credentials, database 0 (set [`Self::url`] for others).
+    pub fn sentinel(master_name: impl Into<String>, sentinels: Vec<String>) -> Self {
+        Self {
+            mode: RedisMode::Sentinel {
+                master_name: master_name.into(),
+                sentinels,
+            },
+            ..Self::new(SENTINEL_PRIMARY_URL)
         }
     }
 
@@ -176,12 +193,14 @@ mod tests {
             RedisTarget::new("http://x").validate(),
             Err(ConfigError::BadUrl(_))
         ));
-        let mut target = RedisTarget::new("redis://");
-        target.mode = RedisMode::Sentinel {
-            master_name: "m".into(),
-            sentinels: Vec::new(),
-        };
+        let target = RedisTarget::sentinel("m", Vec::new());
         assert_eq!(target.validate(), Err(ConfigError::MissingSentinels));
+        let target = RedisTarget::sentinel("m", vec!["redis://127.0.0.1:26379".into()]);
+        assert!(
+            target
+                .sentinel_client("m", &["redis://127.0.0.1:26379".into()])
+                .is_ok()
+        );
         let target = RedisTarget::new("redis://127.0.0.1:6379/");
         assert!(target.client().is_ok());
         assert!(

@@ -470,7 +470,7 @@ impl Vars {
         let url = match (&mode, &self.redis_url) {
             (_, Some(url)) => url.clone(),
             (RedisMode::Cluster { nodes }, None) if !nodes.is_empty() => nodes[0].clone(),
-            (RedisMode::Sentinel { .. }, None) => "redis://".to_owned(),
+            (RedisMode::Sentinel { .. }, None) => redis_conn::SENTINEL_PRIMARY_URL.to_owned(),
             _ => {
                 return Err(ConfigError::new(
                     "REDIS_URL",
@@ -887,6 +887,10 @@ mod tests {
             ("REDIS_SENTINELS", "redis://a:26379,redis://b:26379"),
         ])
         .unwrap();
+        // Without REDIS_URL: no credentials, and a URL the client accepts.
+        let sentinels = ["redis://a:26379".to_owned()];
+        let target = &s.redis.as_ref().unwrap().target;
+        assert!(target.sentinel_client("mymaster", &sentinels).is_ok());
         assert!(matches!(
             s.redis.unwrap().target.mode,
             store_redis::RedisMode::Sentinel { .. }
