@@ -531,6 +531,11 @@ pub enum ParseError {
     Usage(clap::Error),
 }
 
+/// Parses the command `C` from the process's arguments and environment.
+pub fn parse_process<C: CommandFactory + FromArgMatches>() -> Result<C, ParseError> {
+    parse(std::env::args_os(), env_lookup)
+}
+
 /// Parses the command `C` from `args` (the first is the program name) and
 /// from the variables its arguments declare with `env`, looked up through
 /// `lookup`. A flag wins over its variable; a blank variable counts as unset.

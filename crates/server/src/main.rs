@@ -56,8 +56,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match server::config::parse(std::env::args_os(), |name| std::env::var(name).ok())
-    {
+    let cli: Cli = match server::config::parse_process() {
         Ok(cli) => cli,
         Err(ParseError::Usage(e)) => e.exit(),
         Err(ParseError::Config(e)) => {
