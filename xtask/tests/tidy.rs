@@ -26,8 +26,15 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
     // by the Redis adapters, such as their connection settings, goes in
     // their rows and gets a row of its own.)
     ("adapter-memory", &["kairos-domain"], &[]),
-    ("store-redis", &["kairos-domain"], &["adapter-memory"]),
-    ("bus-redis", &["kairos-domain"], &[]),
+    // How the Redis adapters reach Redis (URL, mode, TLS, timeouts): shared
+    // by store and bus so neither depends on the other; knows no port.
+    ("redis-conn", &[], &[]),
+    (
+        "store-redis",
+        &["kairos-domain", "redis-conn"],
+        &["adapter-memory"],
+    ),
+    ("bus-redis", &["kairos-domain", "redis-conn"], &[]),
     ("audit-diesel", &["kairos-domain"], &[]),
     // The transport: the core only; tests may run it on the memory adapters.
     ("http-actix", &["kairos-domain"], &["adapter-memory"]),
@@ -37,6 +44,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
         &[
             "kairos-domain",
             "adapter-memory",
+            "redis-conn",
             "store-redis",
             "bus-redis",
             "audit-diesel",

@@ -130,7 +130,7 @@ impl RedisBus {
     ) -> Result<(Self, RedisBusTasks), ConnectError> {
         check(&config)?;
         let connector = Arc::new(
-            Connector::new(&config.topology, config.tls_root_cert.as_deref())
+            Connector::new(&config.redis)
                 .map_err(|e| ConnectError::InvalidConfig(e.to_string()))?,
         );
         let limit = config.command_timeout;

@@ -1,35 +1,27 @@
-//! [`Connector`]: turns the configured topology into Redis clients, so the
+//! [`Connector`]: turns the configured target into Redis clients, so the
 //! publisher and subscriber tasks ask one place "where is Redis now?" and a
 //! Sentinel failover is followed wherever a connection is (re)made.
 
 use std::fmt;
 use std::time::Duration;
 
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, ProtocolVersion, PushInfo, RedisConnectionInfo, RedisResult};
+use redis::cluster::ClusterClient;
+use redis::sentinel::SentinelClient;
+use redis::{Client, ProtocolVersion, PushInfo, RedisResult};
+use redis_conn::{RedisMode, RedisTarget};
 use tokio::sync::Mutex;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::config::RedisTopology;
-
-/// The configured topology, parsed once at construction so that a typo in a
+/// The configured target, parsed once at construction so that a typo in a
 /// URL fails the constructor, not every reconnection attempt.
 pub(crate) enum Connector {
     Standalone(Client),
     /// Tokio mutex: resolving the primary is a network call made under the
     /// lock (the client caches its Sentinel connections and needs `&mut`).
     Sentinel(Mutex<SentinelClient>),
-    /// The seed nodes, and the private CA of `rediss://` nodes if any.
-    Cluster(Vec<String>, Option<Vec<u8>>),
-}
-
-/// `rediss://` servers verified against the CAs of `pem` only.
-fn tls_roots(pem: &[u8]) -> redis::TlsCertificates {
-    redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(pem.to_vec()),
-    }
+    /// The seed nodes and TLS roots: a cluster client is built per
+    /// connection, as the subscriber's carries its own push channel.
+    Cluster(RedisTarget),
 }
 
 impl fmt::Debug for Connector {
@@ -44,40 +36,23 @@ impl fmt::Debug for Connector {
 }
 
 impl Connector {
-    /// Parses the topology; does not connect.
-    pub(crate) fn new(topology: &RedisTopology, root_cert: Option<&[u8]>) -> RedisResult<Self> {
-        Ok(match topology {
-            RedisTopology::Standalone { url } => Self::Standalone(match root_cert {
-                None => Client::open(url.as_str())?,
-                Some(pem) => Client::build_with_tls(url.as_str(), tls_roots(pem))?,
-            }),
-            RedisTopology::Sentinel {
+    /// Checks and parses the target; does not connect.
+    pub(crate) fn new(target: &RedisTarget) -> Result<Self, String> {
+        target.validate().map_err(|e| e.to_string())?;
+        let parsed = match &target.mode {
+            RedisMode::Standalone => target.client().map(Self::Standalone),
+            RedisMode::Sentinel {
+                master_name,
                 sentinels,
-                service_name,
-                username,
-                password,
-            } => {
-                let mut info = RedisConnectionInfo::default();
-                if let Some(username) = username {
-                    info = info.set_username(username);
-                }
-                if let Some(password) = password {
-                    info = info.set_password(password);
-                }
-                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-                Self::Sentinel(Mutex::new(SentinelClient::build(
-                    sentinels.clone(),
-                    service_name.clone(),
-                    Some(node),
-                    SentinelServerType::Master,
-                )?))
-            }
-            RedisTopology::Cluster { nodes } => {
+            } => target
+                .sentinel_client(master_name, sentinels)
+                .map(|client| Self::Sentinel(Mutex::new(client))),
+            RedisMode::Cluster { .. } => {
                 // Fail now on a malformed node URL rather than at first connect.
-                ClusterClient::new(nodes.clone())?;
-                Self::Cluster(nodes.clone(), root_cert.map(<[u8]>::to_vec))
+                ClusterClient::new(target.seeds().to_vec()).map(|_| Self::Cluster(target.clone()))
             }
-        })
+        };
+        parsed.map_err(|e| e.to_string())
     }
 
     /// Where Redis is now. For Cluster, `push` asks for a RESP3 connection
@@ -94,13 +69,8 @@ impl Connector {
             Self::Sentinel(sentinel) => Ok(Target::Primary(Box::new(
                 sentinel.lock().await.async_get_client().await?,
             ))),
-            Self::Cluster(nodes, root_cert) => {
-                let mut builder = ClusterClientBuilder::new(nodes.clone())
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout);
-                if let Some(pem) = root_cert {
-                    builder = builder.certs(tls_roots(pem));
-                }
+            Self::Cluster(target) => {
+                let mut builder = target.cluster_builder(timeout);
                 if let Some(push) = push {
                     builder = builder
                         .use_protocol(ProtocolVersion::RESP3)

@@ -58,14 +58,17 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: [`RedisBusConfig`] and [`RedisTopology`] (standalone, Sentinel, Cluster).
+//! - [`config`]: [`RedisBusConfig`]: the `RedisTarget` (URL, mode, TLS roots;
+//!   from the `redis-conn` crate, shared with `store-redis`) and the bus's own
+//!   queue sizes and timings.
 //! - `bus`: [`RedisBus`], the `EventBus` implementation, and [`RedisBusTasks`].
 //! - `local`: the routing table from each watched session to its subscriptions' queues.
 //! - `queue`: one subscription's bounded queue (drop oldest, then `Lagged`).
 //! - `subscriber`: the task owning the Pub/Sub connection.
 //! - `publisher`: the task sending queued messages in pipelines.
 //! - `wire`: channel names and the message encoding shared by all instances.
-//! - `connect`: where Redis is now (follows Sentinel failovers).
+//! - `connect`: where Redis is now (follows Sentinel failovers), through the
+//!   target's clients.
 //! - `stats`: [`BusStats`], the counters behind the metrics.
 //! - `shutdown`: how the tasks wait for the shutdown signal.
 
@@ -84,5 +87,6 @@ mod subscriber;
 mod wire;
 
 pub use bus::{ConnectError, RedisBus, RedisBusTasks};
-pub use config::{RedisBusConfig, RedisTopology};
+pub use config::{DEFAULT_COMMAND_TIMEOUT, RedisBusConfig};
+pub use redis_conn::{RedisMode, RedisTarget};
 pub use stats::BusStats;

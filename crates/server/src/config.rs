@@ -1,17 +1,34 @@
-//! Configuration from the environment (contract section 7): typed and
-//! validated once at start, with an error that names the bad variable.
+//! Configuration (contract section 7): every setting declared once in
+//! [`Vars`] (its variable, flag, default, parser and help text, as clap
+//! attributes), read from the environment and the command line at start,
+//! then assembled into the typed [`Settings`]; a bad value stops the start
+//! with an error that names the variable.
+//!
+//! The environment reaches clap through [`parse`] rather than through
+//! clap's own `env` lookup, for two reasons: a variable set to a blank value
+//! counts as unset (as it always has: `FOO=` in a compose file), and tests
+//! pass a map instead of the process environment. The `env` attributes still
+//! name each variable, for `--help` and for the errors.
+//!
+//! Test hooks are not settings: [`TestHooks`] holds them, outside
+//! [`Settings`] and `--help`.
 
-use std::collections::HashMap;
+use std::error::Error as _;
+use std::ffi::OsString;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use http_actix::auth::Secret;
 use http_actix::limits::RateLimits;
 use kairos_domain::Limit;
+use redis_conn::{RedisMode, RedisTarget};
+use store_redis::RedisConfig;
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// One JSON object per line, for log shippers.
     Json,
@@ -19,37 +36,44 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Where Redis is, when instances share it (`REDIS_URL`, `REDIS_MODE`, ...).
-#[derive(Clone, PartialEq, Eq)]
+/// Where Redis is, when instances share it, and what both Redis adapters
+/// make of it: the one place the Redis settings become the store's and the
+/// bus's configurations ([`Self::store_config`], [`Self::bus_config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// The standalone server; with Sentinel its credentials and database are
-    /// used; with Cluster a seed node when `REDIS_CLUSTER_NODES` is empty.
-    pub url: String,
-    /// Standalone, Sentinel or Cluster.
-    pub mode: store_redis::RedisMode,
-    /// Every Redis call gives up after this (`REDIS_COMMAND_TIMEOUT_MS`, default 250).
+    /// URL, mode and TLS roots (`REDIS_URL`, `REDIS_MODE`,
+    /// `REDIS_SENTINEL_MASTER`, `REDIS_SENTINELS`, `REDIS_CLUSTER_NODES`,
+    /// `REDIS_TLS_CA_FILE`), the same for the store and the bus.
+    pub target: RedisTarget,
+    /// Every store call gives up after this (`REDIS_COMMAND_TIMEOUT_MS`, default 250).
     pub command_timeout: Duration,
     /// Prefix of every key and channel (`REDIS_KEY_PREFIX`, default `kairos:`),
     /// so several deployments (or tests) can share one Redis.
     pub key_prefix: String,
-    /// The PEM file of `REDIS_TLS_CA_FILE`, read at start: the CAs a
-    /// `rediss://` server is verified against instead of the web roots.
-    pub tls_root_cert: Option<Vec<u8>>,
 }
 
-impl fmt::Debug for RedisSettings {
-    // The URL may carry a password.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisSettings")
-            .field("url", &store_redis::redact_url(&self.url))
-            .field("mode", &self.mode)
-            .field("command_timeout", &self.command_timeout)
-            .field("key_prefix", &self.key_prefix)
-            .field(
-                "tls_root_cert",
-                &self.tls_root_cert.as_ref().map(|_| "<PEM>"),
-            )
-            .finish()
+impl RedisSettings {
+    /// The store's configuration. `outbox_enabled`: whether an audit trail
+    /// drains the outbox (without one, commits must not fill it).
+    pub fn store_config(&self, session_ttl: Duration, outbox_enabled: bool) -> RedisConfig {
+        RedisConfig {
+            command_timeout: self.command_timeout,
+            session_ttl,
+            outbox_enabled,
+            key_prefix: self.key_prefix.clone(),
+            ..RedisConfig::with_target(self.target.clone())
+        }
+    }
+
+    /// The bus's configuration: the same target, channels under the key
+    /// prefix. The bus keeps its own time budget per call
+    /// ([`bus_redis::DEFAULT_COMMAND_TIMEOUT`]): `REDIS_COMMAND_TIMEOUT_MS`
+    /// bounds the calls a request waits for.
+    pub fn bus_config(&self) -> bus_redis::RedisBusConfig {
+        bus_redis::RedisBusConfig {
+            channel_prefix: self.key_prefix.trim_end_matches(':').to_owned(),
+            ..bus_redis::RedisBusConfig::new(self.target.clone())
+        }
     }
 }
 
@@ -72,12 +96,21 @@ pub enum Auth {
 #[error("invalid configuration: {variable}: {message}")]
 pub struct ConfigError {
     /// The environment variable at fault.
-    pub variable: &'static str,
+    pub variable: String,
     /// What is wrong with it.
     pub message: String,
 }
 
-/// Everything the server reads from its environment.
+impl ConfigError {
+    fn new(variable: &str, message: impl Into<String>) -> Self {
+        Self {
+            variable: variable.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything the server reads from its environment, typed and checked.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Address to bind (`BIND_ADDR`, default 127.0.0.1).
@@ -122,10 +155,6 @@ pub struct Settings {
     /// Browser origins allowed (`ALLOWED_ORIGINS`, comma-separated, e.g.
     /// `https://app.example.com`); unset: WebSockets from any origin, no CORS.
     pub allowed_origins: Option<Vec<String>>,
-    /// TEST HOOK (`KAIROS_TEST_HOST_CLOCK_SKEW_MS`): pretends the host clock
-    /// is this far off, to show that instances still agree on "now" through
-    /// Redis `TIME`. Never set it in production.
-    pub test_host_clock_skew_ms: i64,
 }
 
 impl fmt::Debug for Settings {
@@ -154,363 +183,529 @@ impl fmt::Debug for Settings {
             .field("database_pool_size", &self.database_pool_size)
             .field("audit_reclaim_ms", &self.audit_reclaim_ms)
             .field("allowed_origins", &self.allowed_origins)
-            .field("test_host_clock_skew_ms", &self.test_host_clock_skew_ms)
             .finish()
     }
 }
 
 impl Default for Settings {
+    /// What an empty environment gives: the defaults declared in [`Vars`].
     fn default() -> Self {
-        Self {
-            bind_addr: IpAddr::from([127, 0, 0, 1]),
-            port: 8080,
-            metrics_port: 9090,
-            session_ttl: Duration::from_secs(3600),
-            ws_heartbeat_interval: Duration::from_millis(5000),
-            ws_connection_timeout: Duration::from_millis(30_000),
-            ws_max_connections: 50_000,
-            shutdown_drain: Duration::from_secs(15),
-            log_format: LogFormat::Pretty,
-            http_workers: None,
-            auth: Auth::Off,
-            rate_limits: RateLimits::default(),
-            ws_messages_per_minute: 100,
-            ws_max_connections_per_user: 5,
-            redis: None,
-            database_url: None,
-            database_pool_size: 4,
-            audit_reclaim_ms: 30_000,
-            allowed_origins: None,
-            test_host_clock_skew_ms: 0,
-        }
+        // Cannot fail: every default is a valid value of its setting, which
+        // `nothing_set_gives_the_embedded_default` checks.
+        Self::from_lookup(|_| None).expect("the declared defaults are valid")
     }
 }
 
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let vars: HashMap<String, String> = std::env::vars().collect();
-        Self::from_lookup(|k| vars.get(k).cloned())
+        Self::from_lookup(env_lookup)
     }
 
     /// Reads settings through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
-        let d = Self::default();
-        let auth = parse_auth(&get)?;
-        let rate_limits = parse_rate_limits(&get)?;
-        let redis = parse_redis(&get)?;
-        let port = parse(&get, "PORT", d.port)?;
-        Ok(Self {
-            bind_addr: parse(&get, "BIND_ADDR", d.bind_addr)?,
-            port,
-            metrics_port: parse(&get, "METRICS_PORT", d.metrics_port)?,
-            session_ttl: Duration::from_secs(positive(&get, "SESSION_TTL_SECONDS", 3600)?),
-            ws_heartbeat_interval: Duration::from_millis(positive(
-                &get,
-                "WS_HEARTBEAT_INTERVAL_MS",
-                5000,
-            )?),
-            ws_connection_timeout: Duration::from_millis(positive(
-                &get,
-                "WS_CONNECTION_TIMEOUT_MS",
-                30_000,
-            )?),
-            ws_max_connections: usize::try_from(positive(&get, "WS_MAX_CONNECTIONS", 50_000)?)
-                .unwrap_or(usize::MAX),
-            shutdown_drain: Duration::from_secs(parse(&get, "SHUTDOWN_DRAIN_SECONDS", 15u64)?),
-            log_format: match get("LOG_FORMAT").as_deref() {
-                None | Some("pretty") => LogFormat::Pretty,
-                Some("json") => LogFormat::Json,
-                Some(other) => {
-                    return Err(ConfigError {
-                        variable: "LOG_FORMAT",
-                        message: format!("expected \"json\" or \"pretty\", got {other:?}"),
-                    });
-                }
-            },
-            http_workers: match get("HTTP_WORKERS") {
-                None => None,
-                Some(_) => Some(usize::try_from(positive(&get, "HTTP_WORKERS", 1)?).unwrap_or(1)),
-            },
-            auth,
-            rate_limits,
-            ws_messages_per_minute: u32::try_from(positive(&get, "WS_MESSAGES_PER_MINUTE", 100)?)
-                .unwrap_or(u32::MAX),
-            ws_max_connections_per_user: usize::try_from(positive(
-                &get,
-                "WS_MAX_CONNECTIONS_PER_USER",
-                5,
-            )?)
-            .unwrap_or(usize::MAX),
-            redis,
-            test_host_clock_skew_ms: parse(&get, "KAIROS_TEST_HOST_CLOCK_SKEW_MS", 0i64)?,
-            database_url: match get("DATABASE_URL") {
-                None => None,
-                Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                    Some(audit_diesel::DatabaseUrl::new(url))
-                }
-                Some(_) => {
-                    return Err(ConfigError {
-                        variable: "DATABASE_URL",
-                        message: "expected a postgres:// URL".into(),
-                    });
-                }
-            },
-            database_pool_size: usize::try_from(positive(&get, "DATABASE_POOL_SIZE", 4)?)
-                .unwrap_or(4),
-            audit_reclaim_ms: i64::try_from(positive(&get, "AUDIT_RECLAIM_MS", 30_000)?)
-                .unwrap_or(i64::MAX),
-            allowed_origins: match get("ALLOWED_ORIGINS") {
-                None => None,
-                Some(raw) => Some(
-                    raw.split(',')
-                        .map(|s| s.trim().trim_end_matches('/').to_owned())
-                        .filter(|s| !s.is_empty())
-                        .map(|s| {
-                            if s.starts_with("http://") || s.starts_with("https://") {
-                                Ok(s)
-                            } else {
-                                Err(ConfigError {
-                                    variable: "ALLOWED_ORIGINS",
-                                    message: format!(
-                                        "{s:?} is not an origin like https://app.example.com"
-                                    ),
-                                })
-                            }
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
-            },
-        })
-    }
-}
-
-fn parse_redis(
-    get: &impl Fn(&str) -> Option<String>,
-) -> Result<Option<RedisSettings>, ConfigError> {
-    let url = get("REDIS_URL");
-    let mode_raw = get("REDIS_MODE");
-    if url.is_none() && mode_raw.is_none() {
-        return Ok(None);
-    }
-    let mode = store_redis::RedisMode::parse(
-        mode_raw.as_deref().unwrap_or("standalone"),
-        get("REDIS_SENTINEL_MASTER").as_deref(),
-        get("REDIS_SENTINELS").as_deref(),
-        get("REDIS_CLUSTER_NODES").as_deref(),
-    )
-    .map_err(|e| ConfigError {
-        variable: match &e {
-            store_redis::ConfigError::MissingMasterName => "REDIS_SENTINEL_MASTER",
-            store_redis::ConfigError::MissingSentinels => "REDIS_SENTINELS",
-            _ => "REDIS_MODE",
-        },
-        message: e.to_string(),
-    })?;
-    let url = match (&mode, url) {
-        (_, Some(url)) => url,
-        (store_redis::RedisMode::Cluster { nodes }, None) if !nodes.is_empty() => nodes[0].clone(),
-        (store_redis::RedisMode::Sentinel { .. }, None) => "redis://".to_owned(),
-        _ => {
-            return Err(ConfigError {
-                variable: "REDIS_URL",
-                message: "is required (e.g. redis://127.0.0.1:6379/)".into(),
-            });
+        /// [`Vars`] alone, as a command.
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            vars: Vars,
         }
-    };
-    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
-    {
-        return Err(ConfigError {
-            variable: "REDIS_URL",
-            message: format!(
-                "expected a redis:// URL, got {:?}",
-                store_redis::redact_url(&url)
-            ),
-        });
-    }
-    Ok(Some(RedisSettings {
-        url,
-        mode,
-        command_timeout: Duration::from_millis(positive(get, "REDIS_COMMAND_TIMEOUT_MS", 250)?),
-        key_prefix: match get("REDIS_KEY_PREFIX") {
-            None => "kairos:".to_owned(),
-            Some(p) if p.contains(['{', '}']) || p.chars().any(char::is_whitespace) => {
-                return Err(ConfigError {
-                    variable: "REDIS_KEY_PREFIX",
-                    message: "must not contain braces or spaces".into(),
-                });
-            }
-            Some(p) => p,
-        },
-        tls_root_cert: match get("REDIS_TLS_CA_FILE") {
-            None => None,
-            Some(path) => Some(read_pem(&path).map_err(|message| ConfigError {
-                variable: "REDIS_TLS_CA_FILE",
-                message,
-            })?),
-        },
-    }))
-}
-
-/// The contents of a PEM file, refused when unreadable or without a
-/// certificate (a wrong path should stop the start, not every connect).
-fn read_pem(path: &str) -> Result<Vec<u8>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!("{path} holds no PEM certificate"));
-    }
-    Ok(pem)
-}
-
-fn parse_rate_limits(get: &impl Fn(&str) -> Option<String>) -> Result<RateLimits, ConfigError> {
-    let d = RateLimits::default();
-    let enabled = match get("RATE_LIMITS").as_deref() {
-        None | Some("on") => true,
-        Some("off") => false,
-        Some(other) => {
-            return Err(ConfigError {
-                variable: "RATE_LIMITS",
-                message: format!("expected \"on\" or \"off\", got {other:?}"),
-            });
+        match parse::<Only>([OsString::from("kairos-server")], lookup) {
+            Ok(only) => only.vars.settings(),
+            Err(ParseError::Config(e)) => Err(e),
+            // Without arguments, only a setting can be wrong.
+            Err(ParseError::Usage(e)) => Err(ConfigError::new("?", e.to_string())),
         }
-    };
-    let count = |var: &'static str, default: Limit| -> Result<Limit, ConfigError> {
-        let n = positive(get, var, u64::from(default.count))?;
-        Ok(Limit {
-            count: u32::try_from(n).unwrap_or(u32::MAX),
+    }
+}
+
+/// The process environment; a value that is not UTF-8 counts as unset.
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+const SERVING: &str = "Serving";
+const STATE: &str = "State (Redis)";
+const AUDIT: &str = "Audit";
+const SECURITY: &str = "Security";
+const WEBSOCKETS: &str = "WebSockets";
+
+/// Every setting, declared once: the variable (`env`), the flag, the
+/// default, the parser and the help text (the doc comment). Each is read
+/// from the flag, else from the variable, else the default. [`Vars::settings`]
+/// assembles them into [`Settings`], checking what involves several.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Vars {
+    /// address to bind; 0.0.0.0 in a container
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1", value_parser = parsed::<IpAddr>, help_heading = SERVING)]
+    bind_addr: IpAddr,
+    /// REST, WebSocket, /docs and the demo page (0 picks a free port)
+    #[arg(long, env = "PORT", default_value_t = 8080, value_parser = parsed::<u16>, help_heading = SERVING)]
+    port: u16,
+    /// Prometheus /metrics; equal to PORT serves it on the main port (0 and 0 pick two free ports)
+    #[arg(long, env = "METRICS_PORT", default_value_t = 9090, value_parser = parsed::<u16>, help_heading = SERVING)]
+    metrics_port: u16,
+    /// HTTP worker threads [default: one per core]
+    #[arg(long, env = "HTTP_WORKERS", value_parser = positive::<usize>, help_heading = SERVING)]
+    http_workers: Option<usize>,
+    /// pretty for terminals, json for log shippers (one object per line); RUST_LOG filters (default info)
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, help_heading = SERVING)]
+    log_format: LogFormat,
+    /// on SIGTERM: not ready at once, sockets closed with 1001 after this
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value_t = 15, value_parser = parsed::<u64>, help_heading = SERVING)]
+    shutdown_drain_seconds: u64,
+
+    /// redis://[user:password@]host:port/[db], or rediss:// for TLS (#insecure at the end: no certificate check); unset: in-process state, one instance only
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, help_heading = STATE)]
+    redis_url: Option<String>,
+    /// how Redis is run [default: standalone]
+    #[arg(long, env = "REDIS_MODE", value_enum, ignore_case = true, help_heading = STATE)]
+    redis_mode: Option<ModeName>,
+    /// sentinel: the monitored master's name (required)
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", help_heading = STATE)]
+    redis_sentinel_master: Option<String>,
+    /// sentinel: sentinel URLs, comma-separated (required); REDIS_URL then only supplies credentials and database
+    #[arg(long, env = "REDIS_SENTINELS", hide_env_values = true, help_heading = STATE)]
+    redis_sentinels: Option<String>,
+    /// cluster: node URLs, comma-separated [default: REDIS_URL]
+    #[arg(long, env = "REDIS_CLUSTER_NODES", hide_env_values = true, help_heading = STATE)]
+    redis_cluster_nodes: Option<String>,
+    /// PEM file of the CA(s) that sign the rediss:// servers' certificates, read at start [default: the public web roots]
+    #[arg(long, env = "REDIS_TLS_CA_FILE", value_parser = ca_file, help_heading = STATE)]
+    redis_tls_ca_file: Option<Pem>,
+    /// every store call gives up after this; the client gets 503 UNAVAILABLE
+    #[arg(long, env = "REDIS_COMMAND_TIMEOUT_MS", default_value_t = millis(store_redis::DEFAULT_COMMAND_TIMEOUT), value_parser = positive::<u64>, help_heading = STATE)]
+    redis_command_timeout_ms: u64,
+    /// prefix of every key and channel, so deployments can share a Redis
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = store_redis::DEFAULT_KEY_PREFIX, value_parser = key_prefix, help_heading = STATE)]
+    redis_key_prefix: String,
+    /// a session is removed this long after its last change
+    #[arg(long, env = "SESSION_TTL_SECONDS", default_value_t = store_redis::DEFAULT_SESSION_TTL.as_secs(), value_parser = positive::<u64>, help_heading = STATE)]
+    session_ttl_seconds: u64,
+
+    /// postgres://... for the audit trail (migrations run at start); unset: audit off with Redis, in memory without
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = database_url, help_heading = AUDIT)]
+    database_url: Option<audit_diesel::DatabaseUrl>,
+    /// audit pool connections per instance
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 4, value_parser = positive::<usize>, help_heading = AUDIT)]
+    database_pool_size: usize,
+    /// events another instance read but never acknowledged are written by this one after this long
+    #[arg(long, env = "AUDIT_RECLAIM_MS", default_value_t = 30_000, value_parser = positive::<u64>, help_heading = AUDIT)]
+    audit_reclaim_ms: u64,
+
+    /// HS256 secret, at least 32 bytes; setting it turns tokens on
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = secret, help_heading = SECURITY)]
+    jwt_secret: Option<Secret>,
+    /// off: every caller is an admin [default: jwt when JWT_SECRET is set, else off]
+    #[arg(long, env = "AUTH_MODE", value_enum, help_heading = SECURITY)]
+    auth_mode: Option<AuthName>,
+    /// clock leeway on token expiry
+    #[arg(long, env = "JWT_LEEWAY_SECONDS", default_value_t = 5, value_parser = parsed::<u64>, help_heading = SECURITY)]
+    jwt_leeway_seconds: u64,
+    /// browser origins allowed to open WebSockets and make CORS requests, comma-separated; unset: any origin may open a WebSocket, no CORS headers
+    #[arg(long, env = "ALLOWED_ORIGINS", value_parser = origins, help_heading = SECURITY)]
+    allowed_origins: Option<List<String>>,
+    /// IPs or CIDRs whose X-Forwarded-For is believed for per-IP limits, comma-separated
+    #[arg(long, env = "TRUSTED_PROXIES", value_parser = proxies, help_heading = SECURITY)]
+    trusted_proxies: Option<List<ipnet::IpNet>>,
+    /// off for load tests
+    #[arg(long, env = "RATE_LIMITS", value_enum, default_value_t = OnOff::On, help_heading = SECURITY)]
+    rate_limits: OnOff,
+    /// switches per session (REST and WebSocket), shared by all instances through Redis
+    #[arg(long, env = "RATE_LIMIT_SWITCH_PER_SECOND", default_value_t = RateLimits::default().switch.count, value_parser = positive::<u32>, help_heading = SECURITY)]
+    rate_limit_switch_per_second: u32,
+    /// creates per token subject, or client IP
+    #[arg(long, env = "RATE_LIMIT_CREATE_PER_MINUTE", default_value_t = RateLimits::default().create.count, value_parser = positive::<u32>, help_heading = SECURITY)]
+    rate_limit_create_per_minute: u32,
+    /// session reads per token subject, or client IP
+    #[arg(long, env = "RATE_LIMIT_GET_PER_MINUTE", default_value_t = RateLimits::default().get.count, value_parser = positive::<u32>, help_heading = SECURITY)]
+    rate_limit_get_per_minute: u32,
+    /// /v1/time per client IP
+    #[arg(long, env = "RATE_LIMIT_TIME_PER_MINUTE", default_value_t = RateLimits::default().time.count, value_parser = positive::<u32>, help_heading = SECURITY)]
+    rate_limit_time_per_minute: u32,
+    /// WebSocket connects per client IP
+    #[arg(long, env = "RATE_LIMIT_WS_CONNECT_PER_MINUTE", default_value_t = RateLimits::default().ws_connect.count, value_parser = positive::<u32>, help_heading = SECURITY)]
+    rate_limit_ws_connect_per_minute: u32,
+
+    /// the server pings every WebSocket this often
+    #[arg(long, env = "WS_HEARTBEAT_INTERVAL_MS", default_value_t = 5000, value_parser = positive::<u64>, help_heading = WEBSOCKETS)]
+    ws_heartbeat_interval_ms: u64,
+    /// a WebSocket silent this long is dropped
+    #[arg(long, env = "WS_CONNECTION_TIMEOUT_MS", default_value_t = 30_000, value_parser = positive::<u64>, help_heading = WEBSOCKETS)]
+    ws_connection_timeout_ms: u64,
+    /// WebSockets per instance; over it, upgrades get 503 UNAVAILABLE
+    #[arg(long, env = "WS_MAX_CONNECTIONS", default_value_t = 50_000, value_parser = positive::<usize>, help_heading = WEBSOCKETS)]
+    ws_max_connections: usize,
+    /// WebSockets one token subject may hold (close 1008 above), across all instances with Redis
+    #[arg(long, env = "WS_MAX_CONNECTIONS_PER_USER", default_value_t = 5, value_parser = positive::<usize>, help_heading = WEBSOCKETS)]
+    ws_max_connections_per_user: usize,
+    /// messages one client may send (close 1008 above)
+    #[arg(long, env = "WS_MESSAGES_PER_MINUTE", default_value_t = 100, value_parser = positive::<u32>, help_heading = WEBSOCKETS)]
+    ws_messages_per_minute: u32,
+}
+
+/// `REDIS_MODE`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModeName {
+    Standalone,
+    Sentinel,
+    Cluster,
+}
+
+/// `AUTH_MODE`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AuthName {
+    Jwt,
+    Off,
+}
+
+/// `RATE_LIMITS`' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// The contents of a PEM file (a newtype: clap reads a bare `Vec` as
+/// several values).
+#[derive(Debug, Clone)]
+struct Pem(Vec<u8>);
+
+/// A comma-separated list (a newtype for the same reason).
+#[derive(Debug, Clone)]
+struct List<T>(Vec<T>);
+
+impl Vars {
+    /// The signing secret, if `JWT_SECRET` is set (for `kairos-server token`).
+    pub fn jwt_secret(&self) -> Option<&Secret> {
+        self.jwt_secret.as_ref()
+    }
+
+    /// The audit database, if `DATABASE_URL` is set (for `kairos-server migrate`).
+    pub fn database_url(&self) -> Option<&audit_diesel::DatabaseUrl> {
+        self.database_url.as_ref()
+    }
+
+    /// Assembles the settings, checking what involves several variables.
+    pub fn settings(self) -> Result<Settings, ConfigError> {
+        let auth = self.auth()?;
+        let redis = self.redis()?;
+        let d = RateLimits::default();
+        let limit = |count: u32, default: Limit| Limit {
+            count,
             period_ms: default.period_ms,
+        };
+        Ok(Settings {
+            bind_addr: self.bind_addr,
+            port: self.port,
+            metrics_port: self.metrics_port,
+            session_ttl: Duration::from_secs(self.session_ttl_seconds),
+            ws_heartbeat_interval: Duration::from_millis(self.ws_heartbeat_interval_ms),
+            ws_connection_timeout: Duration::from_millis(self.ws_connection_timeout_ms),
+            ws_max_connections: self.ws_max_connections,
+            shutdown_drain: Duration::from_secs(self.shutdown_drain_seconds),
+            log_format: self.log_format,
+            http_workers: self.http_workers,
+            auth,
+            rate_limits: RateLimits {
+                enabled: self.rate_limits == OnOff::On,
+                switch: limit(self.rate_limit_switch_per_second, d.switch),
+                create: limit(self.rate_limit_create_per_minute, d.create),
+                get: limit(self.rate_limit_get_per_minute, d.get),
+                time: limit(self.rate_limit_time_per_minute, d.time),
+                ws_connect: limit(self.rate_limit_ws_connect_per_minute, d.ws_connect),
+                trusted_proxies: self.trusted_proxies.map(|l| l.0).unwrap_or_default(),
+            },
+            ws_messages_per_minute: self.ws_messages_per_minute,
+            ws_max_connections_per_user: self.ws_max_connections_per_user,
+            redis,
+            database_url: self.database_url,
+            database_pool_size: self.database_pool_size,
+            audit_reclaim_ms: i64::try_from(self.audit_reclaim_ms).unwrap_or(i64::MAX),
+            allowed_origins: self.allowed_origins.map(|l| l.0),
         })
-    };
-    let trusted_proxies = match get("TRUSTED_PROXIES") {
-        None => Vec::new(),
-        Some(raw) => raw
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<ipnet::IpNet>()
-                    .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| ConfigError {
-                        variable: "TRUSTED_PROXIES",
-                        message: format!("{s:?} is not an IP address or CIDR block"),
-                    })
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    Ok(RateLimits {
-        enabled,
-        switch: count("RATE_LIMIT_SWITCH_PER_SECOND", d.switch)?,
-        create: count("RATE_LIMIT_CREATE_PER_MINUTE", d.create)?,
-        get: count("RATE_LIMIT_GET_PER_MINUTE", d.get)?,
-        time: count("RATE_LIMIT_TIME_PER_MINUTE", d.time)?,
-        ws_connect: count("RATE_LIMIT_WS_CONNECT_PER_MINUTE", d.ws_connect)?,
-        trusted_proxies,
-    })
-}
+    }
 
-/// `AUTH_MODE` defaults to `jwt` when `JWT_SECRET` is set, else `off`.
-fn parse_auth(get: &impl Fn(&str) -> Option<String>) -> Result<Auth, ConfigError> {
-    let secret = get("JWT_SECRET");
-    let mode =
-        get("AUTH_MODE").unwrap_or_else(|| if secret.is_some() { "jwt" } else { "off" }.to_owned());
-    match mode.as_str() {
-        "off" => Ok(Auth::Off),
-        "jwt" => {
-            let raw = secret.ok_or(ConfigError {
-                variable: "JWT_SECRET",
-                message: "is required when AUTH_MODE=jwt".into(),
-            })?;
-            let secret = Secret::new(raw).map_err(|message| ConfigError {
-                variable: "JWT_SECRET",
-                message,
-            })?;
-            Ok(Auth::Jwt {
-                secret,
-                leeway_s: parse(get, "JWT_LEEWAY_SECONDS", 5u64)?,
-            })
+    /// `AUTH_MODE` defaults to `jwt` when `JWT_SECRET` is set, else `off`.
+    fn auth(&self) -> Result<Auth, ConfigError> {
+        let mode = self.auth_mode.unwrap_or(if self.jwt_secret.is_some() {
+            AuthName::Jwt
+        } else {
+            AuthName::Off
+        });
+        match mode {
+            AuthName::Off => Ok(Auth::Off),
+            AuthName::Jwt => Ok(Auth::Jwt {
+                secret: self.jwt_secret.clone().ok_or_else(|| {
+                    ConfigError::new("JWT_SECRET", "is required when AUTH_MODE=jwt")
+                })?,
+                leeway_s: self.jwt_leeway_seconds,
+            }),
         }
-        other => Err(ConfigError {
-            variable: "AUTH_MODE",
-            message: format!("expected \"jwt\" or \"off\", got {other:?}"),
-        }),
+    }
+
+    /// Redis when `REDIS_URL` or `REDIS_MODE` is set.
+    fn redis(&self) -> Result<Option<RedisSettings>, ConfigError> {
+        if self.redis_url.is_none() && self.redis_mode.is_none() {
+            return Ok(None);
+        }
+        let mode = RedisMode::parse(
+            match self.redis_mode.unwrap_or(ModeName::Standalone) {
+                ModeName::Standalone => "standalone",
+                ModeName::Sentinel => "sentinel",
+                ModeName::Cluster => "cluster",
+            },
+            self.redis_sentinel_master.as_deref(),
+            self.redis_sentinels.as_deref(),
+            self.redis_cluster_nodes.as_deref(),
+        )
+        .map_err(|e| {
+            let variable = match &e {
+                redis_conn::ConfigError::MissingMasterName => "REDIS_SENTINEL_MASTER",
+                redis_conn::ConfigError::MissingSentinels => "REDIS_SENTINELS",
+                _ => "REDIS_MODE",
+            };
+            ConfigError::new(variable, e.to_string())
+        })?;
+        let url = match (&mode, &self.redis_url) {
+            (_, Some(url)) => url.clone(),
+            (RedisMode::Cluster { nodes }, None) if !nodes.is_empty() => nodes[0].clone(),
+            (RedisMode::Sentinel { .. }, None) => redis_conn::SENTINEL_PRIMARY_URL.to_owned(),
+            _ => {
+                return Err(ConfigError::new(
+                    "REDIS_URL",
+                    "is required (e.g. redis://127.0.0.1:6379/)",
+                ));
+            }
+        };
+        let target = RedisTarget {
+            url,
+            mode,
+            tls_root_cert: self.redis_tls_ca_file.clone().map(|pem| pem.0),
+        };
+        target
+            .validate()
+            .map_err(|e| ConfigError::new("REDIS_URL", e.to_string()))?;
+        Ok(Some(RedisSettings {
+            target,
+            command_timeout: Duration::from_millis(self.redis_command_timeout_ms),
+            key_prefix: self.redis_key_prefix.clone(),
+        }))
     }
 }
 
-fn parse<T: std::str::FromStr>(
-    get: &impl Fn(&str) -> Option<String>,
-    variable: &'static str,
-    default: T,
-) -> Result<T, ConfigError>
+/// Settings that exist only for tests. Not part of [`Settings`], not in
+/// `--help`; the binary reads them from `KAIROS_TEST_*` variables so that
+/// tests which start it as a process can set them. Never set one in
+/// production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestHooks {
+    /// `KAIROS_TEST_HOST_CLOCK_SKEW_MS`: pretends the host clock is this far
+    /// off, to show that instances still agree on "now" through Redis `TIME`.
+    pub host_clock_skew_ms: i64,
+}
+
+impl TestHooks {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(env_lookup)
+    }
+
+    /// Reads the hooks through `lookup`; unset or blank: no hook.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        const SKEW: &str = "KAIROS_TEST_HOST_CLOCK_SKEW_MS";
+        let host_clock_skew_ms = match lookup(SKEW).filter(|v| !v.trim().is_empty()) {
+            None => 0,
+            Some(raw) => parsed::<i64>(&raw).map_err(|message| ConfigError::new(SKEW, message))?,
+        };
+        Ok(Self { host_clock_skew_ms })
+    }
+}
+
+/// Why the command line and environment were refused.
+#[derive(Debug)]
+pub enum ParseError {
+    /// A setting's value is wrong: print it and exit 2.
+    Config(ConfigError),
+    /// Help, version or a usage mistake: clap prints it (`e.exit()`).
+    Usage(clap::Error),
+}
+
+/// Parses the command `C` from the process's arguments and environment.
+pub fn parse_process<C: CommandFactory + FromArgMatches>() -> Result<C, ParseError> {
+    parse(std::env::args_os(), env_lookup)
+}
+
+/// Parses the command `C` from `args` (the first is the program name) and
+/// from the variables its arguments declare with `env`, looked up through
+/// `lookup`. A flag wins over its variable; a blank variable counts as unset.
+pub fn parse<C: CommandFactory + FromArgMatches>(
+    args: impl IntoIterator<Item = OsString>,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<C, ParseError> {
+    let mut args = args.into_iter();
+    let program = args
+        .next()
+        .unwrap_or_else(|| OsString::from("kairos-server"));
+    let given: Vec<OsString> = args.collect();
+    let mut cmd = C::command();
+    // Built, so that its arguments can print themselves as clap's errors do.
+    cmd.build();
+    // Each set variable becomes its flag, placed before the given flags so
+    // that those override it.
+    let from_env = cmd.get_arguments().filter_map(|arg| {
+        let variable = arg.get_env()?.to_str()?;
+        let value = lookup(variable).filter(|v| !v.trim().is_empty())?;
+        Some(OsString::from(format!("--{}={value}", arg.get_long()?)))
+    });
+    let all: Vec<OsString> = std::iter::once(program.clone())
+        .chain(from_env)
+        .chain(given.iter().cloned())
+        .collect();
+    let matches = cmd
+        .clone()
+        .args_override_self(true)
+        // Only `lookup` may supply a variable.
+        .mut_args(|arg| arg.env(None))
+        .try_get_matches_from(all);
+    let matches = match matches {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(match config_error(&cmd, &e) {
+                Some(config) => ParseError::Config(config),
+                None if is_help(&e) => {
+                    // Rendered again by the command with its `env` names.
+                    let again = cmd.try_get_matches_from(std::iter::once(program).chain(given));
+                    ParseError::Usage(again.err().unwrap_or(e))
+                }
+                None => ParseError::Usage(e),
+            });
+        }
+    };
+    C::from_arg_matches(&matches).map_err(ParseError::Usage)
+}
+
+fn is_help(e: &clap::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    )
+}
+
+/// A bad value of an argument with a variable, as an error naming the variable.
+fn config_error(cmd: &clap::Command, e: &clap::Error) -> Option<ConfigError> {
+    let Some(ContextValue::String(shown)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let variable = cmd
+        .get_arguments()
+        .find(|arg| arg.to_string() == *shown)?
+        .get_env()?
+        .to_str()?;
+    let raw = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(raw)) => raw.as_str(),
+        _ => "",
+    };
+    let message = match (e.kind(), e.get(ContextKind::ValidValue)) {
+        (ErrorKind::ValueValidation, _) => e.source()?.to_string(),
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+            let quoted: Vec<String> = valid.iter().map(|v| format!("{v:?}")).collect();
+            let (last, rest) = quoted.split_last()?;
+            format!("expected {} or {last}, got {raw:?}", rest.join(", "))
+        }
+        _ => return None,
+    };
+    Some(ConfigError::new(variable, message))
+}
+
+/// Any `FromStr` value, surrounding spaces ignored.
+fn parsed<T: std::str::FromStr>(raw: &str) -> Result<T, String>
 where
     T::Err: fmt::Display,
 {
-    match get(variable) {
-        None => Ok(default),
-        Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError {
-            variable,
-            message: format!("cannot parse {raw:?}: {e}"),
-        }),
+    raw.trim()
+        .parse()
+        .map_err(|e| format!("cannot parse {raw:?}: {e}"))
+}
+
+/// A number above zero.
+fn positive<T: std::str::FromStr + Default + PartialEq>(raw: &str) -> Result<T, String>
+where
+    T::Err: fmt::Display,
+{
+    let value: T = parsed(raw)?;
+    if value == T::default() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(value)
+}
+
+/// A duration's whole milliseconds, for a default.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn secret(raw: &str) -> Result<Secret, String> {
+    Secret::new(raw.to_owned())
+}
+
+/// The key prefix rule both Redis adapters rely on.
+fn key_prefix(raw: &str) -> Result<String, String> {
+    redis_conn::check_key_prefix(raw)
+        .map(|()| raw.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// Read now: a wrong path should stop the start, not every connect.
+fn ca_file(raw: &str) -> Result<Pem, String> {
+    redis_conn::read_ca_file(raw).map(Pem)
+}
+
+fn database_url(raw: &str) -> Result<audit_diesel::DatabaseUrl, String> {
+    if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+        Ok(audit_diesel::DatabaseUrl::new(raw))
+    } else {
+        Err("expected a postgres:// URL".into())
     }
 }
 
-fn positive(
-    get: &impl Fn(&str) -> Option<String>,
-    variable: &'static str,
-    default: u64,
-) -> Result<u64, ConfigError> {
-    let v: u64 = parse(get, variable, default)?;
-    if v == 0 {
-        return Err(ConfigError {
-            variable,
-            message: "must be greater than zero".into(),
-        });
-    }
-    Ok(v)
+/// The items of a comma-separated list, blank ones dropped, each parsed by `item`.
+fn list<T>(raw: &str, item: impl Fn(&str) -> Result<T, String>) -> Result<List<T>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(item)
+        .collect::<Result<_, _>>()
+        .map(List)
 }
 
-/// Help text listing every variable, for `--help`.
-pub const ENV_HELP: &str = "\
-Configuration (environment variables; see docs/operations.md):
-  BIND_ADDR                 address to bind (default 127.0.0.1)
-  PORT                      main port (default 8080; 0 = any free port)
-  METRICS_PORT              Prometheus /metrics port (default 9090; = PORT to share the main port)
-  SESSION_TTL_SECONDS       sessions expire this long after their last change (default 3600)
-  WS_HEARTBEAT_INTERVAL_MS  server ping interval (default 5000)
-  WS_CONNECTION_TIMEOUT_MS  drop WebSockets silent this long (default 30000)
-  WS_MAX_CONNECTIONS        WebSocket cap per instance (default 50000)
-  SHUTDOWN_DRAIN_SECONDS    on SIGTERM: not ready at once, sockets closed with 1001 after this (default 15)
-  AUTH_MODE                 jwt | off (default: jwt when JWT_SECRET is set, else off = everyone is admin)
-  JWT_SECRET                HS256 secret, at least 32 bytes
-  JWT_LEEWAY_SECONDS        clock leeway on token expiry (default 5)
-  RATE_LIMITS               on | off (default on; off for load tests)
-  RATE_LIMIT_SWITCH_PER_SECOND, RATE_LIMIT_CREATE_PER_MINUTE, RATE_LIMIT_GET_PER_MINUTE,
-  RATE_LIMIT_TIME_PER_MINUTE, RATE_LIMIT_WS_CONNECT_PER_MINUTE
-                            the limits (defaults 10, 5, 100, 60, 5)
-  TRUSTED_PROXIES           proxies whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated)
-  WS_MESSAGES_PER_MINUTE    messages one WebSocket client may send (default 100; above: close 1008)
-  WS_MAX_CONNECTIONS_PER_USER  WebSockets per token subject, all instances together (default 5)
-  LOG_FORMAT                pretty | json (default pretty)
-  RUST_LOG                  log filter (default info)
-  HTTP_WORKERS              HTTP worker threads (default: one per core)
-  REDIS_URL                 redis://[user:password@]host:port/[db]; unset = in-process store (one instance)
-  REDIS_MODE                standalone | sentinel | cluster (default standalone)
-  REDIS_SENTINEL_MASTER     sentinel: the monitored master's name
-  REDIS_SENTINELS           sentinel: sentinel URLs, comma-separated
-  REDIS_CLUSTER_NODES       cluster: node URLs, comma-separated (default: REDIS_URL as the seed)
-  REDIS_COMMAND_TIMEOUT_MS  every Redis call gives up after this (default 250; answers 503)
-  REDIS_KEY_PREFIX          prefix of every key and channel (default kairos:)
-  REDIS_TLS_CA_FILE         PEM file of the CA(s) that sign the rediss:// servers'
-                            certificates (default: the public web roots)
-  ALLOWED_ORIGINS           browser origins allowed for WebSockets and CORS, comma-separated
-  DATABASE_URL              postgres://... for the audit trail (migrations run at start);
-                            unset: audit off with Redis, in memory with the embedded default
-  DATABASE_POOL_SIZE        audit pool connections (default 4)
-  AUDIT_RECLAIM_MS          take over audit events another instance read but never acknowledged
-                            after this long (default 30000)";
+fn origins(raw: &str) -> Result<List<String>, String> {
+    list(raw, |s| {
+        let s = s.trim_end_matches('/');
+        if s.starts_with("http://") || s.starts_with("https://") {
+            Ok(s.to_owned())
+        } else {
+            Err(format!(
+                "{s:?} is not an origin like https://app.example.com"
+            ))
+        }
+    })
+}
+
+fn proxies(raw: &str) -> Result<List<ipnet::IpNet>, String> {
+    list(raw, |s| {
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))
+    })
+}
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
@@ -527,6 +722,41 @@ mod tests {
         assert_eq!(s, Settings::default());
         assert_eq!(s.port, 8080);
         assert_eq!(s.bind_addr.to_string(), "127.0.0.1");
+        assert_eq!(s.metrics_port, 9090);
+        assert_eq!(s.session_ttl, Duration::from_secs(3600));
+        assert_eq!(s.ws_heartbeat_interval, Duration::from_millis(5000));
+        assert_eq!(s.ws_connection_timeout, Duration::from_millis(30_000));
+        assert_eq!(s.ws_max_connections, 50_000);
+        assert_eq!(s.shutdown_drain, Duration::from_secs(15));
+        assert_eq!(s.log_format, LogFormat::Pretty);
+        assert_eq!(s.http_workers, None);
+        assert_eq!(s.auth, Auth::Off);
+        assert_eq!(s.rate_limits, RateLimits::default());
+        assert_eq!(s.ws_messages_per_minute, 100);
+        assert_eq!(s.ws_max_connections_per_user, 5);
+        assert_eq!(s.redis, None);
+        assert_eq!(s.database_url, None);
+        assert_eq!(s.database_pool_size, 4);
+        assert_eq!(s.audit_reclaim_ms, 30_000);
+        assert_eq!(s.allowed_origins, None);
+    }
+
+    #[test]
+    fn a_blank_variable_counts_as_unset_and_a_flag_wins() {
+        assert_eq!(
+            from(&[("PORT", " "), ("JWT_SECRET", "")]).unwrap(),
+            Settings::default()
+        );
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            vars: Vars,
+        }
+        let args = ["kairos-server", "--port", "9001"].map(OsString::from);
+        let Ok(only) = parse::<Only>(args, |k| (k == "PORT").then(|| "9000".to_owned())) else {
+            panic!("parses")
+        };
+        assert_eq!(only.vars.settings().unwrap().port, 9001);
     }
 
     #[test]
@@ -571,6 +801,10 @@ mod tests {
         assert_eq!(e.variable, "PORT");
         assert!(e.to_string().contains("PORT"), "{e}");
         assert_eq!(
+            e.to_string(),
+            "invalid configuration: PORT: cannot parse \"eighty\": invalid digit found in string"
+        );
+        assert_eq!(
             from(&[("WS_MAX_CONNECTIONS", "0")]).unwrap_err().variable,
             "WS_MAX_CONNECTIONS"
         );
@@ -602,6 +836,14 @@ mod tests {
             from(&[("JWT_SECRET", "too-short")]).unwrap_err().variable,
             "JWT_SECRET"
         );
+        assert_eq!(
+            from(&[("LOG_FORMAT", "xml")]).unwrap_err().message,
+            "expected \"json\" or \"pretty\", got \"xml\""
+        );
+        assert_eq!(
+            from(&[("WS_MAX_CONNECTIONS", "0")]).unwrap_err().message,
+            "must be greater than zero"
+        );
     }
 
     #[test]
@@ -622,7 +864,7 @@ mod tests {
         };
         let s = with(&good).unwrap();
         assert_eq!(
-            s.redis.unwrap().tls_root_cert.as_deref(),
+            s.redis.unwrap().target.tls_root_cert.as_deref(),
             Some(pem.as_bytes())
         );
         let e = with(&bad).unwrap_err();
@@ -638,7 +880,7 @@ mod tests {
     fn redis_settings_per_mode() {
         let s = from(&[("REDIS_URL", "redis://u:pw@127.0.0.1:6379/")]).unwrap();
         let r = s.redis.clone().unwrap();
-        assert_eq!(r.mode, store_redis::RedisMode::Standalone);
+        assert_eq!(r.target.mode, store_redis::RedisMode::Standalone);
         assert_eq!(r.command_timeout, Duration::from_millis(250));
         assert!(
             !format!("{s:?}").contains("pw"),
@@ -650,8 +892,12 @@ mod tests {
             ("REDIS_SENTINELS", "redis://a:26379,redis://b:26379"),
         ])
         .unwrap();
+        // Without REDIS_URL: no credentials, and a URL the client accepts.
+        let sentinels = ["redis://a:26379".to_owned()];
+        let target = &s.redis.as_ref().unwrap().target;
+        assert!(target.sentinel_client("mymaster", &sentinels).is_ok());
         assert!(matches!(
-            s.redis.unwrap().mode,
+            s.redis.unwrap().target.mode,
             store_redis::RedisMode::Sentinel { .. }
         ));
         let s = from(&[
@@ -659,7 +905,7 @@ mod tests {
             ("REDIS_CLUSTER_NODES", "redis://a:7000 redis://b:7001"),
         ])
         .unwrap();
-        assert_eq!(s.redis.unwrap().url, "redis://a:7000");
+        assert_eq!(s.redis.unwrap().target.url, "redis://a:7000");
         assert_eq!(
             from(&[("REDIS_MODE", "sentinel")]).unwrap_err().variable,
             "REDIS_SENTINEL_MASTER"
@@ -676,6 +922,34 @@ mod tests {
             from(&[("REDIS_URL", "http://x")]).unwrap_err().variable,
             "REDIS_URL"
         );
+        assert_eq!(
+            from(&[("REDIS_URL", "redis://h/"), ("REDIS_KEY_PREFIX", "a{b}")])
+                .unwrap_err()
+                .variable,
+            "REDIS_KEY_PREFIX"
+        );
+    }
+
+    #[test]
+    fn the_store_and_the_bus_get_the_same_target() {
+        let s = from(&[
+            ("REDIS_URL", "rediss://:pw@h:6380/2"),
+            ("REDIS_COMMAND_TIMEOUT_MS", "300"),
+            ("REDIS_KEY_PREFIX", "app:"),
+            ("SESSION_TTL_SECONDS", "60"),
+        ])
+        .unwrap();
+        let redis = s.redis.unwrap();
+        let store = redis.store_config(s.session_ttl, false);
+        let bus = redis.bus_config();
+        assert_eq!(store.redis, bus.redis);
+        assert_eq!(store.redis.url, "rediss://:pw@h:6380/2");
+        assert_eq!(store.command_timeout, Duration::from_millis(300));
+        assert_eq!(store.session_ttl, Duration::from_secs(60));
+        assert!(!store.outbox_enabled);
+        assert_eq!(store.key_prefix, "app:");
+        assert_eq!(bus.channel_prefix, "app");
+        assert_eq!(bus.command_timeout, bus_redis::DEFAULT_COMMAND_TIMEOUT);
     }
 
     #[test]
@@ -718,5 +992,40 @@ mod tests {
             from(&[("DATABASE_URL", "mysql://x")]).unwrap_err().variable,
             "DATABASE_URL"
         );
+    }
+
+    #[test]
+    fn test_hooks_are_not_settings() {
+        let skew = |v: &str| {
+            let v = v.to_owned();
+            TestHooks::from_lookup(move |k| {
+                (k == "KAIROS_TEST_HOST_CLOCK_SKEW_MS").then(|| v.clone())
+            })
+        };
+        assert_eq!(skew("5000").unwrap().host_clock_skew_ms, 5000);
+        assert_eq!(skew("").unwrap(), TestHooks::default());
+        assert_eq!(
+            skew("soon").unwrap_err().variable,
+            "KAIROS_TEST_HOST_CLOCK_SKEW_MS"
+        );
+        // Not a setting: unknown to the declaration, hence to `--help`.
+        let cmd = <Vars as clap::Args>::augment_args(clap::Command::new("kairos-server"));
+        assert!(cmd.get_arguments().all(|a| {
+            a.get_env()
+                .is_some_and(|v| !v.to_string_lossy().starts_with("KAIROS_TEST"))
+        }));
+    }
+
+    #[test]
+    fn the_operations_guide_lists_every_variable() {
+        let guide = include_str!("../../../docs/operations.md");
+        let cmd = <Vars as clap::Args>::augment_args(clap::Command::new("kairos-server"));
+        for arg in cmd.get_arguments() {
+            let variable = arg.get_env().unwrap().to_string_lossy();
+            assert!(
+                guide.contains(&format!("| `{variable}` |")),
+                "docs/operations.md has no row for {variable}"
+            );
+        }
     }
 }

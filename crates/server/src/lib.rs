@@ -6,7 +6,10 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: settings from the environment, validated once.
+//! - [`config`]: every setting declared once (variable, flag, default,
+//!   parser, help), read from the environment and the command line,
+//!   validated once; the Redis settings as the store's and the bus's
+//!   configurations; the test hooks, apart.
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`startup`]: wiring, serving, graceful shutdown.
 //! - [`workers`]: the timeout scheduler and the audit drain.
@@ -18,5 +21,5 @@ pub mod telemetry;
 pub mod token;
 pub mod workers;
 
-pub use config::Settings;
+pub use config::{Settings, TestHooks};
 pub use startup::Application;

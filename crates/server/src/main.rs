@@ -5,7 +5,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use server::{Application, Settings, telemetry};
+use server::config::{ParseError, Vars};
+use server::{Application, TestHooks, telemetry};
 
 /// mimalloc rather than glibc's malloc: a request allocates and frees many
 /// small buffers across the actix and Tokio threads, and glibc's `malloc`
@@ -16,9 +17,14 @@ use server::{Application, Settings, telemetry};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// SyncKairos: shared clocks for many clients, calculated from authoritative timestamps.
+///
+/// Every setting is an environment variable (or the flag of the same name);
+/// a blank variable counts as unset. docs/operations.md explains each one.
 #[derive(Debug, Parser)]
-#[command(name = "kairos-server", version, after_help = server::config::ENV_HELP)]
+#[command(name = "kairos-server", version)]
 struct Cli {
+    #[command(flatten)]
+    vars: Vars,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -50,17 +56,24 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = match server::config::parse_process() {
+        Ok(cli) => cli,
+        Err(ParseError::Usage(e)) => e.exit(),
+        Err(ParseError::Config(e)) => {
+            eprintln!("kairos-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command.unwrap_or(Cmd::Serve) {
-        Cmd::Serve => serve(),
-        Cmd::Migrate => migrate(),
+        Cmd::Serve => serve(cli.vars),
+        Cmd::Migrate => migrate(&cli.vars),
         Cmd::Token {
             role,
             sub,
             sid,
             pid,
             ttl,
-        } => match server::token::mint_from_env(&role, &sub, sid, pid, &ttl) {
+        } => match server::token::mint_now(cli.vars.jwt_secret(), &role, &sub, sid, pid, &ttl) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
@@ -73,9 +86,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve() -> ExitCode {
-    let settings = match Settings::from_env() {
-        Ok(s) => s,
+fn serve(vars: Vars) -> ExitCode {
+    let (settings, hooks) = match vars
+        .settings()
+        .and_then(|s| Ok((s, TestHooks::from_env()?)))
+    {
+        Ok(both) => both,
         Err(e) => {
             eprintln!("kairos-server: {e}");
             return ExitCode::from(2);
@@ -98,7 +114,7 @@ fn serve() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let app = Application::build(settings).await?;
+        let app = Application::build_with_hooks(settings, hooks).await?;
         app.run_until_stopped_or_forced(shutdown_signal(), async {
             // Only reached after the first signal was handled.
             shutdown_signal().await;
@@ -115,12 +131,11 @@ fn serve() -> ExitCode {
     }
 }
 
-fn migrate() -> ExitCode {
-    let Ok(raw) = std::env::var("DATABASE_URL") else {
+fn migrate(vars: &Vars) -> ExitCode {
+    let Some(url) = vars.database_url().cloned() else {
         eprintln!("kairos-server migrate: DATABASE_URL is not set");
         return ExitCode::from(2);
     };
-    let url = audit_diesel::DatabaseUrl::new(raw);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

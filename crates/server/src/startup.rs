@@ -8,19 +8,17 @@ use std::sync::Arc;
 
 use actix_web::web;
 use adapter_memory::{MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock};
-use bus_redis::{RedisBus, RedisBusConfig};
+use bus_redis::RedisBus;
 use http_actix::{AppState, AuthMode, HttpSettings, Metrics};
 use kairos_domain::{
     AuditHealth, AuditSink, Clock, DynSessionService as Service, EventBus, Outbox, RateLimiter,
     SessionStore,
 };
-use store_redis::{
-    RedisClock, RedisConfig, RedisMode, RedisPlaceRegistry, RedisRateLimiter, RedisStore,
-};
+use store_redis::{RedisClock, RedisPlaceRegistry, RedisRateLimiter, RedisStore};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{RedisSettings, Settings};
+use crate::config::{RedisSettings, Settings, TestHooks};
 use crate::workers::{self, AuditStatus, WorkerMetrics};
 
 /// The adapters behind the ports, as the configuration chose them.
@@ -84,19 +82,14 @@ fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapt
 async fn redis_adapters(
     settings: &Settings,
     redis: &RedisSettings,
+    hooks: TestHooks,
     pg: Option<Arc<dyn AuditSink>>,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<(Adapters, bus_redis::RedisBus)> {
-    let mut config = RedisConfig::new(redis.url.clone());
-    config.mode = redis.mode.clone();
-    config.command_timeout = redis.command_timeout;
-    config.session_ttl = settings.session_ttl;
-    config.key_prefix = redis.key_prefix.clone();
-    config.tls_root_cert = redis.tls_root_cert.clone();
     // Without an audit store nothing drains the outbox: do not fill it.
-    config.outbox_enabled = pg.is_some();
-    let target = store_redis::redact_url(&redis.url);
+    let config = redis.store_config(settings.session_ttl, pg.is_some());
+    let target = redis.target.redacted();
     let store = RedisStore::connect(&config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Redis at {target}: {e}"))?;
@@ -104,37 +97,21 @@ async fn redis_adapters(
         store.connection(),
         CLOCK_REFRESH,
         stop.clone(),
-        settings.test_host_clock_skew_ms,
+        hooks.host_clock_skew_ms,
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot read Redis TIME at {target}: {e}"))?;
     tasks.spawn(async move {
         let _ = refresh.await;
     });
-    let bus_config = match &redis.mode {
-        RedisMode::Standalone => RedisBusConfig::standalone(redis.url.clone()),
-        RedisMode::Sentinel {
-            master_name,
-            sentinels,
-        } => RedisBusConfig::sentinel(sentinels.clone(), master_name.clone()),
-        RedisMode::Cluster { nodes } if nodes.is_empty() => {
-            RedisBusConfig::cluster(vec![redis.url.clone()])
-        }
-        RedisMode::Cluster { nodes } => RedisBusConfig::cluster(nodes.clone()),
-    };
-    let bus_config = RedisBusConfig {
-        channel_prefix: redis.key_prefix.trim_end_matches(':').to_owned(),
-        tls_root_cert: redis.tls_root_cert.clone(),
-        ..bus_config
-    };
-    let (bus, bus_tasks) = RedisBus::connect(bus_config, stop.clone())
+    let (bus, bus_tasks) = RedisBus::connect(redis.bus_config(), stop.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the Redis event bus at {target}: {e}"))?;
     tasks.spawn(bus_tasks.join());
     let limiter = RedisRateLimiter::new(store.connection(), config.key_prefix.clone());
     let places = RedisPlaceRegistry::new(store.connection(), config.key_prefix.clone());
     let store = Arc::new(store);
-    tracing::info!(redis = %target, mode = ?redis.mode, "using Redis for state, bus, clock, rate limits and the per-user WebSocket cap");
+    tracing::info!(redis = %target, mode = ?redis.target.mode, "using Redis for state, bus, clock, rate limits and the per-user WebSocket cap");
     Ok((
         Adapters {
             store: store.clone(),
@@ -206,6 +183,12 @@ const CLOCK_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 impl Application {
     /// Binds the ports and connects the adapters the settings ask for.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_hooks(settings, TestHooks::default()).await
+    }
+
+    /// As [`Self::build`], with test hooks (the binary reads them from
+    /// `KAIROS_TEST_*` variables; see [`TestHooks`]).
+    pub async fn build_with_hooks(settings: Settings, hooks: TestHooks) -> anyhow::Result<Self> {
         let listener = TcpListener::bind((settings.bind_addr, settings.port)).map_err(|e| {
             anyhow::anyhow!("cannot bind {}:{}: {e}", settings.bind_addr, settings.port)
         })?;
@@ -246,7 +229,8 @@ impl Application {
             None => (memory_adapters(&settings, pg), None),
             Some(redis) => {
                 let (a, bus) =
-                    redis_adapters(&settings, redis, pg, &stop_rx, &mut adapter_tasks).await?;
+                    redis_adapters(&settings, redis, hooks, pg, &stop_rx, &mut adapter_tasks)
+                        .await?;
                 (a, Some(bus))
             }
         };

@@ -60,21 +60,22 @@ pub fn mint_token(
     mint(secret, &claims)
 }
 
-/// Reads `JWT_SECRET` from the environment and mints a token.
-pub fn mint_from_env(
+/// Mints a token valid from now, signed with the configured secret
+/// (`JWT_SECRET`, read and checked by [`crate::config`]).
+pub fn mint_now(
+    secret: Option<&Secret>,
     role: &str,
     sub: &str,
     sid: Option<String>,
     pid: Option<String>,
     ttl: &str,
 ) -> Result<String, String> {
-    let raw = std::env::var("JWT_SECRET").map_err(|_| "JWT_SECRET is not set".to_owned())?;
-    let secret = Secret::new(raw).map_err(|e| format!("JWT_SECRET {e}"))?;
+    let secret = secret.ok_or("JWT_SECRET is not set")?;
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    mint_token(&secret, role, sub, sid, pid, ttl, now_s)
+    mint_token(secret, role, sub, sid, pid, ttl, now_s)
 }
 
 #[cfg(test)]

@@ -13,13 +13,14 @@ use redis::aio::{
 };
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::SentinelClient;
 use redis::{
-    AsyncConnectionConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
-    RedisResult, ServerErrorKind, Value,
+    AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult,
+    ServerErrorKind, Value,
 };
+use redis_conn::{RedisMode, RedisTarget};
 
-use crate::config::{RedisConfig, RedisMode, redact_url};
+use crate::config::RedisConfig;
 
 /// A cheap-to-clone handle to Redis in any [`RedisMode`]. Commands may be
 /// sent concurrently through clones: they are multiplexed (and thereby
@@ -41,8 +42,8 @@ struct LocalSpec {
     /// Tells this handle's connections apart from other handles' in the
     /// thread's table.
     key: usize,
-    url: String,
-    root_cert: Option<Vec<u8>>,
+    /// The standalone server's client (URL and TLS roots).
+    client: redis::Client,
 }
 
 thread_local! {
@@ -121,44 +122,43 @@ impl RedisConnection {
             .validate()
             .map_err(|e| StoreError::Other(e.to_string()))?;
         let timeout = config.command_timeout;
-        let kind = within(timeout, "connect", async {
-            Ok(match &config.mode {
-                RedisMode::Standalone => ConnKind::Standalone(
-                    connect_standalone(&config.url, config.tls_root_cert.as_deref(), timeout)
-                        .await?,
-                ),
+        let target = &config.redis;
+        let (kind, standalone) = within(timeout, "connect", async {
+            Ok(match &target.mode {
+                RedisMode::Standalone => {
+                    let client = target.client().map_err(other)?;
+                    let conn = connect_standalone(client.clone(), timeout).await?;
+                    (ConnKind::Standalone(conn), Some(client))
+                }
                 RedisMode::Sentinel {
                     master_name,
                     sentinels,
-                } => ConnKind::Sentinel(
-                    SentinelConn::connect(&config.url, master_name, sentinels, timeout).await?,
-                ),
-                RedisMode::Cluster { nodes } => {
-                    let seeds = if nodes.is_empty() {
-                        std::slice::from_ref(&config.url)
-                    } else {
-                        nodes.as_slice()
-                    };
-                    ConnKind::Cluster(
-                        connect_cluster(seeds, config.tls_root_cert.as_deref(), timeout).await?,
-                    )
+                } => {
+                    let client = target
+                        .sentinel_client(master_name, sentinels)
+                        .map_err(other)?;
+                    let conn = SentinelConn::connect(client, timeout).await?;
+                    (ConnKind::Sentinel(conn), None)
                 }
+                RedisMode::Cluster { .. } => (
+                    ConnKind::Cluster(connect_cluster(target, timeout).await?),
+                    None,
+                ),
             })
         })
         .await
         .map_err(|e| match e {
             StoreError::Other(m) => StoreError::Other(format!(
                 "cannot connect to Redis at {}: {m}",
-                redact_url(&config.url)
+                target.redacted()
             )),
             other => other,
         })?;
         static NEXT_KEY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let local = matches!(kind, ConnKind::Standalone(_)).then(|| {
+        let local = standalone.map(|client| {
             Arc::new(LocalSpec {
                 key: NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                url: config.url.clone(),
-                root_cert: config.tls_root_cert.clone(),
+                client,
             })
         });
         Ok(Self {
@@ -212,7 +212,7 @@ impl RedisConnection {
                 // also when this call is cancelled (its command timed out)
                 // while connecting: the next command tries again.
                 let _opening = Opening(spec.key);
-                match connect_standalone(&spec.url, spec.root_cert.as_deref(), self.timeout).await {
+                match connect_standalone(spec.client.clone(), self.timeout).await {
                     Ok(conn) => {
                         LOCAL.with(|l| {
                             let mut l = l.borrow_mut();
@@ -332,6 +332,12 @@ pub(crate) fn map_error(what: &'static str, e: RedisError) -> StoreError {
     }
 }
 
+/// A configuration the client library refused (a malformed URL): retrying
+/// will not help.
+fn other(e: RedisError) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
 /// A standalone connection that reconnects by itself.
 ///
 /// The manager reconnects when a command fails on a dropped connection; the
@@ -341,15 +347,9 @@ pub(crate) fn map_error(what: &'static str, e: RedisError) -> StoreError {
 /// back instead of after a backoff. Connect and response timeouts equal the
 /// command timeout, which bounds a black-holed server the same way.
 async fn connect_standalone(
-    url: &str,
-    root_cert: Option<&[u8]>,
+    client: redis::Client,
     timeout: Duration,
 ) -> Result<ConnectionManager, StoreError> {
-    let client = match root_cert {
-        None => redis::Client::open(url),
-        Some(pem) => redis::Client::build_with_tls(url, tls_roots(pem)),
-    }
-    .map_err(|e| StoreError::Other(e.to_string()))?;
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(0)
         .set_connection_timeout(Some(timeout))
@@ -359,34 +359,20 @@ async fn connect_standalone(
         .map_err(|e| map_error("connect", e))
 }
 
-/// `rediss://` servers verified against the CAs of `pem` only.
-fn tls_roots(pem: &[u8]) -> redis::TlsCertificates {
-    redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(pem.to_vec()),
-    }
-}
-
-/// A cluster connection from seed nodes.
+/// A cluster connection from the target's seed nodes.
 async fn connect_cluster(
-    seeds: &[String],
-    root_cert: Option<&[u8]>,
+    target: &RedisTarget,
     timeout: Duration,
 ) -> Result<ClusterConnection, StoreError> {
-    let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str));
-    if let Some(pem) = root_cert {
-        builder = builder.certs(tls_roots(pem));
-    }
-    let client = builder
-        .connection_timeout(timeout)
-        .response_timeout(timeout)
+    let client = target
+        .cluster_builder(timeout)
         // Redirections (MOVED/ASK) during resharding need a few quick retries;
         // the command timeout still bounds the whole call.
         .retries(3)
         .min_retry_wait(5)
         .max_retry_wait(50)
         .build()
-        .map_err(|e| StoreError::Other(e.to_string()))?;
+        .map_err(other)?;
     client
         .get_async_connection()
         .await
@@ -410,25 +396,8 @@ struct SentinelInner {
 }
 
 impl SentinelConn {
-    async fn connect(
-        url: &str,
-        master_name: &str,
-        sentinels: &[String],
-        timeout: Duration,
-    ) -> Result<Self, StoreError> {
-        // Credentials and database of the primary come from the main URL.
-        let info = url
-            .into_connection_info()
-            .map_err(|e| StoreError::Other(e.to_string()))?;
-        let node = SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(info.redis_settings().clone());
-        let client = SentinelClient::build(
-            sentinels.iter().map(String::as_str).collect(),
-            master_name,
-            Some(node),
-            SentinelServerType::Master,
-        )
-        .map_err(|e| StoreError::Other(e.to_string()))?;
+    /// Resolves the primary once, so an unreachable Sentinel fails the start.
+    async fn connect(client: SentinelClient, timeout: Duration) -> Result<Self, StoreError> {
         let conn = Self {
             inner: Arc::new(SentinelInner {
                 client: tokio::sync::Mutex::new(client),

@@ -2,8 +2,9 @@
 //!
 //! SyncKairos's primary store on Redis: the [`kairos_domain::SessionStore`]
 //! (state, deadline index) and [`kairos_domain::Outbox`] ports in
-//! [`RedisStore`], and the deployment-wide clock in [`RedisClock`]. This is
-//! the only crate besides `bus-redis` that knows Redis.
+//! [`RedisStore`], and the deployment-wide clock in [`RedisClock`]. With
+//! `bus-redis` and `redis-conn` (where Redis is, shared by the two), this is
+//! one of the only crates that know Redis.
 //!
 //! What it guarantees, on standalone, Sentinel and Cluster alike:
 //!
@@ -21,7 +22,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: [`RedisConfig`] and [`RedisMode`]: what a deployment configures.
+//! - [`config`]: [`RedisConfig`]: the [`RedisTarget`] (URL, [`RedisMode`],
+//!   TLS roots; from the `redis-conn` crate, shared with `bus-redis`) and
+//!   what the store adds (timeout, TTL, outbox, key prefix).
 //! - [`conn`]: [`RedisConnection`], one handle over the three modes, the
 //!   time limit on every call and the mapping of Redis errors.
 //! - [`keys`]: the partitioned key layout.
@@ -84,12 +87,11 @@ pub mod store;
 
 pub use clock::RedisClock;
 pub use codec::StateCodec;
-pub use config::{
-    ConfigError, DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_SESSION_TTL, RedisConfig,
-    RedisMode, redact_url, split_urls,
-};
+pub use config::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_SESSION_TTL, RedisConfig};
+// Where Redis is, shared with the bus (the crate `redis-conn`).
 pub use conn::RedisConnection;
 pub use keys::{PARTITIONS, partition_of};
 pub use places::RedisPlaceRegistry;
 pub use ratelimit::RedisRateLimiter;
+pub use redis_conn::{ConfigError, RedisMode, RedisTarget, redact_url, split_urls};
 pub use store::RedisStore;

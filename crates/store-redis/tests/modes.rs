@@ -115,7 +115,7 @@ async fn cluster_mode_runs_every_operation() {
     let nodes = three_primaries().await;
 
     let mut config = RedisConfig::new(nodes[0].url());
-    config.mode = RedisMode::Cluster {
+    config.redis.mode = RedisMode::Cluster {
         nodes: nodes.iter().map(OwnRedis::url).collect(),
     };
     let store = RedisStore::connect(&config)
@@ -136,7 +136,7 @@ async fn sentinel_mode_finds_the_primary_and_runs_every_operation() {
     let primary = OwnRedis::start_with(&["--appendonly", "no"]);
     let sentinel = OwnRedis::start_sentinel("kairos-primary", primary.port);
     let mut config = RedisConfig::new("redis://ignored-host:1/");
-    config.mode = RedisMode::Sentinel {
+    config.redis.mode = RedisMode::Sentinel {
         master_name: "kairos-primary".into(),
         sentinels: vec![sentinel.url()],
     };
@@ -200,7 +200,7 @@ async fn sentinel_mode_follows_a_failover_to_the_promoted_replica() {
         ],
     );
     let mut config = RedisConfig::new("redis://ignored-host:1/");
-    config.mode = RedisMode::Sentinel {
+    config.redis.mode = RedisMode::Sentinel {
         master_name: "kairos-failover".into(),
         sentinels: vec![sentinel.url()],
     };
@@ -275,7 +275,7 @@ async fn cluster_mode_follows_a_failover_to_the_promoted_replica() {
     .await;
 
     let mut config = RedisConfig::new(nodes[0].url());
-    config.mode = RedisMode::Cluster {
+    config.redis.mode = RedisMode::Cluster {
         nodes: nodes
             .iter()
             .chain(std::iter::once(&replica))

@@ -10,6 +10,10 @@
 //! `xtask/src/test.rs`). One module alone: `cargo xtask test -p server
 //! --test integration -- ws::`.
 
+// The start-up future (configuration, adapters, servers) is deep enough
+// that computing the layout of a test's async block passes the default 128.
+#![recursion_limit = "256"]
+
 mod api;
 mod audit;
 mod auth;

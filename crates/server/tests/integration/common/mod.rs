@@ -35,11 +35,9 @@ pub fn test_settings() -> Settings {
             .expect("KAIROS_TEST_DATABASE_URL (cargo xtask test)");
         (
             Some(server::config::RedisSettings {
-                url,
-                mode: store_redis::RedisMode::Standalone,
+                target: store_redis::RedisTarget::new(url),
                 command_timeout: Duration::from_secs(2),
                 key_prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
-                tls_root_cert: None,
             }),
             Some(audit_diesel::DatabaseUrl::new(db)),
         )
