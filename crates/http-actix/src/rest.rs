@@ -235,6 +235,7 @@ pub async fn session_command(
                 "cancel" => Command::Cancel,
                 _ => Command::Switch {
                     next: body.next_participant_id,
+                    lag_ms: None,
                 },
             };
             (id, command, body.expected_version)

@@ -888,6 +888,7 @@ fn parse_client_message(text: &str) -> Result<ClientMessage, Box<Rejected>> {
             let command = match kind {
                 "SWITCH" => Command::Switch {
                     next: body.next_participant_id,
+                    lag_ms: None,
                 },
                 _ if body.next_participant_id.is_some() => {
                     return Err(reject(
@@ -1099,7 +1100,8 @@ mod tests {
             .unwrap(),
             ClientMessage::Command {
                 command: Command::Switch {
-                    next: Some(ParticipantId::parse("black").unwrap())
+                    next: Some(ParticipantId::parse("black").unwrap()),
+                    lag_ms: None,
                 },
                 expected_version: Some(4),
                 request_id: Some(json!("r1")),

@@ -77,14 +77,16 @@ pub use auth::{Action, Actor, Role};
 pub use config::{FieldError, SessionConfig};
 pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
-pub use machine::{Command, Decision, TransitionError};
+pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, EventBus, Outbox,
     OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription,
 };
 pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use service::{Executed, Health, ServiceError, SessionService, Snapshot};
-pub use session::{Group, Participant, Session, Status, SyncMode, TimeoutAction, TimeoutKind};
+pub use session::{
+    DelayMode, Group, Participant, Session, Stage, Status, SyncMode, TimeoutAction, TimeoutKind,
+};
 pub use view::{GroupView, ParticipantView, SessionView};
 
 #[cfg(any(test, feature = "mocks"))]
