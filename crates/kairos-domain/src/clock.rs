@@ -814,14 +814,18 @@ fn move_stages(s: &mut Session, group: Option<usize>) {
     };
     // The move earns its stage's increment first ...
     *bank = raise_bank(*bank, rules.increment, cap);
-    *moves = moves.saturating_add(1);
     // ... then, if it completes the stage, the clock enters the next one.
-    if rules.moves.is_some_and(|m| *moves >= m)
-        && let Some(add_ms) = next_add
-    {
-        *bank = raise_bank(*bank, add_ms, cap);
-        *index = index.saturating_add(1);
-        *moves = 0;
+    // The last stage lasts to the end: its moves are not counted (so a
+    // session of the previous release, which counted none, is the same).
+    if let Some(length) = rules.moves {
+        *moves = moves.saturating_add(1);
+        if *moves >= length
+            && let Some(add_ms) = next_add
+        {
+            *bank = raise_bank(*bank, add_ms, cap);
+            *index = index.saturating_add(1);
+            *moves = 0;
+        }
     }
 }
 

@@ -218,7 +218,8 @@ pub struct Participant {
     /// The stage this participant's bank is in (`per_participant`; 0-based).
     #[serde(default)]
     pub stage_index: u32,
-    /// Moves made in the current stage (`per_participant`).
+    /// Moves made in the current stage (`per_participant`; not counted in
+    /// the last stage, which lasts to the end).
     #[serde(default)]
     pub stage_moves: u32,
     /// Lag compensation left to spend, in ms (0 when compensation is off).
@@ -248,7 +249,7 @@ pub struct Group {
     /// The stage the group's bank is in (`per_group`; 0-based).
     #[serde(default)]
     pub stage_index: u32,
-    /// Moves the group made in the current stage.
+    /// Moves the group made in the current stage (not counted in the last).
     #[serde(default)]
     pub stage_moves: u32,
 }

@@ -1,15 +1,15 @@
 //! The time controls of real events (contract section 8) with concrete numbers: the worked examples and anchors (FIDE 90/40+30, US delay, Bronstein, scalachess's lag quota), warnings, added time and scheduled starts, each rule by a test that fails without it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kairos_domain::auth::authorize;
 use kairos_domain::clock::{DueKind, lag_gain_ms, next_due};
 use kairos_domain::machine::{self, next_deadline};
 use kairos_domain::view::view;
 use kairos_domain::{
-    Action, Actor, AddMs, AddTarget, BusMessage, Command, Decision, Event, EventType, GroupId,
-    MockClock, MockEventBus, MockSessionStore, ParticipantId, ParticipantView, Role, ServiceError,
-    Session, SessionConfig, SessionId, SessionService, SessionView, Status, TransitionError,
+    Action, Actor, AddMs, AddTarget, Command, Decision, Event, EventType, GroupId, MockClock,
+    MockEventBus, MockSessionStore, ParticipantId, ParticipantView, Role, ServiceError, Session,
+    SessionConfig, SessionId, SessionService, SessionView, Status, TransitionError,
 };
 use serde_json::{Value, json};
 
@@ -486,10 +486,7 @@ fn lag_quota_starts_at_three_gains_pays_the_lag_and_caps_at_seven() {
     // A lag above the quota is paid up to the quota.
     sim.switch(3_000);
     let d = sim.switch_lag(10_000, 8_000);
-    assert_eq!(
-        d.events[0].metadata["lag_compensated_ms"],
-        json!(1_060)
-    );
+    assert_eq!(d.events[0].metadata["lag_compensated_ms"], json!(1_060));
     assert_eq!(sim.p("white", 8_000).lag_quota_ms, Some(390));
     // Never above 7 gains.
     let mut t = 8_000;
@@ -912,7 +909,6 @@ async fn the_service_refuses_a_start_at_in_the_past() {
     let svc = SessionService::new(Arc::new(store), Arc::new(bus), Arc::new(clock));
     let cfg = SessionConfig::parse(&two(60_000, json!({"start_at_ms": at(-5)})))
         .expect("valid without now");
-    let _: &Mutex<Vec<BusMessage>> = &Mutex::new(Vec::new());
 
     // Act
     let r = svc.create(&Actor::anonymous_admin(), cfg, sid()).await;
