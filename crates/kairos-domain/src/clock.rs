@@ -500,7 +500,8 @@ pub fn settle_deadlines(state: &Session, now: i64) -> Cow<'_, Session> {
 /// One deadline [`catch_up`] applied.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fired {
-    /// The deadline: when it was due.
+    /// When it was due: its `fire_at`, or when the deadline before it in
+    /// the same catch-up was, if later (for lateness metrics).
     pub(crate) at: i64,
     /// What it did.
     pub(crate) kind: DueKind,
@@ -522,6 +523,9 @@ pub(crate) fn catch_up(
     mut each: impl FnMut(&Session, &mut Vec<Event>, Fired),
 ) {
     let mut applied = 0;
+    // A deadline that follows from one applied after its grace (the next
+    // turn's warning) became due when that one was applied, not before.
+    let mut due_since = i64::MIN;
     while let Some(due) = next_due(s) {
         let forced = force && due.kind == DueKind::Expiry && due.effect_at <= now;
         if (due.fire_at > now && !forced) || applied >= MAX_CATCH_UP {
@@ -539,11 +543,12 @@ pub(crate) fn catch_up(
             }
         };
         applied += 1;
+        due_since = due_since.max(due.fire_at);
         each(
             s,
             events,
             Fired {
-                at: due.fire_at,
+                at: due_since,
                 kind: due.kind,
                 exhausted,
             },

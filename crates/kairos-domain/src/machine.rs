@@ -319,6 +319,8 @@ pub fn decide(
         .is_some_and(|d| d.kind == DueKind::Expiry && d.effect_at <= now && now < d.fire_at);
     let survives = match command {
         Command::Switch { lag_ms, .. } => switch_leaves_time(&s, *lag_ms, now),
+        // The scheduler applies what a read at `now` shows, no more.
+        Command::Timeout => true,
         _ => false,
     };
     if in_grace && !survives {
