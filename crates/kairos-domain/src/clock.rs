@@ -7,7 +7,16 @@
 //! model (`view`) both compute through this module: the time used and left
 //! per participant, group and session in every sync mode, the next deadline,
 //! and the one catch-up loop that applies due deadlines, each as of its own
-//! instant.
+//! instant and as its own version.
+//!
+//! The rules of contract section 8 live here too: stages (a move's increment
+//! and the next stage's `add_ms`), simple and Bronstein delay (what the clock
+//! shows and what a move costs), the lag quota and its grace, and the three
+//! kinds of deadline ([`DueKind`]): the expiry (after its grace, applied as
+//! of the instant the clock ran out), each time warning, and a scheduled
+//! start. The end of a simple delay and a stage boundary change nothing
+//! stored (the numbers follow from the state), so they are no deadlines of
+//! their own; the expiry and warning instants account for the delay.
 
 use std::borrow::Cow;
 

@@ -35,7 +35,7 @@ pub const WARNING_RANGE_MS: std::ops::RangeInclusive<i64> = 1_000..=3_600_000;
 pub const MAX_START_AHEAD_MS: i64 = 7 * 24 * 3_600_000;
 /// Bounds of a switch's `lag_ms` (checked where a switch is parsed).
 pub const LAG_RANGE_MS: std::ops::RangeInclusive<u32> = 0..=10_000;
-/// Bounds of an `add_time` command's `ms` (see [`crate::machine::AddMs`]).
+/// Bounds of an `add_time` command's `ms` (the command's `AddMs` holds only these).
 pub const ADD_TIME_RANGE_MS: std::ops::RangeInclusive<i64> = 1..=3_600_000;
 
 /// One broken rule: which field, and what is wrong with it.

@@ -21,7 +21,8 @@
 //! - [`clock`]: the time model, the one place time is computed: time used and
 //!   left per participant, group and session in every mode at an instant,
 //!   [`clock::next_deadline`], and the one catch-up loop that applies due
-//!   deadlines (timeouts) each as of its own instant.
+//!   deadlines (expiries, time warnings, scheduled starts) each as of its own
+//!   instant; the stages, delay and lag compensation of contract section 8.
 //! - [`machine`]: the transition function [`machine::decide`] (deadlines via
 //!   `clock`, then the command) and [`machine::create`].
 //! - [`view`]: the read model at any instant, deadlines applied as of their

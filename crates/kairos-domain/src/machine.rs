@@ -6,8 +6,12 @@
 //!
 //! The numbers (time used and left, deadlines) and what a timeout does come
 //! from the time model, `clock`; who plays next from `rotation`. This module
-//! adds the client commands on top. [`next_deadline`], [`settle_deadlines`]
-//! and [`MAX_CATCH_UP`] are re-exported from `clock` so callers keep one path.
+//! adds the client commands on top, `AddTime` included, and the one rule of
+//! a lag grace that needs the command: a switch whose compensated charge
+//! leaves time is a move; any other command in the grace finds the clock
+//! run out as of the instant it did. [`next_deadline`], [`next_due`],
+//! [`settle_deadlines`] and [`MAX_CATCH_UP`] are re-exported from `clock` so
+//! callers keep one path.
 
 use serde_json::Map;
 
