@@ -7,9 +7,9 @@ use kairos_domain::clock::{DueKind, lag_gain_ms, next_due};
 use kairos_domain::machine::{self, next_deadline};
 use kairos_domain::view::view;
 use kairos_domain::{
-    Action, Actor, AddMs, AddTarget, Command, Decision, Event, EventType, GroupId, MockClock,
-    MockEventBus, MockSessionStore, ParticipantId, ParticipantView, Role, ServiceError, Session,
-    SessionConfig, SessionId, SessionService, SessionView, Status, TransitionError,
+    Action, Actor, AddMs, AddTarget, Claimed, Command, Commit, Decision, Event, EventType, GroupId,
+    MockClock, MockEventBus, MockSessionStore, ParticipantId, ParticipantView, Role, ServiceError,
+    Session, SessionConfig, SessionId, SessionService, SessionView, Status, TransitionError,
 };
 use serde_json::{Value, json};
 
@@ -961,4 +961,83 @@ fn the_view_fields_of_a_session_without_the_new_rules() {
     );
     let v = sim.view(1_000);
     assert!(v.stages.is_empty() && v.warnings_ms.is_empty() && v.start_at_ms.is_none());
+}
+
+#[test]
+fn delay_and_lag_need_a_mode_with_banks_and_new_events_have_wire_names() {
+    assert_eq!(
+        fields(json!({"sync_mode": "per_cycle", "time_per_cycle_ms": 5000,
+            "participants": [{"participant_id": "a"}], "delay_ms": 1000, "delay_mode": "simple"})),
+        ["delay_ms"]
+    );
+    for (ty, name) in [
+        (EventType::TimeWarning, "time_warning"),
+        (EventType::TimeAdded, "time_added"),
+    ] {
+        assert_eq!(ty.as_str(), name);
+        assert_eq!(EventType::parse(name), Some(ty));
+        assert!(ty.is_notable() && !ty.is_timeout());
+    }
+    assert!(EventType::SessionExpired.is_notable());
+    assert!(!EventType::CycleSwitched.is_notable());
+}
+
+/// The scheduler's path: each new deadline is in the commit's deadline
+/// (the index), `fire_claimed` applies it once, and a second claim of the
+/// same state finds nothing due.
+#[tokio::test]
+async fn warnings_and_scheduled_starts_go_through_the_deadline_index_once() {
+    let sim = Sim::new(two(
+        60_000,
+        json!({"start_at_ms": at(10_000), "warnings_ms": [30000]}),
+    ));
+    let stored = sim.state.clone();
+    assert_eq!(next_deadline(&stored), Some(at(10_000)));
+    let commits: Arc<std::sync::Mutex<Vec<Commit>>> = Arc::default();
+    let mut store = MockSessionStore::new();
+    let log = commits.clone();
+    store.expect_commit().times(1).returning(move |c| {
+        log.lock().expect("lock").push(c.clone());
+        Ok(())
+    });
+    let mut bus = MockEventBus::new();
+    bus.expect_publish().returning(|_| ());
+    let mut clock = MockClock::new();
+    clock.expect_now_ms().return_const(at(40_500));
+    let svc = SessionService::new(Arc::new(store), Arc::new(bus), Arc::new(clock));
+
+    // The scheduled start, then (same catch-up) white's 30 s warning at 40 s.
+    let fired = svc
+        .fire_claimed(Claimed {
+            id: sid(),
+            state: Some(stored.clone()),
+        })
+        .await
+        .expect("fired");
+    assert_eq!(fired, [at(10_000), at(40_000)]);
+    let first = commits.lock().expect("lock")[0].clone();
+    let types: Vec<_> = first.events.iter().map(|e| e.event_type).collect();
+    assert_eq!(types, [EventType::SessionStarted, EventType::TimeWarning]);
+    assert_eq!(first.deadline, Some(at(70_000)));
+    assert_eq!(first.state.version, 3);
+    // Another instance holding the old claim loses the race in the store;
+    // with the committed state, nothing is due.
+    let again = svc
+        .fire_claimed(Claimed {
+            id: sid(),
+            state: Some(first.state.clone()),
+        })
+        .await
+        .expect("nothing due");
+    assert!(again.is_empty());
+    // An added time moves the indexed deadline with the bank.
+    assert_eq!(commits.lock().expect("lock").len(), 1);
+    let d = machine::decide(
+        &first.state,
+        &add_time("white", 5_000, None),
+        None,
+        at(41_000),
+    )
+    .expect("added");
+    assert_eq!(next_deadline(&d.state), Some(at(75_000)));
 }

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 const T0: i64 = 1_760_970_600_000;
 
 /// Cases per property; the three properties run 3 x this many sessions of
-/// up to 40 commands each.
-const CASES: u32 = 256;
+/// up to 40 commands each (about 5 s in a debug build).
+const CASES: u32 = 1024;
 
 #[derive(Debug, Clone)]
 struct StageSpec {
