@@ -291,6 +291,13 @@ fn stages_are_validated_field_by_field() {
         )),
         ["delay_ms", "delay_mode"]
     );
+    assert_eq!(
+        fields(two(
+            60_000,
+            json!({"delay_mode": "bronstein", "stages": [{}]})
+        )),
+        ["delay_mode"]
+    );
     // The FIDE control and increment 0 with stages are fine.
     assert!(SessionConfig::parse(&fide()).is_ok());
     let mut zero = fide();
