@@ -268,13 +268,15 @@ impl SessionConfig {
         let stages = parse_stages(obj, sync_mode, increment_ms, &mut e);
         let (delay_ms, delay_mode) = parse_delay(obj, "", &mut e);
         if delay_ms > 0 || delay_mode != DelayMode::None {
-            if obj.contains_key("stages") && !matches!(obj.get("stages"), Some(Value::Null)) {
-                e.push(
-                    "delay_ms",
-                    "give the delay in each stage when stages are given",
-                );
+            let field = if delay_ms > 0 {
+                "delay_ms"
             } else {
-                check_timed_mode(sync_mode, "delay_ms", "a delay", &mut e);
+                "delay_mode"
+            };
+            if obj.contains_key("stages") && !matches!(obj.get("stages"), Some(Value::Null)) {
+                e.push(field, "give the delay in each stage when stages are given");
+            } else {
+                check_timed_mode(sync_mode, field, "a delay", &mut e);
             }
         }
         let lag_compensation = parse_lag(obj, sync_mode, &mut e);
