@@ -247,7 +247,7 @@ fn apply(state: Session, step: &Step, now: i64) -> Session {
     });
     let command = match step.command {
         Cmd::Start => Command::Start,
-        Cmd::Switch => Command::Switch { next },
+        Cmd::Switch => Command::Switch { next, lag_ms: None },
         Cmd::Pause => Command::Pause,
         Cmd::Resume => Command::Resume,
         Cmd::Complete => Command::Complete,

@@ -251,8 +251,16 @@ mod tests {
         let started = machine::decide(&created, &Command::Start, None, 2_000)
             .expect("a pending session starts")
             .state;
-        let switched = machine::decide(&started, &Command::Switch { next: None }, Some(2), 2_750)
-            .expect("a running session switches");
+        let switched = machine::decide(
+            &started,
+            &Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            Some(2),
+            2_750,
+        )
+        .expect("a running session switches");
         (switched.state, switched.events)
     }
 

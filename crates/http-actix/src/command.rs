@@ -85,6 +85,7 @@ impl CommandName {
             Self::Start => Command::Start,
             Self::Switch => Command::Switch {
                 next: body.next_participant_id,
+                lag_ms: None,
             },
             Self::Pause => Command::Pause,
             Self::Resume => Command::Resume,
@@ -116,7 +117,8 @@ mod tests {
         assert_eq!(
             CommandName::Switch.command(next.clone()).unwrap(),
             Command::Switch {
-                next: next.next_participant_id.clone()
+                next: next.next_participant_id.clone(),
+                lag_ms: None,
             }
         );
         let refused = CommandName::Pause.command(next).unwrap_err();

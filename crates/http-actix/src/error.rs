@@ -214,6 +214,7 @@ pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
             ApiError::new(Code::SessionExists, format!("session {id} already exists"))
         }
         ServiceError::Forbidden(why) => ApiError::new(Code::Forbidden, why),
+        ServiceError::Invalid(fields) => ApiError::validation(fields),
         ServiceError::Transition(t) => match t {
             TransitionError::InvalidTransition { .. } | TransitionError::ParticipantExpired(_) => {
                 ApiError::new(Code::InvalidStateTransition, t.to_string())

@@ -543,7 +543,15 @@ mod tests {
             .unwrap();
         f.clock.0.fetch_add(1_500, Ordering::SeqCst);
         f.service
-            .execute(&admin, id, Command::Switch { next: None }, None)
+            .execute(
+                &admin,
+                id,
+                Command::Switch {
+                    next: None,
+                    lag_ms: None,
+                },
+                None,
+            )
             .await
             .unwrap();
 

@@ -320,7 +320,8 @@ mod tests {
             .unwrap(),
             ClientMessage::Command {
                 command: Command::Switch {
-                    next: Some(ParticipantId::parse("black").unwrap())
+                    next: Some(ParticipantId::parse("black").unwrap()),
+                    lag_ms: None,
                 },
                 expected_version: Some(4),
                 request_id: Some(json!("r1")),

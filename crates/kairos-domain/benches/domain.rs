@@ -32,9 +32,18 @@ fn session(n: usize) -> Session {
     let mut now = T0;
     for command in [
         Command::Start,
-        Command::Switch { next: None },
-        Command::Switch { next: None },
-        Command::Switch { next: None },
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
     ] {
         now += 1_234;
         s = machine::decide(&s, &command, None, now)
@@ -49,7 +58,10 @@ fn benches(c: &mut Criterion) {
         let s = session(n);
         // A second after the last switch: nothing is due, as on a normal switch.
         let now = s.updated_at_ms + 1_000;
-        let switch = Command::Switch { next: None };
+        let switch = Command::Switch {
+            next: None,
+            lag_ms: None,
+        };
 
         c.bench_with_input(BenchmarkId::new("switch_decide", n), &s, |b, s| {
             b.iter(|| machine::decide(black_box(s), black_box(&switch), None, black_box(now)));

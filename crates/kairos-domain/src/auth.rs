@@ -90,6 +90,8 @@ pub enum Action {
     Read,
     /// Read the audit events.
     ReadEvents,
+    /// Add time to a bank (contract section 8): owner or admin.
+    AddTime,
 }
 
 /// Whether `actor` may perform `action` on `session` (`None` for create).
@@ -110,7 +112,7 @@ pub fn authorize(actor: &Actor, action: Action, session: Option<&Session>) -> bo
     match action {
         Action::Create => actor.role == Role::Host,
         Action::Read => true,
-        Action::Control | Action::ReadEvents => owner,
+        Action::Control | Action::ReadEvents | Action::AddTime => owner,
         Action::Switch => {
             owner
                 || (actor.role == Role::Player

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value};
 
 use crate::ids::{GroupId, ParticipantId, SessionId};
-use crate::session::{SyncMode, TimeoutAction, TimeoutKind};
+use crate::session::{DelayMode, Stage, SyncMode, TimeoutAction, TimeoutKind};
 
 /// Bounds of every duration-like bank (`total_time_ms`, `time_per_cycle_ms`, `max_time_ms`).
 pub const BANK_RANGE_MS: std::ops::RangeInclusive<i64> = 1_000..=86_400_000;
@@ -19,6 +19,24 @@ pub const INCREMENT_RANGE_MS: std::ops::RangeInclusive<i64> = 0..=3_600_000;
 pub const MAX_PARTICIPANTS: usize = 1000;
 /// `metadata` serialized is at most this many bytes.
 pub const MAX_METADATA_BYTES: usize = 10 * 1024;
+/// At most this many `stages`.
+pub const MAX_STAGES: usize = 10;
+/// Bounds of a stage's `moves`.
+pub const STAGE_MOVES_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
+/// Bounds of a stage's `add_ms`.
+pub const STAGE_ADD_RANGE_MS: std::ops::RangeInclusive<i64> = 0..=86_400_000;
+/// Bounds of `delay_ms` (session and stage).
+pub const DELAY_RANGE_MS: std::ops::RangeInclusive<i64> = 0..=600_000;
+/// At most this many `warnings_ms`.
+pub const MAX_WARNINGS: usize = 5;
+/// Bounds of each warning threshold.
+pub const WARNING_RANGE_MS: std::ops::RangeInclusive<i64> = 1_000..=3_600_000;
+/// `start_at_ms` is at most this far after the create.
+pub const MAX_START_AHEAD_MS: i64 = 7 * 24 * 3_600_000;
+/// Bounds of a switch's `lag_ms` (checked where a switch is parsed).
+pub const LAG_RANGE_MS: std::ops::RangeInclusive<u32> = 0..=10_000;
+/// Bounds of an `add_time` command's `ms` (the command's `AddMs` holds only these).
+pub const ADD_TIME_RANGE_MS: std::ops::RangeInclusive<i64> = 1..=3_600_000;
 
 /// One broken rule: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -87,6 +105,21 @@ pub struct SessionConfig {
     pub auto_advance: bool,
     /// Client-defined metadata.
     pub metadata: Map<String, Value>,
+    /// The stages of a staged control (`per_participant`, `per_group`);
+    /// empty: one stage of `increment_ms`, `delay_ms` and `delay_mode`.
+    pub stages: Vec<Stage>,
+    /// Session-level delay (only without `stages`).
+    pub delay_ms: i64,
+    /// Session-level delay mode (only without `stages`).
+    pub delay_mode: DelayMode,
+    /// `lag_compensation.enabled`.
+    pub lag_compensation: bool,
+    /// Warning thresholds, distinct, sorted descending.
+    pub warnings_ms: Vec<i64>,
+    /// When the session starts by itself. [`SessionConfig::parse`] checks
+    /// only its type; [`SessionConfig::parse_at`] also checks it is within
+    /// [`MAX_START_AHEAD_MS`] of now and not in the past.
+    pub start_at_ms: Option<i64>,
 }
 
 struct Errors(Vec<FieldError>);
@@ -232,6 +265,36 @@ impl SessionConfig {
             }
         }
 
+        let stages = parse_stages(obj, sync_mode, increment_ms, &mut e);
+        let (delay_ms, delay_mode) = parse_delay(obj, "", &mut e);
+        if delay_ms > 0 || delay_mode != DelayMode::None {
+            let field = if delay_ms > 0 {
+                "delay_ms"
+            } else {
+                "delay_mode"
+            };
+            if obj.contains_key("stages") && !matches!(obj.get("stages"), Some(Value::Null)) {
+                e.push(field, "give the delay in each stage when stages are given");
+            } else {
+                check_timed_mode(sync_mode, field, "a delay", &mut e);
+            }
+        }
+        let lag_compensation = parse_lag(obj, sync_mode, &mut e);
+        let warnings_ms = parse_warnings(obj, &mut e);
+        let start_at_ms = match obj.get("start_at_ms") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_i64() {
+                Some(n) if n >= 0 => Some(n),
+                _ => {
+                    e.push(
+                        "start_at_ms",
+                        "must be an instant in ms since the Unix epoch",
+                    );
+                    None
+                }
+            },
+        };
+
         let action_on_timeout = parse_timeout_action(obj, &mut e);
         let auto_advance = match obj.get("auto_advance") {
             None | Some(Value::Null) => false,
@@ -275,10 +338,244 @@ impl SessionConfig {
                 action_on_timeout,
                 auto_advance,
                 metadata,
+                stages,
+                delay_ms,
+                delay_mode,
+                lag_compensation,
+                warnings_ms,
+                start_at_ms,
             }),
             _ => Err(e.0),
         }
     }
+
+    /// [`Self::parse`], plus the rules that need the current instant:
+    /// `start_at_ms` is not before `now` and at most [`MAX_START_AHEAD_MS`]
+    /// after it. Every violation is reported at once.
+    ///
+    /// ```
+    /// use kairos_domain::SessionConfig;
+    /// let body = serde_json::json!({"sync_mode": "count_up", "start_at_ms": 5_000});
+    /// assert!(SessionConfig::parse_at(&body, 1_000).is_ok());
+    /// let errors = SessionConfig::parse_at(&body, 6_000).unwrap_err();
+    /// assert_eq!(errors[0].field, "start_at_ms");
+    /// ```
+    pub fn parse_at(body: &Value, now: i64) -> Result<Self, Vec<FieldError>> {
+        match Self::parse(body) {
+            Ok(cfg) => cfg.validate_at(now).map(|()| cfg),
+            Err(mut errors) => {
+                // The type was fine if parse did not name it; check the window too.
+                if !errors.iter().any(|f| f.field == "start_at_ms")
+                    && let Some(at) = body.get("start_at_ms").and_then(Value::as_i64)
+                    && let Some(err) = start_window(at, now)
+                {
+                    errors.push(err);
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// The rules of an already parsed config that need the current instant
+    /// (see [`Self::parse_at`]); the service checks them at create.
+    pub fn validate_at(&self, now: i64) -> Result<(), Vec<FieldError>> {
+        match self.start_at_ms.and_then(|at| start_window(at, now)) {
+            Some(err) => Err(vec![err]),
+            None => Ok(()),
+        }
+    }
+}
+
+fn start_window(at: i64, now: i64) -> Option<FieldError> {
+    if at < now {
+        Some(FieldError::new("start_at_ms", "must not be in the past"))
+    } else if at > now.saturating_add(MAX_START_AHEAD_MS) {
+        Some(FieldError::new(
+            "start_at_ms",
+            "must be at most 7 days from now",
+        ))
+    } else {
+        None
+    }
+}
+
+/// The modes with banks that stages, delay and lag compensation apply to.
+fn check_timed_mode(mode: Option<SyncMode>, field: &str, what: &str, e: &mut Errors) {
+    if let Some(m) = mode
+        && !matches!(m, SyncMode::PerParticipant | SyncMode::PerGroup)
+    {
+        e.push(
+            field,
+            format!("{what} applies only in per_participant and per_group mode"),
+        );
+    }
+}
+
+/// `delay_ms` and `delay_mode` of `obj` (a stage, or the session when
+/// `prefix` is empty): `delay_ms` > 0 needs a mode other than `none`.
+fn parse_delay(obj: &Map<String, Value>, prefix: &str, e: &mut Errors) -> (i64, DelayMode) {
+    let ms_path = format!("{prefix}delay_ms");
+    let mode_path = format!("{prefix}delay_mode");
+    let ms = e
+        .int(obj, "delay_ms", &ms_path, &DELAY_RANGE_MS)
+        .unwrap_or(0);
+    let mode = match obj.get("delay_mode") {
+        None | Some(Value::Null) => DelayMode::None,
+        Some(Value::String(m)) => DelayMode::parse(m).unwrap_or_else(|| {
+            e.push(&mode_path, "must be one of none, simple, bronstein");
+            DelayMode::None
+        }),
+        Some(_) => {
+            e.push(&mode_path, "must be one of none, simple, bronstein");
+            DelayMode::None
+        }
+    };
+    if ms > 0 && mode == DelayMode::None && !has_error(e, &mode_path) {
+        e.push(mode_path, "must be simple or bronstein when delay_ms > 0");
+    }
+    (ms, mode)
+}
+
+fn parse_stages(
+    obj: &Map<String, Value>,
+    mode: Option<SyncMode>,
+    increment_ms: i64,
+    e: &mut Errors,
+) -> Vec<Stage> {
+    let list = match obj.get("stages") {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            e.push("stages", "must be an array");
+            return Vec::new();
+        }
+    };
+    check_timed_mode(mode, "stages", "stages", e);
+    if list.is_empty() || list.len() > MAX_STAGES {
+        e.push(
+            "stages",
+            format!("must hold 1 to {MAX_STAGES} stages (got {})", list.len()),
+        );
+        return Vec::new();
+    }
+    if increment_ms != 0 {
+        e.push(
+            "increment_ms",
+            "must be absent or 0 with stages (give each stage its increment_ms)",
+        );
+    }
+    let last = list.len() - 1;
+    let mut out = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let path = format!("stages[{i}]");
+        let Some(st) = item.as_object() else {
+            e.push(path, "must be an object");
+            continue;
+        };
+        let moves = e.int(st, "moves", &format!("{path}.moves"), &STAGE_MOVES_RANGE);
+        let moves_given = !matches!(st.get("moves"), None | Some(Value::Null));
+        if i < last && !moves_given {
+            e.push(
+                format!("{path}.moves"),
+                "is required on every stage but the last",
+            );
+        }
+        if i == last && moves_given {
+            e.push(format!("{path}.moves"), "must be absent on the last stage");
+        }
+        let add_ms = e
+            .int(st, "add_ms", &format!("{path}.add_ms"), &STAGE_ADD_RANGE_MS)
+            .unwrap_or(0);
+        if i == 0 && add_ms != 0 {
+            e.push(
+                format!("{path}.add_ms"),
+                "must be absent or 0 on the first stage",
+            );
+        }
+        let increment_ms = e
+            .int(
+                st,
+                "increment_ms",
+                &format!("{path}.increment_ms"),
+                &INCREMENT_RANGE_MS,
+            )
+            .unwrap_or(0);
+        let (delay_ms, delay_mode) = parse_delay(st, &format!("{path}."), e);
+        out.push(Stage {
+            moves: moves
+                .filter(|_| i < last)
+                .and_then(|m| u32::try_from(m).ok()),
+            add_ms,
+            increment_ms,
+            delay_ms,
+            delay_mode,
+        });
+    }
+    out
+}
+
+fn parse_lag(obj: &Map<String, Value>, mode: Option<SyncMode>, e: &mut Errors) -> bool {
+    let on = match obj.get("lag_compensation") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(m)) => match m.get("enabled") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                e.push("lag_compensation.enabled", "must be true or false");
+                false
+            }
+        },
+        Some(_) => {
+            e.push("lag_compensation", "must be an object {\"enabled\": bool}");
+            false
+        }
+    };
+    if on {
+        check_timed_mode(mode, "lag_compensation", "lag compensation", e);
+    }
+    on
+}
+
+fn parse_warnings(obj: &Map<String, Value>, e: &mut Errors) -> Vec<i64> {
+    let list = match obj.get("warnings_ms") {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            e.push("warnings_ms", "must be an array of durations in ms");
+            return Vec::new();
+        }
+    };
+    if list.len() > MAX_WARNINGS {
+        e.push(
+            "warnings_ms",
+            format!("at most {MAX_WARNINGS} thresholds (got {})", list.len()),
+        );
+        return Vec::new();
+    }
+    let mut out: Vec<i64> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let path = format!("warnings_ms[{i}]");
+        match v.as_i64() {
+            Some(n) if WARNING_RANGE_MS.contains(&n) => {
+                if out.contains(&n) {
+                    e.push(path, format!("duplicate threshold {n}"));
+                } else {
+                    out.push(n);
+                }
+            }
+            Some(_) => e.push(
+                path,
+                format!(
+                    "must be between {} and {}",
+                    WARNING_RANGE_MS.start(),
+                    WARNING_RANGE_MS.end()
+                ),
+            ),
+            None => e.push(path, "must be an integer number of milliseconds"),
+        }
+    }
+    out.sort_unstable_by(|a, b| b.cmp(a));
+    out
 }
 
 fn has_error(e: &Errors, prefix: &str) -> bool {

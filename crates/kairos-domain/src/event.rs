@@ -30,6 +30,10 @@ pub enum EventType {
     SessionCancelled,
     /// Time ran out and the session ended.
     SessionExpired,
+    /// The running clock reached a `warnings_ms` threshold (contract section 8).
+    TimeWarning,
+    /// An owner or admin added time to a bank (contract section 8).
+    TimeAdded,
 }
 
 impl EventType {
@@ -46,6 +50,8 @@ impl EventType {
             Self::SessionCompleted => "session_completed",
             Self::SessionCancelled => "session_cancelled",
             Self::SessionExpired => "session_expired",
+            Self::TimeWarning => "time_warning",
+            Self::TimeAdded => "time_added",
         }
     }
 
@@ -62,6 +68,8 @@ impl EventType {
             Self::SessionCompleted,
             Self::SessionCancelled,
             Self::SessionExpired,
+            Self::TimeWarning,
+            Self::TimeAdded,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -73,6 +81,12 @@ impl EventType {
             self,
             Self::ParticipantExpired | Self::CycleTimeout | Self::SessionExpired
         )
+    }
+
+    /// The events sent to subscribers as `EVENT` messages: the timeouts, and
+    /// the time warnings and added time of contract section 8.
+    pub fn is_notable(self) -> bool {
+        self.is_timeout() || matches!(self, Self::TimeWarning | Self::TimeAdded)
     }
 }
 

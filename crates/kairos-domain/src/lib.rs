@@ -21,7 +21,8 @@
 //! - [`clock`]: the time model, the one place time is computed: time used and
 //!   left per participant, group and session in every mode at an instant,
 //!   [`clock::next_deadline`], and the one catch-up loop that applies due
-//!   deadlines (timeouts) each as of its own instant.
+//!   deadlines (expiries, time warnings, scheduled starts) each as of its own
+//!   instant; the stages, delay and lag compensation of contract section 8.
 //! - [`machine`]: the transition function [`machine::decide`] (deadlines via
 //!   `clock`, then the command) and [`machine::create`].
 //! - [`view`]: the read model at any instant, deadlines applied as of their
@@ -77,7 +78,7 @@ pub use auth::{Action, Actor, Role};
 pub use config::{FieldError, SessionConfig};
 pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
-pub use machine::{Command, Decision, TransitionError};
+pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, EventBus, Outbox,
     OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription,
@@ -86,7 +87,9 @@ pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use service::{
     AuditHealth, DynSessionService, Executed, Health, ServiceError, SessionService, Snapshot,
 };
-pub use session::{Group, Participant, Session, Status, SyncMode, TimeoutAction, TimeoutKind};
+pub use session::{
+    DelayMode, Group, Participant, Session, Stage, Status, SyncMode, TimeoutAction, TimeoutKind,
+};
 pub use view::{GroupView, ParticipantView, SessionView};
 
 #[cfg(any(test, feature = "mocks"))]

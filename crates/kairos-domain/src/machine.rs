@@ -6,19 +6,54 @@
 //!
 //! The numbers (time used and left, deadlines) and what a timeout does come
 //! from the time model, `clock`; who plays next from `rotation`. This module
-//! adds the client commands on top. [`next_deadline`], [`settle_deadlines`]
-//! and [`MAX_CATCH_UP`] are re-exported from `clock` so callers keep one path.
+//! adds the client commands on top, `AddTime` included, and the one rule of
+//! a lag grace that needs the command: a switch whose compensated charge
+//! leaves time is a move; any other command in the grace finds the clock
+//! run out as of the instant it did. [`next_deadline`], [`next_due`],
+//! [`settle_deadlines`] and [`MAX_CATCH_UP`] are re-exported from `clock` so
+//! callers keep one path.
 
 use serde_json::Map;
 
-use crate::clock::{catch_up, charge_cycle, ended_clock_remaining, push_event, push_raw, settle};
-use crate::config::SessionConfig;
+use crate::clock::{
+    DueKind, Elapsed, LAG_QUOTA_START_GAINS, begin_turn, catch_up, charge_cycle,
+    ended_clock_remaining, lag_gain_ms, push_event, push_raw, raise_bank, settle, start_session,
+    switch_leaves_time,
+};
+use crate::config::{ADD_TIME_RANGE_MS, SessionConfig};
 use crate::event::{Event, EventType};
-use crate::ids::{ParticipantId, SessionId};
-use crate::rotation::{begin_cycle, first_eligible, group_of, next_eligible};
+use crate::ids::{GroupId, ParticipantId, SessionId};
+use crate::rotation::{first_eligible, group_of, next_eligible};
 use crate::session::{Group, Participant, Session, Status, SyncMode};
 
-pub use crate::clock::{MAX_CATCH_UP, next_deadline, settle_deadlines};
+pub use crate::clock::{MAX_CATCH_UP, next_deadline, next_due, settle_deadlines};
+
+/// The ms of an `add_time` command: 1..=3600000
+/// ([`ADD_TIME_RANGE_MS`]); only [`AddMs::new`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddMs(i64);
+
+impl AddMs {
+    /// `ms` if it is within [`ADD_TIME_RANGE_MS`].
+    pub fn new(ms: i64) -> Option<Self> {
+        ADD_TIME_RANGE_MS.contains(&ms).then_some(Self(ms))
+    }
+
+    /// The value.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// Whose bank an `add_time` command raises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddTarget {
+    /// A participant's bank (in `per_group`, the bank of its group; in
+    /// `global`, the session's).
+    Participant(ParticipantId),
+    /// A group's bank (`per_group`).
+    Group(GroupId),
+}
 
 /// A state-changing command. `Timeout` is what the scheduler sends when a
 /// deadline is due; the others come from clients.
@@ -30,6 +65,22 @@ pub enum Command {
     Switch {
         /// Who plays next (must exist and not have expired).
         next: Option<ParticipantId>,
+        /// The network delay the client measured for this move, in ms
+        /// (0..=10000, [`crate::config::LAG_RANGE_MS`], checked where the
+        /// switch is parsed); used only with lag compensation on.
+        lag_ms: Option<u32>,
+    },
+    /// The arbiter's "two more minutes" (owner or admin): adds `ms` to a
+    /// bank (capped at `max_time_ms`) in any status but ended; one version
+    /// and a `time_added` event. `per_participant`, `per_group` and
+    /// `global` only (the modes with a bank to add to).
+    AddTime {
+        /// Whose bank.
+        target: AddTarget,
+        /// How much.
+        ms: AddMs,
+        /// Why, echoed in the event's metadata.
+        reason: Option<String>,
     },
     /// `running` → `paused`.
     Pause,
@@ -53,6 +104,7 @@ impl Command {
             Self::Resume => "resume",
             Self::Complete => "complete",
             Self::Cancel => "cancel",
+            Self::AddTime { .. } => "add_time",
             Self::Timeout => "timeout",
         }
     }
@@ -136,8 +188,14 @@ pub fn create(
             time_used_ms: 0,
             has_expired: false,
             last_member: None,
+            stage_index: 0,
+            stage_moves: 0,
         })
         .collect();
+    let first_increment = config
+        .stages
+        .first()
+        .map_or(config.increment_ms, |st| st.increment_ms);
     let participants = config
         .participants
         .into_iter()
@@ -155,14 +213,25 @@ pub fn create(
                 SyncMode::Global => config.total_time_ms.unwrap_or(0),
                 SyncMode::CountUp => config.max_time_ms.unwrap_or(0),
             };
+            let total_time_ms = p.total_time_ms.unwrap_or(default_bank);
+            // E is taken on the bank this participant plays on, first stage.
+            let lag_gain_ms = if config.lag_compensation {
+                lag_gain_ms(default_bank.max(total_time_ms), first_increment)
+            } else {
+                0
+            };
             Participant {
                 id: p.id,
                 index: p.index,
                 group_id: p.group_id,
-                total_time_ms: p.total_time_ms.unwrap_or(default_bank),
+                total_time_ms,
                 time_used_ms: 0,
                 cycle_count: 0,
                 has_expired: false,
+                stage_index: 0,
+                stage_moves: 0,
+                lag_quota_ms: lag_gain_ms.saturating_mul(LAG_QUOTA_START_GAINS),
+                lag_gain_ms,
             }
         })
         .collect();
@@ -191,6 +260,13 @@ pub fn create(
         session_completed_at_ms: None,
         created_at_ms: now,
         updated_at_ms: now,
+        stages: config.stages,
+        delay_ms: config.delay_ms,
+        delay_mode: config.delay_mode,
+        lag_compensation: config.lag_compensation,
+        warnings_ms: config.warnings_ms,
+        warned_ms: Vec::new(),
+        start_at_ms: config.start_at_ms,
     };
     // Show who will play first before the start.
     s.active = first_eligible(&s);
@@ -222,16 +298,38 @@ pub fn decide(
     let mut fired = Vec::new();
     let mut expired_participant_id = None;
 
-    catch_up(&mut s, now, &mut events, |s, _, applied| {
+    let mut expiries = 0usize;
+    let mut scheduled_start = false;
+    let mut record = |s: &Session, _: &mut Vec<Event>, applied: crate::clock::Fired| {
         if expired_participant_id.is_none() {
             expired_participant_id = applied
                 .exhausted
                 .and_then(|i| s.participants.get(i))
                 .map(|p| p.id.clone());
         }
+        match applied.kind {
+            DueKind::Expiry => expiries += 1,
+            DueKind::ScheduledStart => scheduled_start = true,
+            DueKind::Warning(_) => {}
+        }
         fired.push(applied.at);
         intermediate.push(s.clone());
-    });
+    };
+    catch_up(&mut s, now, false, &mut events, &mut record);
+    // Inside a lag compensation grace only a switch whose compensated
+    // charge leaves time is taken as made in time; anything else finds the
+    // clock run out, as of the instant it did.
+    let in_grace = next_due(&s)
+        .is_some_and(|d| d.kind == DueKind::Expiry && d.effect_at <= now && now < d.fire_at);
+    let survives = match command {
+        Command::Switch { lag_ms, .. } => switch_leaves_time(&s, *lag_ms, now),
+        // The scheduler applies what a read at `now` shows, no more.
+        Command::Timeout => true,
+        _ => false,
+    };
+    if in_grace && !survives {
+        catch_up(&mut s, now, true, &mut events, &mut record);
+    }
 
     if let Some(expected) = expected_version
         && expected != s.version
@@ -245,7 +343,9 @@ pub fn decide(
     let absorbed = match command {
         Command::Timeout if fired.is_empty() => return Err(TransitionError::NothingDue),
         Command::Timeout => true,
-        Command::Switch { .. } => !fired.is_empty() && expected_version.is_none(),
+        Command::Switch { .. } => expiries > 0 && expected_version.is_none(),
+        // A start that finds the scheduled start passed: it started then.
+        Command::Start => scheduled_start && expected_version.is_none(),
         _ => false,
     };
     if absorbed {
@@ -283,16 +383,9 @@ fn apply_command(
             if s.status != Status::Pending {
                 return Err(invalid(s, command));
             }
-            bump(s, now);
-            s.status = Status::Running;
-            s.session_started_at_ms = Some(now);
-            s.segment_started_at_ms = Some(now);
-            let first = first_eligible(s);
-            begin_cycle(s, first, now);
-            let pid = s.active;
-            push_event(s, events, EventType::SessionStarted, pid, now, Map::new());
+            start_session(s, now, false, events);
         }
-        Command::Switch { next } => {
+        Command::Switch { next, lag_ms } => {
             if s.status != Status::Running {
                 return Err(invalid(s, command));
             }
@@ -302,13 +395,17 @@ fn apply_command(
             };
             settle(s, now);
             let ended = s.active;
-            let cycle = charge_cycle(s, true);
+            let charged = charge_cycle(s, Some(*lag_ms));
+            let cycle = charged.cycle;
             let target = chosen.or_else(|| next_eligible(s));
-            begin_cycle(s, target, now);
+            begin_turn(s, target, now);
             bump(s, now);
             let mut meta = Map::new();
             if let Some(p) = s.active_participant() {
                 meta.insert("next_participant_id".into(), p.id.as_str().into());
+            }
+            if s.lag_compensation {
+                meta.insert("lag_compensated_ms".into(), charged.lag_compensated.into());
             }
             let remaining = ended_clock_remaining(s, ended, cycle);
             push_raw(
@@ -368,7 +465,85 @@ fn apply_command(
             let pid = s.active;
             push_event(s, events, ty, pid, now, Map::new());
         }
+        Command::AddTime { target, ms, reason } => {
+            if s.status.is_ended() {
+                return Err(invalid(s, command));
+            }
+            add_time(s, command, target, *ms, reason.as_deref(), now, events)?;
+        }
         Command::Timeout => return Err(TransitionError::NothingDue),
+    }
+    Ok(())
+}
+
+/// `AddTime`: raises the bank `target` plays on by `ms` (capped).
+fn add_time(
+    s: &mut Session,
+    command: &Command,
+    target: &AddTarget,
+    ms: AddMs,
+    reason: Option<&str>,
+    now: i64,
+    events: &mut Vec<Event>,
+) -> Result<(), TransitionError> {
+    let unknown = |id: &str| {
+        // Group ids share the participant id alphabet.
+        ParticipantId::parse(id)
+            .map_or_else(|_| invalid(s, command), TransitionError::UnknownParticipant)
+    };
+    let (who, group) = match target {
+        AddTarget::Participant(id) => {
+            let i = s
+                .participant_position(id)
+                .ok_or_else(|| TransitionError::UnknownParticipant(id.clone()))?;
+            (Some(i), group_of(s, i))
+        }
+        AddTarget::Group(id) => match s.group_position(id) {
+            Some(g) if s.sync_mode == SyncMode::PerGroup => (None, Some(g)),
+            _ => return Err(unknown(id.as_str())),
+        },
+    };
+    let cap = s.max_time_ms;
+    match (s.sync_mode, who, group) {
+        (SyncMode::PerParticipant, Some(i), _) => {
+            let p = &mut s.participants[i];
+            p.total_time_ms = raise_bank(p.total_time_ms, ms.get(), cap);
+        }
+        (SyncMode::PerGroup, _, Some(g)) => {
+            let g = &mut s.groups[g];
+            g.total_time_ms = raise_bank(g.total_time_ms, ms.get(), cap);
+        }
+        (SyncMode::Global, Some(_), _) => {
+            s.total_time_ms = s.total_time_ms.map(|t| raise_bank(t, ms.get(), cap));
+        }
+        _ => return Err(invalid(s, command)),
+    }
+    bump(s, now);
+    let mut meta = Map::new();
+    meta.insert("ms".into(), ms.get().into());
+    meta.insert(
+        "reason".into(),
+        reason.map_or(serde_json::Value::Null, Into::into),
+    );
+    let e = Elapsed::at(s, now);
+    let remaining = match (who, group) {
+        (Some(_), _) => crate::clock::event_remaining(s, who, now),
+        (None, Some(g)) => Some(crate::clock::group_remaining(s, g, &e)),
+        (None, None) => None,
+    };
+    push_raw(
+        s,
+        events,
+        EventType::TimeAdded,
+        who,
+        now,
+        remaining,
+        None,
+        None,
+        meta,
+    );
+    if let (None, Some(g), Some(ev)) = (who, group, events.last_mut()) {
+        ev.group_id = Some(s.groups[g].id.clone());
     }
     Ok(())
 }

@@ -72,7 +72,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// (never created, deleted, or expired by its TTL).
     async fn load(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
 
-    /// Stores a new session with its deadline (none for a pending session) and events.
+    /// Stores a new session with its deadline (a pending session has one only
+    /// with `start_at_ms`: [`crate::clock::next_deadline`]) and events.
     /// MUST fail with [`StoreError::AlreadyExists`] and write nothing if the id is taken,
     /// atomically with respect to concurrent `create` calls on any instance.
     async fn create(&self, state: &Session, events: &[Event]) -> Result<(), StoreError>;

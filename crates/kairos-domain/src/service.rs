@@ -52,6 +52,10 @@ pub enum ServiceError {
     /// Anything unexpected.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request breaks a rule that needs the current instant (a session
+    /// config's `start_at_ms`): 400 naming each field.
+    #[error("invalid request: {} field(s)", .0.len())]
+    Invalid(Vec<crate::config::FieldError>),
 }
 
 /// What the service's dependencies look like right now, for `/health` and
@@ -267,6 +271,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         }
         let id = config.session_id.unwrap_or(generated_id);
         let now = self.clock.now_ms();
+        config.validate_at(now).map_err(ServiceError::Invalid)?;
         let (state, event) = machine::create(config, id, actor.sub.clone(), now);
         match self
             .store
@@ -327,6 +332,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
     ) -> Result<Executed, ServiceError> {
         let action = match command {
             Command::Switch { .. } => Action::Switch,
+            Command::AddTime { .. } => Action::AddTime,
             _ => Action::Control,
         };
         self.decide_and_commit(

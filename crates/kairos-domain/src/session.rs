@@ -144,6 +144,60 @@ impl TimeoutAction {
     }
 }
 
+/// How a turn's delay works (contract section 8, "Delay").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DelayMode {
+    /// No delay.
+    #[default]
+    None,
+    /// US delay: the clock waits `delay_ms` at the start of each turn, then runs.
+    Simple,
+    /// Bronstein: the clock runs; a move gets back what it used, up to `delay_ms`.
+    Bronstein,
+}
+
+impl DelayMode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Simple => "simple",
+            Self::Bronstein => "bronstein",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Self::None,
+            "simple" => Self::Simple,
+            "bronstein" => Self::Bronstein,
+            _ => return None,
+        })
+    }
+}
+
+/// One stage of a staged time control (contract section 8, "Stages").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Stage {
+    /// Moves in this stage; `None` on the last stage, which lasts to the end.
+    #[serde(default)]
+    pub moves: Option<u32>,
+    /// Added to the bank when a clock enters this stage (0 on the first).
+    #[serde(default)]
+    pub add_ms: i64,
+    /// Added to the bank by every move made in this stage.
+    #[serde(default)]
+    pub increment_ms: i64,
+    /// The delay of every turn played in this stage.
+    #[serde(default)]
+    pub delay_ms: i64,
+    /// How the delay works.
+    #[serde(default)]
+    pub delay_mode: DelayMode,
+}
+
 /// One participant's stored clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Participant {
@@ -161,6 +215,19 @@ pub struct Participant {
     pub cycle_count: u32,
     /// Ran out of time and left the rotation.
     pub has_expired: bool,
+    /// The stage this participant's bank is in (`per_participant`; 0-based).
+    #[serde(default)]
+    pub stage_index: u32,
+    /// Moves made in the current stage (`per_participant`; not counted in
+    /// the last stage, which lasts to the end).
+    #[serde(default)]
+    pub stage_moves: u32,
+    /// Lag compensation left to spend, in ms (0 when compensation is off).
+    #[serde(default)]
+    pub lag_quota_ms: i64,
+    /// What each move adds to the quota, in ms (0 when compensation is off).
+    #[serde(default)]
+    pub lag_gain_ms: i64,
 }
 
 /// One group's stored clock (`per_group` mode).
@@ -179,6 +246,12 @@ pub struct Group {
     /// Index (into the session's participants) of the member who played last,
     /// so members take turns round-robin.
     pub last_member: Option<usize>,
+    /// The stage the group's bank is in (`per_group`; 0-based).
+    #[serde(default)]
+    pub stage_index: u32,
+    /// Moves the group made in the current stage (not counted in the last).
+    #[serde(default)]
+    pub stage_moves: u32,
 }
 
 /// Everything stored about one session. Changed only by the transition
@@ -233,6 +306,31 @@ pub struct Session {
     pub created_at_ms: i64,
     /// When the last state change took effect.
     pub updated_at_ms: i64,
+    // --- Contract section 8. Every field defaults, so sessions stored by the
+    // first release (which has none of them) load and behave as before.
+    /// The stages of a staged control; empty: one stage of `increment_ms`,
+    /// `delay_ms` and `delay_mode`.
+    #[serde(default)]
+    pub stages: Vec<Stage>,
+    /// The session-level delay (without `stages`).
+    #[serde(default)]
+    pub delay_ms: i64,
+    /// How the session-level delay works (without `stages`).
+    #[serde(default)]
+    pub delay_mode: DelayMode,
+    /// Lag compensation is on.
+    #[serde(default)]
+    pub lag_compensation: bool,
+    /// Warning thresholds, descending and distinct.
+    #[serde(default)]
+    pub warnings_ms: Vec<i64>,
+    /// Thresholds done in the current turn: warned, or at or above the
+    /// clock when the turn started (never warned in this turn).
+    #[serde(default)]
+    pub warned_ms: Vec<i64>,
+    /// When a pending session starts by itself.
+    #[serde(default)]
+    pub start_at_ms: Option<i64>,
 }
 
 impl Session {

@@ -5,11 +5,11 @@
 //! before any worker ran already shows it (contract section 1).
 
 use crate::clock::{
-    Elapsed, group_remaining, group_used, participant_remaining, participant_used,
-    session_remaining, settle_deadlines,
+    Elapsed, delay_left, group_remaining, group_used, participant_remaining, participant_used,
+    session_remaining, settle_deadlines, stage_of_participant, stage_rules,
 };
 use crate::ids::{GroupId, ParticipantId, SessionId};
-use crate::session::{Participant, Session, Status, SyncMode, TimeoutAction};
+use crate::session::{DelayMode, Participant, Session, Stage, Status, SyncMode, TimeoutAction};
 
 /// One participant as seen at `server_time_ms`.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,19 @@ pub struct ParticipantView {
     pub is_active: bool,
     /// Ran out and left the rotation.
     pub has_expired: bool,
+    /// The stage of the bank this participant plays on (0-based; 0 without
+    /// stages).
+    pub stage_index: u32,
+    /// Moves left before that bank enters the next stage; `None` in the last
+    /// stage (and without stages).
+    pub moves_to_next_stage: Option<u32>,
+    /// What is left of the running turn's delay, for the active participant
+    /// of a running or paused session whose stage has a delay; `None` for
+    /// everyone else and when no delay applies.
+    pub delay_remaining_ms: Option<i64>,
+    /// The lag compensation quota left, in ms; `None` when lag compensation
+    /// is off (a quota of 0 means compensation is on and spent).
+    pub lag_quota_ms: Option<i64>,
 }
 
 /// One group as seen at `server_time_ms`.
@@ -51,6 +64,13 @@ pub struct GroupView {
     pub is_active: bool,
     /// Ran out and left the rotation.
     pub has_expired: bool,
+    /// The group's stage (0-based).
+    pub stage_index: u32,
+    /// Moves left before the group enters the next stage; `None` in the last.
+    pub moves_to_next_stage: Option<u32>,
+    /// What is left of the running turn's delay for the active group;
+    /// `None` otherwise and when no delay applies.
+    pub delay_remaining_ms: Option<i64>,
 }
 
 /// A session as seen at `server_time_ms` (contract section 3, "Session view").
@@ -102,6 +122,18 @@ pub struct SessionView {
     pub action_on_timeout: TimeoutAction,
     /// Start the next cycle at once after a skipped one.
     pub auto_advance: bool,
+    /// The stages, as configured (empty without).
+    pub stages: Vec<Stage>,
+    /// The session-level delay (0 without).
+    pub delay_ms: i64,
+    /// The session-level delay mode.
+    pub delay_mode: DelayMode,
+    /// Lag compensation is on.
+    pub lag_compensation: bool,
+    /// Warning thresholds, descending.
+    pub warnings_ms: Vec<i64>,
+    /// When a pending session starts by itself.
+    pub start_at_ms: Option<i64>,
 }
 
 /// The view of `state` at `now`, with every deadline up to `now` applied.
@@ -118,7 +150,7 @@ pub struct SessionView {
 /// let (s, _) = machine::create(cfg, id, None, 0);
 /// let s = machine::decide(&s, &Command::Start, None, 1_000).unwrap().state;
 /// // White thinks for 15 s, then presses the clock.
-/// let s = machine::decide(&s, &Command::Switch { next: None }, None, 16_000).unwrap().state;
+/// let s = machine::decide(&s, &Command::Switch { next: None, lag_ms: None }, None, 16_000).unwrap().state;
 /// let v = view::view(&s, 20_000);
 /// assert_eq!(v.participants[0].total_time_ms, 302_000);
 /// assert_eq!(v.participants[0].time_used_ms, 15_000);
@@ -134,6 +166,16 @@ pub fn view(state: &Session, now: i64) -> SessionView {
 /// The view of a state known to have no deadline due at `now`.
 fn view_settled(s: &Session, now: i64) -> SessionView {
     let live = Elapsed::at(s, now);
+    // The delay left shows while a turn is on (running or paused).
+    let turn_on = matches!(s.status, Status::Running | Status::Paused);
+    let delay = if turn_on {
+        delay_left(s, live.cycle)
+    } else {
+        None
+    };
+    let stage = |index: u32, moves: u32| -> Option<u32> {
+        stage_rules(s, index).moves.map(|m| m.saturating_sub(moves))
+    };
     let participants = s
         .participants
         .iter()
@@ -151,6 +193,13 @@ fn view_settled(s: &Session, now: i64) -> SessionView {
                 cycle_count: p.cycle_count,
                 is_active: active,
                 has_expired: p.has_expired,
+                stage_index: stage_of_participant(s, i).0,
+                moves_to_next_stage: {
+                    let (index, moves) = stage_of_participant(s, i);
+                    stage(index, moves)
+                },
+                delay_remaining_ms: delay.filter(|_| active),
+                lag_quota_ms: s.lag_compensation.then_some(p.lag_quota_ms),
             }
         })
         .collect();
@@ -168,6 +217,9 @@ fn view_settled(s: &Session, now: i64) -> SessionView {
                 time_remaining_ms: group_remaining(s, i, &live),
                 is_active: active,
                 has_expired: g.has_expired,
+                stage_index: g.stage_index,
+                moves_to_next_stage: stage(g.stage_index, g.stage_moves),
+                delay_remaining_ms: delay.filter(|_| active),
             }
         })
         .collect();
@@ -195,6 +247,12 @@ fn view_settled(s: &Session, now: i64) -> SessionView {
         elapsed_ms: live.session,
         action_on_timeout: s.action_on_timeout.clone(),
         auto_advance: s.auto_advance,
+        stages: s.stages.clone(),
+        delay_ms: s.delay_ms,
+        delay_mode: s.delay_mode,
+        lag_compensation: s.lag_compensation,
+        warnings_ms: s.warnings_ms.clone(),
+        start_at_ms: s.start_at_ms,
     }
 }
 

@@ -85,12 +85,19 @@ impl Sim {
         self.cmd(Command::Start, ms)
     }
     fn switch(&mut self, ms: i64) -> Decision {
-        self.cmd(Command::Switch { next: None }, ms)
+        self.cmd(
+            Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            ms,
+        )
     }
     fn switch_to(&mut self, who: &str, ms: i64) -> Decision {
         self.cmd(
             Command::Switch {
                 next: Some(pid(who)),
+                lag_ms: None,
             },
             ms,
         )
@@ -821,6 +828,7 @@ fn next_participant_id_unknown_is_refused_and_changes_nothing() {
     let r = sim.try_cmd(
         Command::Switch {
             next: Some(pid("zed")),
+            lag_ms: None,
         },
         1_000,
     );
@@ -840,6 +848,7 @@ fn next_participant_id_of_an_expired_participant_is_refused_and_rotation_skips_t
     let r = sim.try_cmd(
         Command::Switch {
             next: Some(pid("a")),
+            lag_ms: None,
         },
         70_000,
     );
@@ -876,6 +885,7 @@ fn next_participant_id_in_an_expired_group_is_refused() {
     let r = sim.try_cmd(
         Command::Switch {
             next: Some(pid("r2")),
+            lag_ms: None,
         },
         12_000,
     );
@@ -927,7 +937,10 @@ fn every_command_in_every_status_is_allowed_or_an_invalid_transition() {
     use Status::*;
     let commands = [
         Command::Start,
-        Command::Switch { next: None },
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
         Command::Pause,
         Command::Resume,
         Command::Complete,
@@ -1916,7 +1929,13 @@ fn a_late_switch_is_judged_as_of_the_deadline_no_increment_no_resurrection() {
 
     // Act: white presses one second after the flag fell.
     let d = sim
-        .try_cmd(Command::Switch { next: None }, 61_000)
+        .try_cmd(
+            Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            61_000,
+        )
         .expect("applied as a timeout");
 
     // Assert
@@ -1946,10 +1965,22 @@ fn a_switch_exactly_at_the_deadline_finds_the_clock_run_out() {
     let sim = Sim::started(duel(json!({"type": "end_session"}), false));
 
     let on_flag = sim
-        .try_cmd(Command::Switch { next: None }, 60_000)
+        .try_cmd(
+            Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            60_000,
+        )
         .expect("decided");
     let just_before = sim
-        .try_cmd(Command::Switch { next: None }, 59_999)
+        .try_cmd(
+            Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            59_999,
+        )
         .expect("decided");
 
     assert_eq!(on_flag.expired_participant_id, Some(pid("white")));
@@ -1969,7 +2000,13 @@ fn a_late_switch_does_not_end_the_cycle_the_timeout_started() {
 
     // Act
     let d = sim
-        .try_cmd(Command::Switch { next: None }, 61_000)
+        .try_cmd(
+            Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            61_000,
+        )
         .expect("decided");
 
     // Assert
@@ -1993,9 +2030,23 @@ fn a_late_switch_with_expected_version_is_compared_after_the_deadline() {
     let sim = Sim::started(duel(json!({"type": "skip_cycle"}), true));
 
     // Act
-    let stale = sim.try_versioned(Command::Switch { next: None }, 2, 61_000);
+    let stale = sim.try_versioned(
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
+        2,
+        61_000,
+    );
     let fresh = sim
-        .try_versioned(Command::Switch { next: None }, 3, 61_000)
+        .try_versioned(
+            Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            3,
+            61_000,
+        )
         .expect("version 3 after the timeout");
 
     // Assert
@@ -2247,7 +2298,13 @@ fn event_ids_are_unique_and_deterministic() {
 fn expected_version_must_match_for_every_command() {
     let cases: [(Status, Command); 6] = [
         (Status::Pending, Command::Start),
-        (Status::Running, Command::Switch { next: None }),
+        (
+            Status::Running,
+            Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+        ),
         (Status::Running, Command::Pause),
         (Status::Paused, Command::Resume),
         (Status::Running, Command::Complete),
@@ -2380,11 +2437,15 @@ fn catches_up_forever(config: &Value) -> bool {
 fn extreme_instants_never_panic_and_never_go_negative() {
     let commands = [
         Command::Start,
-        Command::Switch { next: None },
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
         Command::Pause,
         Command::Resume,
         Command::Switch {
             next: Some(pid("b")),
+            lag_ms: None,
         },
         Command::Timeout,
         Command::Complete,
@@ -2513,7 +2574,10 @@ fn a_stopwatch_across_the_whole_i64_range_saturates() {
     let v = view(&started.state, i64::MAX);
     let lap = machine::decide(
         &started.state,
-        &Command::Switch { next: None },
+        &Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
         None,
         i64::MAX,
     )
@@ -2706,9 +2770,17 @@ mod service {
     async fn a_lost_compare_and_set_is_retried_on_the_fresh_state() {
         // Arrange: between our load and commit, someone else switched at 5000.
         let v2 = running_chess();
-        let v3 = machine::decide(&v2, &Command::Switch { next: None }, None, at(5_000))
-            .expect("switch")
-            .state;
+        let v3 = machine::decide(
+            &v2,
+            &Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            None,
+            at(5_000),
+        )
+        .expect("switch")
+        .state;
         let mut seq = Sequence::new();
         let mut store = MockSessionStore::new();
         let first = v2.clone();
@@ -2747,7 +2819,15 @@ mod service {
 
         // Act: black's switch, no expected_version.
         let done = svc
-            .execute(&host(), sid(), Command::Switch { next: None }, None)
+            .execute(
+                &host(),
+                sid(),
+                Command::Switch {
+                    next: None,
+                    lag_ms: None,
+                },
+                None,
+            )
             .await
             .expect("retried and committed");
 
@@ -2764,9 +2844,17 @@ mod service {
     async fn a_conflict_with_expected_version_is_surfaced_not_retried() {
         // Arrange: we expected version 2; the race winner made it 3.
         let v2 = running_chess();
-        let v3 = machine::decide(&v2, &Command::Switch { next: None }, None, at(5_000))
-            .expect("switch")
-            .state;
+        let v3 = machine::decide(
+            &v2,
+            &Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            None,
+            at(5_000),
+        )
+        .expect("switch")
+        .state;
         let mut seq = Sequence::new();
         let mut store = MockSessionStore::new();
         store
@@ -2881,7 +2969,15 @@ mod service {
 
         // Act
         let done = svc
-            .execute(&host(), sid(), Command::Switch { next: None }, None)
+            .execute(
+                &host(),
+                sid(),
+                Command::Switch {
+                    next: None,
+                    lag_ms: None,
+                },
+                None,
+            )
             .await
             .expect("judged as of the deadline");
 
@@ -2913,13 +3009,24 @@ mod service {
         let read = svc.get(&viewer(), sid()).await;
         let pause = svc.execute(&viewer(), sid(), Command::Pause, None).await;
         let switch = svc
-            .execute(&viewer(), sid(), Command::Switch { next: None }, None)
+            .execute(
+                &viewer(),
+                sid(),
+                Command::Switch {
+                    next: None,
+                    lag_ms: None,
+                },
+                None,
+            )
             .await;
         let black = svc
             .execute(
                 &player("black"),
                 sid(),
-                Command::Switch { next: None },
+                Command::Switch {
+                    next: None,
+                    lag_ms: None,
+                },
                 None,
             )
             .await;
@@ -2927,7 +3034,10 @@ mod service {
             .execute(
                 &player("white"),
                 sid(),
-                Command::Switch { next: None },
+                Command::Switch {
+                    next: None,
+                    lag_ms: None,
+                },
                 None,
             )
             .await;
@@ -3081,9 +3191,17 @@ mod service {
         // the stale decision loses the compare-and-set, the reload decides
         // on version 3 (black's clock, due at 400 s).
         let stale = running_chess();
-        let current = machine::decide(&stale, &Command::Switch { next: None }, None, at(100_000))
-            .expect("switch")
-            .state;
+        let current = machine::decide(
+            &stale,
+            &Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            None,
+            at(100_000),
+        )
+        .expect("switch")
+        .state;
         assert_eq!(next_deadline(&current), Some(at(400_000)));
         let mut store = MockSessionStore::new();
         let mut seq = Sequence::new();

@@ -163,9 +163,13 @@ impl Op {
     fn command(&self) -> Command {
         match self {
             Op::Start => Command::Start,
-            Op::Switch => Command::Switch { next: None },
+            Op::Switch => Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
             Op::SwitchTo(i) => Command::Switch {
                 next: Some(ParticipantId::parse(&format!("p{i}")).expect("valid")),
+                lag_ms: None,
             },
             Op::Pause => Command::Pause,
             Op::Resume => Command::Resume,
@@ -408,7 +412,10 @@ fn check_lateness(state: &Session, late_ms: i64, later_ms: i64) -> Result<(), Te
     // A late switch is judged as of the deadline too: same as the timeout alone.
     let switch = machine::decide(
         state,
-        &Command::Switch { next: None },
+        &Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
         None,
         deadline + late_ms,
     )
@@ -503,7 +510,13 @@ fn run(setup: &Setup, steps: &[Step]) -> Result<(), TestCaseError> {
                 TransitionError::UnknownParticipant(_) | TransitionError::ParticipantExpired(_),
             ) => {
                 prop_assert!(
-                    matches!(command, Command::Switch { next: Some(_) }),
+                    matches!(
+                        command,
+                        Command::Switch {
+                            next: Some(_),
+                            lag_ms: None
+                        }
+                    ),
                     "a named next"
                 );
                 prop_assert_eq!(read.status, Status::Running);

@@ -31,9 +31,18 @@ fn session(n: usize) -> Result<Session, String> {
     let mut now = 1_700_000_000_000;
     for command in [
         Command::Start,
-        Command::Switch { next: None },
-        Command::Switch { next: None },
-        Command::Switch { next: None },
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
     ] {
         now += 1_234;
         s = machine::decide(&s, &command, None, now)

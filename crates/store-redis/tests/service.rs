@@ -59,7 +59,15 @@ async fn concurrent_switches_lose_no_update() {
                 let (mut ok, mut gave_up) = (0u64, 0u64);
                 for _ in 0..SWITCHES_PER_TASK {
                     match service
-                        .execute(&admin, id, Command::Switch { next: None }, None)
+                        .execute(
+                            &admin,
+                            id,
+                            Command::Switch {
+                                next: None,
+                                lag_ms: None,
+                            },
+                            None,
+                        )
                         .await
                     {
                         Ok(_) => ok += 1,

@@ -77,13 +77,19 @@ pub fn chess_with_timeout(id: SessionId, t0: i64) -> (Vec<Event>, i64) {
     apply(
         &mut s,
         &mut events,
-        Command::Switch { next: None },
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
         t0 + 3_000,
     );
     apply(
         &mut s,
         &mut events,
-        Command::Switch { next: None },
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        },
         t0 + 6_000,
     );
     let deadline = machine::next_deadline(&s).unwrap();
@@ -141,7 +147,15 @@ pub fn long_game(id: SessionId, t0: i64, switches: usize) -> Vec<Event> {
     let mut now = t0 + 100;
     for _ in 0..switches {
         now += 100;
-        apply(&mut s, &mut events, Command::Switch { next: None }, now);
+        apply(
+            &mut s,
+            &mut events,
+            Command::Switch {
+                next: None,
+                lag_ms: None,
+            },
+            now,
+        );
     }
     events
 }
