@@ -52,7 +52,7 @@
 //! - [`offset`]: the clock-offset estimator and the monotonic local clock.
 //! - [`display`]: the clocks of a view at any server instant (calculate,
 //!   don't count).
-//! - [`webhook`]: [`WebhookVerifier`](webhook::WebhookVerifier), Standard
+//! - [`webhook`]: [`WebhookVerifier`], Standard
 //!   Webhooks signatures.
 
 pub mod display;
