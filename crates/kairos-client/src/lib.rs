@@ -55,6 +55,8 @@
 //! - [`webhook`]: [`WebhookVerifier`], Standard
 //!   Webhooks signatures.
 
+#![warn(missing_docs)]
+
 pub mod display;
 pub mod error;
 pub mod offset;

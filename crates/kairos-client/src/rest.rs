@@ -245,11 +245,13 @@ impl Client {
     }
 
     /// Opens a WebSocket subscription to a session with the default options.
+    /// Must be called within a Tokio runtime (it spawns the socket's task);
+    /// it returns at once, the socket opens in the background.
     pub fn subscribe(&self, id: Uuid) -> Result<Subscription, Error> {
         self.subscribe_with(id, SubscribeOptions::default())
     }
 
-    /// Opens a WebSocket subscription to a session.
+    /// Opens a WebSocket subscription to a session (within a Tokio runtime).
     pub fn subscribe_with(
         &self,
         id: Uuid,

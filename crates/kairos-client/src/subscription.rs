@@ -447,7 +447,8 @@ impl Task {
         let mut attempt: u32 = 0;
         loop {
             let outcome = match self.connect().await {
-                Ok(socket) => Conn::new(&mut self).run(socket).await,
+                Ok(Some(socket)) => Conn::new(&mut self).run(socket).await,
+                Ok(None) => Outcome::Stopped,
                 Err(reason) => Outcome::Lost {
                     code: None,
                     reason,
@@ -502,15 +503,33 @@ impl Task {
         }
     }
 
-    async fn connect(&self) -> Result<Socket, String> {
-        let handshake = tokio_tungstenite::connect_async(self.request.clone());
-        match tokio::time::timeout(self.options.connect_timeout, handshake).await {
-            Ok(Ok((socket, _response))) => Ok(socket),
-            Ok(Err(e)) => Err(format!("connect: {e}")),
-            Err(_) => Err(format!(
-                "connect: no handshake within {:?}",
-                self.options.connect_timeout
-            )),
+    /// Opens a socket; `Ok(None)` when the application closed the
+    /// subscription meanwhile. Commands are refused until it is open, as
+    /// while waiting: a late clock press is worse than none.
+    async fn connect(&mut self) -> Result<Option<Socket>, String> {
+        let handshake = tokio::time::timeout(
+            self.options.connect_timeout,
+            tokio_tungstenite::connect_async(self.request.clone()),
+        );
+        tokio::pin!(handshake);
+        loop {
+            tokio::select! {
+                done = &mut handshake => return match done {
+                    Ok(Ok((socket, _response))) => Ok(Some(socket)),
+                    Ok(Err(e)) => Err(format!("connect: {e}")),
+                    Err(_) => Err(format!(
+                        "connect: no handshake within {:?}",
+                        self.options.connect_timeout
+                    )),
+                },
+                request = self.requests.recv() => match request {
+                    None | Some(Request::Close) => return Ok(None),
+                    Some(Request::Command { reply, .. }) => {
+                        let _ = reply.send(Err(Error::NotConnected));
+                    }
+                    Some(Request::Resync) => {}
+                },
+            }
         }
     }
 
