@@ -659,6 +659,9 @@ impl<'a> Conn<'a> {
                 },
             }
         };
+        // Complete the closing handshake (the reply to the server's close
+        // frame is queued until flushed); a dead connection fails fast.
+        let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
         let error = if self.deleted {
             closed("the session was deleted")
         } else {

@@ -287,7 +287,11 @@ async fn versions_in_order_resync_on_a_gap_commands_and_reconnects() {
     .await
     .unwrap();
     let mut rest = Vec::new();
-    while let Some(update) = timeout(Duration::from_secs(10), sub.next()).await.unwrap() {
+    // Read as a `futures` Stream this time.
+    while let Some(update) = timeout(Duration::from_secs(10), StreamExt::next(&mut sub))
+        .await
+        .unwrap()
+    {
         rest.push(update);
     }
     assert_eq!(
