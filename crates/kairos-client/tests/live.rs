@@ -12,16 +12,16 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use actix_web::web::Data;
 use adapter_memory::{MemoryAudit, MemoryBus, MemoryStore, SystemClock};
-use http_actix::{AppState, AuditHealth, HttpSettings, Lifecycle, Metrics, Service};
+use http_actix::{AppState, HttpSettings, Lifecycle, Service};
 use kairos_client::{
     Backoff, Client, ConnectionState, Error, ErrorCode, EventsQuery, SessionConfig, SessionView,
     Status, SubscribeOptions, Subscription, SyncMode, Update,
 };
+use kairos_domain::AuditHealth;
 use kairos_domain::ports::{AuditSink, Outbox};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -65,19 +65,12 @@ async fn start_server(addr: SocketAddr, backing: &Backing) -> TestServer {
         Arc::new(SystemClock::new()),
     )
     .with_audit(backing.audit.clone());
-    let lifecycle = Arc::new(Lifecycle::new());
+    let state = Data::new(
+        AppState::new(service, backing.bus.clone(), HttpSettings::default())
+            .with_audit_health(Arc::new(|| AuditHealth::Ok)),
+    );
+    let lifecycle = state.lifecycle.clone();
     lifecycle.set_ready();
-    let state = Data::new(AppState {
-        hub: http_actix::hub::Hub::new(service.clone(), backing.bus.clone()),
-        service,
-        audit_health: Arc::new(|| AuditHealth::Ok),
-        metrics: Metrics::new(),
-        settings: HttpSettings::default(),
-        lifecycle: lifecycle.clone(),
-        ws_connections: AtomicUsize::new(0),
-        places: http_actix::places::UserPlaces::local(),
-        limiter: None,
-    });
     // A restart binds the port it had; the old listener may take a moment to go.
     let mut tries = 0;
     let listener = loop {
