@@ -156,9 +156,10 @@ impl std::fmt::Display for ApiError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The server refused the request (its error body, typed).
+    /// The server refused the request (its error body, typed; boxed so
+    /// that every `Result` of this crate stays small).
     #[error("the server refused: {0}")]
-    Api(ApiError),
+    Api(Box<ApiError>),
     /// The request did not complete (connection refused, timeout, ...).
     #[error("HTTP transport: {0}")]
     Http(#[from] reqwest::Error),

@@ -358,11 +358,11 @@ async fn refusal(res: Response) -> Error {
         .map(str::to_owned)
         .unwrap_or_else(|| status.to_string());
     let details = error.and_then(|e| e.get("details")).cloned();
-    Error::Api(ApiError {
+    Error::Api(Box::new(ApiError {
         status: Some(status.as_u16()),
         code,
         message,
         details,
         retry_after,
-    })
+    }))
 }

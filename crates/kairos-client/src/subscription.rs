@@ -889,7 +889,7 @@ impl<'a> Conn<'a> {
         };
         let request_id = msg.get("request_id").and_then(Value::as_str);
         if let Some(pending) = request_id.and_then(|id| self.pending.remove(id)) {
-            let _ = pending.reply.send(Err(Error::Api(error)));
+            let _ = pending.reply.send(Err(Error::Api(Box::new(error))));
             return;
         }
         self.task.emit(Update::Error(error));

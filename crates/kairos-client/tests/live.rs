@@ -172,7 +172,7 @@ async fn view_where(sub: &mut Subscription, pred: impl FnMut(&SessionView) -> bo
 
 fn api(err: Error) -> kairos_client::ApiError {
     match err {
-        Error::Api(e) => e,
+        Error::Api(e) => *e,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

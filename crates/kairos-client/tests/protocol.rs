@@ -219,7 +219,7 @@ async fn versions_in_order_resync_on_a_gap_commands_and_reconnects() {
         .await;
     });
     let refused = match refused.unwrap_err() {
-        Error::Api(e) => e,
+        Error::Api(e) => *e,
         other => panic!("{other:?}"),
     };
     assert_eq!(
