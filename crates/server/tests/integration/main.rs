@@ -21,6 +21,7 @@ mod common;
 mod limits;
 mod multi_instance;
 mod nginx;
+mod time_controls;
 mod web;
 mod ws;
 mod ws_security;
