@@ -52,7 +52,7 @@ enum Plan {
 /// Sets up session `k` on `node` so that its deadline falls at `due`
 /// (or, if the set-up ran late, as soon after as the config allows).
 async fn set_up(http: &reqwest::Client, node: &Instance, k: usize, due: i64) -> (String, Plan) {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         // Participant a's clock reaches FIRST at `due` if started now.
         let bank = FIRST + (due - wall_ms()).max(1_000);
         let config = json!({
