@@ -6,7 +6,8 @@
 //! itself (one, then three sharing the Redis; `RATE_LIMITS=off`, free
 //! loopback ports), runs the bare Redis baseline, the bare HTTP round trip
 //! (the floor under a switch) and every load scenario in one run, and writes
-//! the figures: percentiles, ratios to the Redis baseline and the HTTP
+//! the figures (the lateness of timeouts, time warnings and scheduled
+//! starts side by side): percentiles, ratios to the Redis baseline and the HTTP
 //! floor, each design bar with its measured value and pass or miss, the
 //! CPU each process used during each scenario (the measured bottleneck),
 //! and SVG plots under `docs/perf/`.
@@ -56,6 +57,8 @@ struct Plan {
     hold_s: f64,
     fanout_duration_s: f64,
     timeout_sessions: usize,
+    /// Sessions of the time-controls scenario (half warned, half scheduled).
+    time_control_sessions: usize,
     criterion_args: Vec<&'static str>,
 }
 
@@ -72,6 +75,7 @@ impl Plan {
             hold_s: 10.0,
             fanout_duration_s: 30.0,
             timeout_sessions: 10_000,
+            time_control_sessions: 10_000,
             criterion_args: vec!["--warm-up-time", "1", "--measurement-time", "3"],
         }
     }
@@ -90,6 +94,7 @@ impl Plan {
             hold_s: 3.0,
             fanout_duration_s: 8.0,
             timeout_sessions: 2_000,
+            time_control_sessions: 1_000,
             criterion_args: vec![
                 "--warm-up-time",
                 "0.5",
@@ -565,7 +570,7 @@ impl Run {
             );
         }
 
-        // Three instances sharing the Redis: fan-out and timeouts.
+        // Three instances sharing the Redis: fan-out, timeouts, time controls.
         {
             let three = (0..3)
                 .map(|i| {
@@ -603,6 +608,14 @@ impl Run {
             }
             args.extend(["--sessions", &n]);
             self.loadgen(&format!("timeouts n={n}"), &three, &args);
+
+            let n = plan.time_control_sessions.to_string();
+            let mut args = vec!["time-controls"];
+            for u in &urls {
+                args.extend(["--target", u]);
+            }
+            args.extend(["--sessions", &n]);
+            self.loadgen(&format!("time-controls n={n}"), &three, &args);
         }
         Ok(())
     }
@@ -1122,40 +1135,88 @@ impl Report<'_> {
         }
 
         let to_name = format!("timeouts n={}", self.plan.timeout_sessions);
-        if let Some(v) = self.value(&to_name) {
-            let (l, e, st) = (&v["lateness"], &v["lateness_event"], &v["start_latency"]);
+        let tc_name = format!("time-controls n={}", self.plan.time_control_sessions);
+        let (to, tc) = (self.value(&to_name), self.value(&tc_name));
+        if to.is_some() || tc.is_some() {
+            let _ = writeln!(s, "### Timeouts, time warnings and scheduled starts\n");
+            if let Some(v) = to {
+                let _ = writeln!(
+                    s,
+                    "`timeouts`: {} sessions over {} instances, one subscriber each, deadlines spread over\n\
+                     {} ms (measured span {} ms); server clock offset {:+.2} ms. Notified {} of {}\n\
+                     ({} missing); the starts before took p50 {} ms, p99 {} ms. CPU: {}.\n",
+                    num(&v["sessions"]),
+                    num(&v["targets"]),
+                    num(&v["window_ms"]),
+                    num(&v["deadline_span_ms"]),
+                    v["clock_offset_ms"].as_f64().unwrap_or(0.0),
+                    num(&v["notified"]),
+                    num(&v["expected_notifications"]),
+                    num(&v["missing"]),
+                    ms(&v["start_latency"]["p50_ms"]),
+                    ms(&v["start_latency"]["p99_ms"]),
+                    self.cpu_text(&to_name),
+                );
+            }
+            if let Some(v) = tc {
+                let _ = writeln!(
+                    s,
+                    "`time-controls`: {} sessions over {} instances, one subscriber each: {} running clocks\n\
+                     crossing a `warnings_ms` threshold and {} pending sessions with a `start_at_ms`, all\n\
+                     within {} ms (measured span {} ms), nobody sending anything. Notified {} of {}\n\
+                     ({} missing; {} instants planned late; {} instants that differ from the plan);\n\
+                     set-up {:.1} s. CPU: {}.\n",
+                    num(&v["sessions"]),
+                    num(&v["targets"]),
+                    num(&v["warned"]),
+                    num(&v["scheduled"]),
+                    num(&v["window_ms"]),
+                    num(&v["deadline_span_ms"]),
+                    num(&v["notified"]),
+                    num(&v["expected_notifications"]),
+                    num(&v["missing"]),
+                    num(&v["late_plans"]),
+                    num(&v["instant_mismatch"]),
+                    v["setup_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                    self.cpu_text(&tc_name),
+                );
+            }
             let _ = writeln!(
                 s,
-                "### Timeouts\n\n{} sessions over {} instances, one subscriber each, deadlines spread over\n\
-                 {} ms (measured span {} ms); server clock offset {:+.2} ms.\n\n\
-                 | lateness from the deadline to | count | p50 | p90 | p99 | p99.9 | max |\n| --- | --- | --- | --- | --- | --- | --- |\n\
-                 | the `STATE_UPDATE` (expired) | {} | {} | {} | {} | {} | {} |\n\
-                 | the `EVENT` (its `at_ms`) | {} | {} | {} | {} | {} | {} |\n\n\
-                 Notified {} of {} ({} missing); the starts before took p50 {} ms, p99 {} ms. CPU: {}.\n",
-                num(&v["sessions"]),
-                num(&v["targets"]),
-                num(&v["window_ms"]),
-                num(&v["deadline_span_ms"]),
-                v["clock_offset_ms"].as_f64().unwrap_or(0.0),
-                num(&l["count"]),
-                ms(&l["p50_ms"]),
-                ms(&l["p90_ms"]),
-                ms(&l["p99_ms"]),
-                ms(&l["p999_ms"]),
-                ms(&l["max_ms"]),
-                num(&e["count"]),
-                ms(&e["p50_ms"]),
-                ms(&e["p90_ms"]),
-                ms(&e["p99_ms"]),
-                ms(&e["p999_ms"]),
-                ms(&e["max_ms"]),
-                num(&v["notified"]),
-                num(&v["expected_notifications"]),
-                num(&v["missing"]),
-                ms(&st["p50_ms"]),
-                ms(&st["p99_ms"]),
-                self.cpu_text(&to_name),
+                "| lateness from the instant to | count | p50 | p90 | p99 | p99.9 | max |\n\
+                 | --- | --- | --- | --- | --- | --- | --- |"
             );
+            let mut row = |what: &str, p: &Value| {
+                let _ = writeln!(
+                    s,
+                    "| {what} | {} | {} | {} | {} | {} | {} |",
+                    num(&p["count"]),
+                    ms(&p["p50_ms"]),
+                    ms(&p["p90_ms"]),
+                    ms(&p["p99_ms"]),
+                    ms(&p["p999_ms"]),
+                    ms(&p["max_ms"]),
+                );
+            };
+            if let Some(v) = to {
+                row("timeout: the `STATE_UPDATE` (expired)", &v["lateness"]);
+                row("timeout: the `EVENT` (its `at_ms`)", &v["lateness_event"]);
+            }
+            if let Some(v) = tc {
+                row(
+                    "time warning: the `STATE_UPDATE` of its version",
+                    &v["warning_lateness"],
+                );
+                row(
+                    "time warning: the `EVENT` (its `at_ms`)",
+                    &v["warning_lateness_event"],
+                );
+                row(
+                    "scheduled start: the `STATE_UPDATE` (running)",
+                    &v["start_lateness"],
+                );
+            }
+            let _ = writeln!(s);
         }
 
         let idle: Vec<String> = self
@@ -1441,6 +1502,55 @@ mod tests {
             value,
             error: None,
         }
+    }
+
+    #[test]
+    fn time_control_lateness_sits_next_to_timeout_lateness() {
+        let lat = |p99: f64| json!({"count": 5, "p50_ms": 1.0, "p99_ms": p99, "max_ms": 9.0});
+        let plan = Plan::quick();
+        let results = vec![
+            outcome(
+                "timeouts n=2000",
+                json!({"lateness": lat(4.0), "lateness_event": lat(4.5), "missing": 0}),
+            ),
+            outcome(
+                "time-controls n=1000",
+                json!({
+                    "warned": 500, "scheduled": 500, "missing": 0,
+                    "warning_lateness": lat(6.25), "warning_lateness_event": {},
+                    "start_lateness": lat(7.5)
+                }),
+            ),
+        ];
+        let micro = BTreeMap::new();
+        let report = Report {
+            command: "cargo xtask bench --quick",
+            machine: BTreeMap::new(),
+            plan: &plan,
+            results: &results,
+            micro: &micro,
+            elapsed: Duration::from_secs(1),
+        };
+        let text = report.render();
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("| lateness from the instant to"))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert_eq!(table.len(), 7, "{text}");
+        assert!(
+            table[2].starts_with("| timeout: the `STATE_UPDATE`"),
+            "{text}"
+        );
+        assert!(
+            table[4].contains("time warning") && table[4].contains("6.25"),
+            "{text}"
+        );
+        assert!(
+            table[6].contains("scheduled start") && table[6].contains("7.50"),
+            "{text}"
+        );
+        assert!(text.contains("500 running clocks"), "{text}");
     }
 
     #[test]

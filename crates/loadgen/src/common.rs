@@ -458,6 +458,9 @@ pub(crate) struct StateLite {
     pub(crate) version: u64,
     #[serde(default)]
     pub(crate) status: String,
+    /// When the session started (`time-controls` checks scheduled starts).
+    #[serde(default)]
+    pub(crate) session_started_at_ms: Option<i64>,
 }
 
 /// The part of a message's `event` the scenarios read.

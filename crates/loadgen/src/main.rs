@@ -15,6 +15,8 @@
 //!   reading its session's messages until told to stop.
 //! - [`connections`]: many idle WebSockets and the server's memory per socket.
 //! - [`timeouts`]: many deadlines in the same second, lateness to clients.
+//! - [`time_controls`]: many time warnings and scheduled starts in the same
+//!   window, lateness to clients.
 //! - [`redis_ping`]: the bare Redis round trip the switch is compared with.
 //! - [`http_ping`]: the bare HTTP round trip to the service (`GET /v1/time`,
 //!   no I/O behind it), the floor under the switch.
@@ -32,6 +34,7 @@ mod http_load;
 mod http_ping;
 mod redis_ping;
 mod switch;
+mod time_controls;
 mod timeouts;
 
 use std::process::ExitCode;
@@ -61,6 +64,8 @@ enum Scenario {
     Connections(connections::Args),
     /// Many sessions timing out in the same second; lateness to clients.
     Timeouts(timeouts::Args),
+    /// Many time warnings and scheduled starts in the same window; lateness to clients.
+    TimeControls(time_controls::Args),
     /// Bare Redis PING round trips at a given concurrency (the baseline).
     RedisPing(redis_ping::Args),
     /// Bare HTTP round trips (`GET /v1/time`) at a given concurrency (the HTTP floor).
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
             Scenario::Fanout(args) => fanout::run(args).await,
             Scenario::Connections(args) => connections::run(args).await,
             Scenario::Timeouts(args) => timeouts::run(args).await,
+            Scenario::TimeControls(args) => time_controls::run(args).await,
             Scenario::RedisPing(args) => redis_ping::run(args).await,
             Scenario::HttpPing(args) => http_ping::run(args).await,
         }

@@ -1,8 +1,9 @@
 //! The server's integration suite as one test binary, so the server is
 //! linked once: each module is the suite of one concern (the REST contract,
 //! the WebSocket contract, authentication, limits, the audit trail, several
-//! instances, nginx in front, the demo page), and `common` is the shared
-//! harness they all use.
+//! instances, nginx in front, the demo page, the time controls' deadlines
+//! on three instances through a kill), and `common` is the shared harness
+//! they all use.
 //!
 //! `cargo xtask test` runs it whole on the embedded adapters, then runs the
 //! service-level modules (`api`, `ws`, `limits`, `auth`, `ws_security`,
@@ -21,6 +22,7 @@ mod common;
 mod limits;
 mod multi_instance;
 mod nginx;
+mod time_controls;
 mod web;
 mod ws;
 mod ws_security;
