@@ -33,10 +33,21 @@ fuzz_target!(|data: &[u8]| {
             expected_version,
             ..
         }) => {
-            let wanted = match command {
-                Command::Switch { .. } => "SWITCH",
+            let wanted = match &command {
+                Command::Switch { lag_ms, .. } => {
+                    // Only a lag in the contract's range gets through.
+                    assert!(
+                        lag_ms.is_none_or(|l| kairos_domain::config::LAG_RANGE_MS.contains(&l))
+                    );
+                    "SWITCH"
+                }
                 Command::Pause => "PAUSE",
                 Command::Resume => "RESUME",
+                Command::AddTime { ms, reason, .. } => {
+                    assert!(kairos_domain::config::ADD_TIME_RANGE_MS.contains(&ms.get()));
+                    assert!(reason.as_ref().is_none_or(|r| r.chars().count() <= 200));
+                    "ADD_TIME"
+                }
                 other => panic!("a client message became {other:?}"),
             };
             assert_eq!(kind, Some(wanted));

@@ -1,14 +1,16 @@
 //! The clock commands by name, one table for both transports: REST's
-//! `POST /v1/sessions/{id}/{command}` (`start`, `switch`, ...) and the
-//! WebSocket's `SWITCH`, `PAUSE` and `RESUME`. Both turn a name and a
-//! [`CommandBody`] into a domain [`Command`] here, with the same rule and
-//! the same error text for a `next_participant_id` sent with anything but
-//! a switch. Running the command (rate limit, latency metric, error
+//! `POST /v1/sessions/{id}/{command}` (`start`, `switch`, ..., `add_time`)
+//! and the WebSocket's `SWITCH`, `PAUSE`, `RESUME` and `ADD_TIME`. Both turn
+//! a name and a JSON body into a domain [`Command`] here
+//! ([`CommandName::parse`]), with the same rules and the same error texts
+//! (e.g. for a `next_participant_id` or `lag_ms` sent with anything but a
+//! switch). Running the command (rate limit, latency metric, error
 //! mapping) is `AppState::execute`, shared the same way.
 
 use kairos_domain::Command;
+use serde_json::Value;
 
-use crate::dto::CommandBody;
+use crate::dto::{AddTimeBody, CommandBody};
 use crate::error::ApiError;
 
 /// A command a client may name.
@@ -26,17 +28,20 @@ pub enum CommandName {
     Complete,
     /// `cancel` (ext).
     Cancel,
+    /// `add_time` (ext, contract section 8; WS `ADD_TIME`).
+    AddTime,
 }
 
 impl CommandName {
     /// Every command, in the contract's order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Start,
         Self::Switch,
         Self::Pause,
         Self::Resume,
         Self::Complete,
         Self::Cancel,
+        Self::AddTime,
     ];
 
     /// The REST name (the last path segment).
@@ -48,6 +53,15 @@ impl CommandName {
             Self::Resume => "resume",
             Self::Complete => "complete",
             Self::Cancel => "cancel",
+            Self::AddTime => "add_time",
+        }
+    }
+
+    /// The OpenAPI `operationId`: `startSession`, ..., and `addTime`.
+    pub fn operation_id(self) -> String {
+        match self {
+            Self::AddTime => "addTime".to_owned(),
+            other => format!("{}Session", other.as_str()),
         }
     }
 
@@ -63,6 +77,7 @@ impl CommandName {
             "SWITCH" => Some(Self::Switch),
             "PAUSE" => Some(Self::Pause),
             "RESUME" => Some(Self::Resume),
+            "ADD_TIME" => Some(Self::AddTime),
             _ => None,
         }
     }
@@ -72,25 +87,56 @@ impl CommandName {
         self == Self::Switch
     }
 
-    /// The domain command for this name and body; only a switch accepts
-    /// `next_participant_id`.
-    pub fn command(self, body: CommandBody) -> Result<Command, ApiError> {
-        if body.next_participant_id.is_some() && !self.is_switch() {
-            return Err(ApiError::field(
-                "next_participant_id",
-                "is only accepted by switch",
+    /// The domain command and its `expected_version` for this name and a
+    /// JSON body (REST's, or the WebSocket message itself): `add_time`'s
+    /// body is an [`AddTimeBody`], every other command's a [`CommandBody`].
+    pub fn parse(self, body: &Value) -> Result<(Command, Option<u64>), ApiError> {
+        if self == Self::AddTime {
+            let b = AddTimeBody::parse(body)?;
+            return Ok((
+                Command::AddTime {
+                    target: b.target,
+                    ms: b.ms,
+                    reason: b.reason,
+                },
+                b.expected_version,
             ));
+        }
+        let body = CommandBody::parse(body)?;
+        let expected = body.expected_version;
+        self.command(body).map(|c| (c, expected))
+    }
+
+    /// The domain command for this name and body; only a switch accepts
+    /// `next_participant_id` and `lag_ms`. `add_time` takes its own body
+    /// ([`Self::parse`]).
+    pub fn command(self, body: CommandBody) -> Result<Command, ApiError> {
+        if !self.is_switch() {
+            for (sent, field) in [
+                (body.next_participant_id.is_some(), "next_participant_id"),
+                (body.lag_ms.is_some(), "lag_ms"),
+            ] {
+                if sent {
+                    return Err(ApiError::field(field, "is only accepted by switch"));
+                }
+            }
         }
         Ok(match self {
             Self::Start => Command::Start,
             Self::Switch => Command::Switch {
                 next: body.next_participant_id,
-                lag_ms: None,
+                lag_ms: body.lag_ms,
             },
             Self::Pause => Command::Pause,
             Self::Resume => Command::Resume,
             Self::Complete => Command::Complete,
             Self::Cancel => Command::Cancel,
+            Self::AddTime => {
+                return Err(ApiError::field(
+                    "ms",
+                    "add_time takes participant_id or group_id and ms",
+                ));
+            }
         })
     }
 }
@@ -113,6 +159,7 @@ mod tests {
         let next = CommandBody {
             expected_version: None,
             next_participant_id: Some(ParticipantId::parse("black").unwrap()),
+            lag_ms: None,
         };
         assert_eq!(
             CommandName::Switch.command(next.clone()).unwrap(),
@@ -126,5 +173,32 @@ mod tests {
             refused.message,
             "next_participant_id is only accepted by switch"
         );
+    }
+
+    #[test]
+    fn lag_ms_goes_with_a_switch_and_add_time_has_its_own_body() {
+        assert_eq!(CommandName::from_ws("ADD_TIME"), Some(CommandName::AddTime));
+        assert_eq!(CommandName::AddTime.operation_id(), "addTime");
+        assert_eq!(CommandName::Switch.operation_id(), "switchSession");
+        let (switch, expected) = CommandName::Switch
+            .parse(&serde_json::json!({"lag_ms": 80, "expected_version": 2}))
+            .unwrap();
+        assert_eq!(
+            switch,
+            Command::Switch {
+                next: None,
+                lag_ms: Some(80)
+            }
+        );
+        assert_eq!(expected, Some(2));
+        let refused = CommandName::Pause
+            .parse(&serde_json::json!({"lag_ms": 80}))
+            .unwrap_err();
+        assert_eq!(refused.message, "lag_ms is only accepted by switch");
+        let (add, _) = CommandName::AddTime
+            .parse(&serde_json::json!({"participant_id": "white", "ms": 60000}))
+            .unwrap();
+        assert!(matches!(add, Command::AddTime { reason: None, .. }));
+        assert!(CommandName::AddTime.parse(&serde_json::json!({})).is_err());
     }
 }

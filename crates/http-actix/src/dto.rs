@@ -2,7 +2,11 @@
 //! spells them. Domain types convert here and nowhere else.
 
 use chrono::{DateTime, SecondsFormat};
-use kairos_domain::{Event, GroupView, ParticipantId, ParticipantView, SessionView};
+use kairos_domain::config::{ADD_TIME_RANGE_MS, LAG_RANGE_MS};
+use kairos_domain::{
+    AddMs, AddTarget, Event, FieldError, GroupId, GroupView, ParticipantId, ParticipantView,
+    SessionView, Stage,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -30,6 +34,16 @@ pub struct WireParticipant {
     cycle_count: u32,
     is_active: bool,
     has_expired: bool,
+    /// (ext, section 8) The stage of the bank this participant plays on, 0-based.
+    stage_index: u32,
+    /// (ext) Moves left before that bank enters the next stage; `null` in
+    /// the last stage and without stages.
+    moves_to_next_stage: Option<u32>,
+    /// (ext) What is left of the running turn's delay, for the active
+    /// participant when a delay applies; `null` otherwise.
+    delay_remaining_ms: Option<i64>,
+    /// (ext) The lag compensation quota left; `null` when lag compensation is off.
+    lag_quota_ms: Option<i64>,
 }
 
 /// One group in a view (ext).
@@ -42,6 +56,34 @@ pub struct WireGroup {
     time_remaining_ms: i64,
     is_active: bool,
     has_expired: bool,
+    /// (ext, section 8) The group's stage, 0-based.
+    stage_index: u32,
+    /// (ext) Moves left before the group enters the next stage; `null` in the last.
+    moves_to_next_stage: Option<u32>,
+    /// (ext) What is left of the running turn's delay for the active group;
+    /// `null` otherwise.
+    delay_remaining_ms: Option<i64>,
+}
+
+/// One stage of the time control (ext, contract section 8), as configured.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WireStage {
+    /// Moves in this stage; `null` on the last stage, which lasts to the end.
+    moves: Option<u32>,
+    /// Added to the bank when a clock enters this stage.
+    add_ms: i64,
+    /// Added by every move made in this stage.
+    increment_ms: i64,
+    /// The delay of every turn of this stage.
+    delay_ms: i64,
+    /// `none`, `simple` or `bronstein`.
+    delay_mode: &'static str,
+}
+
+/// `{"enabled": bool}`, as the config spells it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WireLagCompensation {
+    enabled: bool,
 }
 
 /// The session view (contract section 3).
@@ -86,6 +128,18 @@ pub struct WireView {
     #[schema(value_type = Object)]
     action_on_timeout: Value,
     auto_advance: bool,
+    /// (ext, section 8) The stages, as configured; `[]` without.
+    stages: Vec<WireStage>,
+    /// (ext) The session-level delay; 0 without.
+    delay_ms: i64,
+    /// (ext) `none`, `simple` or `bronstein`.
+    delay_mode: &'static str,
+    /// (ext) Whether lag compensation is on.
+    lag_compensation: WireLagCompensation,
+    /// (ext) Warning thresholds, descending; `[]` without.
+    warnings_ms: Vec<i64>,
+    /// (ext) When a pending session starts by itself; `null` without.
+    start_at_ms: Option<i64>,
     /// Present on a switch that found the active clock run out.
     #[serde(skip_serializing_if = "Option::is_none")]
     expired_participant_id: Option<String>,
@@ -123,6 +177,14 @@ impl WireView {
             elapsed_ms: v.elapsed_ms,
             action_on_timeout: v.action_on_timeout.to_json(),
             auto_advance: v.auto_advance,
+            stages: v.stages.iter().map(stage).collect(),
+            delay_ms: v.delay_ms,
+            delay_mode: v.delay_mode.as_str(),
+            lag_compensation: WireLagCompensation {
+                enabled: v.lag_compensation,
+            },
+            warnings_ms: v.warnings_ms,
+            start_at_ms: v.start_at_ms,
             expired_participant_id: expired.map(String::from),
         }
     }
@@ -139,6 +201,20 @@ fn participant(p: ParticipantView) -> WireParticipant {
         cycle_count: p.cycle_count,
         is_active: p.is_active,
         has_expired: p.has_expired,
+        stage_index: p.stage_index,
+        moves_to_next_stage: p.moves_to_next_stage,
+        delay_remaining_ms: p.delay_remaining_ms,
+        lag_quota_ms: p.lag_quota_ms,
+    }
+}
+
+fn stage(s: &Stage) -> WireStage {
+    WireStage {
+        moves: s.moves,
+        add_ms: s.add_ms,
+        increment_ms: s.increment_ms,
+        delay_ms: s.delay_ms,
+        delay_mode: s.delay_mode.as_str(),
     }
 }
 
@@ -151,6 +227,9 @@ fn group(g: GroupView) -> WireGroup {
         time_remaining_ms: g.time_remaining_ms,
         is_active: g.is_active,
         has_expired: g.has_expired,
+        stage_index: g.stage_index,
+        moves_to_next_stage: g.moves_to_next_stage,
+        delay_remaining_ms: g.delay_remaining_ms,
     }
 }
 
@@ -160,7 +239,8 @@ pub struct WireEvent {
     event_id: String,
     session_id: String,
     version: u64,
-    /// One of the ten event types of contract section 5.
+    /// One of the event types of contract section 5 (and `time_warning`,
+    /// `time_added` of section 8).
     event_type: &'static str,
     participant_id: Option<String>,
     group_id: Option<String>,
@@ -198,6 +278,8 @@ pub struct CommandBody {
     /// `switch` only: who plays next.
     #[schema(value_type = Option<String>)]
     pub next_participant_id: Option<ParticipantId>,
+    /// `switch` only: the network delay the client measured, 0..=10000 ms.
+    pub lag_ms: Option<u32>,
 }
 
 impl CommandBody {
@@ -235,10 +317,135 @@ impl CommandBody {
                 "must be a string",
             )),
         }
+        match obj.get("lag_ms") {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if LAG_RANGE_MS.contains(&n) => out.lag_ms = Some(n),
+                _ => errors.push(FieldError::new(
+                    "lag_ms",
+                    format!(
+                        "must be an integer from {} to {}",
+                        LAG_RANGE_MS.start(),
+                        LAG_RANGE_MS.end()
+                    ),
+                )),
+            },
+        }
         if errors.is_empty() {
             Ok(out)
         } else {
             Err(ApiError::validation(errors))
+        }
+    }
+}
+
+/// The most characters an `add_time` `reason` may have.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// The body of `add_time` (REST `POST /v1/sessions/{id}/add_time`, WS
+/// `ADD_TIME`), contract section 8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddTimeBody {
+    /// Optimistic lock: apply only at this version.
+    pub expected_version: Option<u64>,
+    /// Whose bank: exactly one of `participant_id` and `group_id`.
+    pub target: AddTarget,
+    /// How much, 1..=3600000 ms.
+    pub ms: AddMs,
+    /// Why (at most [`MAX_REASON_CHARS`] characters), echoed in the
+    /// `time_added` event's metadata.
+    pub reason: Option<String>,
+}
+
+impl AddTimeBody {
+    /// Parses an `add_time` body, reporting every bad field.
+    pub fn parse(value: &Value) -> Result<Self, ApiError> {
+        let Value::Object(obj) = value else {
+            return Err(ApiError::field("body", "must be a JSON object"));
+        };
+        let mut errors = Vec::new();
+        let expected_version = match obj.get("expected_version") {
+            None | Some(Value::Null) => None,
+            Some(v) => v.as_u64().or_else(|| {
+                errors.push(FieldError::new(
+                    "expected_version",
+                    "must be a non-negative integer",
+                ));
+                None
+            }),
+        };
+        let mut id = |field: &'static str| -> Option<String> {
+            match obj.get(field) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => match ParticipantId::parse(s) {
+                    Ok(_) => Some(s.clone()),
+                    Err(e) => {
+                        errors.push(FieldError::new(field, e.to_string()));
+                        None
+                    }
+                },
+                Some(_) => {
+                    errors.push(FieldError::new(field, "must be a string"));
+                    None
+                }
+            }
+        };
+        let participant = id("participant_id");
+        let group = id("group_id");
+        let named = |f: &str| obj.get(f).is_some_and(|v| !v.is_null());
+        let target = match (participant, group) {
+            (Some(p), None) => ParticipantId::parse(&p).ok().map(AddTarget::Participant),
+            (None, Some(g)) => GroupId::parse(&g).ok().map(AddTarget::Group),
+            _ => {
+                if named("participant_id") == named("group_id") {
+                    errors.push(FieldError::new(
+                        "participant_id",
+                        "give exactly one of participant_id and group_id",
+                    ));
+                }
+                None
+            }
+        };
+        let ms = match obj.get("ms") {
+            None | Some(Value::Null) => {
+                errors.push(FieldError::new("ms", "is required"));
+                None
+            }
+            Some(v) => v.as_i64().and_then(AddMs::new).or_else(|| {
+                errors.push(FieldError::new(
+                    "ms",
+                    format!(
+                        "must be an integer from {} to {}",
+                        ADD_TIME_RANGE_MS.start(),
+                        ADD_TIME_RANGE_MS.end()
+                    ),
+                ));
+                None
+            }),
+        };
+        let reason = match obj.get("reason") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.chars().count() <= MAX_REASON_CHARS => Some(s.clone()),
+            Some(Value::String(_)) => {
+                errors.push(FieldError::new(
+                    "reason",
+                    format!("must be at most {MAX_REASON_CHARS} characters"),
+                ));
+                None
+            }
+            Some(_) => {
+                errors.push(FieldError::new("reason", "must be a string"));
+                None
+            }
+        };
+        match (target, ms) {
+            (Some(target), Some(ms)) if errors.is_empty() => Ok(Self {
+                expected_version,
+                target,
+                ms,
+                reason,
+            }),
+            _ => Err(ApiError::validation(errors)),
         }
     }
 }
@@ -275,6 +482,58 @@ mod tests {
                 {"field": "expected_version", "message": "must be a non-negative integer"},
                 {"field": "next_participant_id", "message": "must be a string"}
             ])
+        );
+        assert_eq!(
+            CommandBody::parse(&json!({"lag_ms": 120})).unwrap().lag_ms,
+            Some(120)
+        );
+        for bad in [json!(-1), json!(10001), json!(1.5), json!("5")] {
+            let e = CommandBody::parse(&json!({ "lag_ms": bad })).unwrap_err();
+            assert_eq!(e.details.unwrap()[0]["field"], "lag_ms", "{bad}");
+        }
+    }
+
+    #[test]
+    fn add_time_bodies_parse_and_report_every_bad_field() {
+        let b = AddTimeBody::parse(
+            &json!({"participant_id": "white", "ms": 120000, "reason": "arbiter", "expected_version": 3}),
+        )
+        .unwrap();
+        assert_eq!(
+            b.target,
+            AddTarget::Participant(ParticipantId::parse("white").unwrap())
+        );
+        assert_eq!(b.ms.get(), 120_000);
+        assert_eq!(b.reason.as_deref(), Some("arbiter"));
+        assert_eq!(b.expected_version, Some(3));
+        let g = AddTimeBody::parse(&json!({"group_id": "red", "ms": 1})).unwrap();
+        assert_eq!(g.target, AddTarget::Group(GroupId::parse("red").unwrap()));
+
+        let fields = |body: Value| -> Vec<String> {
+            let e = AddTimeBody::parse(&body).unwrap_err();
+            e.details
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["field"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            fields(json!({"ms": 0, "reason": 5, "expected_version": -1})),
+            ["expected_version", "participant_id", "ms", "reason"]
+        );
+        assert_eq!(
+            fields(json!({"participant_id": "a", "group_id": "b", "ms": 3600001})),
+            ["participant_id", "ms"]
+        );
+        assert_eq!(
+            fields(json!({"group_id": "b", "reason": "x".repeat(201)})),
+            ["ms", "reason"]
+        );
+        assert!(
+            AddTimeBody::parse(&json!({"group_id": "b", "ms": 3600000, "reason": "x".repeat(200)}))
+                .is_ok()
         );
     }
 }

@@ -44,7 +44,7 @@ const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub enum Frame {
     /// One committed version: its `STATE_UPDATE`, then one `EVENT` per
-    /// timeout event of that version, sent together or not at all.
+    /// notable event (timeouts, time warnings, added time) of that version, sent together or not at all.
     Update {
         /// The version the texts describe.
         version: u64,
@@ -297,7 +297,7 @@ fn update_frame(service: &Service, state: &Session, events: &[Event], at_ms: i64
     texts.extend(
         events
             .iter()
-            .filter(|e| e.event_type.is_timeout())
+            .filter(|e| e.event_type.is_notable())
             .map(|e| wire::event_message(state.id, now, e).into_boxed_str()),
     );
     Frame::Update {

@@ -6,11 +6,11 @@ use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::dto::{WireEvent, WireGroup, WireParticipant, WireView};
+use crate::dto::{WireEvent, WireGroup, WireLagCompensation, WireParticipant, WireStage, WireView};
 use crate::schemas::{
-    CommandBodyDoc, ErrorBody, ErrorDoc, EventsEnvelope, GroupConfigDoc, HealthBody,
-    ParticipantConfigDoc, ReadyBody, SessionConfigDoc, SwitchBodyDoc, SyncModeDoc, TimeBody,
-    ViewEnvelope,
+    AddTimeBodyDoc, CommandBodyDoc, DelayModeDoc, ErrorBody, ErrorDoc, EventsEnvelope,
+    GroupConfigDoc, HealthBody, LagCompensationDoc, ParticipantConfigDoc, ReadyBody,
+    SessionConfigDoc, StageDoc, SwitchBodyDoc, SyncModeDoc, TimeBody, ViewEnvelope,
 };
 
 /// The document.
@@ -29,6 +29,7 @@ use crate::schemas::{
         crate::rest::resume_session,
         crate::rest::complete_session,
         crate::rest::cancel_session,
+        crate::rest::add_time,
         crate::rest::delete_session,
         crate::rest::session_events,
         crate::rest::time,
@@ -38,7 +39,8 @@ use crate::schemas::{
     components(schemas(
         ViewEnvelope, EventsEnvelope, ErrorBody, ErrorDoc, SessionConfigDoc, ParticipantConfigDoc,
         GroupConfigDoc, SyncModeDoc, CommandBodyDoc, SwitchBodyDoc, TimeBody, HealthBody, ReadyBody, WireView,
-        WireParticipant, WireGroup, WireEvent
+        WireParticipant, WireGroup, WireEvent, StageDoc, DelayModeDoc, LagCompensationDoc, AddTimeBodyDoc,
+        WireStage, WireLagCompensation
     )),
     tags(
         (name = "sessions", description = "Create, read and drive sessions"),
@@ -97,12 +99,17 @@ mod tests {
             let path = format!("/v1/sessions/{{id}}/{}", name.as_str());
             let op = &paths.get(&path).unwrap_or_else(|| panic!("{path} missing"))["post"];
             let id = op["operationId"].as_str().unwrap();
-            assert_eq!(id, format!("{}Session", name.as_str()));
+            assert_eq!(id, name.operation_id());
+            if name != CommandName::AddTime {
+                assert_eq!(id, format!("{}Session", name.as_str()));
+            }
             assert!(ids.insert(id.to_owned()), "{id} twice");
 
             let schema = op["requestBody"]["content"]["application/json"]["schema"].to_string();
             let body = if name.is_switch() {
                 "SwitchBodyDoc"
+            } else if name == CommandName::AddTime {
+                "AddTimeBodyDoc"
             } else {
                 "CommandBodyDoc"
             };
@@ -132,8 +139,52 @@ mod tests {
         assert!(
             switch.contains_key("next_participant_id") && switch.contains_key("expected_version")
         );
+        assert!(switch.contains_key("lag_ms"));
         let other = schemas["CommandBodyDoc"]["properties"].as_object().unwrap();
         assert_eq!(other.keys().collect::<Vec<_>>(), ["expected_version"]);
+        let add = &schemas["AddTimeBodyDoc"];
+        assert_eq!(add["required"], serde_json::json!(["ms"]));
+        assert_eq!(add["properties"]["ms"]["maximum"], 3_600_000);
+        assert_eq!(add["properties"]["reason"]["maxLength"], 200);
+        let config = schemas["SessionConfigDoc"]["properties"]
+            .as_object()
+            .unwrap();
+        for field in [
+            "stages",
+            "delay_ms",
+            "delay_mode",
+            "lag_compensation",
+            "warnings_ms",
+            "start_at_ms",
+        ] {
+            assert!(config.contains_key(field), "config {field}");
+        }
+        let view = schemas["WireView"]["properties"].as_object().unwrap();
+        for field in [
+            "stages",
+            "delay_ms",
+            "delay_mode",
+            "lag_compensation",
+            "warnings_ms",
+            "start_at_ms",
+        ] {
+            assert!(view.contains_key(field), "view {field}");
+        }
+        let p = schemas["WireParticipant"]["properties"]
+            .as_object()
+            .unwrap();
+        for field in [
+            "stage_index",
+            "moves_to_next_stage",
+            "delay_remaining_ms",
+            "lag_quota_ms",
+        ] {
+            assert!(p.contains_key(field), "participant {field}");
+        }
+        let g = schemas["WireGroup"]["properties"].as_object().unwrap();
+        for field in ["stage_index", "moves_to_next_stage", "delay_remaining_ms"] {
+            assert!(g.contains_key(field), "group {field}");
+        }
     }
 
     /// The shared error rows reach every authenticated endpoint.

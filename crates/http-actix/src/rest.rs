@@ -1,6 +1,6 @@
 //! The REST endpoints of contract section 3, one handler per endpoint, each
 //! parsing its input into domain types, calling the service, and shaping the
-//! answer; errors go through `error::from_service`. The six commands have a
+//! answer; errors go through `error::from_service`. The seven commands have a
 //! path (and an OpenAPI operation) each, and share one body: name to
 //! command in `command`, the rest in `AppState::execute`, as the
 //! WebSocket's commands do.
@@ -14,13 +14,13 @@ use kairos_domain::{SessionConfig, SessionId};
 use serde_json::{Value, json};
 
 use crate::command::CommandName;
-use crate::dto::{CommandBody, WireEvent, WireView};
+use crate::dto::{WireEvent, WireView};
 use crate::error::{ApiError, Code, from_service};
 use crate::limits::{self, Kind};
 use crate::middleware::request_id;
 use crate::schemas::{
-    AccessErrors, CommandBodyDoc, CommandErrors, ErrorBody, EventsEnvelope, HealthBody, ReadyBody,
-    SessionConfigDoc, SwitchBodyDoc, TimeBody, ViewEnvelope,
+    AccessErrors, AddTimeBodyDoc, CommandBodyDoc, CommandErrors, ErrorBody, EventsEnvelope,
+    HealthBody, ReadyBody, SessionConfigDoc, SwitchBodyDoc, TimeBody, ViewEnvelope,
 };
 use crate::state::AppState;
 
@@ -79,6 +79,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/sessions/{id}/cancel")
             .route(web::post().to(cancel_session))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/sessions/{id}/add_time")
+            .route(web::post().to(add_time))
             .default_service(not_allowed()),
     )
     // Any other name: 404 (after the paths above and `/events`).
@@ -171,7 +176,10 @@ pub async fn create_session(
         .rate(Kind::Create, &caller(&state, &actor, &req))
         .await?;
     let body = read_json(&req, payload).await?;
-    let config = SessionConfig::parse(&body).map_err(ApiError::validation)?;
+    // With the rules that need the current instant (`start_at_ms`), so that
+    // every bad field is named in one answer.
+    let config =
+        SessionConfig::parse_at(&body, state.service.now_ms()).map_err(ApiError::validation)?;
     let generated = SessionId::from_uuid(uuid::Uuid::new_v4());
     let view = state
         .service
@@ -340,6 +348,27 @@ pub async fn cancel_session(
     session_command(req, &path, CommandName::Cancel, payload, state).await
 }
 
+/// The arbiter's "two more minutes" (ext, contract section 8): raise a
+/// participant's or group's bank, in any status but ended. Owner or admin.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/add_time", tag = "sessions", operation_id = "addTime",
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
+    request_body(content = AddTimeBodyDoc, description = "participant_id or group_id, ms, reason?, expected_version?"),
+    responses(
+        (status = 200, description = "The session after the command (a `time_added` event)", body = ViewEnvelope),
+        CommandErrors,
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path, command = "add_time"))]
+pub async fn add_time(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    session_command(req, &path, CommandName::AddTime, payload, state).await
+}
+
 /// What every command path does: parse, authenticate, then run the
 /// command as a WebSocket's would be ([`AppState::execute`]).
 async fn session_command(
@@ -351,9 +380,7 @@ async fn session_command(
 ) -> Result<HttpResponse, ApiError> {
     let rid = request_id(&req);
     let id = parse_id(raw_id)?;
-    let body = CommandBody::parse(&read_json(&req, payload).await?)?;
-    let expected = body.expected_version;
-    let command = name.command(body)?;
+    let (command, expected) = name.parse(&read_json(&req, payload).await?)?;
     let actor = state.settings.auth.authenticate(&req)?;
     let (executed, rate) = state.execute(&actor, id, command, expected, &rid).await?;
     let mut response = data(WireView::from_view(

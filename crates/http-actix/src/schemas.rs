@@ -112,6 +112,58 @@ pub struct SessionConfigDoc {
     /// At most 10 KiB serialized.
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
+    /// (section 8) At most 10 stages, `per_participant` and `per_group`;
+    /// with stages the session-level `increment_ms` must be absent or 0.
+    #[schema(max_items = 10)]
+    stages: Option<Vec<StageDoc>>,
+    /// (section 8) The session-level delay without `stages`, 0..=600000;
+    /// above 0 it needs a `delay_mode` other than `none`.
+    #[schema(minimum = 0, maximum = 600000)]
+    delay_ms: Option<i64>,
+    /// (section 8) Default `none`.
+    delay_mode: Option<DelayModeDoc>,
+    /// (section 8) `{"enabled": bool}`; default off.
+    lag_compensation: Option<LagCompensationDoc>,
+    /// (section 8) At most 5 distinct thresholds, each 1000..=3600000.
+    #[schema(max_items = 5)]
+    warnings_ms: Option<Vec<i64>>,
+    /// (section 8) The session starts by itself at this instant (ms since
+    /// the Unix epoch), from now to 7 days ahead.
+    start_at_ms: Option<i64>,
+}
+
+/// `delay_mode` (contract section 8).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DelayModeDoc {
+    None,
+    Simple,
+    Bronstein,
+}
+
+/// One stage of a session config (contract section 8).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StageDoc {
+    /// 1..=1000; required on every stage but the last, absent on the last.
+    #[schema(minimum = 1, maximum = 1000)]
+    moves: Option<u32>,
+    /// Added to the bank when a clock enters this stage, 0..=86400000;
+    /// absent or 0 on the first.
+    #[schema(minimum = 0, maximum = 86400000)]
+    add_ms: Option<i64>,
+    /// 0..=3600000.
+    #[schema(minimum = 0, maximum = 3600000)]
+    increment_ms: Option<i64>,
+    /// 0..=600000; above 0 it needs a `delay_mode` other than `none`.
+    #[schema(minimum = 0, maximum = 600000)]
+    delay_ms: Option<i64>,
+    delay_mode: Option<DelayModeDoc>,
+}
+
+/// `lag_compensation` of a session config.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LagCompensationDoc {
+    enabled: bool,
 }
 
 /// The optional body of `start`, `pause`, `resume`, `complete` and `cancel`.
@@ -130,6 +182,30 @@ pub struct SwitchBodyDoc {
     /// that has not expired.
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     next_participant_id: Option<String>,
+    /// (section 8) The network delay the client measured for this move,
+    /// 0..=10000 ms; used when the session has lag compensation on.
+    #[schema(minimum = 0, maximum = 10000)]
+    lag_ms: Option<u32>,
+}
+
+/// The body of `add_time` (contract section 8): exactly one of
+/// `participant_id` and `group_id`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AddTimeBodyDoc {
+    /// Whose bank (in `per_group` the participant's group's, in `global` the session's).
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    participant_id: Option<String>,
+    /// A group's bank (`per_group`).
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    group_id: Option<String>,
+    /// How much, 1..=3600000 ms (capped at `max_time_ms`).
+    #[schema(minimum = 1, maximum = 3600000)]
+    ms: i64,
+    /// Why, at most 200 characters; echoed in the `time_added` event.
+    #[schema(max_length = 200)]
+    reason: Option<String>,
+    /// Apply only at this version (else 409 CONFLICT).
+    expected_version: Option<u64>,
 }
 
 /// `GET /v1/time`.
@@ -184,7 +260,7 @@ impl IntoResponses for AccessErrors {
     }
 }
 
-/// The error rows of the six command paths: 400, 404 and 409, then
+/// The error rows of the seven command paths: 400, 404 and 409, then
 /// [`AccessErrors`].
 #[derive(Debug)]
 pub struct CommandErrors;

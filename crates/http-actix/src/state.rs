@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kairos_domain::{Actor, AuditHealth, Command, Executed, RateDecision, ServiceError, SessionId};
+use kairos_domain::{
+    Actor, AddTarget, AuditHealth, Command, Executed, RateDecision, ServiceError, SessionId,
+    TransitionError,
+};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -260,6 +263,18 @@ impl AppState {
         request_id: &str,
     ) -> Result<(Executed, Option<RateDecision>), ApiError> {
         let is_switch = matches!(command, Command::Switch { .. });
+        // An unknown id in `add_time` names its own field, not a switch's.
+        let add_field = match &command {
+            Command::AddTime {
+                target: AddTarget::Participant(_),
+                ..
+            } => Some("participant_id"),
+            Command::AddTime {
+                target: AddTarget::Group(_),
+                ..
+            } => Some("group_id"),
+            _ => None,
+        };
         let rate = if is_switch {
             self.rate(Kind::Switch, &id.to_string()).await?
         } else {
@@ -280,6 +295,13 @@ impl AppState {
             Err(e) => {
                 if matches!(e, ServiceError::Unavailable(_)) {
                     self.metrics.store_errors.inc();
+                }
+                if let (
+                    Some(field),
+                    ServiceError::Transition(t @ TransitionError::UnknownParticipant(_)),
+                ) = (add_field, &e)
+                {
+                    return Err(ApiError::field(field, t.to_string()));
                 }
                 Err(from_service(e, request_id))
             }

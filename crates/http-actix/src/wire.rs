@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Number, Value};
 
 use crate::command::CommandName;
-use crate::dto::{CommandBody, WireEvent, WireView};
+use crate::dto::{WireEvent, WireView};
 use crate::error::ApiError;
 
 /// Frames and reassembled messages over this many bytes close the socket with 1009.
@@ -21,7 +21,8 @@ pub const CONNECTED: &str = "CONNECTED";
 pub const STATE_SYNC: &str = "STATE_SYNC";
 /// The `type` of one committed version.
 pub const STATE_UPDATE: &str = "STATE_UPDATE";
-/// The `type` of a timeout event following its `STATE_UPDATE`.
+/// The `type` of a notable event (a timeout, a time warning, added time)
+/// following its `STATE_UPDATE`.
 pub const EVENT: &str = "EVENT";
 /// The `type` of the message sent before closing for a deleted session.
 pub const SESSION_DELETED: &str = "SESSION_DELETED";
@@ -36,7 +37,7 @@ pub enum ClientMessage {
     },
     /// Asks for a fresh `STATE_SYNC`.
     Reconnect,
-    /// `SWITCH`, `PAUSE` or `RESUME`.
+    /// `SWITCH`, `PAUSE`, `RESUME` or `ADD_TIME`.
     Command {
         /// The domain command.
         command: Command,
@@ -87,7 +88,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Box<Rejected>> 
         return Err(reject(
             ApiError::field(
                 "type",
-                "is required: PING, RECONNECT, SWITCH, PAUSE or RESUME",
+                "is required: PING, RECONNECT, SWITCH, PAUSE, RESUME or ADD_TIME",
             ),
             request_id,
         ));
@@ -111,17 +112,12 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Box<Rejected>> 
                 return Err(reject(
                     ApiError::field(
                         "type",
-                        "is not one of PING, RECONNECT, SWITCH, PAUSE or RESUME",
+                        "is not one of PING, RECONNECT, SWITCH, PAUSE, RESUME or ADD_TIME",
                     ),
                     request_id,
                 ));
             };
-            let command = CommandBody::parse(&value).and_then(|body| {
-                let expected_version = body.expected_version;
-                name.command(body)
-                    .map(|command| (command, expected_version))
-            });
-            match command {
+            match name.parse(&value) {
                 Ok((command, expected_version)) => Ok(ClientMessage::Command {
                     command,
                     expected_version,
@@ -347,6 +343,34 @@ mod tests {
             parse_client_message(r#"{"type":"RECONNECT"}"#).unwrap(),
             ClientMessage::Reconnect
         );
+        assert_eq!(
+            parse_client_message(r#"{"type":"SWITCH","lag_ms":150}"#).unwrap(),
+            ClientMessage::Command {
+                command: Command::Switch {
+                    next: None,
+                    lag_ms: Some(150),
+                },
+                expected_version: None,
+                request_id: None,
+            }
+        );
+        assert_eq!(
+            parse_client_message(
+                r#"{"type":"ADD_TIME","group_id":"red","ms":120000,"reason":"arbiter","expected_version":2}"#
+            )
+            .unwrap(),
+            ClientMessage::Command {
+                command: Command::AddTime {
+                    target: kairos_domain::AddTarget::Group(
+                        kairos_domain::GroupId::parse("red").unwrap()
+                    ),
+                    ms: kairos_domain::AddMs::new(120_000).unwrap(),
+                    reason: Some("arbiter".into()),
+                },
+                expected_version: Some(2),
+                request_id: None,
+            }
+        );
     }
 
     #[test]
@@ -356,7 +380,7 @@ mod tests {
             ("[1,2]", Some("message must be a JSON object")),
             (
                 r#"{"request_id":"r"}"#,
-                Some("type is required: PING, RECONNECT, SWITCH, PAUSE or RESUME"),
+                Some("type is required: PING, RECONNECT, SWITCH, PAUSE, RESUME or ADD_TIME"),
             ),
             (r#"{"type":"START","request_id":"r"}"#, None),
             (
@@ -370,6 +394,14 @@ mod tests {
             (
                 r#"{"type":"SWITCH","request_id":{"a":1}}"#,
                 Some("request_id must be a string or a number"),
+            ),
+            (
+                r#"{"type":"SWITCH","lag_ms":10001,"request_id":"r"}"#,
+                Some("lag_ms must be an integer from 0 to 10000"),
+            ),
+            (
+                r#"{"type":"ADD_TIME","participant_id":"white","ms":0,"request_id":"r"}"#,
+                Some("ms must be an integer from 1 to 3600000"),
             ),
         ] {
             let r = rejected(text);

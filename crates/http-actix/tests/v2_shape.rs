@@ -258,6 +258,77 @@ async fn rest_views_of_every_mode_match_the_v2_shape() {
     server.stop().await;
 }
 
+/// The fields of contract section 8 are (ext): always present, `null` (or
+/// `[]`, `0`, `none`) when empty, and the views of a staged, delayed, lag
+/// compensated, warned, scheduled session match the schema too.
+#[tokio::test]
+async fn section_8_fields_are_present_and_match_the_shape() {
+    let server = TestServer::start().await;
+    let v = validator();
+
+    let plain = server.create(chess()).await;
+    assert_eq!(plain["stages"], json!([]));
+    assert_eq!(plain["delay_ms"], 0);
+    assert_eq!(plain["delay_mode"], "none");
+    assert_eq!(plain["lag_compensation"], json!({"enabled": false}));
+    assert_eq!(plain["warnings_ms"], json!([]));
+    assert!(plain["start_at_ms"].is_null());
+    for p in plain["participants"].as_array().unwrap() {
+        assert_eq!(p["stage_index"], 0);
+        for field in ["moves_to_next_stage", "delay_remaining_ms", "lag_quota_ms"] {
+            assert!(p.get(field).is_some_and(Value::is_null), "{field}: {p}");
+        }
+    }
+
+    let fide = json!({
+        "sync_mode": "per_participant",
+        "participants": [
+            {"participant_id": "white", "total_time_ms": 5400000},
+            {"participant_id": "black", "total_time_ms": 5400000}
+        ],
+        "stages": [
+            {"moves": 40, "increment_ms": 30000},
+            {"add_ms": 1800000, "increment_ms": 30000}
+        ],
+        "lag_compensation": {"enabled": true},
+        "warnings_ms": [60000, 10000]
+    });
+    for view in walk(&server, &v, fide).await {
+        assert_eq!(view["stages"][0]["moves"], 40);
+        assert!(view["stages"][1]["moves"].is_null());
+        assert_eq!(view["lag_compensation"]["enabled"], true);
+        assert!(
+            view["participants"][0]["lag_quota_ms"].is_number(),
+            "{view}"
+        );
+    }
+    let delay = json!({
+        "sync_mode": "per_group",
+        "participants": [
+            {"participant_id": "ann", "group_id": "red"},
+            {"participant_id": "bob", "group_id": "blue"}
+        ],
+        "groups": [
+            {"group_id": "red", "total_time_ms": 600000},
+            {"group_id": "blue", "total_time_ms": 600000}
+        ],
+        "delay_ms": 5000, "delay_mode": "simple"
+    });
+    let views = walk(&server, &v, delay).await;
+    assert_eq!(
+        views[1]["groups"][0]["delay_remaining_ms"], 5000,
+        "{}",
+        views[1]
+    );
+    let start_at = plain["server_time_ms"].as_i64().unwrap() + 3_600_000;
+    let mut scheduled = chess();
+    scheduled["start_at_ms"] = json!(start_at);
+    let view = server.create(scheduled).await;
+    assert_shape(&v, &view, "scheduled");
+    assert_eq!(view["start_at_ms"], start_at);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn websocket_state_messages_carry_the_same_shape() {
     let server = TestServer::start().await;

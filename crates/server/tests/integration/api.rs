@@ -680,3 +680,352 @@ async fn shutdown_turns_ready_off_then_exits_cleanly() {
     assert_eq!(saw, json!({"status": "not_ready", "reason": "draining"}));
     stopping.await.unwrap().expect("clean exit");
 }
+
+// --- Time controls of real events (contract section 8) ---
+
+fn field_names(body: &Value) -> Vec<String> {
+    body["error"]["details"]
+        .as_array()
+        .unwrap_or_else(|| panic!("field details: {body}"))
+        .iter()
+        .map(|d| d["field"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn server_now(app: &common::TestApp) -> i64 {
+    let (status, body) = app.call("GET", "/v1/time", None).await;
+    assert_eq!(status, 200);
+    body["timestamp_ms"].as_i64().unwrap()
+}
+
+/// FIDE classical: 90 minutes for 40 moves, then 30 more, 30 s increment
+/// from move 1. White's 40th move earns its increment, then the bank gains
+/// the second stage's 30 minutes.
+#[tokio::test]
+async fn a_fide_staged_game_enters_the_second_stage_after_the_40th_move() {
+    let app = spawn_app().await;
+    let v = app
+        .create(json!({
+            "sync_mode": "per_participant",
+            "participants": [
+                {"participant_id": "white", "total_time_ms": 5400000},
+                {"participant_id": "black", "total_time_ms": 5400000}
+            ],
+            "stages": [
+                {"moves": 40, "increment_ms": 30000},
+                {"add_ms": 1800000, "increment_ms": 30000}
+            ]
+        }))
+        .await;
+    let id = v["session_id"].as_str().unwrap();
+    assert_eq!(v["stages"][0]["moves"], 40);
+    assert_eq!(v["stages"][1]["add_ms"], 1_800_000);
+    assert!(v["stages"][1]["moves"].is_null());
+    assert_eq!(v["increment_ms"], 0);
+    assert_eq!(v["participants"][0]["stage_index"], 0);
+    assert_eq!(v["participants"][0]["moves_to_next_stage"], 40);
+    assert_eq!(app.command(id, "start", None).await.0, 200);
+
+    let mut last = Value::Null;
+    for n in 1_u64..=79 {
+        let (status, body) = app.command(id, "switch", None).await;
+        assert_eq!(status, 200, "{body}");
+        last = body["data"].clone();
+        let white = &last["participants"][0];
+        let moves = n.div_ceil(2);
+        if n < 79 {
+            assert_eq!(white["stage_index"], 0, "after move {n}");
+            assert_eq!(white["moves_to_next_stage"], 40 - moves, "after move {n}");
+        }
+        assert_eq!(
+            white["total_time_ms"],
+            5_400_000
+                + 30_000 * i64::try_from(moves).unwrap()
+                + if n == 79 { 1_800_000 } else { 0 },
+            "after move {n}"
+        );
+    }
+    // White's 40th move (the 79th switch): stage 2, the last.
+    let white = &last["participants"][0];
+    assert_eq!(white["stage_index"], 1, "{last}");
+    assert!(white["moves_to_next_stage"].is_null(), "{last}");
+    assert_eq!(white["total_time_ms"], 5_400_000 + 40 * 30_000 + 1_800_000);
+    let used = white["time_used_ms"].as_i64().unwrap();
+    assert_eq!(
+        white["time_remaining_ms"].as_i64().unwrap(),
+        5_400_000 + 40 * 30_000 + 1_800_000 - used
+    );
+    // Black has made 39 moves: still in the first stage.
+    let black = &last["participants"][1];
+    assert_eq!(black["stage_index"], 0);
+    assert_eq!(black["moves_to_next_stage"], 1);
+    assert_eq!(black["total_time_ms"], 5_400_000 + 39 * 30_000);
+}
+
+/// US delay 5 s: the clock does not run for the first 5 s of a turn; the
+/// view shows the delay left and holds `time_remaining_ms` at R, both
+/// computed at `server_time_ms`.
+#[tokio::test]
+async fn a_simple_delay_game_holds_the_clock_while_the_delay_runs() {
+    let app = spawn_app().await;
+    let mut cfg = chess(60_000, 0);
+    cfg["delay_ms"] = json!(5000);
+    cfg["delay_mode"] = json!("simple");
+    let id = app.create(cfg).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, body) = app.command(&id, "start", None).await;
+    let v = &body["data"];
+    assert_eq!(v["delay_ms"], 5000);
+    assert_eq!(v["delay_mode"], "simple");
+    let check = |v: &Value| {
+        let e = v["server_time_ms"].as_i64().unwrap() - v["cycle_started_at_ms"].as_i64().unwrap();
+        let active = usize::from(v["active_participant_id"] == "black");
+        let p = &v["participants"][active];
+        let other = &v["participants"][1 - active];
+        assert!(other["delay_remaining_ms"].is_null(), "{v}");
+        let bank = p["total_time_ms"].as_i64().unwrap() - p["time_used_ms"].as_i64().unwrap();
+        if e < 5000 {
+            assert_eq!(p["delay_remaining_ms"], 5000 - e, "{v}");
+            assert_eq!(p["time_remaining_ms"], 60_000, "{v}");
+            assert_eq!(bank, 60_000, "nothing charged while the delay runs: {v}");
+        } else {
+            assert_eq!(p["delay_remaining_ms"], 0, "{v}");
+        }
+    };
+    check(v);
+    check(&app.get(&id).await);
+    // White's move after e ms is charged max(0, e - 5000).
+    let started_at = v["cycle_started_at_ms"].as_i64().unwrap();
+    let (_, body) = app.command(&id, "switch", None).await;
+    let v = &body["data"];
+    check(v);
+    let e = v["cycle_started_at_ms"].as_i64().unwrap() - started_at;
+    assert_eq!(
+        v["participants"][0]["time_used_ms"].as_i64().unwrap(),
+        (e - 5000).max(0),
+        "{v}"
+    );
+    assert_eq!(v["active_participant_id"], "black");
+}
+
+/// Lag compensation: 1+0 gives a gain of min(1000, 4 x 60 + 150) = 390 ms,
+/// a starting quota of 3 gains; a move with `lag_ms` 100 is compensated 100
+/// and the quota becomes 1170 + 390 - 100.
+#[tokio::test]
+async fn lag_ms_on_a_switch_draws_on_the_quota() {
+    let app = spawn_app().await;
+    let mut cfg = chess(60_000, 0);
+    cfg["lag_compensation"] = json!({"enabled": true});
+    let v = app.create(cfg).await;
+    let id = v["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(v["lag_compensation"]["enabled"], true);
+    assert_eq!(v["participants"][0]["lag_quota_ms"], 1170);
+    app.command(&id, "start", None).await;
+    for bad in [json!(-1), json!(10_001), json!(2.5), json!("100")] {
+        let (status, body) = app
+            .command(&id, "switch", Some(json!({ "lag_ms": bad })))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(error_code(&body), "VALIDATION_ERROR");
+        assert_eq!(field_names(&body), ["lag_ms"], "{bad}");
+    }
+    let (status, body) = app
+        .command(&id, "switch", Some(json!({"lag_ms": 100})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v = &body["data"];
+    assert_eq!(
+        v["participants"][0]["lag_quota_ms"],
+        1170 + 390 - 100,
+        "{v}"
+    );
+    assert_eq!(v["participants"][1]["lag_quota_ms"], 1170, "{v}");
+    let switched = events_of_types(
+        &app,
+        &id,
+        &["session_created", "session_started", "cycle_switched"],
+    )
+    .await;
+    assert_eq!(
+        switched[0]["metadata"]["lag_compensated_ms"], 100,
+        "{switched:?}"
+    );
+}
+
+/// `add_time`: owner or admin; a player is 403; an ended session is 400;
+/// the `time_added` event carries `ms` and `reason`; bad bodies name every
+/// bad field; an unknown participant is named as `participant_id`.
+#[tokio::test]
+async fn add_time_is_for_the_owner_and_recorded_in_the_history() {
+    let app = spawn_with(common::secured_settings()).await;
+    let host = common::token("host", "arbiter", None, None);
+    let (status, body) = app
+        .call_as(Some(&host), "POST", "/v1/sessions", Some(chess(300_000, 0)))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["data"]["session_id"].as_str().unwrap().to_owned();
+    let player = common::token("player", "p1", Some(&id), Some("white"));
+    let path = format!("/v1/sessions/{id}/add_time");
+
+    let (status, body) = app
+        .call_as(
+            Some(&player),
+            "POST",
+            &path,
+            Some(json!({"participant_id": "white", "ms": 120000})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(error_code(&body), "FORBIDDEN");
+
+    let (status, body) = app
+        .call_as(
+            Some(&host),
+            "POST",
+            &path,
+            Some(json!({"participant_id": "white", "group_id": "g", "ms": 0, "reason": 7})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(field_names(&body), ["participant_id", "ms", "reason"]);
+    let (status, body) = app
+        .call_as(
+            Some(&host),
+            "POST",
+            &path,
+            Some(json!({"participant_id": "nobody", "ms": 1000})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(field_names(&body), ["participant_id"]);
+
+    // Pending is fine ("any status but ended").
+    let (status, body) = app
+        .call_as(
+            Some(&host),
+            "POST",
+            &path,
+            Some(json!({"participant_id": "white", "ms": 120000, "reason": "clock fault", "expected_version": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v = &body["data"];
+    assert_eq!(v["version"], 2);
+    assert_eq!(v["participants"][0]["total_time_ms"], 420_000);
+    assert_eq!(v["participants"][1]["total_time_ms"], 300_000);
+
+    let (status, _) = app
+        .call_as(
+            Some(&host),
+            "POST",
+            &format!("/v1/sessions/{id}/complete"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .call_as(
+            Some(&host),
+            "POST",
+            &path,
+            Some(json!({"participant_id": "black", "ms": 1000})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "INVALID_STATE_TRANSITION");
+
+    let history = eventually(Duration::from_secs(5), || async {
+        let (status, body) = app
+            .call_as(
+                Some(&host),
+                "GET",
+                &format!("/v1/sessions/{id}/events"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let list = body["data"].as_array().unwrap().clone();
+        (list.len() == 3).then_some(list)
+    })
+    .await
+    .expect("created, time_added, completed in the history");
+    let added = &history[1];
+    assert_eq!(added["event_type"], "time_added", "{history:?}");
+    assert_eq!(added["participant_id"], "white");
+    assert_eq!(added["version"], 2);
+    assert_eq!(added["metadata"]["ms"], 120_000);
+    assert_eq!(added["metadata"]["reason"], "clock fault");
+}
+
+/// `start_at_ms`: the session stays pending, then starts by itself at that
+/// instant with nobody asking (the history shows the committed start).
+#[tokio::test]
+async fn a_scheduled_session_starts_by_itself_at_start_at_ms() {
+    let app = spawn_app().await;
+    let start_at = server_now(&app).await + 1_500;
+    let mut cfg = chess(60_000, 0);
+    cfg["start_at_ms"] = json!(start_at);
+    let v = app.create(cfg).await;
+    let id = v["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(v["start_at_ms"], start_at);
+    if v["server_time_ms"].as_i64().unwrap() < start_at {
+        assert_eq!(v["status"], "pending");
+    }
+    let started = events_of_types(&app, &id, &["session_created", "session_started"]).await;
+    assert_eq!(started[0]["at_ms"], start_at);
+    assert_eq!(started[0]["metadata"]["scheduled"], true);
+    let v = app.get(&id).await;
+    assert_eq!(v["status"], "running");
+    assert_eq!(v["session_started_at_ms"], start_at);
+    assert_eq!(v["cycle_started_at_ms"], start_at);
+    assert_eq!(v["active_participant_id"], "white");
+}
+
+/// Every bad field of section 8 in one answer, `start_at_ms`'s window included.
+#[tokio::test]
+async fn section_8_validation_names_every_bad_field() {
+    let app = spawn_app().await;
+    let now = server_now(&app).await;
+    let mut cfg = chess(60_000, 2000);
+    cfg["stages"] = json!([{"moves": 0, "increment_ms": 1000}, {"add_ms": -1, "delay_ms": 1000}]);
+    cfg["warnings_ms"] = json!([500]);
+    cfg["lag_compensation"] = json!({"enabled": "yes"});
+    cfg["start_at_ms"] = json!(now - 60_000);
+    let (status, body) = app.call("POST", "/v1/sessions", Some(cfg)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "VALIDATION_ERROR");
+    let fields = field_names(&body);
+    for field in [
+        "increment_ms",
+        "stages[0].moves",
+        "stages[1].add_ms",
+        "stages[1].delay_mode",
+        "warnings_ms[0]",
+        "lag_compensation.enabled",
+        "start_at_ms",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == field),
+            "{field} not named: {fields:?}"
+        );
+    }
+
+    // The window alone, both ends.
+    for at in [now - 1_000, now + 8 * 24 * 3_600_000] {
+        let mut cfg = chess(60_000, 0);
+        cfg["start_at_ms"] = json!(at);
+        let (status, body) = app.call("POST", "/v1/sessions", Some(cfg)).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(field_names(&body), ["start_at_ms"]);
+    }
+    let mut cfg = chess(60_000, 0);
+    cfg["delay_ms"] = json!(1000);
+    let (status, body) = app.call("POST", "/v1/sessions", Some(cfg)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        field_names(&body).iter().any(|f| f.starts_with("delay")),
+        "{body}"
+    );
+}

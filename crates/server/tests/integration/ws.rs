@@ -583,3 +583,161 @@ async fn ws_switches_share_the_per_session_switch_limit() {
     assert_eq!(e["code"], "RATE_LIMITED");
     assert_eq!(e["request_id"], "third");
 }
+
+// --- Time controls of real events (contract section 8) ---
+
+/// A time warning reaches subscribers with nobody pressing: its own
+/// version's `STATE_UPDATE`, then an `EVENT` `time_warning`; then the
+/// expiry. Values and order only, no timings.
+#[tokio::test]
+async fn a_time_warning_arrives_as_an_event_with_nobody_pressing() {
+    let app = spawn_ws().await;
+    let mut cfg = chess(2_500, 0);
+    cfg["warnings_ms"] = json!([2000]);
+    let id = app.create(cfg).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut ws, snapshot) = subscribe(&app, &id).await;
+    assert_eq!(snapshot["warnings_ms"], json!([2000]));
+    assert_eq!(app.command(&id, "start", None).await.0, 200);
+    let started = next_update(&mut ws).await;
+    assert_eq!(started["state"]["version"], 2);
+    let started_at = started["state"]["cycle_started_at_ms"].as_i64().unwrap();
+
+    // The warning takes its own version.
+    let update = next_update(&mut ws).await;
+    assert_eq!(update["state"]["version"], 3, "{update}");
+    assert_eq!(update["state"]["status"], "running");
+    let event = next_json(&mut ws).await;
+    assert_eq!(event["type"], "EVENT", "{event}");
+    assert_eq!(event["sessionId"], id.as_str());
+    let e = &event["event"];
+    assert_eq!(e["event_type"], "time_warning", "{event}");
+    assert_eq!(e["version"], 3);
+    assert_eq!(e["participant_id"], "white");
+    assert_eq!(e["time_remaining_ms"], 2000);
+    assert_eq!(e["at_ms"], started_at + 500);
+    assert_eq!(e["metadata"]["threshold_ms"], 2000);
+
+    // Then the clock runs out: STATE_UPDATE, then its EVENT.
+    let update = next_update(&mut ws).await;
+    assert_eq!(update["state"]["status"], "expired", "{update}");
+    let event = next_json(&mut ws).await;
+    assert_eq!(event["type"], "EVENT");
+    assert_eq!(event["event"]["at_ms"], started_at + 2_500);
+
+    // The warning is in the history (the audit trail) too.
+    let history = eventually(WAIT, || async {
+        let (status, body) = app
+            .call("GET", &format!("/v1/sessions/{id}/events"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let list = body["data"].as_array().unwrap().clone();
+        list.iter()
+            .any(|e| {
+                e["event_type"] == "participant_expired" || e["event_type"] == "session_expired"
+            })
+            .then_some(list)
+    })
+    .await
+    .expect("the expiry in the history");
+    let warnings: Vec<&Value> = history
+        .iter()
+        .filter(|e| e["event_type"] == "time_warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{history:?}");
+    assert_eq!(warnings[0]["at_ms"], started_at + 500);
+}
+
+/// `ADD_TIME` over the WebSocket has the rights of REST's `add_time`: a
+/// player's is refused with FORBIDDEN, the owner's commits a version that
+/// every subscriber gets as `STATE_UPDATE` then `EVENT` `time_added`. A
+/// `SWITCH` with a bad `lag_ms` is an `ERROR` naming it.
+#[tokio::test]
+async fn add_time_and_lag_ms_over_the_websocket() {
+    let app = spawn_with(crate::common::secured_settings()).await;
+    let host = crate::common::token("host", "arbiter", None, None);
+    let (status, body) = app
+        .call_as(Some(&host), "POST", "/v1/sessions", Some(chess(60_000, 0)))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["data"]["session_id"].as_str().unwrap().to_owned();
+    let player = crate::common::token("player", "p1", Some(&id), Some("white"));
+    let socket = |token: String| {
+        let path = format!("/ws?sessionId={id}&token={token}");
+        let app = &app;
+        async move {
+            let mut ws = connect(app, &path).await;
+            assert_eq!(next_json(&mut ws).await["type"], "CONNECTED");
+            assert_eq!(next_json(&mut ws).await["type"], "STATE_SYNC");
+            ws
+        }
+    };
+    let mut owner = socket(host.clone()).await;
+    let mut white = socket(player).await;
+
+    send(
+        &mut white,
+        json!({"type": "ADD_TIME", "participant_id": "white", "ms": 60000, "request_id": "a1"}),
+    )
+    .await;
+    let e = next_json(&mut white).await;
+    assert_eq!(e["type"], "ERROR", "{e}");
+    assert_eq!(e["code"], "FORBIDDEN");
+    assert_eq!(e["request_id"], "a1");
+
+    send(
+        &mut owner,
+        json!({"type": "ADD_TIME", "participant_id": "black", "ms": 0, "request_id": "a2"}),
+    )
+    .await;
+    let e = next_json(&mut owner).await;
+    assert_eq!(
+        (e["code"].as_str(), e["request_id"].as_str()),
+        (Some("VALIDATION_ERROR"), Some("a2"))
+    );
+    assert_eq!(e["details"][0]["field"], "ms", "{e}");
+
+    send(
+        &mut owner,
+        json!({"type": "ADD_TIME", "participant_id": "black", "ms": 30000, "reason": "noise"}),
+    )
+    .await;
+    for ws in [&mut owner, &mut white] {
+        let update = next_update(ws).await;
+        assert_eq!(update["state"]["version"], 2);
+        assert_eq!(update["state"]["participants"][1]["total_time_ms"], 90_000);
+        let event = next_json(ws).await;
+        assert_eq!(event["type"], "EVENT", "{event}");
+        assert_eq!(event["event"]["event_type"], "time_added");
+        assert_eq!(event["event"]["participant_id"], "black");
+        assert_eq!(
+            event["event"]["metadata"],
+            json!({"ms": 30000, "reason": "noise"})
+        );
+    }
+
+    let (status, _) = app
+        .call_as(
+            Some(&host),
+            "POST",
+            &format!("/v1/sessions/{id}/start"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_update(&mut white).await["state"]["version"], 3);
+    send(
+        &mut white,
+        json!({"type": "SWITCH", "lag_ms": 10001, "request_id": "s1"}),
+    )
+    .await;
+    let e = next_json(&mut white).await;
+    assert_eq!(e["code"], "VALIDATION_ERROR", "{e}");
+    assert_eq!(e["details"][0]["field"], "lag_ms");
+    send(&mut white, json!({"type": "SWITCH", "lag_ms": 50})).await;
+    let update = next_update(&mut white).await;
+    assert_eq!(update["state"]["version"], 4);
+    assert_eq!(update["state"]["active_participant_id"], "black");
+}
