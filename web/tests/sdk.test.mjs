@@ -991,3 +991,246 @@ describe('KairosClient', () => {
     assert.equal(client.getSnapshot().connection, 'closed');
   });
 });
+
+// ---------------------------------------------------------------------------
+// Time controls of real events (docs/protocol.md): stages, delay, warnings,
+// added time, lag compensation.
+
+/** A view with a delay on white's turn (R = 10 s, d = 5 s at server_time_ms), as the server sends it. */
+function delayView(mode, overrides = {}) {
+  const base = chessView(7, { increment_ms: 0, delay_ms: 5000, delay_mode: mode, stages: [] });
+  base.participants = base.participants.map((p) => ({
+    ...p,
+    time_remaining_ms: p.is_active ? 10_000 : 20_000,
+    stage_index: 0,
+    moves_to_next_stage: null,
+    delay_remaining_ms: p.is_active ? 5000 : null,
+    lag_quota_ms: null,
+  }));
+  return { ...base, ...overrides };
+}
+
+describe('computeDisplay with time controls', () => {
+  const t0 = 1_000_000;
+
+  it('simple delay: a separate delay countdown, the main clock held at R until it is used up', () => {
+    const v = delayView('simple');
+    const at = (dt) => computeDisplay(v, t0 + dt).byId.white;
+    assert.deepEqual(
+      [0, 3000, 5000, 8000, 15_000, 20_000].map((dt) => [at(dt).delay_remaining_ms, at(dt).time_remaining_ms]),
+      [
+        [5000, 10_000],
+        [2000, 10_000],
+        [0, 10_000],
+        [0, 7000],
+        [0, 0],
+        [0, 0],
+      ],
+    );
+    assert.equal(at(3000).in_delay, true);
+    assert.equal(at(8000).in_delay, false);
+    assert.equal(at(3000).delay_mode, 'simple');
+    assert.equal(at(8000).time_used_ms, 15_000 + 3000, 'used grows only once the delay is over');
+    // Running until the deadline (turn start + d + R), stopped after it.
+    assert.equal(computeDisplay(v, t0 + 14_999).ticking, true);
+    assert.equal(computeDisplay(v, t0 + 15_000).ticking, false);
+    const d = computeDisplay(v, t0 + 3000);
+    assert.equal(d.delay_mode, 'simple');
+    assert.equal(d.delay_remaining_ms, 2000);
+    // The waiting clock keeps its null delay and its time.
+    assert.equal(d.byId.black.delay_remaining_ms, null);
+    assert.equal(d.byId.black.time_remaining_ms, 20_000);
+  });
+
+  it('simple delay: a view taken mid-delay continues from its delay_remaining_ms', () => {
+    const v = delayView('simple');
+    v.participants[0].delay_remaining_ms = 2385;
+    const d = computeDisplay(v, t0 + 3000).byId.white;
+    assert.equal(d.delay_remaining_ms, 0);
+    assert.equal(d.time_remaining_ms, 10_000 - 615);
+  });
+
+  it('bronstein: the clock runs as usual; the delay is what the move can still get back', () => {
+    const v = delayView('bronstein');
+    const at = (dt) => computeDisplay(v, t0 + dt).byId.white;
+    assert.deepEqual(
+      [0, 3000, 8000, 10_000, 12_000].map((dt) => [at(dt).delay_remaining_ms, at(dt).time_remaining_ms]),
+      [
+        [5000, 10_000],
+        [2000, 7000],
+        [0, 2000],
+        [0, 0],
+        [0, 0],
+      ],
+    );
+    assert.equal(at(3000).in_delay, false, 'bronstein never holds the clock');
+    assert.equal(computeDisplay(v, t0 + 10_000).ticking, false, 'the deadline is turn start + R');
+  });
+
+  it('holds a paused delay as it is', () => {
+    const v = delayView('simple', { status: 'paused' });
+    const d = computeDisplay(v, t0 + 3000).byId.white;
+    assert.equal(d.delay_remaining_ms, 5000);
+    assert.equal(d.time_remaining_ms, 10_000);
+    assert.equal(d.in_delay, false);
+  });
+
+  it('stages: exposes stage_index, moves_to_next_stage and the delay mode of the clock\'s stage', () => {
+    const v = chessView(9, {
+      increment_ms: 0,
+      stages: [
+        { moves: 40, add_ms: 0, increment_ms: 30_000, delay_ms: 0, delay_mode: 'none' },
+        { moves: null, add_ms: 1_800_000, increment_ms: 30_000, delay_ms: 5000, delay_mode: 'simple' },
+      ],
+      lag_compensation: { enabled: true },
+    });
+    v.participants[0] = { ...v.participants[0], stage_index: 0, moves_to_next_stage: 35, delay_remaining_ms: null, lag_quota_ms: 3000 };
+    v.participants[1] = { ...v.participants[1], stage_index: 1, moves_to_next_stage: null, delay_remaining_ms: null, lag_quota_ms: 2500 };
+    const d = computeDisplay(v, t0 + 1000);
+    assert.deepEqual(
+      d.participants.map((p) => [p.stage_index, p.moves_to_next_stage, p.delay_mode, p.lag_quota_ms]),
+      [
+        [0, 35, 'none', 3000],
+        [1, null, 'simple', 2500],
+      ],
+    );
+    assert.equal(d.byId.white.time_remaining_ms, 287_000 - 1000);
+    assert.equal(d.lag_compensation, true);
+    assert.equal(d.delay_remaining_ms, null);
+    // Views of the previous release (no such fields) read as stage 0, no delay.
+    const old = computeDisplay(chessView(3), t0).byId.white;
+    assert.deepEqual([old.stage_index, old.moves_to_next_stage, old.delay_remaining_ms, old.delay_mode, old.lag_quota_ms], [0, null, null, 'none', null]);
+  });
+
+  it('per_group: the active group\'s simple delay holds the group and its members', () => {
+    const v = {
+      session_id: SID,
+      sync_mode: 'per_group',
+      status: 'running',
+      version: 4,
+      server_time_ms: t0,
+      active_participant_id: 'a1',
+      active_group_id: 'A',
+      delay_ms: 2000,
+      delay_mode: 'simple',
+      stages: [],
+      groups: [
+        { group_id: 'A', group_index: 0, total_time_ms: 60_000, time_used_ms: 0, time_remaining_ms: 60_000, is_active: true, has_expired: false, stage_index: 0, moves_to_next_stage: null, delay_remaining_ms: 2000 },
+        { group_id: 'B', group_index: 1, total_time_ms: 60_000, time_used_ms: 0, time_remaining_ms: 60_000, is_active: false, has_expired: false, stage_index: 0, moves_to_next_stage: null, delay_remaining_ms: null },
+      ],
+      participants: [
+        { participant_id: 'a1', participant_index: 0, group_id: 'A', total_time_ms: 60_000, time_used_ms: 0, time_remaining_ms: 60_000, cycle_count: 0, is_active: true, has_expired: false },
+        { participant_id: 'b1', participant_index: 1, group_id: 'B', total_time_ms: 60_000, time_used_ms: 0, time_remaining_ms: 60_000, cycle_count: 0, is_active: false, has_expired: false },
+      ],
+    };
+    const d = computeDisplay(v, t0 + 5000);
+    assert.deepEqual(
+      d.groups.map((g) => [g.delay_remaining_ms, g.time_remaining_ms]),
+      [
+        [0, 57_000],
+        [null, 60_000],
+      ],
+    );
+    assert.equal(d.byId.a1.time_remaining_ms, 57_000);
+    assert.equal(d.delay_remaining_ms, 0);
+    assert.equal(computeDisplay(v, t0 + 1500).groups[0].in_delay, true);
+  });
+});
+
+describe('KairosClient time controls', () => {
+  /** Answers the pending pings with legs of `leg` ms each. */
+  function answerPings(ws, time, leg) {
+    for (const ping of ws().take('PING')) {
+      time.advance(leg);
+      const server = time.now;
+      time.advance(leg);
+      ws().deliver({ type: 'PONG', timestamp: server, client_time_ms: ping.client_time_ms });
+    }
+  }
+
+  it('sends lag_ms = half the measured round trip on switch only with lag compensation on', () => {
+    const { client, time, ws, handshake } = connectedClient();
+    handshake(chessView(3, { lag_compensation: { enabled: true } }));
+    assert.equal(client.lagMs(), undefined, 'nothing measured yet: no lag_ms');
+    answerPings(ws, time, 37); // round trip 74 ms
+    client.switch({ expectedVersion: 3 }).catch(() => {});
+    const [cmd] = ws().take('SWITCH');
+    assert.equal(cmd.lag_ms, 37);
+    assert.equal(client.lagMs(12.6), 13, 'an explicit value is rounded');
+    assert.equal(client.lagMs(25_000), 10_000, 'and clamped to 10000');
+    assert.equal(client.lagMs(-5), 0);
+    client.close();
+  });
+
+  it('rounds half round trips and clamps long ones to 10000', () => {
+    const { client, time, ws, handshake } = connectedClient();
+    handshake(chessView(3, { lag_compensation: { enabled: true } }));
+    answerPings(ws, time, 12.75); // round trip 25.5 ms
+    assert.equal(client.lagMs(), 13);
+    time.advance(200);
+    answerPings(ws, time, 15_000); // round trip 30 s
+    assert.equal(client.lagMs(), 10_000);
+    client.close();
+  });
+
+  it('sends no lag_ms when the session has lag compensation off or does not say', () => {
+    for (const extra of [{ lag_compensation: { enabled: false } }, {}]) {
+      const { client, time, ws, handshake } = connectedClient();
+      handshake(chessView(3, extra));
+      answerPings(ws, time, 20);
+      client.switch({ expectedVersion: 3 }).catch(() => {});
+      const [cmd] = ws().take('SWITCH');
+      assert.equal('lag_ms' in cmd, false);
+      assert.equal(client.lagMs(50), undefined);
+      client.close();
+    }
+  });
+
+  it('addTime sends ADD_TIME for a participant or a group and resolves on its update', async () => {
+    const { client, ws, handshake, flush } = connectedClient();
+    handshake(chessView(3));
+    flush();
+    const done = client.addTime('black', 120_000, 'arbiter');
+    const [cmd, barrier] = ws().take();
+    assert.deepEqual(
+      { ...cmd, request_id: typeof cmd.request_id },
+      { type: 'ADD_TIME', request_id: 'string', participant_id: 'black', ms: 120_000, reason: 'arbiter' },
+    );
+    ws().deliver({ type: 'STATE_UPDATE', state: chessView(4) });
+    ws().deliver({ type: 'PONG', timestamp: 1, client_time_ms: barrier.client_time_ms });
+    assert.equal((await done).version, 4);
+    client.addTime({ groupId: 'A' }, 60_000, undefined, { expectedVersion: 4 }).catch(() => {});
+    const [g] = ws().take('ADD_TIME');
+    assert.deepEqual(
+      { ...g, request_id: typeof g.request_id },
+      { type: 'ADD_TIME', request_id: 'string', group_id: 'A', ms: 60_000, expected_version: 4 },
+    );
+    client.close();
+  });
+
+  it('raises warning for time_warning EVENTs, and not for other events', () => {
+    const seen = [];
+    const { client, ws, handshake } = connectedClient({ onWarning: (e) => seen.push(['opt', e.participant_id, e.time_remaining_ms]) });
+    const all = [];
+    const added = [];
+    const stop = client.on('warning', (e) => seen.push(['on', e.participant_id, e.time_remaining_ms]));
+    client.on('event', (e) => all.push(e.event_type));
+    client.on('time_added', (e) => added.push(e.metadata.ms));
+    handshake();
+    const warning = { event_type: 'time_warning', participant_id: 'white', time_remaining_ms: 10_000, at_ms: 1_000_500, metadata: { threshold_ms: 10_000 } };
+    ws().deliver({ type: 'EVENT', sessionId: SID, timestamp: 1, event: warning });
+    ws().deliver({ type: 'EVENT', sessionId: SID, timestamp: 2, event: { event_type: 'time_added', participant_id: 'black', metadata: { ms: 120_000, reason: 'arbiter' } } });
+    ws().deliver({ type: 'EVENT', sessionId: SID, timestamp: 3, event: { event_type: 'participant_expired', participant_id: 'white' } });
+    assert.deepEqual(seen, [
+      ['opt', 'white', 10_000],
+      ['on', 'white', 10_000],
+    ]);
+    assert.deepEqual(all, ['time_warning', 'time_added', 'participant_expired']);
+    assert.deepEqual(added, [120_000]);
+    assert.equal(client.getSnapshot().lastEvent.event_type, 'participant_expired');
+    stop();
+    ws().deliver({ type: 'EVENT', sessionId: SID, timestamp: 4, event: { ...warning, time_remaining_ms: 5000 } });
+    assert.equal(seen.length, 3, 'the unsubscribed listener is not called again');
+    client.close();
+  });
+});

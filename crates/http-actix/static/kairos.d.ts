@@ -20,6 +20,14 @@ export interface ParticipantView {
   cycle_count: number;
   is_active: boolean;
   has_expired: boolean;
+  /** **(ext)** 0-based stage of this clock (0 without stages); absent from views of older servers. */
+  stage_index?: number;
+  /** **(ext)** Moves left until the next stage; null in the last stage and without stages. */
+  moves_to_next_stage?: number | null;
+  /** **(ext)** What is left of the running turn's delay (active clock only), else null. */
+  delay_remaining_ms?: number | null;
+  /** **(ext)** The lag quota (null with lag compensation off). */
+  lag_quota_ms?: number | null;
 }
 
 /** One group of a session view. */
@@ -31,6 +39,22 @@ export interface GroupView {
   time_remaining_ms: number;
   is_active: boolean;
   has_expired: boolean;
+  /** **(ext)** As on {@link ParticipantView}. */
+  stage_index?: number;
+  moves_to_next_stage?: number | null;
+  delay_remaining_ms?: number | null;
+}
+
+export type DelayMode = 'none' | 'simple' | 'bronstein';
+
+/** **(ext)** One stage of a time control, as echoed in the view. */
+export interface StageView {
+  /** Moves in this stage; null on the last. */
+  moves: number | null;
+  add_ms: number;
+  increment_ms: number;
+  delay_ms: number;
+  delay_mode: DelayMode;
 }
 
 /**
@@ -71,6 +95,22 @@ export interface SessionView {
   action_on_timeout: { type: 'end_session' | 'skip_cycle' | 'auto_action'; action?: string; [extra: string]: unknown };
   auto_advance: boolean;
   expired_participant_id?: string;
+  /** **(ext)** The time control echoed: `[]` without stages. Absent from views of older servers. */
+  stages?: StageView[];
+  /** **(ext)** Session-level delay (without stages). */
+  delay_ms?: number;
+  delay_mode?: DelayMode;
+  lag_compensation?: { enabled: boolean };
+  /** **(ext)** Warning thresholds, descending. */
+  warnings_ms?: number[];
+  /** **(ext)** The scheduled start, or null. */
+  start_at_ms?: number | null;
+}
+
+/** **(ext)** A `time_warning` event: the running clock reached `time_remaining_ms` (a threshold of `warnings_ms`) at `at_ms`. */
+export interface TimeWarningEvent extends SessionEvent {
+  event_type: 'time_warning';
+  time_remaining_ms: number;
 }
 
 /** An audit event (`EVENT` messages, docs/protocol.md, "Events"). */
@@ -92,11 +132,25 @@ export interface SessionEvent {
 export interface DisplayedParticipant extends ParticipantView {
   /** Whether this participant's clock is moving at that instant. */
   running: boolean;
+  stage_index: number;
+  moves_to_next_stage: number | null;
+  /** The delay left at that instant (active clock with a delay), else the view's value (null). */
+  delay_remaining_ms: number | null;
+  /** The delay mode of this clock's stage. */
+  delay_mode: DelayMode;
+  /** A `simple` delay is running: the main clock holds while `delay_remaining_ms` runs down. */
+  in_delay: boolean;
+  lag_quota_ms: number | null;
 }
 
 /** A group as displayed at some server instant. */
 export interface DisplayedGroup extends GroupView {
   running: boolean;
+  stage_index: number;
+  moves_to_next_stage: number | null;
+  delay_remaining_ms: number | null;
+  delay_mode: DelayMode;
+  in_delay: boolean;
 }
 
 /** Every clock of a session at one server instant ({@link computeDisplay}). */
@@ -121,6 +175,12 @@ export interface Display {
   elapsed_ms: number;
   /** The view's `max_time_ms`, or null when it has none. */
   max_time_ms: number | null;
+  /** The running clock's delay mode (`none` when it has no delay). */
+  delay_mode: DelayMode;
+  /** The running clock's delay left at that instant, or null. */
+  delay_remaining_ms: number | null;
+  /** Whether the session has lag compensation on. */
+  lag_compensation: boolean;
 }
 
 export declare class KairosError extends Error {
@@ -245,6 +305,8 @@ export interface KairosClientOptions {
   setTimeout?: (fn: () => void, ms: number) => unknown;
   clearTimeout?: (handle: unknown) => void;
   random?: () => number;
+  /** **(ext)** Called for every `time_warning` event (same as `on('warning', ...)`). */
+  onWarning?: (event: TimeWarningEvent) => void;
 }
 
 export declare class KairosClient {
@@ -282,7 +344,23 @@ export declare class KairosClient {
   setToken(token: string): void;
 
   /** Over the socket; resolve with the view showing the command's effect, reject with the server's ERROR. */
-  switch(options?: { nextParticipantId?: string; expectedVersion?: number }): Promise<SessionView>;
+  /**
+   * With `lag_compensation.enabled`, carries `lag_ms`: `lagMs`, else half the
+   * latest measured round trip (rounded, clamped to 0..=10000).
+   */
+  switch(options?: { nextParticipantId?: string; expectedVersion?: number; lagMs?: number }): Promise<SessionView>;
+  /** The `lag_ms` a switch would send now (undefined without lag compensation or a measurement). */
+  lagMs(explicit?: number): number | undefined;
+  /** **(ext)** `ADD_TIME` (owner or admin): `ms` (1..=3600000) more on a participant's or group's bank. */
+  addTime(
+    target: string | { participantId: string } | { groupId: string },
+    ms: number,
+    reason?: string,
+    options?: { expectedVersion?: number },
+  ): Promise<SessionView>;
+  /** **(ext)** Server `EVENT`s: `warning` (time_warning), `time_added`, or `event` (all). Returns the unsubscribe function. */
+  on(name: 'warning', listener: (event: TimeWarningEvent) => void): () => void;
+  on(name: 'time_added' | 'event', listener: (event: SessionEvent) => void): () => void;
   pause(options?: { expectedVersion?: number }): Promise<SessionView>;
   resume(options?: { expectedVersion?: number }): Promise<SessionView>;
   /** Over REST (the socket has no START / COMPLETE). */
@@ -295,6 +373,9 @@ export declare function computeDisplay(state: SessionView, serverNow: number): D
 export declare function computeDisplay(state: SessionView | null, serverNow: number): Display | null;
 
 /** `H:MM:SS`, `M:SS`, or `M:SS.t` below `tenthsBelowMs` (default 10000). Rounds down. */
+/** **(ext)** The delay mode of a clock at `stageIndex`: its stage's, else the session's. */
+export declare function delayModeOf(state: SessionView | null, stageIndex?: number): DelayMode;
+
 export declare function formatMs(ms: number, options?: { tenthsBelowMs?: number }): string;
 
 /** A monotonic ms-since-epoch clock: the wall clock read once, advanced by performance.now(). */

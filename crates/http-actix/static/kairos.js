@@ -163,16 +163,16 @@ function clamp0(v) {
  * can run out. Past that instant the server applies the timeout as of the
  * deadline, so nothing moves any further until the next view arrives.
  */
-function runningBudget(state) {
+function runningBudget(state, hold = 0) {
   const mode = state.sync_mode;
   const participants = state.participants || [];
   if (mode === 'per_participant' || mode === 'per_cycle') {
     const active = participants.find((p) => p.is_active);
-    return active ? clamp0(num(active.time_remaining_ms) ?? 0) : Infinity;
+    return active ? hold + clamp0(num(active.time_remaining_ms) ?? 0) : Infinity;
   }
   if (mode === 'per_group') {
     const group = (state.groups || []).find((g) => g.is_active);
-    return group ? clamp0(num(group.time_remaining_ms) ?? 0) : Infinity;
+    return group ? hold + clamp0(num(group.time_remaining_ms) ?? 0) : Infinity;
   }
   if (mode === 'global') {
     const left = num(state.time_remaining_ms);
@@ -186,6 +186,35 @@ function runningBudget(state) {
 }
 
 /**
+ * The delay mode (`none`, `simple`, `bronstein`) that applies to a clock at
+ * `stageIndex`: that stage's when the session has `stages`, else the
+ * session-level `delay_mode`.
+ */
+export function delayModeOf(state, stageIndex) {
+  if (!state) return 'none';
+  const stages = Array.isArray(state.stages) ? state.stages : [];
+  if (stages.length > 0) {
+    const i = Math.min(Math.max(0, num(stageIndex) ?? 0), stages.length - 1);
+    return (stages[i] && stages[i].delay_mode) || 'none';
+  }
+  return state.delay_mode || 'none';
+}
+
+/** The running clock's entry (participant or group) and its delay, as of the view. */
+function activeDelay(state) {
+  const mode = state.sync_mode;
+  let clock = null;
+  if (mode === 'per_participant' || mode === 'per_cycle') {
+    clock = (state.participants || []).find((p) => p.is_active) || null;
+  } else if (mode === 'per_group') {
+    clock = (state.groups || []).find((g) => g.is_active) || null;
+  }
+  const left = clock ? num(clock.delay_remaining_ms) : null;
+  if (left === null) return { mode: 'none', left: null };
+  return { mode: delayModeOf(state, clock.stage_index), left: clamp0(left) };
+}
+
+/**
  * Every clock of `state` (a session view) as of `serverNow` (server ms).
  *
  * Only the running clock moves, by `serverNow - state.server_time_ms`, and
@@ -194,6 +223,16 @@ function runningBudget(state) {
  * countdown and everyone on it (global), the stopwatch (count_up: `elapsed_ms`
  * grows, the time left to `max_time_ms` shrinks). Nothing goes below 0 or
  * past the deadline; an instant before `server_time_ms` shows the view as is.
+ * Delay (docs/protocol.md, time controls): the running clock's
+ * `delay_remaining_ms` D runs down by the same elapsed time. In `simple`
+ * mode the main clock holds at its value until D is used up, then runs (the
+ * deadline is D + R after `server_time_ms`); in `bronstein` mode it runs as
+ * usual and D is what the move can still get back. `delay_remaining_ms` is
+ * null for clocks without a delay; `delay_mode` says which mode applies,
+ * and `in_delay` whether a simple delay holds the clock at that instant.
+ * Each clock also carries `stage_index` (0 when absent), `moves_to_next_stage`
+ * and `lag_quota_ms` (null when absent), so views of older servers read as
+ * stage 0 without delay.
  * A pure function: the same inputs give the same numbers on every screen.
  */
 export function computeDisplay(state, serverNow) {
@@ -201,8 +240,14 @@ export function computeDisplay(state, serverNow) {
   const running = state.status === 'running';
   const at = num(state.server_time_ms) ?? serverNow;
   const raw = running && Number.isFinite(serverNow) ? clamp0(serverNow - at) : 0;
-  const budget = runningBudget(state);
-  const dt = Math.min(raw, budget);
+  const delay = activeDelay(state);
+  // Simple delay: the main clock does not run for the first `hold` ms.
+  const hold = delay.mode === 'simple' ? delay.left : 0;
+  const budget = runningBudget(state, hold);
+  const elapsed = Math.min(raw, budget);
+  // What the main clock has run (elapsed minus the simple delay's hold).
+  const dt = clamp0(elapsed - hold);
+  const delayLeft = delay.left === null ? null : clamp0(delay.left - elapsed);
   // Whether the running clock still moves at this instant (not yet at its deadline).
   const ticking = running && raw < budget;
   const mode = state.sync_mode;
@@ -229,22 +274,37 @@ export function computeDisplay(state, serverNow) {
     }
     const remaining = num(p.time_remaining_ms) ?? 0;
     const used = num(p.time_used_ms) ?? 0;
+    const ownDelay = num(p.delay_remaining_ms);
+    const delayHere = ownDelay !== null && ticks && delayLeft !== null && mode !== 'per_group';
     return {
       ...p,
       time_remaining_ms: clamp0(ticks ? remaining - dt : remaining),
       time_used_ms: p.is_active ? used + dt : used,
       running: ticking && ticks,
+      stage_index: num(p.stage_index) ?? 0,
+      moves_to_next_stage: num(p.moves_to_next_stage),
+      delay_remaining_ms: delayHere ? delayLeft : ownDelay,
+      delay_mode: delayModeOf(state, p.stage_index),
+      in_delay: delayHere && hold > 0 && ticking && delayLeft > 0,
+      lag_quota_ms: num(p.lag_quota_ms),
     };
   });
 
   const groups = (state.groups || []).map((g) => {
     const remaining = num(g.time_remaining_ms) ?? 0;
     const used = num(g.time_used_ms) ?? 0;
+    const ownDelay = num(g.delay_remaining_ms);
+    const delayHere = ownDelay !== null && !!g.is_active && delayLeft !== null && mode === 'per_group';
     return {
       ...g,
       time_remaining_ms: clamp0(g.is_active ? remaining - dt : remaining),
       time_used_ms: g.is_active ? used + dt : used,
       running: ticking && !!g.is_active,
+      stage_index: num(g.stage_index) ?? 0,
+      moves_to_next_stage: num(g.moves_to_next_stage),
+      delay_remaining_ms: delayHere ? delayLeft : ownDelay,
+      delay_mode: delayModeOf(state, g.stage_index),
+      in_delay: delayHere && hold > 0 && ticking && delayLeft > 0,
     };
   });
 
@@ -267,6 +327,9 @@ export function computeDisplay(state, serverNow) {
     time_remaining_ms: globalLeft === null ? null : clamp0(globalLeft - dt),
     elapsed_ms: (num(state.elapsed_ms) ?? 0) + dt,
     max_time_ms: num(state.max_time_ms),
+    delay_mode: delay.mode,
+    delay_remaining_ms: delayLeft,
+    lag_compensation: !!(state.lag_compensation && state.lag_compensation.enabled),
   };
 }
 
@@ -308,6 +371,9 @@ const DEFAULTS = {
   commandTimeoutMs: 10_000,
   backoff: { initialMs: 500, maxMs: 15_000, factor: 2, jitter: 0.5 },
 };
+
+/** The largest `lag_ms` a switch may carry (docs/protocol.md, lag compensation). */
+const MAX_LAG_MS = 10_000;
 
 /** Close codes after which reconnecting cannot help. */
 const FATAL_CLOSES = {
@@ -366,6 +432,8 @@ export class KairosClient {
     this.estimator = new OffsetEstimator({ window: options.offsetWindow ?? DEFAULTS.offsetWindow });
 
     this._listeners = new Set();
+    this._eventListeners = new Map(); // 'warning' | 'time_added' | 'event' -> Set of listeners
+    if (typeof options.onWarning === 'function') this.on('warning', options.onWarning);
     this._ws = null;
     this._stopped = true;
     this._attempt = 0;
@@ -762,7 +830,7 @@ export class KairosClient {
         this._onPong(msg, received);
         break;
       case 'EVENT':
-        this._update({ lastEvent: msg.event ?? null });
+        this._onEvent(msg.event ?? null);
         break;
       case 'ERROR':
         this._onError(msg);
@@ -812,9 +880,88 @@ export class KairosClient {
 
   // -- commands ------------------------------------------------------------------
 
-  /** Ends the active participant's turn; resolves with the view that shows it. */
-  switch({ nextParticipantId, expectedVersion } = {}) {
-    return this._command('SWITCH', { next_participant_id: nextParticipantId, expected_version: expectedVersion });
+  /**
+   * Ends the active participant's turn; resolves with the view that shows it.
+   * When the session has `lag_compensation.enabled`, the switch carries
+   * `lag_ms`: `lagMs` if given, else half the latest measured round trip
+   * (rounded, clamped to 0..=10000); nothing before the first PONG.
+   */
+  switch({ nextParticipantId, expectedVersion, lagMs } = {}) {
+    return this._command('SWITCH', {
+      next_participant_id: nextParticipantId,
+      expected_version: expectedVersion,
+      lag_ms: this.lagMs(lagMs),
+    });
+  }
+
+  /**
+   * The `lag_ms` a switch sends now: undefined when the session has no lag
+   * compensation (or nothing was measured), else `explicit` or half the
+   * latest round trip, rounded and clamped to 0..=10000.
+   */
+  lagMs(explicit) {
+    const state = this._snapshot.state;
+    if (!state || !state.lag_compensation || state.lag_compensation.enabled !== true) return undefined;
+    const rtt = this.estimator.lastRtt ?? this.estimator.rtt;
+    const raw = Number.isFinite(explicit) ? explicit : rtt === null ? null : rtt / 2;
+    if (raw === null) return undefined;
+    return Math.min(MAX_LAG_MS, Math.max(0, Math.round(raw)));
+  }
+
+  /**
+   * The arbiter's added time (`ADD_TIME`, owner or admin): `ms` (1..=3600000)
+   * more on the bank of a participant or, with `{ groupId }`, a group.
+   * `target` is a participant id, or `{ participantId }` / `{ groupId }`.
+   */
+  addTime(target, ms, reason, { expectedVersion } = {}) {
+    const t = typeof target === 'string' ? { participantId: target } : target || {};
+    return this._command('ADD_TIME', {
+      participant_id: t.participantId,
+      group_id: t.groupId,
+      ms,
+      reason,
+      expected_version: expectedVersion,
+    });
+  }
+
+  /**
+   * Calls `listener(event)` for every server `EVENT` of kind `name`:
+   * `warning` (the `time_warning` events: `participant_id` or `group_id`,
+   * `time_remaining_ms` = the threshold, `at_ms`), `time_added`, or `event`
+   * (all of them). Returns the unsubscribe function.
+   */
+  on(name, listener) {
+    let set = this._eventListeners.get(name);
+    if (!set) {
+      set = new Set();
+      this._eventListeners.set(name, set);
+    }
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+    };
+  }
+
+  _emit(name, event) {
+    const set = this._eventListeners.get(name);
+    if (!set) return;
+    for (const listener of [...set]) {
+      try {
+        listener(event);
+      } catch (err) {
+        setTimeout(() => {
+          throw err;
+        });
+      }
+    }
+  }
+
+  _onEvent(event) {
+    this._update({ lastEvent: event });
+    if (!event || typeof event !== 'object') return;
+    this._emit('event', event);
+    if (event.event_type === 'time_warning') this._emit('warning', event);
+    else if (event.event_type === 'time_added') this._emit('time_added', event);
   }
 
   /** Pauses the session. */
