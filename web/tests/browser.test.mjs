@@ -369,6 +369,144 @@ describe('demo page in Chromium', { timeout: 180_000 }, () => {
     await context.close();
   });
 
+  it('a staged game: the FIDE preset from the form, then the stage and the moves to the next one', { timeout: TEST_TIMEOUT }, async () => {
+    const page = await openPage(null);
+    await page.waitForSelector('#create-form');
+    await page.selectOption('select[name=preset]', 'fide');
+    assert.equal(await page.isHidden('input[name=increment]'), true, 'a preset hides the custom fields');
+    await page.click('button[type=submit]');
+    await page.waitForURL(/\?session=[0-9a-f-]{36}$/);
+    await ready(page, 1);
+    const id = new URL(page.url()).searchParams.get('session');
+    const view = await api('GET', `/v1/sessions/${id}`);
+    assert.deepEqual(
+      view.stages.map((st) => [st.moves, st.add_ms, st.increment_ms]),
+      [
+        [40, 0, 30_000],
+        [null, 1_800_000, 30_000],
+      ],
+    );
+    assert.equal(view.lag_compensation.enabled, true);
+    let s = await sample(page);
+    assert.deepEqual(s.texts, { p1: '1:30:00', p2: '1:30:00' });
+    assert.deepEqual(s.stages.p1, { index: 0, movesToNext: 40 });
+    assert.match(s.subs.p1, /stage 1\/2, 40 to go · \+30 s a move/);
+    await page.context().close();
+
+    // A short staged game over REST: 2 moves, then 1 minute more.
+    const short = await api('POST', '/v1/sessions', {
+      sync_mode: 'per_participant',
+      participants: [
+        { participant_id: 'p1', total_time_ms: 300_000 },
+        { participant_id: 'p2', total_time_ms: 300_000 },
+      ],
+      stages: [{ moves: 2, increment_ms: 1000 }, { add_ms: 60_000, increment_ms: 1000 }],
+    });
+    const sid = short.session_id;
+    await api('POST', `/v1/sessions/${sid}/start`);
+    await api('POST', `/v1/sessions/${sid}/switch`); // p1's first move
+    const staged = await openPage(sid);
+    await ready(staged);
+    await waitFor('p1 one move from the next stage', async () => (await sample(staged)).stages.p1?.movesToNext === 1);
+    s = await sample(staged);
+    assert.deepEqual(s.stages.p2, { index: 0, movesToNext: 2 });
+    await api('POST', `/v1/sessions/${sid}/switch`); // p2's first
+    await api('POST', `/v1/sessions/${sid}/switch`); // p1's second: stage 2, +1 min
+    const after = await api('GET', `/v1/sessions/${sid}`);
+    await waitFor('p1 in the last stage', async () => (await sample(staged)).stages.p1?.index === 1);
+    s = await sample(staged);
+    assert.deepEqual(s.stages.p1, { index: 1, movesToNext: null });
+    assert.deepEqual(s.stages.p2, { index: 0, movesToNext: 1 });
+    assert.match(s.subs.p1, /stage 2\/2/);
+    const p1 = after.participants.find((p) => p.participant_id === 'p1');
+    assert.equal(s.clocks.p1, p1.time_remaining_ms, 'a waiting clock shows the committed value');
+    assert.ok(p1.time_remaining_ms > 300_000 + 60_000 - 10_000, `p1 has ${p1.time_remaining_ms}`);
+    await staged.context().close();
+  });
+
+  it('a delay game: the delay counts down while the main clock holds, then +2 min', { timeout: TEST_TIMEOUT }, async () => {
+    const view = await api('POST', '/v1/sessions', {
+      sync_mode: 'per_participant',
+      participants: [
+        { participant_id: 'p1', total_time_ms: 60_000 },
+        { participant_id: 'p2', total_time_ms: 60_000 },
+      ],
+      delay_ms: 30_000,
+      delay_mode: 'simple',
+    });
+    const id = view.session_id;
+    await api('POST', `/v1/sessions/${id}/start`);
+    const page = await openPage(id);
+    await ready(page);
+    await sleep(300);
+    let s = await sample(page);
+    assert.deepEqual(s.active, ['p1']);
+    assert.equal(s.clocks.p1, 60_000, 'the main clock holds at R while the delay runs');
+    assert.equal(s.texts.p1, '1:00');
+    assert.ok(s.delays.p1 > 0 && s.delays.p1 < 30_000, `delay shows ${s.delays.p1}`);
+    assert.match(s.delayTexts.p1, /^delay 0:[0-2]\d$/);
+    assert.equal(s.delays.p2, null);
+    assert.equal(s.delayTexts.p2, null);
+    assert.match(s.subs.p1, /delay 30 s/);
+    const first = s.delays.p1;
+    await sleep(200);
+    s = await sample(page);
+    assert.ok(s.delays.p1 < first, 'the delay runs down');
+    assert.equal(s.clocks.p1, 60_000);
+
+    // The arbiter's +2 min, for the player to move.
+    assert.equal(await page.isVisible('#btn-add-time'), true);
+    await page.click('#btn-add-time');
+    await waitFor('the added time', async () => (await sample(page)).clocks.p1 === 180_000);
+    const after = await api('GET', `/v1/sessions/${id}`);
+    assert.equal(after.participants[0].time_remaining_ms, 180_000);
+    s = await sample(page);
+    assert.equal(s.texts.p1, '3:00');
+    assert.ok(s.delays.p1 > 0, 'the delay still runs');
+    await page.context().close();
+  });
+
+  it('a Bronstein game: the clock runs, the delay shows what the move gets back', { timeout: TEST_TIMEOUT }, async () => {
+    const view = await api('POST', '/v1/sessions', {
+      sync_mode: 'per_participant',
+      participants: [
+        { participant_id: 'p1', total_time_ms: 60_000 },
+        { participant_id: 'p2', total_time_ms: 60_000 },
+      ],
+      delay_ms: 30_000,
+      delay_mode: 'bronstein',
+    });
+    await api('POST', `/v1/sessions/${view.session_id}/start`);
+    const page = await openPage(view.session_id);
+    await ready(page);
+    await sleep(300);
+    const s = await sample(page);
+    assert.ok(s.clocks.p1 < 60_000, `the main clock runs: ${s.clocks.p1}`);
+    assert.ok(s.delays.p1 > 0 && s.delays.p1 < 30_000);
+    // Both count from the turn's start: what is left of each adds up the same.
+    assert.equal(60_000 - s.clocks.p1, 30_000 - s.delays.p1);
+    assert.match(s.delayTexts.p1, /^back 0:[0-2]\d$/);
+    await page.context().close();
+  });
+
+  it('shows the server\'s time warnings', { timeout: TEST_TIMEOUT }, async () => {
+    const view = await api('POST', '/v1/sessions', {
+      sync_mode: 'per_participant',
+      participants: [
+        { participant_id: 'p1', total_time_ms: 61_200 },
+        { participant_id: 'p2', total_time_ms: 61_200 },
+      ],
+      warnings_ms: [60_000],
+      metadata: { labels: { p1: 'Ada', p2: 'Grace' } },
+    });
+    const page = await openPage(view.session_id);
+    await ready(page, 1);
+    await api('POST', `/v1/sessions/${view.session_id}/start`);
+    await page.waitForSelector('body[data-last-warning-ms="60000"]', { timeout: 10_000 });
+    assert.equal(await page.textContent('#session-warning'), 'Ada: 1:00 left');
+    await page.context().close();
+  });
+
   it('raised no errors in any page', () => {
     assert.deepEqual(pageErrors, []);
   });

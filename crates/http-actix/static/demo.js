@@ -25,6 +25,31 @@ const MODE_NAMES = {
 /** Below this, a running clock's digits turn red. */
 const LOW_MS = 10_000;
 
+/** What the arbiter's button adds (docs/protocol.md, added time). */
+const ADD_TIME_MS = 120_000;
+
+const MINUTE = 60_000;
+
+/**
+ * Chess time controls of real events (docs/protocol.md, time controls):
+ * each player's bank and the session fields that make the rule. All with
+ * lag compensation (the SDK sends its measured lag on every move) and a
+ * warning at one minute and at ten seconds.
+ */
+const PRESETS = {
+  fide: {
+    total_time_ms: 90 * MINUTE,
+    stages: [
+      { moves: 40, increment_ms: 30_000 },
+      { add_ms: 30 * MINUTE, increment_ms: 30_000 },
+    ],
+  },
+  rapid: { total_time_ms: 15 * MINUTE, increment_ms: 10_000 },
+  blitz: { total_time_ms: 3 * MINUTE, increment_ms: 2000 },
+  us_delay: { total_time_ms: 90 * MINUTE, delay_ms: 5000, delay_mode: 'simple' },
+  bronstein: { total_time_ms: 25 * MINUTE, delay_ms: 5000, delay_mode: 'bronstein' },
+};
+
 if (sessionParam) {
   showSession(sessionParam);
 } else {
@@ -46,6 +71,10 @@ function showCreate() {
     for (const el of form.querySelectorAll('[data-label-for]')) {
       el.hidden = !el.dataset.labelFor.split(' ').includes(mode);
     }
+    // A preset sets the chess clock's time itself.
+    if (mode === 'per_participant' && form.elements.preset.value !== '') {
+      for (const el of form.querySelectorAll('[data-custom]')) el.hidden = true;
+    }
     const minutes = form.elements.minutes;
     if (mode === 'count_up' && minutes.dataset.touched !== 'true') minutes.value = '';
     if (mode !== 'count_up' && minutes.value === '') minutes.value = '5';
@@ -54,6 +83,7 @@ function showCreate() {
     e.target.dataset.touched = 'true';
   });
   for (const radio of form.elements.mode) radio.addEventListener('change', syncFields);
+  form.elements.preset.addEventListener('change', syncFields);
   syncFields();
 
   form.addEventListener('submit', async (e) => {
@@ -87,7 +117,13 @@ function buildConfig(form) {
     participants: ids.map((id) => ({ participant_id: id })),
     metadata: { demo: true, labels },
   };
-  if (mode === 'per_participant') {
+  const preset = mode === 'per_participant' ? PRESETS[f.preset.value] : undefined;
+  if (preset) {
+    const { total_time_ms: bank, ...rule } = preset;
+    for (const p of config.participants) p.total_time_ms = bank;
+    Object.assign(config, rule, { lag_compensation: { enabled: true }, warnings_ms: [60_000, 10_000] });
+    config.metadata.preset = f.preset.value;
+  } else if (mode === 'per_participant') {
     for (const p of config.participants) p.total_time_ms = ms(f.minutes.value, 60_000);
     config.increment_ms = ms(f.increment.value || 0, 1000);
   } else if (mode === 'per_cycle') {
@@ -139,7 +175,7 @@ function showSession(sessionId) {
       const el = document.createElement('div');
       el.className = wide ? 'face wide' : 'face';
       el.dataset.clock = key;
-      el.innerHTML = '<div class="label"></div><div class="digits">–</div><div class="sub"></div>';
+      el.innerHTML = '<div class="label"></div><div class="digits">–</div><div class="delay" hidden></div><div class="sub"></div>';
       el.querySelector('.label').textContent = label;
       el.addEventListener('click', () => {
         // Pressing the running clock ends that turn (or records the lap,
@@ -147,7 +183,12 @@ function showSession(sessionId) {
         if (el.dataset.active === 'true' || wide) press();
       });
       container.append(el);
-      faces.set(key, { el, digits: el.querySelector('.digits'), sub: el.querySelector('.sub') });
+      faces.set(key, {
+        el,
+        digits: el.querySelector('.digits'),
+        delay: el.querySelector('.delay'),
+        sub: el.querySelector('.sub'),
+      });
     };
     if (mode === 'global' || mode === 'count_up') {
       addFace(mode === 'global' ? '__global' : '__elapsed', mode === 'global' ? 'Time left' : 'Elapsed', true);
@@ -214,19 +255,49 @@ function showSession(sessionId) {
         sub: left === null ? 'No limit' : `${formatMs(left)} left of ${formatMs(max)}`,
       });
     } else {
+      const stages = Array.isArray(state.stages) ? state.stages : [];
       for (const p of d.participants) {
         const rem = p.time_remaining_ms;
         const moves = p.cycle_count === 1 ? '1 turn' : `${p.cycle_count} turns`;
-        set(faces.get(p.participant_id), rem, {
+        const face = faces.get(p.participant_id);
+        // The increment of the clock's stage (the session's without stages).
+        const stage = stages[Math.min(p.stage_index, stages.length - 1)];
+        const increment = stage ? stage.increment_ms : (state.increment_ms ?? 0);
+        const parts = [moves];
+        if (stages.length > 1) {
+          parts.push(
+            p.moves_to_next_stage === null
+              ? `stage ${p.stage_index + 1}/${stages.length}`
+              : `stage ${p.stage_index + 1}/${stages.length}, ${p.moves_to_next_stage} to go`,
+          );
+        }
+        if (d.sync_mode === 'per_participant' && increment > 0) parts.push(`+${increment / 1000} s a move`);
+        const delayMs = stage ? stage.delay_ms : (state.delay_ms ?? 0);
+        if (p.delay_mode !== 'none' && delayMs > 0) parts.push(`${p.delay_mode === 'simple' ? 'delay' : 'Bronstein'} ${delayMs / 1000} s`);
+        set(face, rem, {
           active: p.is_active && !['completed', 'cancelled', 'expired'].includes(d.status),
-          running: p.running,
+          running: p.running && !p.in_delay,
           expired: p.has_expired || (rem <= 0 && d.status === 'expired' && p.is_active),
           low: rem < LOW_MS,
           text: formatMs(rem),
-          sub: d.sync_mode === 'per_participant' && (state.increment_ms ?? 0) > 0
-            ? `${moves} · +${state.increment_ms / 1000} s a move`
-            : moves,
+          sub: parts.join(' · '),
         });
+        if (face) {
+          face.el.dataset.stageIndex = String(p.stage_index);
+          face.el.dataset.movesToNextStage = p.moves_to_next_stage === null ? '' : String(p.moves_to_next_stage);
+          const delay = p.delay_remaining_ms;
+          const delayValue = delay === null ? '' : String(Math.round(delay));
+          if (face.el.dataset.delayMs !== delayValue) face.el.dataset.delayMs = delayValue;
+          face.el.dataset.inDelay = String(p.in_delay);
+          // The delay's own countdown: simple delay while it holds the clock,
+          // Bronstein's what this move can still get back.
+          const showDelay = delay !== null && p.is_active && p.delay_mode !== 'none';
+          face.delay.hidden = !showDelay;
+          const delayText = showDelay
+            ? `${p.delay_mode === 'simple' ? 'delay' : 'back'} ${formatMs(delay)}`
+            : '';
+          if (face.delay.textContent !== delayText) face.delay.textContent = delayText;
+        }
       }
     }
     for (const p of d.participants) {
@@ -281,6 +352,11 @@ function showSession(sessionId) {
     $('btn-press').hidden = state.status !== 'running';
     $('btn-pause').hidden = state.status !== 'running';
     $('btn-resume').hidden = state.status !== 'paused';
+    $('btn-add-time').hidden = !(
+      ['per_participant', 'per_group'].includes(state.sync_mode) &&
+      ['pending', 'running', 'paused'].includes(state.status) &&
+      (state.active_participant_id || state.active_group_id)
+    );
     document.title = `${MODE_NAMES[state.sync_mode] || 'Clock'} · ${state.status} — SyncKairos`;
   }
 
@@ -320,7 +396,32 @@ function showSession(sessionId) {
     else if (state.status === 'paused') client.resume({ expectedVersion: state.version }).catch(report);
   }
 
+  /** The arbiter's "+2 min": for the participant (group) to move. */
+  function addTime() {
+    const state = client.getSnapshot().state;
+    if (!state) return;
+    const target = state.sync_mode === 'per_group' && state.active_group_id
+      ? { groupId: state.active_group_id }
+      : state.active_participant_id;
+    if (!target) return;
+    client.addTime(target, ADD_TIME_MS, 'arbiter').catch(report);
+  }
+
+  let warningTimer = null;
+  client.on('warning', (event) => {
+    const el = $('session-warning');
+    const who = event.participant_id ? labelOf(client.getSnapshot().state || {}, event.participant_id) : event.group_id;
+    el.textContent = `${who || 'Clock'}: ${formatMs(event.time_remaining_ms, { tenthsBelowMs: 0 })} left`;
+    el.hidden = false;
+    document.body.dataset.lastWarningMs = String(event.time_remaining_ms);
+    clearTimeout(warningTimer);
+    warningTimer = setTimeout(() => {
+      el.hidden = true;
+    }, 5000);
+  });
+
   $('btn-start').addEventListener('click', press);
+  $('btn-add-time').addEventListener('click', addTime);
   $('btn-press').addEventListener('click', press);
   $('btn-pause').addEventListener('click', togglePause);
   $('btn-resume').addEventListener('click', togglePause);
@@ -358,10 +459,25 @@ function showSession(sessionId) {
       const clocks = {};
       const texts = {};
       const active = [];
+      const delays = {};
+      const delayTexts = {};
+      const stages = {};
+      const subs = {};
       for (const el of document.querySelectorAll('#faces [data-clock]')) {
-        clocks[el.dataset.clock] = Number(el.dataset.remainingMs);
-        texts[el.dataset.clock] = el.querySelector('.digits').textContent;
-        if (el.dataset.active === 'true') active.push(el.dataset.clock);
+        const key = el.dataset.clock;
+        clocks[key] = Number(el.dataset.remainingMs);
+        texts[key] = el.querySelector('.digits').textContent;
+        subs[key] = el.querySelector('.sub').textContent;
+        if (el.dataset.active === 'true') active.push(key);
+        if (el.dataset.delayMs !== undefined) delays[key] = el.dataset.delayMs === '' ? null : Number(el.dataset.delayMs);
+        const delayEl = el.querySelector('.delay');
+        delayTexts[key] = delayEl && !delayEl.hidden ? delayEl.textContent : null;
+        if (el.dataset.stageIndex !== undefined) {
+          stages[key] = {
+            index: Number(el.dataset.stageIndex),
+            movesToNext: el.dataset.movesToNextStage === '' ? null : Number(el.dataset.movesToNextStage),
+          };
+        }
       }
       const snap = client.getSnapshot();
       return {
@@ -373,6 +489,10 @@ function showSession(sessionId) {
         active,
         clocks,
         texts,
+        delays,
+        delayTexts,
+        stages,
+        subs,
         offset: snap.offset,
         uncertainty: snap.uncertainty,
         rtt: snap.rtt,
