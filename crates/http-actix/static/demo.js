@@ -229,6 +229,8 @@ function showSession(sessionId) {
       face.el.dataset.running = String(running);
       face.el.dataset.expired = String(expired);
       face.el.dataset.low = String(low);
+      // H:MM:SS (a classical game's 1:30:00) needs smaller digits to fit.
+      face.el.dataset.long = String(text.split(':').length > 2);
       face.el.classList.toggle('pressable', active && d.status === 'running');
       if (face.digits.textContent !== text) face.digits.textContent = text;
       if (sub !== undefined && face.sub.textContent !== sub) face.sub.textContent = sub;
