@@ -372,6 +372,8 @@ describe('demo page in Chromium', { timeout: 180_000 }, () => {
   it('a staged game: the FIDE preset from the form, then the stage and the moves to the next one', { timeout: TEST_TIMEOUT }, async () => {
     const page = await openPage(null);
     await page.waitForSelector('#create-form');
+    const sent = [];
+    page.on('websocket', (ws) => ws.on('framesent', (f) => sent.push(String(f.payload))));
     await page.selectOption('select[name=preset]', 'fide');
     assert.equal(await page.isHidden('input[name=increment]'), true, 'a preset hides the custom fields');
     await page.click('button[type=submit]');
@@ -391,6 +393,18 @@ describe('demo page in Chromium', { timeout: 180_000 }, () => {
     assert.deepEqual(s.texts, { p1: '1:30:00', p2: '1:30:00' });
     assert.deepEqual(s.stages.p1, { index: 0, movesToNext: 40 });
     assert.match(s.subs.p1, /stage 1\/2, 40 to go · \+30 s a move/);
+    // Start, then a move: it carries the measured lag (the session has lag compensation).
+    await page.keyboard.press('Space');
+    await waitFor('the game to run', async () => (await sample(page)).status === 'running');
+    await page.keyboard.press('Space');
+    await waitFor('Black to move', async () => (await sample(page)).active.join() === 'p2');
+    s = await sample(page);
+    assert.deepEqual(s.stages.p1, { index: 0, movesToNext: 39 });
+    const switches = sent.map((t) => JSON.parse(t)).filter((m) => m.type === 'SWITCH');
+    assert.equal(switches.length, 1);
+    assert.ok(Number.isInteger(switches[0].lag_ms) && switches[0].lag_ms >= 0 && switches[0].lag_ms <= 10_000, `lag_ms ${switches[0].lag_ms}`);
+    const moved = await api('GET', `/v1/sessions/${id}`);
+    assert.equal(typeof moved.participants[0].lag_quota_ms, 'number');
     await page.context().close();
 
     // A short staged game over REST: 2 moves, then 1 minute more.
