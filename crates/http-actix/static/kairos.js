@@ -9,10 +9,12 @@
 // computes every clock for display from (last view, corrected now), sends
 // the clock commands over the socket, reconnects with backoff, and exposes a
 // plain subscribe/getSnapshot store usable from React, Vue or vanilla JS.
+// Time controls of real events (stages, simple and Bronstein delay, lag
+// compensation, time warnings, added time) are shown and sent the same way.
 // Served by kairos-server at /sdk/kairos.js, typed by /sdk/kairos.d.ts;
 // documented in docs/sdk.md.
 
-export const SDK_VERSION = '0.1.0';
+export const SDK_VERSION = '0.2.0';
 
 /** An error from the server (`ERROR` message or close code) or from the SDK. */
 export class KairosError extends Error {
