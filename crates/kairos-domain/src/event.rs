@@ -34,6 +34,16 @@ pub enum EventType {
     TimeWarning,
     /// An owner or admin added time to a bank (contract section 8).
     TimeAdded,
+    /// A participant joined a live session (contract section 9).
+    ParticipantJoined,
+    /// A participant left a live session (contract section 9).
+    ParticipantLeft,
+    /// A user's first connection to the session (contract section 9).
+    /// Not a state change: no version, not in the audit history.
+    PresenceJoined,
+    /// A user's last connection closed and they did not come back within the
+    /// leave delay (contract section 9). Not a state change.
+    PresenceLeft,
 }
 
 impl EventType {
@@ -52,6 +62,10 @@ impl EventType {
             Self::SessionExpired => "session_expired",
             Self::TimeWarning => "time_warning",
             Self::TimeAdded => "time_added",
+            Self::ParticipantJoined => "participant_joined",
+            Self::ParticipantLeft => "participant_left",
+            Self::PresenceJoined => "presence_joined",
+            Self::PresenceLeft => "presence_left",
         }
     }
 
@@ -70,6 +84,10 @@ impl EventType {
             Self::SessionExpired,
             Self::TimeWarning,
             Self::TimeAdded,
+            Self::ParticipantJoined,
+            Self::ParticipantLeft,
+            Self::PresenceJoined,
+            Self::PresenceLeft,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -83,10 +101,26 @@ impl EventType {
         )
     }
 
-    /// The events sent to subscribers as `EVENT` messages: the timeouts, and
-    /// the time warnings and added time of contract section 8.
+    /// The events sent to subscribers as `EVENT` messages: the timeouts, the
+    /// time warnings and added time of contract section 8, and the
+    /// participants and presence of section 9.
     pub fn is_notable(self) -> bool {
-        self.is_timeout() || matches!(self, Self::TimeWarning | Self::TimeAdded)
+        self.is_timeout()
+            || matches!(
+                self,
+                Self::TimeWarning
+                    | Self::TimeAdded
+                    | Self::ParticipantJoined
+                    | Self::ParticipantLeft
+                    | Self::PresenceJoined
+                    | Self::PresenceLeft
+            )
+    }
+
+    /// Presence events are not state changes: they carry no version and are
+    /// not written to the audit trail (contract section 9).
+    pub fn is_presence(self) -> bool {
+        matches!(self, Self::PresenceJoined | Self::PresenceLeft)
     }
 }
 
