@@ -4,9 +4,9 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use actix_ws::CloseCode;
 use kairos_domain::{FieldError, ServiceError, TransitionError};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// The wire error codes of the contract (plus the two transport ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

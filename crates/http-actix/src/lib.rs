@@ -27,10 +27,11 @@
 //!   broadcast, tracked tasks), and the command path both transports share.
 //! - [`middleware`]: request ids, request logging and HTTP metrics.
 //! - [`rest`]: the REST endpoints.
-//! - [`ws`]: the WebSocket endpoint, in three parts: [`ws::admission`] (the
+//! - [`ws`]: the WebSocket endpoint, in four parts: [`ws::admission`] (the
 //!   handshake and its refusals), [`ws::connection`] (one socket's task: its
-//!   loop and commands), [`ws::guards`] (slot, version gate, rate window,
-//!   reassembler).
+//!   loop and commands), [`ws::guards`] (slot, version gate, rate window),
+//!   [`ws::upgrade`] (the HTTP/1 server's upgrade service, which hands the
+//!   TCP stream to the socket's task).
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
 //! - [`web`]: the demo page (`/`) and the browser SDK (`/sdk/kairos.js`).
 
@@ -52,6 +53,7 @@ pub mod wire;
 pub mod ws;
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_web::{App, HttpServer};
 
@@ -77,29 +79,84 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
 ///
 /// `on_worker_start` runs on each worker thread before it serves anything
 /// (the server uses it to give each worker its own Redis connection).
+///
+/// The actix-web application runs on actix-http's HTTP/1 service, built here
+/// rather than by `HttpServer` for one reason: the upgrade service
+/// ([`ws::upgrade`]), which takes a WebSocket's TCP stream away from the
+/// HTTP/1 dispatcher once its 101 is written. The settings are
+/// `HttpServer`'s defaults (keep-alive and request timeout 5 s, disconnect
+/// timeout 1 s, the graceful-shutdown signal that ends idle keep-alive
+/// connections on stop).
 pub fn serve(
     listener: TcpListener,
     state: actix_web::web::Data<AppState>,
     workers: Option<usize>,
     on_worker_start: fn(),
 ) -> std::io::Result<actix_web::dev::Server> {
-    let mut server = HttpServer::new(move || {
-        on_worker_start();
-        App::new()
-            .app_data(state.clone())
-            .wrap(cors(state.settings.allowed_origins.as_deref()))
-            .wrap(actix_web::middleware::from_fn(middleware::observe))
-            .configure(configure)
-            .default_service(actix_web::web::to(rest::not_found))
-    })
+    use actix_service::{
+        IntoServiceFactory as _, ServiceFactory as _, fn_factory, fn_service, map_config,
+    };
+    use actix_web::dev::AppConfig;
+
+    let addr = listener.local_addr()?;
     // The drain happens before the server is stopped (SHUTDOWN_DRAIN_SECONDS),
     // so the server's own grace period only has to cover in-flight requests.
-    .shutdown_timeout(5)
-    .disable_signals();
+    let mut builder = actix_server::Server::build()
+        .shutdown_timeout(5)
+        .disable_signals();
     if let Some(n) = workers {
-        server = server.workers(n);
+        builder = builder.workers(n);
     }
-    Ok(server.listen(listener)?.run())
+    let stopping = builder.graceful_shutdown_signal();
+    Ok(builder
+        .listen("kairos-http", listener, move || {
+            on_worker_start();
+            let stopping = stopping.clone();
+            let upgrade_state = state.clone();
+            let upgrade = fn_factory(move || {
+                let factory = app(upgrade_state.clone()).into_factory();
+                async move {
+                    let app = std::rc::Rc::new(factory.new_service(AppConfig::default()).await?);
+                    Ok::<_, ()>(fn_service(move |(req, framed)| {
+                        ws::upgrade::serve_upgrade(app.clone(), req, framed)
+                    }))
+                }
+            });
+            actix_http::HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let stopping = stopping.clone();
+                    async move { stopping.notified().await }
+                })
+                .keep_alive(actix_http::KeepAlive::Timeout(Duration::from_secs(5)))
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr)
+                .upgrade(upgrade)
+                .finish(map_config(app(state.clone()), |()| AppConfig::default()))
+                .tcp()
+        })?
+        .run())
+}
+
+/// The application: every route, the CORS policy and the request
+/// middleware, over `state`.
+fn app(
+    state: actix_web::web::Data<AppState>,
+) -> App<
+    impl actix_service::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state.clone())
+        .wrap(cors(state.settings.allowed_origins.as_deref()))
+        .wrap(actix_web::middleware::from_fn(middleware::observe))
+        .configure(configure)
+        .default_service(actix_web::web::to(rest::not_found))
 }
 
 /// CORS for REST: only the configured origins, with the headers clients

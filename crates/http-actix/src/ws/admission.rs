@@ -6,15 +6,15 @@
 //! codes but never the status of a refused handshake. The close code comes
 //! from the error's wire code (`error::close_code`).
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use kairos_domain::SessionId;
 
 use crate::error::{ApiError, Code, close_code};
 use crate::limits::{self, Kind};
 use crate::state::AppState;
-use crate::wire::MAX_MESSAGE_BYTES;
-use crate::ws::connection::{Connection, close, close_reason};
+use crate::ws::connection::{Admitted, close_reason};
 use crate::ws::guards::Slot;
+use crate::ws::upgrade::{Handover, Takeover};
 
 /// Parses the session id; the error is the close reason. A bad id is
 /// reported after the upgrade (close 1008), because a browser's WebSocket
@@ -28,13 +28,13 @@ pub(crate) fn parse_target(raw: Option<&str>) -> Result<SessionId, &'static str>
 
 /// Refuses when the instance is draining or full (503, the only answers
 /// given before the upgrade: they tell a load balancer or client to go
-/// elsewhere), otherwise upgrades and hands the socket to its task. Every
-/// other refusal (connect rate, token, session id) is a close frame after
-/// the upgrade, because a browser's WebSocket API shows close codes but
-/// never the status of a refused handshake.
+/// elsewhere), otherwise answers 101 and leaves the socket's task (or its
+/// refusal) to the upgrade service (`ws::upgrade`), which serves it once the
+/// 101 is written. Every other refusal (connect rate, token, session id) is
+/// a close frame after the upgrade, because a browser's WebSocket API shows
+/// close codes but never the status of a refused handshake.
 pub(crate) async fn accept(
     req: &HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
     target: Result<SessionId, &'static str>,
 ) -> Result<HttpResponse, ApiError> {
@@ -60,33 +60,43 @@ pub(crate) async fn accept(
         },
         Err(e) => Err(e),
     };
-    let (response, session, stream) = actix_ws::handle(req, body).map_err(|e| {
+    let handshake = |why: String| {
         ApiError::new(
             Code::ValidationError,
-            format!("expected a WebSocket handshake: {e}"),
+            format!("expected a WebSocket handshake: {why}"),
         )
-    })?;
-    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
-    // Every task is tracked: shutdown waits for its close frame.
+    };
+    let response = actix_http::ws::handshake(req.head())
+        .map_err(|e| handshake(e.to_string()))?
+        .finish();
+    // Only a request the upgrade service holds the connection of can be
+    // upgraded (every `Upgrade: websocket` request of the HTTP/1 server).
+    let takeover = req
+        .extensions()
+        .get::<Takeover>()
+        .cloned()
+        .ok_or_else(|| handshake("this connection cannot be upgraded".to_owned()))?;
     let tasks = slot.state.lifecycle.tasks().clone();
-    let refusal = match (admitted, actor, target) {
-        (Ok(()), Ok((actor, until)), Ok(id)) => {
-            let mut connection = Connection::new(slot, session, stream, id, actor);
-            connection.expires_ms = until.map_or(u64::MAX, ms_until);
-            actix_web::rt::spawn(tasks.track_future(connection.serve()));
-            return Ok(response);
-        }
+    let handover = match (admitted, actor, target) {
+        (Ok(()), Ok((actor, until)), Ok(id)) => Handover::Open(Admitted {
+            slot,
+            id,
+            actor,
+            expires_ms: until.map_or(u64::MAX, ms_until),
+        }),
         // Refused: 1008, or 1013 (try again shortly) when a store the checks
         // need is unreachable (the connect limit, the shared per-user cap).
-        (Err(e), _, _) | (_, Err(e), _) => close_reason(close_code(e.code), &e.message),
-        (_, _, Err(why)) => close_reason(close_code(Code::ValidationError), why),
+        // The place is held until the close frame is sent.
+        (Err(e), _, _) | (_, Err(e), _) => {
+            Handover::Refuse(slot, close_reason(close_code(e.code), &e.message))
+        }
+        (_, _, Err(why)) => {
+            Handover::Refuse(slot, close_reason(close_code(Code::ValidationError), why))
+        }
     };
-    actix_web::rt::spawn(tasks.track_future(async move {
-        close(session, refusal).await;
-        // The place is held until the close frame is queued.
-        drop((slot, stream));
-    }));
-    Ok(response)
+    // Every task is tracked: shutdown waits for its close frame.
+    takeover.hand_over(handover, tasks);
+    Ok(HttpResponse::from(response).map_into_boxed_body())
 }
 
 /// Milliseconds from now until `until_s` (seconds since the Unix epoch, by

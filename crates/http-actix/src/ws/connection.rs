@@ -4,59 +4,116 @@
 //! REST runs them (`AppState::execute`).
 //!
 //! Kept small on purpose (contract target: 50,000 idle sockets at <= 4 KiB
-//! each): every service call is boxed so its (large) future is allocated
-//! only while the call runs, not for the whole life of an idle socket.
+//! each; the project's, 2 KiB): every service call is boxed so its (large)
+//! future is allocated only while the call runs, not for the whole life of
+//! an idle socket, and text frames are written straight from their
+//! (shared) text to the TCP stream, so no write buffer outlives a write.
 
+use std::io::IoSlice;
 use std::time::Duration;
 
-use actix_ws::{CloseCode, CloseReason, Message, MessageStream, ProtocolError, Session};
+use futures_util::{SinkExt, StreamExt};
 use kairos_domain::{Actor, Command, ServiceError, SessionId, SessionView};
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::ProtocolError};
 use tracing::Instrument;
 
 use crate::error::{ApiError, CLOSE_NO_SUCH_SESSION, Code, close_code, from_service};
 use crate::hub::{Frame, Member};
 use crate::state::AppState;
 use crate::wire::{self, ClientMessage, STATE_SYNC, parse_client_message};
-use crate::ws::guards::{RateWindow, Reassembler, Slot, VersionGate};
+use crate::ws::guards::{RateWindow, Slot, VersionGate};
 
-/// How long a close frame may wait for room in the socket's queue: a peer
-/// that stopped reading must not keep its task alive.
+/// A socket after its handshake: the TCP stream the HTTP/1 server handed
+/// over, spoken to by tokio-tungstenite.
+pub(crate) type Socket = WebSocketStream<TcpStream>;
+
+/// How long a close frame may wait for room in the socket, and then for the
+/// peer's answering close: a peer that stopped reading must not keep its
+/// task alive.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Sends a close frame, giving up after [`CLOSE_TIMEOUT`].
-pub(crate) async fn close(session: Session, reason: CloseReason) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(Some(reason))).await;
+/// Sends a close frame, then lets go of `slot` (the socket's place is held
+/// until its close frame is sent, as long as [`CLOSE_TIMEOUT`] at most),
+/// then waits (for the rest of [`CLOSE_TIMEOUT`]) for the peer's answer,
+/// reading and discarding whatever it still sends, so that closing never
+/// resets a connection whose peer is still writing (the close frame would
+/// be lost with the reset). After a close from the peer this sends the
+/// answer tokio-tungstenite queued.
+pub(crate) async fn close(mut socket: Socket, reason: CloseFrame, slot: Slot) {
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    let sent = tokio::time::timeout_at(deadline, socket.close(Some(reason))).await;
+    drop(slot);
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout_at(deadline, async {
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A close frame with `code` and `why`.
-pub(crate) fn close_reason(code: u16, why: &str) -> CloseReason {
-    CloseReason::from((CloseCode::from(code), why))
+pub(crate) fn close_reason(code: u16, why: &str) -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::from(code),
+        reason: why.to_owned().into(),
+    }
 }
 
 /// Why a socket's task ends.
 #[derive(Debug)]
 enum Exit {
     /// Send this close frame, then stop.
-    Close(CloseReason),
+    Close(CloseFrame),
     /// The peer is gone or stopped reading: nothing more can be sent.
     Dead,
 }
 
 impl Exit {
     fn close(code: CloseCode, why: &str) -> Self {
-        Self::Close(CloseReason::from((code, why)))
+        Self::Close(close_reason(code.into(), why))
+    }
+}
+
+/// A socket admitted by the handshake, waiting for its TCP stream (see
+/// `ws::upgrade`): its slot, session, caller and token expiry.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub(crate) slot: Slot,
+    pub(crate) id: SessionId,
+    pub(crate) actor: Actor,
+    /// When the token stops being accepted, in ms from now (`u64::MAX`
+    /// without a token).
+    pub(crate) expires_ms: u64,
+}
+
+impl Admitted {
+    /// The socket's task over `socket`.
+    pub(crate) fn serve(self, socket: Socket) -> impl Future<Output = ()> + 'static {
+        let mut connection = Connection::new(self.slot, socket, self.id, self.actor);
+        connection.expires_ms = self.expires_ms;
+        connection.serve()
     }
 }
 
 /// Everything one socket keeps between messages. Kept small on purpose
 /// (contract target: 50,000 idle sockets at <= 4 KiB each): no buffers
-/// beyond a fragmented message in progress, no copy of the session.
+/// beyond tokio-tungstenite's small read buffer and a message in progress,
+/// no copy of the session.
 pub(crate) struct Connection {
     slot: Slot,
-    session: Session,
-    stream: MessageStream,
+    socket: Socket,
     id: SessionId,
     actor: Actor,
     gate: VersionGate,
@@ -65,32 +122,30 @@ pub(crate) struct Connection {
     started: Instant,
     /// When the client last sent any frame (pongs included), in ms since `started`.
     last_seen_ms: u64,
-    /// A fragmented message being reassembled.
-    fragments: Reassembler,
     /// When the token stops being accepted, in ms since `started`
     /// (`u64::MAX` without a token). The socket closes with 1008 then.
     pub(crate) expires_ms: u64,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("session_id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Connection {
-    pub(crate) fn new(
-        slot: Slot,
-        session: Session,
-        stream: MessageStream,
-        id: SessionId,
-        actor: Actor,
-    ) -> Self {
+    pub(crate) fn new(slot: Slot, socket: Socket, id: SessionId, actor: Actor) -> Self {
         Self {
             slot,
-            session,
-            stream,
+            socket,
             id,
             actor,
             gate: VersionGate::default(),
             rate: RateWindow::default(),
             started: Instant::now(),
             last_seen_ms: 0,
-            fragments: Reassembler::default(),
             expires_ms: u64::MAX,
         }
     }
@@ -122,7 +177,7 @@ impl Connection {
             let exit = self.run().await;
             tracing::debug!(session_id = %self.id, ?exit, "WebSocket closing");
             if let Exit::Close(reason) = exit {
-                Box::pin(close(self.session, reason)).await;
+                Box::pin(close(self.socket, reason, self.slot)).await;
             }
         }
         .instrument(span)
@@ -174,7 +229,7 @@ impl Connection {
                     // Closed or turned true: the instance is going away.
                     _ => Err(Exit::close(CloseCode::Away, "server shutting down")),
                 },
-                message = self.stream.recv() => {
+                message = self.socket.next() => {
                     self.last_seen_ms = self.elapsed_ms();
                     match message {
                         Some(Ok(message)) => Box::pin(self.on_client_frame(message)).await,
@@ -219,15 +274,14 @@ impl Connection {
         Ok(member)
     }
 
-    /// A frame from the client. Every data frame (text, binary, each
-    /// fragment) counts against the rate limit; control frames do not, so
-    /// the client's automatic pongs never count.
+    /// A message from the client. Every data message (text, binary) counts
+    /// against the rate limit; control frames do not, so the client's
+    /// automatic pongs never count. Fragments arrive reassembled (at most
+    /// 10 KiB in all, see `ws::upgrade::socket_config`); a ping is answered
+    /// by tokio-tungstenite, which queues the pong and sends it with the
+    /// next read or write.
     async fn on_client_frame(&mut self, message: Message) -> Result<(), Exit> {
-        let is_data = matches!(
-            message,
-            Message::Text(_) | Message::Binary(_) | Message::Continuation(_)
-        );
-        if is_data {
+        if matches!(message, Message::Text(_) | Message::Binary(_)) {
             self.check_token()?;
             let limit = self.state().settings.ws_messages_per_minute;
             let now = self.elapsed_ms();
@@ -239,25 +293,11 @@ impl Connection {
             }
         }
         match message {
-            Message::Text(text) => self.on_text(&text).await,
+            Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => self.on_binary().await,
-            Message::Continuation(item) => match self.fragments.push(item).map_err(Exit::Close)? {
-                Some((true, bytes)) => match String::from_utf8(bytes) {
-                    Ok(text) => self.on_text(&text).await,
-                    Err(_) => Err(Exit::close(CloseCode::Invalid, "text is not UTF-8")),
-                },
-                Some((false, _)) => self.on_binary().await,
-                None => Ok(()),
-            },
-            Message::Ping(bytes) => {
-                let timeout = self.state().settings.ws_connection_timeout;
-                match tokio::time::timeout(timeout, self.session.pong(&bytes)).await {
-                    Ok(Ok(())) => Ok(()),
-                    _ => Err(Exit::Dead),
-                }
-            }
+            Message::Ping(_) => self.flush().await,
             Message::Close(_) => Err(Exit::close(CloseCode::Normal, "closing")),
-            Message::Pong(_) | Message::Nop => Ok(()),
+            Message::Pong(_) | Message::Frame(_) => Ok(()),
         }
     }
 
@@ -357,10 +397,7 @@ impl Connection {
         if silent >= timeout {
             return Err(Exit::close(CloseCode::Error, "connection timed out"));
         }
-        match tokio::time::timeout(timeout, self.session.ping(b"")).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Exit::Dead),
-        }
+        self.write_frame(OPCODE_PING, b"").await
     }
 
     /// Sends a fresh snapshot from the store. `force` (RECONNECT) sends it
@@ -399,30 +436,81 @@ impl Connection {
         self.send(text).await
     }
 
-    /// Sends one text frame. A client that leaves its queue full for a
-    /// whole connection timeout is treated as gone, so a stalled reader
-    /// cannot pin its task forever.
+    /// Sends one text frame.
     async fn send(&mut self, text: String) -> Result<(), Exit> {
+        self.send_shared(&text).await
+    }
+
+    /// Sends a text frame, e.g. one the hub serialized once for every
+    /// socket of the session.
+    async fn send_shared(&mut self, text: &str) -> Result<(), Exit> {
+        self.write_frame(OPCODE_TEXT, text.as_bytes()).await?;
+        self.state().metrics.ws_messages_sent.inc();
+        Ok(())
+    }
+
+    /// Sends what tokio-tungstenite has queued (the pong to a client's ping).
+    async fn flush(&mut self) -> Result<(), Exit> {
         let timeout = self.state().settings.ws_connection_timeout;
-        match tokio::time::timeout(timeout, self.session.text(text)).await {
-            Ok(Ok(())) => {
-                self.state().metrics.ws_messages_sent.inc();
-                Ok(())
-            }
+        match tokio::time::timeout(timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
             _ => Err(Exit::Dead),
         }
     }
 
-    /// Sends a text the hub serialized once for every socket of the session.
-    async fn send_shared(&mut self, text: &str) -> Result<(), Exit> {
+    /// Writes one unfragmented frame from the server (so unmasked) straight
+    /// from `payload` to the TCP stream, header and payload in one vectored
+    /// write: nothing is copied into a buffer the socket keeps. Whatever
+    /// tokio-tungstenite queued goes first, so frames never interleave. A
+    /// client that leaves its receive window full for a whole connection
+    /// timeout is treated as gone, so a stalled reader cannot pin its task
+    /// forever.
+    async fn write_frame(&mut self, opcode: u8, payload: &[u8]) -> Result<(), Exit> {
         let timeout = self.state().settings.ws_connection_timeout;
-        match tokio::time::timeout(timeout, self.session.text(text)).await {
-            Ok(Ok(())) => {
-                self.state().metrics.ws_messages_sent.inc();
-                Ok(())
+        let socket = &mut self.socket;
+        let write = async move {
+            socket.flush().await.map_err(|_| Exit::Dead)?;
+            let mut head = [0_u8; 10];
+            let len = frame_header(&mut head, opcode, payload.len());
+            let io = socket.get_mut();
+            let mut bufs = [IoSlice::new(&head[..len]), IoSlice::new(payload)];
+            let mut bufs = &mut bufs[..];
+            while !bufs.is_empty() {
+                match io.write_vectored(bufs).await {
+                    Ok(0) | Err(_) => return Err(Exit::Dead),
+                    Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+                }
             }
-            _ => Err(Exit::Dead),
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(result) => result,
+            Err(_) => Err(Exit::Dead),
         }
+    }
+}
+
+/// The opcode of a text frame (RFC 6455, section 5.2).
+const OPCODE_TEXT: u8 = 0x1;
+/// The opcode of a ping.
+const OPCODE_PING: u8 = 0x9;
+
+/// Writes the header of a final, unmasked frame of `len` payload bytes into
+/// `head` and returns its length (2, 4 or 10 bytes).
+fn frame_header(head: &mut [u8; 10], opcode: u8, len: usize) -> usize {
+    head[0] = 0x80 | opcode;
+    if len < 126 {
+        // Below 126, so the cast cannot truncate.
+        head[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
     }
 }
 
@@ -439,14 +527,15 @@ fn refusal(error: &ApiError) -> Exit {
 }
 
 /// How a broken frame ends the socket.
-fn protocol_exit(e: ProtocolError) -> Exit {
+fn protocol_exit(e: WsError) -> Exit {
     match e {
-        ProtocolError::Overflow => Exit::close(CloseCode::Size, "frame over 10 KiB"),
-        ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            Exit::close(CloseCode::Invalid, "text is not UTF-8")
-        }
-        // The transport failed: the peer is gone.
-        ProtocolError::Io(_) => Exit::Dead,
+        WsError::Capacity(_) => Exit::close(CloseCode::Size, "frame over 10 KiB"),
+        WsError::Utf8(_) => Exit::close(CloseCode::Invalid, "text is not UTF-8"),
+        // The transport failed or the peer went away: nothing can be sent.
+        WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Io(_)
+        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Exit::Dead,
         other => {
             tracing::debug!(error = %other, "WebSocket protocol error");
             Exit::close(CloseCode::Protocol, "protocol error")
@@ -465,15 +554,13 @@ mod tests {
     /// An idle socket's task is paid 50,000 times over: keep it small.
     /// (It was 3.2 KiB before the handlers were boxed and the span was
     /// attached by hand; the contract budget is 4 KiB per socket in all,
-    /// actix's own buffers included.)
+    /// the project's 2 KiB, the TCP stream's buffers included.)
     #[actix_web::test]
     async fn an_idle_socket_task_stays_under_1_kib() {
         use std::sync::Arc;
 
-        use actix_web::FromRequest;
-        use actix_web::http::header;
-        use actix_web::test::TestRequest;
         use adapter_memory::{MemoryBus, MemoryStore, SystemClock};
+        use tokio_tungstenite::tungstenite::protocol::Role;
 
         let bus = Arc::new(MemoryBus::new());
         let service = kairos_domain::DynSessionService::new(
@@ -486,21 +573,27 @@ mod tests {
             bus,
             crate::state::HttpSettings::default(),
         ));
-        let (req, mut payload) = TestRequest::default()
-            .insert_header((header::UPGRADE, "websocket"))
-            .insert_header((header::CONNECTION, "upgrade"))
-            .insert_header((header::SEC_WEBSOCKET_VERSION, "13"))
-            .insert_header((header::SEC_WEBSOCKET_KEY, "x3JJHMbDL1EzLkh9GBhXDw=="))
-            .to_http_parts();
-        let body = web::Payload::from_request(&req, &mut payload)
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (_response, session, stream) = actix_ws::handle(&req, body).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let socket = WebSocketStream::from_raw_socket(
+            stream,
+            Role::Server,
+            Some(crate::ws::upgrade::socket_config()),
+        )
+        .await;
         let slot = Slot::acquire(state.clone()).unwrap();
         let id = SessionId::from_uuid(uuid::Uuid::new_v4());
-        let conn = Connection::new(slot, session, stream, id, Actor::anonymous_admin());
+        let admitted = Admitted {
+            slot,
+            id,
+            actor: Actor::anonymous_admin(),
+            expires_ms: u64::MAX,
+        };
 
-        let task = conn.serve();
+        let task = admitted.serve(socket);
         let size = std::mem::size_of_val(&task);
         eprintln!("the socket task is {size} bytes");
         assert!(size <= 1024, "the socket task is {size} bytes");
@@ -512,5 +605,19 @@ mod tests {
             "the slot is released"
         );
         assert_eq!(state.metrics.ws_connections.get(), 0);
+        drop(client);
+    }
+
+    #[test]
+    fn frame_headers_take_the_shortest_length_form() {
+        let mut head = [0_u8; 10];
+        assert_eq!(frame_header(&mut head, OPCODE_TEXT, 125), 2);
+        assert_eq!(head[..2], [0x81, 125]);
+        assert_eq!(frame_header(&mut head, OPCODE_TEXT, 126), 4);
+        assert_eq!(head[..4], [0x81, 126, 0, 126]);
+        assert_eq!(frame_header(&mut head, OPCODE_TEXT, 65_536), 10);
+        assert_eq!(head[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(frame_header(&mut head, OPCODE_PING, 0), 2);
+        assert_eq!(head[..2], [0x89, 0]);
     }
 }

@@ -1,18 +1,16 @@
 //! What keeps one socket within bounds, each a small value the socket's
 //! task owns: its place among the instance's connections ([`Slot`]), the
-//! version order of what it sends ([`VersionGate`]), the client's message
-//! rate ([`RateWindow`]) and the size of a fragmented message
-//! ([`Reassembler`]).
+//! version order of what it sends ([`VersionGate`]) and the client's
+//! message rate ([`RateWindow`]). (Fragmented messages are reassembled,
+//! within the same 10 KiB, by tokio-tungstenite: `ws::upgrade`.)
 
 use std::sync::atomic::Ordering;
 
 use actix_web::web;
-use actix_ws::{CloseCode, CloseReason, Item};
 
 use crate::error::ApiError;
 use crate::places::Place;
 use crate::state::AppState;
-use crate::wire::MAX_MESSAGE_BYTES;
 
 /// One of the instance's `ws_max_connections` places, held for the life of
 /// a socket. Dropping it (on every exit path, panics included) keeps the
@@ -67,42 +65,6 @@ impl Drop for Slot {
         }
         self.state.ws_connections.fetch_sub(1, Ordering::AcqRel);
         self.state.metrics.ws_connections.dec();
-    }
-}
-
-/// Reassembles a fragmented message (`true` for text). Holds nothing
-/// between messages; a message in progress is bounded by [`MAX_MESSAGE_BYTES`].
-#[derive(Debug, Default)]
-pub struct Reassembler {
-    pub(crate) fragments: Option<(bool, Vec<u8>)>,
-}
-
-impl Reassembler {
-    /// Collects a fragmented message; returns it once complete. The error
-    /// is the close frame that ends the socket.
-    pub fn push(&mut self, item: Item) -> Result<Option<(bool, Vec<u8>)>, CloseReason> {
-        let too_big = || CloseReason::from((CloseCode::Size, "message over 10 KiB"));
-        let unexpected =
-            || CloseReason::from((CloseCode::Protocol, "unexpected continuation frame"));
-        let (first, chunk, last) = match item {
-            Item::FirstText(b) => (Some(true), b, false),
-            Item::FirstBinary(b) => (Some(false), b, false),
-            Item::Continue(b) => (None, b, false),
-            Item::Last(b) => (None, b, true),
-        };
-        match (first, &mut self.fragments) {
-            (Some(_), Some(_)) | (None, None) => return Err(unexpected()),
-            (Some(text), None) => self.fragments = Some((text, Vec::new())),
-            (None, Some(_)) => {}
-        }
-        let Some((_, buf)) = self.fragments.as_mut() else {
-            return Err(unexpected());
-        };
-        if buf.len() + chunk.len() > MAX_MESSAGE_BYTES {
-            return Err(too_big());
-        }
-        buf.extend_from_slice(&chunk);
-        Ok(if last { self.fragments.take() } else { None })
     }
 }
 
@@ -210,37 +172,5 @@ mod tests {
         for i in 0..1_000 {
             assert!(w.hit(i * 600, 100), "message {i}");
         }
-    }
-
-    #[test]
-    fn fragments_reassemble_up_to_the_limit() {
-        let mut r = Reassembler::default();
-        assert!(
-            r.push(Item::FirstText("{\"type\":".into()))
-                .unwrap()
-                .is_none()
-        );
-        assert!(r.push(Item::Continue("\"PI".into())).unwrap().is_none());
-        let (text, bytes) = r.push(Item::Last("NG\"}".into())).unwrap().unwrap();
-        assert!(text);
-        assert_eq!(bytes, br#"{"type":"PING"}"#);
-        assert!(r.fragments.is_none(), "nothing kept between messages");
-
-        assert!(matches!(
-            r.push(Item::Continue("x".into())),
-            Err(CloseReason {
-                code: CloseCode::Protocol,
-                ..
-            })
-        ));
-        let full = web::Bytes::from(vec![0; MAX_MESSAGE_BYTES]);
-        assert!(r.push(Item::FirstBinary(full)).unwrap().is_none());
-        assert!(matches!(
-            r.push(Item::Last("x".into())),
-            Err(CloseReason {
-                code: CloseCode::Size,
-                ..
-            })
-        ));
     }
 }

@@ -2,8 +2,9 @@
 //! clients, and the clock commands (`SWITCH`, `PAUSE`, `RESUME`) for clients
 //! that would rather not open a second connection for REST.
 //!
-//! One task per socket. It owns everything the socket needs and nothing
-//! more: the bus subscription is shared per session through the hub,
+//! One task per socket, on the TCP stream itself (the HTTP/1 dispatcher is
+//! gone after the handshake, see [`upgrade`]). It owns everything the
+//! socket needs and nothing more: the bus subscription is shared per session through the hub,
 //! and every service call is boxed so its (large) future is allocated only
 //! while the call runs, not for the whole life of an idle socket.
 //!
@@ -27,13 +28,18 @@
 //! - [`connection`]: one socket's task: the loop over client frames, hub
 //!   frames and heartbeats, and the clock commands.
 //! - [`guards`]: what keeps a socket within bounds: its connection slot,
-//!   the version gate, the message rate window, the fragment reassembler.
+//!   the version gate, the message rate window.
+//! - [`upgrade`]: where a socket leaves actix-http: the HTTP/1 server's
+//!   upgrade service runs the handshake through the application, writes
+//!   the 101 and hands the TCP stream to the socket's task
+//!   (tokio-tungstenite), so no HTTP/1 buffers stay with an idle socket.
 //!
 //! The messages themselves (types, parser, encoders) are `wire`'s.
 
 pub mod admission;
 pub mod connection;
 pub mod guards;
+pub mod upgrade;
 
 use std::collections::HashMap;
 
@@ -48,22 +54,20 @@ use crate::ws::admission::{accept, parse_target};
 #[tracing::instrument(skip_all, fields(session_id = tracing::field::Empty))]
 pub async fn ws_query(
     req: HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     let target = parse_target(query.get("sessionId").map(String::as_str));
-    accept(&req, body, state, target).await
+    accept(&req, state, target).await
 }
 
 /// `GET /v1/sessions/{id}/ws` (ext): the same socket with the id in the path.
 #[tracing::instrument(skip_all, fields(session_id = tracing::field::Empty))]
 pub async fn ws_path(
     req: HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let target = parse_target(Some(path.as_str()));
-    accept(&req, body, state, target).await
+    accept(&req, state, target).await
 }
