@@ -68,7 +68,7 @@ impl Takeover {
 /// The read buffer of an idle socket, bytes. tokio-tungstenite allocates it
 /// up front and keeps it; a client message (small JSON) fits, a larger one
 /// grows it only while it is being read.
-const READ_BUFFER: usize = 256;
+const READ_BUFFER: usize = 128;
 
 /// The protocol limits of every socket: frames and messages up to 10 KiB
 /// (1009 beyond), nothing buffered before a write.
