@@ -52,8 +52,9 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
         ],
         &[],
     ),
-    // A client of the wire contract, like any other: none of our crates.
-    ("loadgen", &[], &[]),
+    // A client of the wire contract, like any other: through the Rust
+    // client only, none of the server's crates.
+    ("loadgen", &["kairos-client"], &[]),
     // The Rust client: its own wire types, none of our crates; its tests
     // run the real transport on the memory adapters.
     (
