@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_core::Stream;
+use uuid::Uuid;
 
 use crate::event::Event;
 use crate::ids::SessionId;
 use crate::session::Session;
+use crate::webhook::{Delivery, DeliveryRecord, Endpoint, WebhookId};
 
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -295,4 +297,84 @@ pub trait PlaceRegistry: Send + Sync + 'static {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<(), StoreError>;
+}
+
+/// Webhook endpoints, the delivery queue and the delivery log (contract
+/// section 9), shared by every instance of a deployment. A delivery is keyed
+/// by (webhook_id, event_id): that pair is what makes enqueueing idempotent
+/// and what `finish` and `reschedule` name.
+///
+/// The queue gives at-least-once delivery across the loss of any instance: a
+/// claimed delivery is a lease, and a delivery is removed only by `finish`
+/// (or with its endpoint).
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    /// Stores a new endpoint (its id is fresh: an existing one is overwritten).
+    async fn create_endpoint(&self, e: &Endpoint) -> Result<(), StoreError>;
+
+    /// Every endpoint, disabled ones included, in no promised order.
+    async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError>;
+
+    /// One endpoint, or `None`.
+    async fn get_endpoint(&self, id: WebhookId) -> Result<Option<Endpoint>, StoreError>;
+
+    /// Removes the endpoint and its delivery log. Returns whether it existed.
+    /// Its queued deliveries go too: `claim_due` MUST NOT return them
+    /// afterwards (an implementation may drop them lazily, at claim time).
+    async fn delete_endpoint(&self, id: WebhookId) -> Result<bool, StoreError>;
+
+    /// Marks the endpoint disabled with `reason` (nothing when it is gone).
+    /// Its queued deliveries are dropped as for `delete_endpoint`.
+    async fn disable_endpoint(&self, id: WebhookId, reason: &str) -> Result<(), StoreError>;
+
+    /// Queues deliveries, each due at its `due_at_ms`. Idempotent per
+    /// (webhook_id, event_id): a second enqueue of a pair still queued is a
+    /// no-op (it neither resets the attempt nor moves the due time). MUST be
+    /// durable when it returns `Ok`.
+    async fn enqueue(&self, deliveries: &[Delivery]) -> Result<(), StoreError>;
+
+    /// Returns up to `limit` deliveries due at or before `now_ms`, each hidden
+    /// from other callers until `now_ms + lease_ms`; a job still queued after
+    /// its lease (its claimer died) MUST be returned again. Atomic for all
+    /// instances: one delivery goes to one caller per lease. Deliveries of a
+    /// deleted or disabled endpoint are never returned.
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Removes the delivery from the queue (delivered, or given up on). No-op
+    /// when it is not queued.
+    async fn finish(&self, id: WebhookId, event_id: Uuid) -> Result<(), StoreError>;
+
+    /// Sets the delivery's next attempt number and due time (ending its
+    /// lease). No-op when it is not queued.
+    async fn reschedule(
+        &self,
+        id: WebhookId,
+        event_id: Uuid,
+        attempt: u32,
+        due_at_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Queued deliveries, and the age (ms) at `now_ms` of the oldest
+    /// undelivered one's event by its `first_enqueued_at_ms` (0 when empty).
+    async fn queue_stats(&self, now_ms: i64) -> Result<(u64, i64), StoreError>;
+
+    /// Puts an event that is in no outbox (a presence event) into the webhook
+    /// feed, the store's webhook outbox, for the fan-out worker.
+    async fn push_event(&self, event: &Event) -> Result<(), StoreError>;
+
+    /// Appends to the endpoint's delivery log, which keeps the newest 1,000 records.
+    async fn record_delivery(&self, id: WebhookId, rec: &DeliveryRecord) -> Result<(), StoreError>;
+
+    /// The endpoint's delivery log, newest first, at most `limit` records.
+    async fn deliveries(
+        &self,
+        id: WebhookId,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
 }
