@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
@@ -18,23 +19,29 @@ use crate::codec::{StateCodec, encode_event};
 use crate::config::RedisConfig;
 use crate::conn::RedisConnection;
 use crate::keys::{Keys, PARTITIONS, PartitionKeys, partition_of, split_budget};
+use crate::outbox::{Feed, RedisOutbox};
 use crate::scripts::Scripts;
+use crate::webhooks::RedisWebhookStore;
 
-/// The Redis [`SessionStore`] (and [`kairos_domain::Outbox`], implemented in
-/// `outbox.rs`, which builds on this module and not the other way round).
-/// Cheap to share behind an `Arc`; all methods take `&self`.
+/// The Redis [`SessionStore`] (and its audit [`kairos_domain::Outbox`],
+/// implemented in `outbox.rs`, which builds on this module and not the
+/// other way round). Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct RedisStore {
     pub(crate) conn: RedisConnection,
     pub(crate) keys: Keys,
-    pub(crate) scripts: Scripts,
+    pub(crate) scripts: Arc<Scripts>,
     ttl_ms: i64,
-    pub(crate) outbox_enabled: bool,
+    outbox_enabled: bool,
+    /// Whether commits also feed the webhook streams (`{pNN}:hooks`).
+    webhook_feed: bool,
     codec: StateCodec,
-    /// Where the next outbox read starts its sweep, so that no partition is
-    /// always served last.
-    pub(crate) read_rotation: AtomicUsize,
-    /// The same for deadline claims.
+    /// The audit outbox this store is (see the `Outbox` impl in `outbox.rs`).
+    pub(crate) audit: RedisOutbox,
+    /// Where the next deadline claim starts its sweep, so that no partition
+    /// is always served last.
     claim_rotation: AtomicUsize,
+    /// The key prefix, for the webhook keys.
+    key_prefix: String,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -43,13 +50,11 @@ impl std::fmt::Debug for RedisStore {
             .field("conn", &self.conn)
             .field("ttl_ms", &self.ttl_ms)
             .field("outbox_enabled", &self.outbox_enabled)
+            .field("webhook_feed", &self.webhook_feed)
             .field("codec", &self.codec)
             .finish_non_exhaustive()
     }
 }
-
-/// The consumer group of the outbox streams.
-pub(crate) const GROUP: &str = "audit";
 
 /// Stop adding states to one claim reply past this many bytes (see
 /// `CLAIM_ALL` in [`crate::scripts`]): bounds the reply when sessions are
@@ -79,25 +84,89 @@ impl RedisStore {
         config
             .validate()
             .map_err(|e| StoreError::Other(e.to_string()))?;
+        let keys = Keys::new(&config.key_prefix);
+        let scripts = Arc::new(Scripts::new());
         let store = Self {
+            audit: RedisOutbox::new(
+                conn.clone(),
+                keys.clone(),
+                scripts.clone(),
+                Feed::Audit,
+                config.outbox_enabled,
+            ),
             conn,
-            keys: Keys::new(&config.key_prefix),
-            scripts: Scripts::new(),
+            keys,
+            scripts,
             ttl_ms: i64::try_from(config.session_ttl.as_millis())
                 .unwrap_or(i64::MAX)
                 .max(1),
             outbox_enabled: config.outbox_enabled,
+            webhook_feed: false,
             codec: StateCodec::DEFAULT,
-            read_rotation: AtomicUsize::new(0),
             claim_rotation: AtomicUsize::new(0),
+            key_prefix: config.key_prefix.clone(),
         };
         store.preload_scripts().await?;
         Ok(store)
     }
 
+    /// With `on`, every `create` and `commit` also appends its events to the
+    /// partition's webhook stream (`{pNN}:hooks`, group `webhooks`) in the
+    /// same atomic step as the audit outbox, for [`Self::webhook_outbox`]'s
+    /// reader. Off by default: nothing would drain the streams.
+    #[must_use]
+    pub fn with_webhook_feed(mut self, on: bool) -> Self {
+        self.webhook_feed = on;
+        self
+    }
+
+    /// Whether commits feed the webhook streams.
+    pub fn webhook_feed(&self) -> bool {
+        self.webhook_feed
+    }
+
+    /// The webhook feed as an [`kairos_domain::Outbox`] (the audit outbox is
+    /// the store itself). Reads nothing when the feed is off.
+    pub fn webhook_outbox(&self) -> RedisOutbox {
+        RedisOutbox::new(
+            self.conn.clone(),
+            self.keys.clone(),
+            self.scripts.clone(),
+            Feed::Webhooks,
+            self.webhook_feed,
+        )
+    }
+
+    /// The [`kairos_domain::WebhookStore`] of this deployment (endpoints,
+    /// delivery queue and log, under the same key prefix), whose
+    /// `push_event` feeds this store's webhook streams (a no-op when the
+    /// feed is off).
+    pub fn webhook_store(&self) -> RedisWebhookStore {
+        RedisWebhookStore::new(
+            self.conn.clone(),
+            &self.key_prefix,
+            self.keys.clone(),
+            self.scripts.clone(),
+            self.webhook_feed,
+        )
+    }
+
     /// The connection, to share with [`crate::RedisClock`].
     pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
+    }
+
+    /// The streams a write of a session in partition `keys` appends its
+    /// events to: the audit outbox and the webhook feed, each when on.
+    fn event_streams<'k>(&self, keys: &'k PartitionKeys) -> Vec<&'k str> {
+        let mut streams = Vec::with_capacity(2);
+        if self.outbox_enabled {
+            streams.push(keys.outbox.as_str());
+        }
+        if self.webhook_feed {
+            streams.push(keys.hooks.as_str());
+        }
+        streams
     }
 
     /// Loads the scripts so the first commits do not pay for it. Only an
@@ -121,18 +190,7 @@ impl RedisStore {
         keys: &[&str],
         args: &[Vec<u8>],
     ) -> Result<T, StoreError> {
-        self.conn
-            .run(what, |mut conn| async move {
-                let mut invocation = script.prepare_invoke();
-                for key in keys {
-                    invocation.key(*key);
-                }
-                for arg in args {
-                    invocation.arg(arg.as_slice());
-                }
-                invocation.invoke_async(&mut conn).await
-            })
-            .await
+        self.conn.eval(what, script, keys, args).await
     }
 
     /// The arguments a state write shares between `create` and `commit`:
@@ -153,8 +211,8 @@ impl RedisStore {
                 .into_bytes(),
         );
         args.push(state.id.to_string().into_bytes());
-        // With the outbox off nothing drains the streams: write no events at all.
-        if self.outbox_enabled {
+        // With both feeds off nothing drains the streams: write no events at all.
+        if self.outbox_enabled || self.webhook_feed {
             for event in events {
                 args.push(encode_event(event)?);
             }
@@ -321,13 +379,10 @@ impl SessionStore for RedisStore {
         let state_key = self.keys.state(&state.id);
         let mut args = vec![state.version.to_string().into_bytes()];
         args.extend(self.write_args(state, machine::next_deadline(state), events)?);
+        let mut script_keys = vec![state_key.as_str(), keys.deadlines.as_str()];
+        script_keys.extend(self.event_streams(keys));
         let created: i64 = self
-            .eval(
-                "create",
-                &self.scripts.create,
-                &[&state_key, &keys.deadlines, &keys.outbox],
-                &args,
-            )
+            .eval("create", &self.scripts.create, &script_keys, &args)
             .await?;
         if created == 1 {
             Ok(())
@@ -350,13 +405,10 @@ impl SessionStore for RedisStore {
             state.version.to_string().into_bytes(),
         ];
         args.extend(self.write_args(state, commit.deadline, &commit.events)?);
+        let mut script_keys = vec![state_key.as_str(), keys.deadlines.as_str()];
+        script_keys.extend(self.event_streams(keys));
         let outcome: i64 = self
-            .eval(
-                "commit",
-                &self.scripts.commit,
-                &[&state_key, &keys.deadlines, &keys.outbox],
-                &args,
-            )
+            .eval("commit", &self.scripts.commit, &script_keys, &args)
             .await?;
         match outcome {
             1 => Ok(()),
