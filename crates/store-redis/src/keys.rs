@@ -1,6 +1,7 @@
 //! The key layout: sessions spread over [`PARTITIONS`] hash-tagged
 //! partitions, so a Redis Cluster spreads them over its nodes while every
-//! key one commit touches stays in one slot.
+//! key one commit touches stays in one slot; and the sweep that visits the
+//! partitions for claims and outbox reads.
 //!
 //! For a session in partition `NN` (two digits) and the default prefix:
 //!
@@ -30,7 +31,11 @@
 //! is one enqueue per (endpoint, event) and one claim per poll, far below a
 //! session's switch traffic.
 
-use kairos_domain::SessionId;
+use std::collections::VecDeque;
+use std::future::Future;
+
+use futures_util::future::try_join_all;
+use kairos_domain::{SessionId, StoreError};
 
 /// How many partitions the keys are spread over. A constant, not a setting:
 /// every instance of a deployment must map a session to the same partition,
@@ -164,6 +169,63 @@ pub(crate) fn split_budget(budget: usize, n: usize) -> Vec<usize> {
     }
     let (base, extra) = (budget / n, budget % n);
     (0..n).map(|i| base + usize::from(i < extra)).collect()
+}
+
+/// Upper bound on the waves of one sweep (see [`sweep`]): enough
+/// to visit every partition one by one plus a few refills of the busy ones.
+const MAX_WAVES: usize = PARTITIONS + 8;
+
+/// Visits the partitions in waves, starting at `start`, asking each for
+/// at most a quota; the quotas of a wave add up to what is still wanted,
+/// so the sweep never takes (claims, leases) more than `budget` items.
+///
+/// The first wave covers every partition when the budget allows (one
+/// concurrent round of small calls, pipelined on the connection). A
+/// partition that filled its quota may hold more; later waves give the
+/// leftover budget to those. With a budget below [`PARTITIONS`] the
+/// partitions are visited `budget` at a time until the budget is spent
+/// or all were seen.
+///
+/// `visit(partition, quota)` returns the items and whether the quota was
+/// filled.
+pub(crate) async fn sweep<T, F, Fut>(
+    start: usize,
+    budget: usize,
+    mut visit: F,
+) -> Result<Vec<T>, StoreError>
+where
+    F: FnMut(usize, usize) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, bool), StoreError>>,
+{
+    let mut out = Vec::new();
+    let mut unvisited: VecDeque<usize> =
+        (0..PARTITIONS).map(|i| (start + i) % PARTITIONS).collect();
+    let mut full: VecDeque<usize> = VecDeque::new();
+    for _ in 0..MAX_WAVES {
+        let remaining = budget.saturating_sub(out.len());
+        let source = if remaining == 0 {
+            break;
+        } else if !unvisited.is_empty() {
+            &mut unvisited
+        } else if !full.is_empty() {
+            &mut full
+        } else {
+            break;
+        };
+        let wave: Vec<usize> = source.drain(..remaining.min(source.len())).collect();
+        let quotas = split_budget(remaining, wave.len());
+        let calls = wave.iter().zip(quotas).map(|(&p, quota)| {
+            let call = visit(p, quota);
+            async move { call.await.map(|result| (p, result)) }
+        });
+        for (p, (items, filled)) in try_join_all(calls).await? {
+            out.extend(items);
+            if filled {
+                full.push_back(p);
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

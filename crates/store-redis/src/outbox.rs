@@ -1,8 +1,8 @@
 //! [`RedisOutbox`]: an [`Outbox`] over one Redis stream per partition,
 //! drained through one consumer group. The store has two: the audit outbox
-//! (`{pNN}:outbox`, group `audit`, which [`RedisStore`] itself implements by
-//! delegation) and the webhook feed (`{pNN}:hooks`, group `webhooks`,
-//! [`RedisStore::webhook_outbox`]). One code path serves both, told apart
+//! (`{pNN}:outbox`, group `audit`, which [`crate::RedisStore`] itself
+//! implements by delegation) and the webhook feed (`{pNN}:hooks`, group
+//! `webhooks`, [`crate::RedisStore::webhook_outbox`]). One code path serves both, told apart
 //! by [`Feed`].
 //!
 //! Entry ids handed to callers are `NN-<stream id>` (`NN` the partition, two
@@ -20,9 +20,8 @@ use kairos_domain::{Outbox, OutboxEntry, StoreError};
 
 use crate::codec::decode_event;
 use crate::conn::RedisConnection;
-use crate::keys::{Keys, PARTITIONS, PartitionKeys};
+use crate::keys::{Keys, PARTITIONS, PartitionKeys, sweep};
 use crate::scripts::Scripts;
-use crate::store::RedisStore;
 
 /// At most this many ids per `ACK` script call (Lua's `unpack` has a stack limit).
 const ACK_CHUNK: usize = 1000;
@@ -199,7 +198,7 @@ impl Outbox for RedisOutbox {
             return Ok(Vec::new());
         }
         let start = self.read_rotation.fetch_add(1, Ordering::Relaxed) % PARTITIONS;
-        RedisStore::sweep(start, max, |p, quota| {
+        sweep(start, max, |p, quota| {
             self.read_partition(p, quota, consumer, reclaim_after_ms)
         })
         .await
@@ -244,28 +243,6 @@ impl Outbox for RedisOutbox {
         let oldest = parts.iter().filter_map(|(_, ms)| *ms).min();
         let age = oldest.map_or(0, |ms| now_ms.saturating_sub(ms).max(0));
         Ok((count, age))
-    }
-}
-
-/// The store is its own audit outbox (the shape the audit worker was wired
-/// with before the webhook feed existed).
-#[async_trait]
-impl Outbox for RedisStore {
-    async fn read(
-        &self,
-        consumer: &str,
-        max: usize,
-        reclaim_after_ms: i64,
-    ) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.audit.read(consumer, max, reclaim_after_ms).await
-    }
-
-    async fn ack(&self, ids: &[String]) -> Result<(), StoreError> {
-        self.audit.ack(ids).await
-    }
-
-    async fn backlog(&self, now_ms: i64) -> Result<(u64, i64), StoreError> {
-        self.audit.backlog(now_ms).await
     }
 }
 

@@ -3,29 +3,27 @@
 //! atomic round trip); a deadline claim visits every partition in one script
 //! call (in Cluster mode, one call per partition, concurrently).
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use futures_util::future::try_join_all;
 use kairos_domain::{
-    Claimed, Commit, Event, Session, SessionId, SessionStore, StoreError, machine,
+    Claimed, Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionStore, StoreError,
+    machine,
 };
 use redis::{FromRedisValue, Script};
 
 use crate::codec::{StateCodec, encode_event};
 use crate::config::RedisConfig;
 use crate::conn::RedisConnection;
-use crate::keys::{Keys, PARTITIONS, PartitionKeys, partition_of, split_budget};
+use crate::keys::{Keys, PARTITIONS, PartitionKeys, partition_of, sweep};
 use crate::outbox::{Feed, RedisOutbox};
 use crate::scripts::Scripts;
 use crate::webhooks::RedisWebhookStore;
 
-/// The Redis [`SessionStore`] (and its audit [`kairos_domain::Outbox`],
-/// implemented in `outbox.rs`, which builds on this module and not the
-/// other way round). Cheap to share behind an `Arc`; all methods take `&self`.
+/// The Redis [`SessionStore`], and its audit [`Outbox`] (by delegation to a
+/// [`RedisOutbox`] over the `audit` feed). Cheap to share behind an `Arc`;
+/// all methods take `&self`.
 pub struct RedisStore {
     pub(crate) conn: RedisConnection,
     pub(crate) keys: Keys,
@@ -35,7 +33,7 @@ pub struct RedisStore {
     /// Whether commits also feed the webhook streams (`{pNN}:hooks`).
     webhook_feed: bool,
     codec: StateCodec,
-    /// The audit outbox this store is (see the `Outbox` impl in `outbox.rs`).
+    /// The audit outbox this store is (see its `Outbox` impl below).
     pub(crate) audit: RedisOutbox,
     /// Where the next deadline claim starts its sweep, so that no partition
     /// is always served last.
@@ -63,10 +61,6 @@ const CLAIM_REPLY_BYTES: usize = 4 << 20;
 
 /// Script calls one standalone claim makes at most (see `claim_due`).
 const MAX_CLAIM_CALLS: usize = 4;
-
-/// Upper bound on the waves of one sweep (see [`RedisStore::sweep`]): enough
-/// to visit every partition one by one plus a few refills of the busy ones.
-const MAX_WAVES: usize = PARTITIONS + 8;
 
 impl RedisStore {
     /// Connects (see [`RedisConnection::connect`]) and builds the store.
@@ -218,59 +212,6 @@ impl RedisStore {
             }
         }
         Ok(args)
-    }
-
-    /// Visits the partitions in waves, starting at `start`, asking each for
-    /// at most a quota; the quotas of a wave add up to what is still wanted,
-    /// so the sweep never takes (claims, leases) more than `budget` items.
-    ///
-    /// The first wave covers every partition when the budget allows (one
-    /// concurrent round of small calls, pipelined on the connection). A
-    /// partition that filled its quota may hold more; later waves give the
-    /// leftover budget to those. With a budget below [`PARTITIONS`] the
-    /// partitions are visited `budget` at a time until the budget is spent
-    /// or all were seen.
-    ///
-    /// `visit(partition, quota)` returns the items and whether the quota was
-    /// filled.
-    pub(crate) async fn sweep<T, F, Fut>(
-        start: usize,
-        budget: usize,
-        mut visit: F,
-    ) -> Result<Vec<T>, StoreError>
-    where
-        F: FnMut(usize, usize) -> Fut,
-        Fut: Future<Output = Result<(Vec<T>, bool), StoreError>>,
-    {
-        let mut out = Vec::new();
-        let mut unvisited: VecDeque<usize> =
-            (0..PARTITIONS).map(|i| (start + i) % PARTITIONS).collect();
-        let mut full: VecDeque<usize> = VecDeque::new();
-        for _ in 0..MAX_WAVES {
-            let remaining = budget.saturating_sub(out.len());
-            let source = if remaining == 0 {
-                break;
-            } else if !unvisited.is_empty() {
-                &mut unvisited
-            } else if !full.is_empty() {
-                &mut full
-            } else {
-                break;
-            };
-            let wave: Vec<usize> = source.drain(..remaining.min(source.len())).collect();
-            let quotas = split_budget(remaining, wave.len());
-            let calls = wave.iter().zip(quotas).map(|(&p, quota)| {
-                let call = visit(p, quota);
-                async move { call.await.map(|result| (p, result)) }
-            });
-            for (p, (items, filled)) in try_join_all(calls).await? {
-                out.extend(items);
-                if filled {
-                    full.push_back(p);
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Claims up to `quota` due deadlines of partition `p` (Cluster mode).
@@ -463,7 +404,7 @@ impl SessionStore for RedisStore {
             }
             return Ok(out);
         }
-        Self::sweep(start, limit, |p, quota| {
+        sweep(start, limit, |p, quota| {
             self.claim_partition(p, quota, now_ms, lease_until)
         })
         .await
@@ -482,5 +423,27 @@ impl SessionStore for RedisStore {
         } else {
             Err(StoreError::Other(format!("unexpected PING reply {pong:?}")))
         }
+    }
+}
+
+/// The store is its own audit outbox (the shape the audit worker was wired
+/// with before the webhook feed existed).
+#[async_trait]
+impl Outbox for RedisStore {
+    async fn read(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after_ms: i64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.audit.read(consumer, max, reclaim_after_ms).await
+    }
+
+    async fn ack(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.audit.ack(ids).await
+    }
+
+    async fn backlog(&self, now_ms: i64) -> Result<(u64, i64), StoreError> {
+        self.audit.backlog(now_ms).await
     }
 }
