@@ -385,8 +385,8 @@ fn record(n: u32) -> DeliveryRecord {
     DeliveryRecord {
         event_id: Uuid::from_u128(u128::from(n)),
         attempt: n,
-        status_code: if n % 2 == 0 { Some(200) } else { None },
-        error: if n % 2 == 0 {
+        status_code: if n.is_multiple_of(2) { Some(200) } else { None },
+        error: if n.is_multiple_of(2) {
             None
         } else {
             Some("connection refused".to_owned())
