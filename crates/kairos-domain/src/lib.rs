@@ -17,6 +17,8 @@
 //!   only; imports `ids`). [`event`]: audit events (imports `ids`).
 //! - [`config`]: the session config and every validation rule of the contract.
 //!   [`auth`]: the authorization matrix. Both read `session` types.
+//!   [`webhook`]: webhook endpoints, the retry schedule and [`webhook::next_step`],
+//!   the delivery body and log records (imports `ids`, `event`).
 //! - `rotation` (private): turn order, who may play and who plays next.
 //! - [`clock`]: the time model, the one place time is computed: time used and
 //!   left per participant, group and session in every mode at an instant,
@@ -28,7 +30,7 @@
 //! - [`view`]: the read model at any instant, deadlines applied as of their
 //!   deadline (via `clock`, never via `machine`).
 //! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`],
-//!   [`PlaceRegistry`].
+//!   [`PlaceRegistry`], [`WebhookStore`] (and [`DeliveryLog`], [`WithDeliveryLog`]).
 //! - [`ratelimit`]: GCRA and the [`ratelimit::RateLimiter`] port.
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set,
 //!   publish.
@@ -73,6 +75,7 @@ mod rotation;
 pub mod service;
 pub mod session;
 pub mod view;
+pub mod webhook;
 
 pub use auth::{Action, Actor, Role};
 pub use config::{FieldError, SessionConfig};
@@ -80,8 +83,9 @@ pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
-    AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, EventBus, Outbox,
-    OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription,
+    AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, DeliveryLog, EventBus,
+    Outbox, OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription, WebhookStore,
+    WithDeliveryLog,
 };
 pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use service::{
@@ -91,10 +95,14 @@ pub use session::{
     DelayMode, Group, Participant, Session, Stage, Status, SyncMode, TimeoutAction, TimeoutKind,
 };
 pub use view::{GroupView, ParticipantView, SessionView};
+pub use webhook::{
+    AttemptOutcome, Delivery, DeliveryRecord, Endpoint, NextStep, RetrySchedule, WebhookId,
+};
 
 #[cfg(any(test, feature = "mocks"))]
 pub use ports::{
-    MockAuditSink, MockClock, MockEventBus, MockOutbox, MockPlaceRegistry, MockSessionStore,
+    MockAuditSink, MockClock, MockDeliveryLog, MockEventBus, MockOutbox, MockPlaceRegistry,
+    MockSessionStore, MockWebhookStore,
 };
 #[cfg(any(test, feature = "mocks"))]
 pub use ratelimit::MockRateLimiter;
