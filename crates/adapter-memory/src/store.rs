@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use kairos_domain::ratelimit::{RateDecision, gcra};
 use kairos_domain::{
     Claimed, Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionStore, StoreError,
 };
@@ -22,6 +23,9 @@ struct Inner {
     leases: HashMap<SessionId, i64>,
     outbox: BTreeMap<u64, Slot>,
     next_seq: u64,
+    /// Each session's GCRA TAT for the rate checks commits carry (the
+    /// per-session switch limit), dropped with the session.
+    rates: HashMap<SessionId, i64>,
 }
 
 #[derive(Debug)]
@@ -96,6 +100,7 @@ impl Inner {
             .is_some_and(|stored| stored.expires <= now);
         if expired && let Some(stored) = self.sessions.remove(&id) {
             self.set_deadline(id, stored.deadline, None);
+            self.rates.remove(&id);
         }
     }
 }
@@ -129,14 +134,31 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: &Commit) -> Result<Option<RateDecision>, StoreError> {
         let mut inner = self.lock()?;
         let now = Instant::now();
         let id = commit.state.id;
         inner.expire_if_due(id, now);
         let old_deadline = match inner.sessions.get(&id) {
             Some(stored) if stored.state.version == commit.expected_version => stored.deadline,
-            _ => return Err(StoreError::VersionConflict),
+            Some(stored) => {
+                return Err(StoreError::VersionConflict(Some(Box::new(
+                    stored.state.clone(),
+                ))));
+            }
+            None => return Err(StoreError::VersionConflict(None)),
+        };
+        let rate = match commit.rate {
+            None => None,
+            Some(check) => {
+                let (decision, tat) =
+                    gcra(inner.rates.get(&id).copied(), check.now_ms, check.limit);
+                if !decision.allowed {
+                    return Err(StoreError::RateLimited(decision));
+                }
+                inner.rates.insert(id, tat);
+                Some(decision)
+            }
         };
         inner.set_deadline(id, old_deadline, commit.deadline);
         inner.sessions.insert(
@@ -148,11 +170,12 @@ impl SessionStore for MemoryStore {
             },
         );
         Self::append(&mut inner, &commit.events);
-        Ok(())
+        Ok(rate)
     }
 
     async fn delete(&self, id: SessionId) -> Result<bool, StoreError> {
         let mut inner = self.lock()?;
+        inner.rates.remove(&id);
         match inner.sessions.remove(&id) {
             Some(stored) => {
                 inner.set_deadline(id, stored.deadline, None);

@@ -27,9 +27,12 @@
 //!   `clock`, then the command) and [`machine::create`].
 //! - [`view`]: the read model at any instant, deadlines applied as of their
 //!   deadline (via `clock`, never via `machine`).
+//! - [`ratelimit`]: GCRA, the rate-limit math (pure).
 //! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`],
-//!   [`PlaceRegistry`].
-//! - [`ratelimit`]: GCRA and the [`ratelimit::RateLimiter`] port.
+//!   [`PlaceRegistry`], [`RateLimiter`].
+//! - [`cache`]: [`cache::SessionCache`], the bounded, version-monotonic
+//!   copy of recent sessions the service decides on before the store
+//!   confirms (data only).
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set,
 //!   publish.
 //!
@@ -62,6 +65,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod event;
@@ -81,9 +85,9 @@ pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, EventBus, Outbox,
-    OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription,
+    OutboxEntry, PlaceRegistry, RateCheck, RateLimiter, SessionStore, StoreError, Subscription,
 };
-pub use ratelimit::{Limit, RateDecision, RateLimiter};
+pub use ratelimit::{Limit, RateDecision};
 pub use service::{
     AuditHealth, DynSessionService, Executed, Health, ServiceError, SessionService, Snapshot,
 };
@@ -94,7 +98,6 @@ pub use view::{GroupView, ParticipantView, SessionView};
 
 #[cfg(any(test, feature = "mocks"))]
 pub use ports::{
-    MockAuditSink, MockClock, MockEventBus, MockOutbox, MockPlaceRegistry, MockSessionStore,
+    MockAuditSink, MockClock, MockEventBus, MockOutbox, MockPlaceRegistry, MockRateLimiter,
+    MockSessionStore,
 };
-#[cfg(any(test, feature = "mocks"))]
-pub use ratelimit::MockRateLimiter;

@@ -2794,7 +2794,7 @@ mod service {
             .times(1)
             .in_sequence(&mut seq)
             .withf(|c| c.expected_version == 2 && c.state.version == 3)
-            .returning(|_| Err(StoreError::VersionConflict));
+            .returning(|_| Err(StoreError::VersionConflict(None)));
         let fresh = v3.clone();
         store
             .expect_load()
@@ -2813,7 +2813,7 @@ mod service {
                     && c.events.len() == 1
                     && c.events[0].version == 4
             })
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(10_000));
 
@@ -2866,7 +2866,7 @@ mod service {
             .expect_commit()
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|_| Err(StoreError::VersionConflict));
+            .returning(|_| Err(StoreError::VersionConflict(None)));
         store
             .expect_load()
             .times(1)
@@ -2916,7 +2916,7 @@ mod service {
                     && c.events.len() == 3
                     && c.deadline.is_none()
             })
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(25_000));
 
@@ -2963,7 +2963,7 @@ mod service {
             .expect_commit()
             .times(1)
             .withf(|c| c.state.version == 3 && c.state.status == Status::Expired)
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(301_000));
 
@@ -3001,7 +3001,7 @@ mod service {
         store
             .expect_load()
             .returning(move |_| Ok(Some(stored.clone())));
-        store.expect_commit().times(1).returning(|_| Ok(()));
+        store.expect_commit().times(1).returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(1_000));
 
@@ -3126,7 +3126,7 @@ mod service {
             .times(1)
             .in_sequence(&mut seq)
             .withf(|c| c.expected_version == 2 && c.state.version == 3 && c.deadline.is_none())
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let mut clock = MockClock::new();
         let mut ticks = vec![at(350_000), at(100_000)];
         clock
@@ -3161,7 +3161,7 @@ mod service {
             .expect_commit()
             .times(1)
             .withf(|c| c.expected_version == 2 && c.state.version == 3 && c.deadline.is_none())
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(350_000));
 
@@ -3210,7 +3210,7 @@ mod service {
             .times(1)
             .in_sequence(&mut seq)
             .withf(|c| c.expected_version == 2)
-            .returning(|_| Err(StoreError::VersionConflict));
+            .returning(|_| Err(StoreError::VersionConflict(None)));
         store
             .expect_load()
             .times(1)
@@ -3221,7 +3221,7 @@ mod service {
             .times(1)
             .in_sequence(&mut seq)
             .withf(|c| c.expected_version == 3 && c.state.version == 4 && c.deadline.is_none())
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(450_000));
 
@@ -3258,7 +3258,7 @@ mod service {
             .expect_commit()
             .times(1)
             .withf(|c| c.state.status == Status::Cancelled && c.state.version == 3)
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         store.expect_delete().times(1).returning(|_| Ok(true));
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();

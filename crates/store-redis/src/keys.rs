@@ -9,6 +9,7 @@
 //! | `kairos:{pNN}:s:<uuid>` | hash | `v` = version (decimal), `s` = encoded state; PEXPIRE = session TTL |
 //! | `kairos:{pNN}:deadlines` | sorted set | member = session uuid, score = deadline (ms), or a claim's lease end |
 //! | `kairos:{pNN}:outbox` | stream | one entry per event, field `e` = the event's JSON; consumer group `audit` |
+//! | `kairos:{pNN}:rl:<uuid>` | string | the session's switch-limit GCRA TAT (ms), counted by the commit script; PEXPIRE = until the TAT |
 //!
 //! No key is hot (the deadline index and the outbox are split 64 ways), and
 //! no script ever touches two slots.
@@ -55,6 +56,8 @@ pub(crate) struct PartitionKeys {
     pub(crate) deadlines: String,
     /// `<prefix>{pNN}:outbox`.
     pub(crate) outbox: String,
+    /// `<prefix>{pNN}:rl:`: a session's rate-limit key is this plus its uuid.
+    pub(crate) rate_prefix: String,
 }
 
 impl Keys {
@@ -67,6 +70,7 @@ impl Keys {
                     state_prefix: format!("{tag}:s:"),
                     deadlines: format!("{tag}:deadlines"),
                     outbox: format!("{tag}:outbox"),
+                    rate_prefix: format!("{tag}:rl:"),
                 }
             })
             .collect();
@@ -81,6 +85,11 @@ impl Keys {
     /// The state key of a session.
     pub(crate) fn state(&self, id: &SessionId) -> String {
         format!("{}{}", self.partition(partition_of(id)).state_prefix, id)
+    }
+
+    /// The key of a session's rate-limit TAT, in its partition's slot.
+    pub(crate) fn rate(&self, id: &SessionId) -> String {
+        format!("{}{}", self.partition(partition_of(id)).rate_prefix, id)
     }
 }
 
@@ -153,6 +162,7 @@ mod tests {
             format!("kairos:{tag}:deadlines")
         );
         assert_eq!(keys.partition(p).outbox, format!("kairos:{tag}:outbox"));
+        assert_eq!(keys.rate(&s), format!("kairos:{tag}:rl:{s}"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 mod common;
 
-use kairos_domain::ratelimit::{Limit, RateLimiter, gcra};
+use kairos_domain::RateLimiter;
+use kairos_domain::ratelimit::{Limit, gcra};
 use store_redis::RedisRateLimiter;
 
 #[tokio::test]
