@@ -51,7 +51,10 @@ impl Default for RateLimits {
 /// Which limit a request falls under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// `POST /v1/sessions/{id}/switch`, WS `SWITCH`.
+    /// `POST /v1/sessions/{id}/switch`, WS `SWITCH`. Commands do not count
+    /// it here: the store counts it with the commit
+    /// ([`Limiter::switch_limit`]); `check` still serves a caller that has
+    /// no store to count it in.
     Switch,
     /// `POST /v1/sessions`.
     Create,
