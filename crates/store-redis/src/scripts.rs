@@ -15,8 +15,9 @@
 use redis::Script;
 
 /// The GCRA step of [`kairos_domain::ratelimit::gcra`] as a Lua function,
-/// shared by [`COMMIT`] and the standalone limiter
-/// (`crate::ratelimit`): `gcra(key, now, interval, burst)` reads the TAT
+/// shared by [`COMMIT`] and the standalone limiter (`RedisRateLimiter`,
+/// the limits other than the switch limit): `gcra(key, now, interval,
+/// burst)` reads the TAT
 /// stored under `key`, stores the next one (with an expiry at its end) when
 /// the request is allowed, and returns `allowed, stored TAT or false`. The
 /// caller recomputes the decision from that TAT with the same pure function,
