@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use kairos_domain::ratelimit::{RateDecision, gcra};
 use kairos_domain::{
     Claimed, Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionStore, StoreError,
 };
@@ -25,6 +26,9 @@ struct Inner {
     outbox: Queue,
     /// The webhook feed: the same events when the feed is on, and presence events.
     hooks: Queue,
+    /// Each session's GCRA TAT for the rate checks commits carry (the
+    /// per-session switch limit), dropped with the session.
+    rates: HashMap<SessionId, i64>,
 }
 
 /// One outbox: events in order, each leased to a consumer until acknowledged.
@@ -224,6 +228,7 @@ impl Inner {
             .is_some_and(|stored| stored.expires <= now);
         if expired && let Some(stored) = self.sessions.remove(&id) {
             self.set_deadline(id, stored.deadline, None);
+            self.rates.remove(&id);
         }
     }
 }
@@ -257,14 +262,31 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: &Commit) -> Result<Option<RateDecision>, StoreError> {
         let mut inner = self.lock()?;
         let now = Instant::now();
         let id = commit.state.id;
         inner.expire_if_due(id, now);
         let old_deadline = match inner.sessions.get(&id) {
             Some(stored) if stored.state.version == commit.expected_version => stored.deadline,
-            _ => return Err(StoreError::VersionConflict),
+            Some(stored) => {
+                return Err(StoreError::VersionConflict(Some(Box::new(
+                    stored.state.clone(),
+                ))));
+            }
+            None => return Err(StoreError::VersionConflict(None)),
+        };
+        let rate = match commit.rate {
+            None => None,
+            Some(check) => {
+                let (decision, tat) =
+                    gcra(inner.rates.get(&id).copied(), check.now_ms, check.limit);
+                if !decision.allowed {
+                    return Err(StoreError::RateLimited(decision));
+                }
+                inner.rates.insert(id, tat);
+                Some(decision)
+            }
         };
         inner.set_deadline(id, old_deadline, commit.deadline);
         inner.sessions.insert(
@@ -276,11 +298,12 @@ impl SessionStore for MemoryStore {
             },
         );
         self.append(&mut inner, &commit.events);
-        Ok(())
+        Ok(rate)
     }
 
     async fn delete(&self, id: SessionId) -> Result<bool, StoreError> {
         let mut inner = self.lock()?;
+        inner.rates.remove(&id);
         match inner.sessions.remove(&id) {
             Some(stored) => {
                 inner.set_deadline(id, stored.deadline, None);

@@ -104,6 +104,27 @@ impl ApiError {
         }
     }
 
+    /// 429 `RATE_LIMITED` for a refusal by `limit`, with `Retry-After` and
+    /// the decision for the `RateLimit-*` headers (contract section 7).
+    pub fn rate_limited(
+        decision: kairos_domain::RateDecision,
+        limit: kairos_domain::Limit,
+    ) -> Self {
+        Self {
+            retry_after: Some(ceil_secs(decision.retry_after_ms)),
+            rate_limit: Some(Box::new(decision)),
+            ..Self::new(
+                Code::RateLimited,
+                format!(
+                    "over the limit of {} per {} s; retry after {} s",
+                    decision.limit,
+                    limit.period_ms / 1000,
+                    ceil_secs(decision.retry_after_ms)
+                ),
+            )
+        }
+    }
+
     /// Adds details.
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(Box::new(details));
@@ -252,6 +273,7 @@ pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
             tracing::error!(request_id, %cause, "internal error");
             ApiError::internal(request_id)
         }
+        ServiceError::RateLimited { decision, limit } => ApiError::rate_limited(decision, limit),
     }
 }
 

@@ -239,7 +239,14 @@ async fn pump(
     tx: broadcast::Sender<Frame>,
 ) {
     loop {
-        let frame = match subscription.next().await {
+        let message = subscription.next().await;
+        // What the bus says about a session keeps the service's copy of it
+        // fresh, so a command over this instance decides on the latest
+        // version without a load.
+        if let Some(message) = &message {
+            service.observe(message);
+        }
+        let frame = match message {
             Some(BusMessage::Updated {
                 state,
                 events,

@@ -250,10 +250,13 @@ impl AppState {
     }
 
     /// Runs a client's command, from REST or a WebSocket alike: a switch
-    /// is rate-limited per session and its latency recorded, a store
-    /// outage is counted, and a refusal becomes the one [`ApiError`] of
-    /// [`from_service`] (`request_id` goes into a 500's body and the log).
-    /// Returns the rate decision for the `RateLimit-*` headers.
+    /// is rate-limited per session (the limit travels with the command and
+    /// the store counts it in the commit's atomic step, so a switch on a
+    /// session this instance knows costs one store round trip) and its
+    /// latency recorded, a store outage is counted, and a refusal becomes
+    /// the one [`ApiError`] of [`from_service`] (`request_id` goes into a
+    /// 500's body and the log). Returns the rate decision for the
+    /// `RateLimit-*` headers.
     pub async fn execute(
         &self,
         actor: &Actor,
@@ -275,15 +278,15 @@ impl AppState {
             } => Some("group_id"),
             _ => None,
         };
-        let rate = if is_switch {
-            self.rate(Kind::Switch, &id.to_string()).await?
+        let limit = if is_switch {
+            self.limiter.as_ref().and_then(Limiter::switch_limit)
         } else {
             None
         };
         let started = Instant::now();
         let result = self
             .service
-            .execute(actor, id, command, expected_version)
+            .execute_limited(actor, id, command, expected_version, limit)
             .await;
         if is_switch {
             self.metrics
@@ -291,7 +294,10 @@ impl AppState {
                 .observe(started.elapsed().as_secs_f64());
         }
         match result {
-            Ok(executed) => Ok((executed, rate)),
+            Ok(executed) => {
+                let rate = executed.rate;
+                Ok((executed, rate))
+            }
             Err(e) => {
                 if matches!(e, ServiceError::Unavailable(_)) {
                     self.metrics.store_errors.inc();

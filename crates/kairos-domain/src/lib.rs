@@ -29,9 +29,13 @@
 //!   `clock`, then the command) and [`machine::create`].
 //! - [`view`]: the read model at any instant, deadlines applied as of their
 //!   deadline (via `clock`, never via `machine`).
+//! - [`ratelimit`]: GCRA, the rate-limit math (pure).
 //! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`],
-//!   [`PlaceRegistry`], [`WebhookStore`] (and [`DeliveryLog`], [`WithDeliveryLog`]).
-//! - [`ratelimit`]: GCRA and the [`ratelimit::RateLimiter`] port.
+//!   [`PlaceRegistry`], [`RateLimiter`], [`WebhookStore`] (and [`DeliveryLog`],
+//!   [`WithDeliveryLog`]).
+//! - [`cache`]: [`cache::SessionCache`], the bounded, version-monotonic
+//!   copy of recent sessions the service decides on before the store
+//!   confirms (data only).
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set,
 //!   publish.
 //!
@@ -64,6 +68,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod event;
@@ -84,10 +89,10 @@ pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, DeliveryLog, EventBus,
-    Outbox, OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription, WebhookStore,
-    WithDeliveryLog,
+    Outbox, OutboxEntry, PlaceRegistry, RateCheck, RateLimiter, SessionStore, StoreError,
+    Subscription, WebhookStore, WithDeliveryLog,
 };
-pub use ratelimit::{Limit, RateDecision, RateLimiter};
+pub use ratelimit::{Limit, RateDecision};
 pub use service::{
     AuditHealth, DynSessionService, Executed, Health, ServiceError, SessionService, Snapshot,
 };
@@ -102,7 +107,5 @@ pub use webhook::{
 #[cfg(any(test, feature = "mocks"))]
 pub use ports::{
     MockAuditSink, MockClock, MockDeliveryLog, MockEventBus, MockOutbox, MockPlaceRegistry,
-    MockSessionStore, MockWebhookStore,
+    MockRateLimiter, MockSessionStore, MockWebhookStore,
 };
-#[cfg(any(test, feature = "mocks"))]
-pub use ratelimit::MockRateLimiter;

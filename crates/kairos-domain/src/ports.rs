@@ -13,16 +13,24 @@ use uuid::Uuid;
 
 use crate::event::Event;
 use crate::ids::SessionId;
+use crate::ratelimit::{Limit, RateDecision};
 use crate::session::Session;
 use crate::webhook::{Delivery, DeliveryRecord, Endpoint, WebhookId};
 
 /// Why a store call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
     /// The compare-and-set lost: the stored version is not the expected one
-    /// (or the session is gone). Nothing was written.
+    /// (`Some`: the state stored now, read in the same atomic step, so the
+    /// caller can decide again without a `load`) or the session is gone
+    /// (`None`). Nothing was written.
     #[error("version conflict: the session changed or was removed")]
-    VersionConflict,
+    VersionConflict(Option<Box<Session>>),
+    /// The commit's [`RateCheck`] refused it: nothing was written (the
+    /// limit's count included). Carries the decision for the `RateLimit-*`
+    /// and `Retry-After` answers.
+    #[error("over the rate limit")]
+    RateLimited(RateDecision),
     /// `create` found the id taken. Nothing was written.
     #[error("session already exists")]
     AlreadyExists,
@@ -45,6 +53,21 @@ pub struct Commit {
     pub deadline: Option<i64>,
     /// The events of the change, in version order, for the durable outbox.
     pub events: Vec<Event>,
+    /// A rate limit the change counts against, checked in the same atomic
+    /// step (the per-session switch limit), or `None`.
+    pub rate: Option<RateCheck>,
+}
+
+/// One count against a session's own rate limit, made by the commit that
+/// applies the change it limits: the store keeps the limit's state (one
+/// GCRA TAT per session) next to the session's, so the check costs no
+/// round trip of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateCheck {
+    /// The limit.
+    pub limit: Limit,
+    /// The instant of the check.
+    pub now_ms: i64,
 }
 
 /// A session [`SessionStore::claim_due`] handed to the caller.
@@ -81,11 +104,24 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn create(&self, state: &Session, events: &[Event]) -> Result<(), StoreError>;
 
     /// Applies `commit` atomically: if and only if the stored version equals
-    /// `commit.expected_version`, writes the state (renewing its TTL), sets or
-    /// removes its entry in the deadline index, and appends the events to the
-    /// outbox. Otherwise MUST write nothing and return [`StoreError::VersionConflict`].
-    /// No other outcome may be observable by any instance.
-    async fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+    /// `commit.expected_version` (and its rate check, if any, allows it),
+    /// writes the state (renewing its TTL), sets or removes its entry in the
+    /// deadline index, appends the events to the outbox, and counts the rate
+    /// check. No other outcome may be observable by any instance.
+    ///
+    /// - The session is gone: MUST write nothing and return
+    ///   [`StoreError::VersionConflict`]`(None)`.
+    /// - Another version is stored: MUST write nothing and return
+    ///   [`StoreError::VersionConflict`] with the stored state, read in the
+    ///   same atomic step (so a stale caller costs one retry, never a load).
+    ///   The rate check is not counted.
+    /// - The version matches and `commit.rate` refuses: MUST write nothing
+    ///   and return [`StoreError::RateLimited`]. The check MUST behave as
+    ///   [`crate::ratelimit::gcra`] on the TAT the store keeps for the
+    ///   session (shared by every instance sharing the store).
+    ///
+    /// Returns the rate decision when `commit.rate` was given.
+    async fn commit(&self, commit: &Commit) -> Result<Option<RateDecision>, StoreError>;
 
     /// Removes the session and its deadline entry. Returns whether it existed.
     async fn delete(&self, id: SessionId) -> Result<bool, StoreError>;
@@ -262,6 +298,18 @@ impl<T: Clock + ?Sized> Clock for Arc<T> {
     fn now_ms(&self) -> i64 {
         (**self).now_ms()
     }
+}
+
+/// Where rate-limit state lives: in process for one instance, in Redis when
+/// instances share limits.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Counts one request against `key` under `limit` at `now_ms`, atomically
+    /// for all instances sharing the limiter. MUST behave as
+    /// [`crate::ratelimit::gcra`].
+    async fn check(&self, key: &str, limit: Limit, now_ms: i64)
+    -> Result<RateDecision, StoreError>;
 }
 
 /// Places counted across every instance of a deployment: at most `max`

@@ -60,7 +60,10 @@ pub(crate) async fn run(args: Args) -> Result<String> {
     let targets = http_targets(std::slice::from_ref(&args.target))?;
     let target = targets[0].clone();
     let redis = loopback_url(&args.redis_url)?;
-    ensure!(redis.scheme() == "redis", "--redis-url must be a redis:// URL");
+    ensure!(
+        redis.scheme() == "redis",
+        "--redis-url must be a redis:// URL"
+    );
     let sessions = bounded_count("--sessions", args.sessions)?;
     let switches = bounded_count("--switches", args.switches)?;
     let clients = bounded_count("--concurrency", args.concurrency)?.min(sessions);
@@ -135,7 +138,11 @@ pub(crate) async fn run(args: Args) -> Result<String> {
     let seen = seen.lock().await;
     let total: u64 = seen.commands.values().sum();
     let ok = switches as u64 - failed;
-    let per_switch = if ok > 0 { total as f64 / ok as f64 } else { 0.0 };
+    let per_switch = if ok > 0 {
+        total as f64 / ok as f64
+    } else {
+        0.0
+    };
     eprintln!(
         "redis-commands: {ok} switches, {total} commands on the request path ({per_switch:.3} per switch) {:?}, {} publishes, {} run inside scripts",
         seen.commands, seen.publishes, seen.in_scripts

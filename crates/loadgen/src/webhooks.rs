@@ -160,8 +160,14 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         )
         .await
         .context("cannot register the receiver (does the target allow http:// and private addresses for webhooks?)")?;
-    let secret = endpoint.secret.clone().context("no secret in the create answer")?;
-    *state.verifier.lock().unwrap_or_else(PoisonError::into_inner) =
+    let secret = endpoint
+        .secret
+        .clone()
+        .context("no secret in the create answer")?;
+    *state
+        .verifier
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) =
         Some(WebhookVerifier::new(&secret).context("the secret is not whsec_ base64")?);
 
     eprintln!("webhooks: open loop, {}/s for {duration:?}", args.rate);

@@ -10,9 +10,11 @@
 //! What it guarantees, on standalone, Sentinel and Cluster alike:
 //!
 //! - One state change is one atomic round trip: a Lua script on one
-//!   partition compares the version, writes the state (renewing its TTL),
-//!   moves its deadline and appends its events to the outbox (and, with the
-//!   webhook feed on, to the webhook stream), or does nothing at all.
+//!   partition compares the version, counts the session's switch limit
+//!   when asked, writes the state (renewing its TTL), moves its deadline
+//!   and appends its events to the outbox (and, with the webhook feed on,
+//!   to the webhook stream), or does nothing at all (and returns the stored
+//!   state on a version mismatch, so a stale caller needs no load).
 //! - Keys are spread over [`PARTITIONS`] hash-tagged partitions ([`keys`]),
 //!   so a cluster spreads the load and no script crosses a slot.
 //! - Every call is bounded by [`RedisConfig::command_timeout`]; an
@@ -29,7 +31,8 @@
 //! - [`conn`]: [`RedisConnection`], one handle over the three modes, the
 //!   time limit on every call and the mapping of Redis errors.
 //! - [`keys`]: the partitioned key layout.
-//! - `scripts`: the Lua scripts, one per atomic operation.
+//! - `scripts`: the Lua scripts, one per atomic operation, and the GCRA
+//!   step they share with the limiter.
 //! - [`codec`]: the encodings of sessions (MessagePack, JSON) and events (JSON).
 //! - [`store`]: [`RedisStore`] as a `SessionStore`, with deadline claims.
 //! - [`outbox`]: [`RedisOutbox`], an `Outbox` over Redis Streams: the audit

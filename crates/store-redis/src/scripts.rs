@@ -14,6 +14,39 @@
 
 use redis::Script;
 
+/// The GCRA step of [`kairos_domain::ratelimit::gcra`] as a Lua function,
+/// shared by [`COMMIT`] and the standalone limiter (`RedisRateLimiter`,
+/// the limits other than the switch limit): `gcra(key, now, interval,
+/// burst)` reads the TAT
+/// stored under `key`, stores the next one (with an expiry at its end) when
+/// the request is allowed, and returns `allowed, stored TAT or false`. The
+/// caller recomputes the decision from that TAT with the same pure function,
+/// so the Rust and Lua sides cannot disagree on what the headers say (a test
+/// runs both on the same inputs). Lua numbers are doubles: epoch
+/// milliseconds stay exact far beyond 2100.
+macro_rules! gcra_lua {
+    () => {
+        r"
+local function gcra(key, now_arg, interval_arg, burst_arg)
+  local now = tonumber(now_arg)
+  local interval = tonumber(interval_arg)
+  local burst = tonumber(burst_arg)
+  local stored = redis.call('GET', key)
+  local tat = now
+  if stored then tat = tonumber(stored) end
+  local base = math.max(tat, now)
+  local new_tat = base + interval
+  if now >= new_tat - burst then
+    redis.call('SET', key, string.format('%.0f', new_tat), 'PX', string.format('%.0f', math.max(1, new_tat - now)))
+    return true, stored or false
+  end
+  return false, stored or false
+end
+"
+    };
+}
+pub(crate) use gcra_lua;
+
 /// Creates a session unless its key exists.
 ///
 /// KEYS: state, deadlines, then the streams the events go to (none, the
@@ -39,20 +72,36 @@ end
 return 1
 ";
 
-/// Compare-and-set commit.
+/// Compare-and-set commit, with the session's rate check folded in.
 ///
-/// KEYS: state, deadlines, then the streams the events go to (as in
-/// [`CREATE`]). ARGV: expected version, new version,
-/// encoded state, ttl ms, deadline score or `""`, member, then one encoded
-/// event per argument. Returns 1 when applied, 0 on a version mismatch, -1
-/// when the session is gone; nothing is written unless 1.
-const COMMIT: &str = r"
-local v = redis.call('HGET', KEYS[1], 'v')
-if not v then
-  return -1
+/// KEYS: state, deadlines, rate (the session's GCRA TAT, same hash tag),
+/// then the streams the events go to (as in [`CREATE`]). ARGV: expected version, new version, encoded state, ttl ms,
+/// deadline score or `""`, member, rate check's now ms or `""` (no check),
+/// its interval ms, its burst ms, then one encoded event per argument.
+///
+/// Returns `{outcome, detail}`: `{1, TAT before}` when applied (the TAT
+/// counted when a check was asked, `false` when none or a new key), `{0,
+/// stored state}` on a version mismatch (so the caller decides again
+/// without a load; the rate is not counted), `{-1, false}` when the session
+/// is gone, `{2, TAT}` when the rate check refused. Nothing is written
+/// unless 1.
+const COMMIT: &str = concat!(
+    gcra_lua!(),
+    r"
+local cur = redis.call('HMGET', KEYS[1], 'v', 's')
+if not cur[1] then
+  return {-1, false}
 end
-if v ~= ARGV[1] then
-  return 0
+if cur[1] ~= ARGV[1] then
+  return {0, cur[2]}
+end
+local tat = false
+if ARGV[7] ~= '' then
+  local allowed
+  allowed, tat = gcra(KEYS[3], ARGV[7], ARGV[8], ARGV[9])
+  if not allowed then
+    return {2, tat}
+  end
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -61,13 +110,14 @@ if ARGV[5] == '' then
 else
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
 end
-for k = 3, #KEYS do
-  for i = 7, #ARGV do
+for k = 4, #KEYS do
+  for i = 10, #ARGV do
     redis.call('XADD', KEYS[k], '*', 'e', ARGV[i])
   end
 end
-return 1
-";
+return {1, tat}
+"
+);
 
 /// Removes a session and its deadline entry.
 ///

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
+use kairos_domain::ratelimit::{RateDecision, gcra};
 use kairos_domain::{
     Claimed, Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionStore, StoreError,
     machine,
@@ -18,6 +19,7 @@ use crate::config::RedisConfig;
 use crate::conn::RedisConnection;
 use crate::keys::{Keys, PARTITIONS, PartitionKeys, partition_of, sweep};
 use crate::outbox::{Feed, RedisOutbox};
+use crate::ratelimit::parse_tat;
 use crate::scripts::Scripts;
 use crate::webhooks::RedisWebhookStore;
 
@@ -188,14 +190,16 @@ impl RedisStore {
     }
 
     /// The arguments a state write shares between `create` and `commit`:
-    /// encoded state, TTL, deadline (or empty), member, events.
+    /// encoded state, TTL, deadline (or empty), member, then `extra` (the
+    /// commit's rate check), then the events.
     fn write_args(
         &self,
         state: &Session,
         deadline: Option<i64>,
+        extra: Vec<Vec<u8>>,
         events: &[Event],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut args = Vec::with_capacity(4 + events.len());
+        let mut args = Vec::with_capacity(4 + extra.len() + events.len());
         args.push(self.codec.encode(state)?);
         args.push(self.ttl_ms.to_string().into_bytes());
         args.push(
@@ -205,6 +209,7 @@ impl RedisStore {
                 .into_bytes(),
         );
         args.push(state.id.to_string().into_bytes());
+        args.extend(extra);
         // With both feeds off nothing drains the streams: write no events at all.
         if self.outbox_enabled || self.webhook_feed {
             for event in events {
@@ -319,7 +324,7 @@ impl SessionStore for RedisStore {
         let keys = self.keys.partition(p);
         let state_key = self.keys.state(&state.id);
         let mut args = vec![state.version.to_string().into_bytes()];
-        args.extend(self.write_args(state, machine::next_deadline(state), events)?);
+        args.extend(self.write_args(state, machine::next_deadline(state), Vec::new(), events)?);
         let mut script_keys = vec![state_key.as_str(), keys.deadlines.as_str()];
         script_keys.extend(self.event_streams(keys));
         let created: i64 = self
@@ -336,26 +341,67 @@ impl SessionStore for RedisStore {
         skip(self, commit),
         fields(session_id = %commit.state.id, expected_version = commit.expected_version, version = commit.state.version)
     )]
-    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: &Commit) -> Result<Option<RateDecision>, StoreError> {
         let state = &commit.state;
         let p = partition_of(&state.id);
         let keys = self.keys.partition(p);
         let state_key = self.keys.state(&state.id);
+        let rate_key = self.keys.rate(&state.id);
         let mut args = vec![
             commit.expected_version.to_string().into_bytes(),
             state.version.to_string().into_bytes(),
         ];
-        args.extend(self.write_args(state, commit.deadline, &commit.events)?);
-        let mut script_keys = vec![state_key.as_str(), keys.deadlines.as_str()];
+        let rate_args = match commit.rate {
+            Some(check) => vec![
+                check.now_ms.to_string().into_bytes(),
+                check.limit.interval().to_string().into_bytes(),
+                check.limit.period_ms.to_string().into_bytes(),
+            ],
+            None => vec![Vec::new(), Vec::new(), Vec::new()],
+        };
+        args.extend(self.write_args(state, commit.deadline, rate_args, &commit.events)?);
+        // KEYS: state, deadlines, the rate key, then the event streams.
+        let mut script_keys = vec![
+            state_key.as_str(),
+            keys.deadlines.as_str(),
+            rate_key.as_str(),
+        ];
         script_keys.extend(self.event_streams(keys));
-        let outcome: i64 = self
+        let (outcome, detail): (i64, Option<Vec<u8>>) = self
             .eval("commit", &self.scripts.commit, &script_keys, &args)
             .await?;
+        // The decision the headers report, from the TAT the script read
+        // (the same pure function the script's arithmetic follows).
+        let decision = |detail: Option<Vec<u8>>| -> Result<Option<RateDecision>, StoreError> {
+            let Some(check) = commit.rate else {
+                return Ok(None);
+            };
+            let tat = match detail {
+                Some(bytes) => Some(parse_tat(&String::from_utf8_lossy(&bytes))?),
+                None => None,
+            };
+            Ok(Some(gcra(tat, check.now_ms, check.limit).0))
+        };
         match outcome {
-            1 => Ok(()),
-            // 0: another writer got there first; -1: the session is gone
-            // (deleted or expired). The port reports both as a conflict.
-            _ => Err(StoreError::VersionConflict),
+            1 => decision(detail),
+            // Another writer got there first: the state stored now, so the
+            // caller decides again without a load.
+            0 => Err(StoreError::VersionConflict(
+                detail
+                    .map(|bytes| StateCodec::decode(&bytes).map(Box::new))
+                    .transpose()?,
+            )),
+            2 => match decision(detail)? {
+                Some(refused) => Err(StoreError::RateLimited(RateDecision {
+                    allowed: false,
+                    ..refused
+                })),
+                None => Err(StoreError::Other(
+                    "the commit script refused a rate check it was not given".into(),
+                )),
+            },
+            // -1: the session is gone (deleted or expired).
+            _ => Err(StoreError::VersionConflict(None)),
         }
     }
 

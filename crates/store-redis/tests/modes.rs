@@ -23,6 +23,7 @@ async fn exercise(store: &RedisStore) {
         store.create(&session, &[created]).await.expect("created");
         let next = bumped(&session);
         let commit = Commit {
+            rate: None,
             state: next.clone(),
             expected_version: 1,
             deadline: Some(2_000),
@@ -31,7 +32,7 @@ async fn exercise(store: &RedisStore) {
         store.commit(&commit).await.expect("commits");
         assert_eq!(
             store.commit(&commit).await,
-            Err(StoreError::VersionConflict)
+            Err(StoreError::VersionConflict(Some(Box::new(next.clone()))))
         );
         assert_eq!(store.load(session.id).await, Ok(Some(next)));
         ids.push(session.id);
@@ -297,6 +298,7 @@ async fn sentinel_mode_follows_a_failover_to_the_promoted_replica() {
     let next = bumped(&session);
     store
         .commit(&Commit {
+            rate: None,
             state: next.clone(),
             expected_version: session.version,
             deadline: None,
@@ -382,6 +384,7 @@ async fn cluster_mode_follows_a_failover_to_the_promoted_replica() {
         let next = bumped(session);
         store
             .commit(&Commit {
+                rate: None,
                 state: next.clone(),
                 expected_version: session.version,
                 deadline: None,

@@ -519,6 +519,7 @@ async fn create_and_start(sessions: &dyn SessionStore) -> Vec<Event> {
             expected_version: session.version,
             events: decision.events,
             state: decision.state,
+            rate: None,
         })
         .await
         .expect("commits");

@@ -2,8 +2,8 @@
 //! linked once: each module is the suite of one concern (the REST contract,
 //! the WebSocket contract, authentication, limits, the audit trail, several
 //! instances, nginx in front, the demo page, the time controls' deadlines
-//! on three instances through a kill), and `common` is the shared harness
-//! they all use.
+//! on three instances through a kill, the Redis commands one switch costs),
+//! and `common` is the shared harness they all use.
 //!
 //! `cargo xtask test` runs it whole on the embedded adapters, then runs the
 //! service-level modules (`api`, `ws`, `limits`, `auth`, `ws_security`,
@@ -22,6 +22,7 @@ mod common;
 mod limits;
 mod multi_instance;
 mod nginx;
+mod round_trips;
 mod time_controls;
 mod web;
 mod ws;
