@@ -30,6 +30,8 @@
 //! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`],
 //!   [`PlaceRegistry`].
 //! - [`ratelimit`]: GCRA and the [`ratelimit::RateLimiter`] port.
+//! - [`timers`]: [`timers::TimerQueue`], the keyed deadline queue behind the
+//!   server's local timers (pure data structure; imports nothing of ours).
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set,
 //!   publish.
 //!
@@ -72,6 +74,7 @@ pub mod ratelimit;
 mod rotation;
 pub mod service;
 pub mod session;
+pub mod timers;
 pub mod view;
 
 pub use auth::{Action, Actor, Role};
@@ -85,7 +88,8 @@ pub use ports::{
 };
 pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use service::{
-    AuditHealth, DynSessionService, Executed, Health, ServiceError, SessionService, Snapshot,
+    AuditHealth, DeadlineObserver, DynSessionService, Executed, Health, ServiceError,
+    SessionService, Snapshot,
 };
 pub use session::{
     DelayMode, Group, Participant, Session, Stage, Status, SyncMode, TimeoutAction, TimeoutKind,

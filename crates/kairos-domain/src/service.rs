@@ -80,6 +80,12 @@ pub enum AuditHealth {
     Disabled,
 }
 
+/// Told after every successful create and commit: the session's id and its
+/// next deadline as stored in the deadline index (`None`: it has none). The
+/// server arms or disarms a local timer with it; it must be quick and must
+/// not block (it runs on the request path, after the commit).
+pub type DeadlineObserver = Arc<dyn Fn(SessionId, Option<i64>) + Send + Sync>;
+
 /// The service over trait-object ports, as the server wires it (adapters
 /// chosen at start-up) and as the transport and the workers hold it.
 pub type DynSessionService = SessionService<dyn SessionStore, dyn EventBus, dyn Clock>;
@@ -139,6 +145,7 @@ pub struct SessionService<S: ?Sized, B: ?Sized, C: ?Sized> {
     bus: Arc<B>,
     clock: Arc<C>,
     audit: Option<Arc<dyn AuditSink>>,
+    deadline_observer: Option<DeadlineObserver>,
 }
 
 impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
@@ -148,6 +155,7 @@ impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
             bus: self.bus.clone(),
             clock: self.clock.clone(),
             audit: self.audit.clone(),
+            deadline_observer: self.deadline_observer.clone(),
         }
     }
 }
@@ -166,6 +174,22 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             bus,
             clock,
             audit: None,
+            deadline_observer: None,
+        }
+    }
+
+    /// The same service telling `observer` each committed deadline (see
+    /// [`DeadlineObserver`]).
+    #[must_use]
+    pub fn with_deadline_observer(mut self, observer: DeadlineObserver) -> Self {
+        self.deadline_observer = Some(observer);
+        self
+    }
+
+    /// Tells the observer, if any, a session's new deadline.
+    fn observe_deadline(&self, id: SessionId, deadline: Option<i64>) {
+        if let Some(observe) = &self.deadline_observer {
+            observe(id, deadline);
         }
     }
 
@@ -213,6 +237,22 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
     ) -> Result<Vec<Claimed>, ServiceError> {
         let now = self.clock.now_ms();
         Ok(self.store.claim_due(now, limit, lease_ms).await?)
+    }
+
+    /// [`Self::claim_due`] for deadlines more than `grace_ms` past: the
+    /// safety net's claim, which leaves a deadline to the local timer of the
+    /// instance that committed it for `grace_ms`. The lease still runs
+    /// `lease_ms` from now.
+    pub async fn claim_overdue(
+        &self,
+        limit: usize,
+        lease_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Vec<Claimed>, ServiceError> {
+        let grace = grace_ms.max(0);
+        let cutoff = self.clock.now_ms().saturating_sub(grace);
+        let lease = lease_ms.saturating_add(grace);
+        Ok(self.store.claim_due(cutoff, limit, lease).await?)
     }
 
     /// A session's stored state and the instant it was read, for a caller
@@ -282,6 +322,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             Err(StoreError::AlreadyExists) => return Err(ServiceError::AlreadyExists(id)),
             Err(e) => return Err(e.into()),
         }
+        self.observe_deadline(id, machine::next_deadline(&state));
         let view = view(&state, now);
         self.bus
             .publish(BusMessage::Updated {
@@ -482,6 +523,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             };
             match self.store.commit(&commit).await {
                 Ok(()) => {
+                    self.observe_deadline(commit.state.id, commit.deadline);
                     let answer = finish(Committed {
                         state: &commit.state,
                         expired_participant_id,
