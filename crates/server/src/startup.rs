@@ -255,7 +255,7 @@ impl Application {
         let bus = adapters.bus;
         // Every deadline this instance commits arms its local timer, and
         // every commit nudges the audit worker (the outbox has news).
-        let timers = Arc::new(LocalTimers::new());
+        let timers = Arc::new(LocalTimers::new(worker_metrics.timers_armed.clone()));
         let audit_nudge = Arc::new(Notify::new());
         let nudge = audit_nudge.clone();
         let mut service = Service::new(adapters.store, bus.clone(), adapters.clock)

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use kairos_domain::timers::TimerQueue;
 use kairos_domain::{DeadlineObserver, DynSessionService as Service, SessionId};
+use prometheus::IntGauge;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -29,17 +30,24 @@ const FIRE_CONCURRENCY: usize = 64;
 
 /// The deadlines this instance committed, by session, and the wake-up of
 /// the task that fires them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalTimers {
     queue: Mutex<TimerQueue<SessionId>>,
     /// Notified when a deadline earlier than every armed one is armed.
     earlier: Notify,
+    /// Timers armed (`kairos_timers_armed`).
+    armed: IntGauge,
 }
 
 impl LocalTimers {
-    /// No timer armed.
-    pub fn new() -> Self {
-        Self::default()
+    /// No timer armed; `armed` reports how many are.
+    pub fn new(armed: IntGauge) -> Self {
+        armed.set(0);
+        Self {
+            queue: Mutex::new(TimerQueue::new()),
+            earlier: Notify::new(),
+            armed,
+        }
     }
 
     /// Arms (replacing any previous one) or, with `None`, disarms the
@@ -48,6 +56,7 @@ impl LocalTimers {
         let mut queue = self.queue();
         let before = queue.next_at();
         queue.set(id, deadline);
+        self.armed.set(gauge(queue.len()));
         drop(queue);
         if deadline.is_some_and(|at| before.is_none_or(|b| at < b)) {
             self.earlier.notify_one();
@@ -75,11 +84,24 @@ impl LocalTimers {
         self.queue().get(&id)
     }
 
+    /// Takes the earliest timer if it is due at `now`.
+    fn pop_due(&self, now: i64) -> Option<(SessionId, i64)> {
+        let mut queue = self.queue();
+        let due = queue.pop_due(now)?;
+        self.armed.set(gauge(queue.len()));
+        Some(due)
+    }
+
     fn queue(&self) -> MutexGuard<'_, TimerQueue<SessionId>> {
         // Every operation leaves the queue consistent before it can panic
         // (they do not), so a poisoned lock still holds a valid queue.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A count as a gauge value.
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Fires the local timers as they fall due until `shutdown` turns true,
@@ -107,7 +129,7 @@ pub async fn timer_worker(
         // fire decides at a later `now` still (the clock is monotonic).
         let now = service.now_ms();
         while running.len() < FIRE_CONCURRENCY {
-            let Some((id, at)) = timers.queue().pop_due(now) else {
+            let Some((id, at)) = timers.pop_due(now) else {
                 break;
             };
             running.spawn(fire(service.clone(), metrics.clone(), id, at));
@@ -176,22 +198,32 @@ mod tests {
         WorkerMetrics::register(&registry, store_errors).expect("registered once")
     }
 
+    fn timers() -> LocalTimers {
+        LocalTimers::new(
+            IntGauge::new("kairos_timers_armed", "Timers armed").expect("a valid metric"),
+        )
+    }
+
     fn id() -> SessionId {
         SessionId::from_uuid(uuid::Uuid::new_v4())
     }
 
     #[test]
     fn a_later_deadline_replaces_the_earlier_and_none_disarms() {
-        let timers = LocalTimers::new();
+        let timers = timers();
         let (a, b) = (id(), id());
         timers.set(a, Some(100));
         timers.set(b, Some(50));
         timers.set(a, Some(300));
         assert_eq!(timers.get(a), Some(300));
         assert_eq!(timers.armed(), 2);
+        assert_eq!(timers.armed.get(), 2);
         timers.set(b, None);
         assert_eq!(timers.get(b), None);
         assert_eq!(timers.armed(), 1);
+        assert_eq!(timers.pop_due(299), None);
+        assert_eq!(timers.pop_due(300), Some((a, 300)));
+        assert_eq!(timers.armed.get(), 0);
     }
 
     fn two_clocks(ms: i64) -> SessionConfig {
@@ -209,7 +241,7 @@ mod tests {
     /// the running clock's, a pause drops it, a resume arms it again.
     #[tokio::test]
     async fn the_service_arms_on_commit_and_disarms_when_the_deadline_goes() {
-        let timers = Arc::new(LocalTimers::new());
+        let timers = Arc::new(timers());
         let nudges = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = nudges.clone();
         let service = Service::new(
@@ -255,7 +287,7 @@ mod tests {
     /// timeout's commit), and the worker returns when told to stop.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_timers_alone_fire_each_deadline_once() {
-        let timers = Arc::new(LocalTimers::new());
+        let timers = Arc::new(timers());
         let service = Service::new(
             Arc::new(MemoryStore::new(Duration::from_secs(60))),
             Arc::new(MemoryBus::new()),

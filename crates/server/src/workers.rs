@@ -58,6 +58,8 @@ pub struct WorkerMetrics {
     pub timeouts_swept: IntCounter,
     /// From deadline to commit, for deadlines this instance applied.
     pub timeout_lateness: Histogram,
+    /// Local timers armed: deadlines this instance committed, not yet due.
+    pub timers_armed: IntGauge,
     /// Primary store errors: the transport's counter, shared.
     pub store_errors: IntCounter,
     /// Events waiting in the outbox for the audit trail.
@@ -104,6 +106,10 @@ impl WorkerMetrics {
                 "Deadlines the safety-net sweep applied because no local timer had",
             )?,
             timeout_lateness,
+            timers_armed: gauge(
+                "kairos_timers_armed",
+                "Local timers armed: deadlines this instance committed, not yet due",
+            )?,
             store_errors,
             audit_backlog: gauge("kairos_audit_backlog", "Events waiting for the audit trail")?,
             audit_backlog_age_ms: gauge(
