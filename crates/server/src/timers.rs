@@ -27,6 +27,9 @@ use crate::workers::WorkerMetrics;
 
 /// Timeouts applied concurrently by the local timers.
 const FIRE_CONCURRENCY: usize = 64;
+/// A timeout whose commit failed (a store call timed out) is tried once
+/// more this much later, rather than waiting for the sweep's grace.
+const RETRY_AFTER: Duration = Duration::from_millis(50);
 
 /// The deadlines this instance committed, by session, and the wake-up of
 /// the task that fires them.
@@ -168,14 +171,25 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Applies one session's due deadlines as of the timer that fell due, and
-/// records them. A failure is left to the sweep, which claims the deadline
-/// once it is `TIMEOUT_SWEEP_GRACE_MS` past.
+/// records them. A failure is retried once after [`RETRY_AFTER`]; a second
+/// one is left to the sweep, which claims the deadline once it is
+/// `TIMEOUT_SWEEP_GRACE_MS` past.
 async fn fire(service: Service, metrics: WorkerMetrics, id: SessionId, at: i64) {
-    match service.fire_due(id).await {
-        Ok(fired) => metrics.record_fired(&fired, service.now_ms()),
-        Err(e) => {
-            metrics.store_errors.inc();
-            tracing::warn!(session_id = %id, deadline_ms = at, error = %e, "applying a timeout failed; the sweep retries it");
+    for retry in [false, true] {
+        match service.fire_due(id).await {
+            Ok(fired) => {
+                metrics.record_fired(&fired, service.now_ms());
+                return;
+            }
+            Err(e) => {
+                metrics.store_errors.inc();
+                if retry {
+                    tracing::warn!(session_id = %id, deadline_ms = at, error = %e, "applying a timeout failed twice; the sweep retries it");
+                } else {
+                    tracing::debug!(session_id = %id, deadline_ms = at, error = %e, "applying a timeout failed; trying once more");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+            }
         }
     }
 }
