@@ -36,6 +36,8 @@
 //! - [`cache`]: [`cache::SessionCache`], the bounded, version-monotonic
 //!   copy of recent sessions the service decides on before the store
 //!   confirms (data only).
+//! - [`timers`]: [`timers::TimerQueue`], the keyed deadline queue behind the
+//!   server's local timers (pure data structure; imports nothing of ours).
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set,
 //!   publish.
 //!
@@ -79,6 +81,7 @@ pub mod ratelimit;
 mod rotation;
 pub mod service;
 pub mod session;
+pub mod timers;
 pub mod view;
 pub mod webhook;
 
@@ -94,7 +97,8 @@ pub use ports::{
 };
 pub use ratelimit::{Limit, RateDecision};
 pub use service::{
-    AuditHealth, DynSessionService, Executed, Health, ServiceError, SessionService, Snapshot,
+    AuditHealth, DeadlineObserver, DynSessionService, Executed, Health, ServiceError,
+    SessionService, Snapshot,
 };
 pub use session::{
     DelayMode, Group, Participant, Session, Stage, Status, SyncMode, TimeoutAction, TimeoutKind,

@@ -94,6 +94,12 @@ pub enum AuditHealth {
     Disabled,
 }
 
+/// Told after every successful create and commit: the session's id and its
+/// next deadline as stored in the deadline index (`None`: it has none). The
+/// server arms or disarms a local timer with it; it must be quick and must
+/// not block (it runs on the request path, after the commit).
+pub type DeadlineObserver = Arc<dyn Fn(SessionId, Option<i64>) + Send + Sync>;
+
 /// The service over trait-object ports, as the server wires it (adapters
 /// chosen at start-up) and as the transport and the workers hold it.
 pub type DynSessionService = SessionService<dyn SessionStore, dyn EventBus, dyn Clock>;
@@ -169,6 +175,7 @@ pub struct SessionService<S: ?Sized, B: ?Sized, C: ?Sized> {
     audit: Option<Arc<dyn AuditSink>>,
     /// Recent sessions, shared by the clones of one service.
     cache: Arc<SessionCache>,
+    deadline_observer: Option<DeadlineObserver>,
 }
 
 impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
@@ -179,6 +186,7 @@ impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
             clock: self.clock.clone(),
             audit: self.audit.clone(),
             cache: self.cache.clone(),
+            deadline_observer: self.deadline_observer.clone(),
         }
     }
 }
@@ -198,6 +206,22 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             clock,
             audit: None,
             cache: Arc::new(SessionCache::new(DEFAULT_CAPACITY)),
+            deadline_observer: None,
+        }
+    }
+
+    /// The same service telling `observer` each committed deadline (see
+    /// [`DeadlineObserver`]).
+    #[must_use]
+    pub fn with_deadline_observer(mut self, observer: DeadlineObserver) -> Self {
+        self.deadline_observer = Some(observer);
+        self
+    }
+
+    /// Tells the observer, if any, a session's new deadline.
+    fn observe_deadline(&self, id: SessionId, deadline: Option<i64>) {
+        if let Some(observe) = &self.deadline_observer {
+            observe(id, deadline);
         }
     }
 
@@ -269,6 +293,22 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         Ok(self.store.claim_due(now, limit, lease_ms).await?)
     }
 
+    /// [`Self::claim_due`] for deadlines more than `grace_ms` past: the
+    /// safety net's claim, which leaves a deadline to the local timer of the
+    /// instance that committed it for `grace_ms`. The lease still runs
+    /// `lease_ms` from now.
+    pub async fn claim_overdue(
+        &self,
+        limit: usize,
+        lease_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Vec<Claimed>, ServiceError> {
+        let grace = grace_ms.max(0);
+        let cutoff = self.clock.now_ms().saturating_sub(grace);
+        let lease = lease_ms.saturating_add(grace);
+        Ok(self.store.claim_due(cutoff, limit, lease).await?)
+    }
+
     /// A session's stored state and the instant it was read, for a caller
     /// allowed to read it.
     pub async fn snapshot(&self, actor: &Actor, id: SessionId) -> Result<Snapshot, ServiceError> {
@@ -336,6 +376,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             Err(StoreError::AlreadyExists) => return Err(ServiceError::AlreadyExists(id)),
             Err(e) => return Err(e.into()),
         }
+        self.observe_deadline(id, machine::next_deadline(&state));
         let view = view(&state, now);
         let state = Arc::new(state);
         self.cache.insert(state.clone());
@@ -600,6 +641,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             };
             match self.store.commit(&commit).await {
                 Ok(rate) => {
+                    self.observe_deadline(commit.state.id, commit.deadline);
                     let Commit { state, events, .. } = commit;
                     let state = Arc::new(state);
                     self.cache.insert(state.clone());

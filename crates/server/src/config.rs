@@ -152,6 +152,13 @@ pub struct Settings {
     /// Audit events another instance read but did not acknowledge within this
     /// are written by this one (`AUDIT_RECLAIM_MS`, default 30000).
     pub audit_reclaim_ms: i64,
+    /// How often the timeout safety net sweeps the deadline index for
+    /// deadlines no local timer applied (`TIMEOUT_SWEEP_MS`, default 500).
+    pub timeout_sweep: Duration,
+    /// How far past its deadline a session must be before the sweep claims
+    /// it, leaving it to the local timer of the instance that committed it
+    /// (`TIMEOUT_SWEEP_GRACE_MS`, default 500).
+    pub timeout_sweep_grace: Duration,
     /// Browser origins allowed (`ALLOWED_ORIGINS`, comma-separated, e.g.
     /// `https://app.example.com`); unset: WebSockets from any origin, no CORS.
     pub allowed_origins: Option<Vec<String>>,
@@ -182,6 +189,8 @@ impl fmt::Debug for Settings {
             .field("database_url", &self.database_url)
             .field("database_pool_size", &self.database_pool_size)
             .field("audit_reclaim_ms", &self.audit_reclaim_ms)
+            .field("timeout_sweep", &self.timeout_sweep)
+            .field("timeout_sweep_grace", &self.timeout_sweep_grace)
             .field("allowed_origins", &self.allowed_origins)
             .finish()
     }
@@ -229,6 +238,7 @@ const STATE: &str = "State (Redis)";
 const AUDIT: &str = "Audit";
 const SECURITY: &str = "Security";
 const WEBSOCKETS: &str = "WebSockets";
+const TIMEOUTS: &str = "Timeouts";
 
 /// Every setting, declared once: the variable (`env`), the flag, the
 /// default, the parser and the help text (the doc comment). Each is read
@@ -292,6 +302,13 @@ pub struct Vars {
     /// events another instance read but never acknowledged are written by this one after this long
     #[arg(long, env = "AUDIT_RECLAIM_MS", default_value_t = 30_000, value_parser = positive::<u64>, help_heading = AUDIT)]
     audit_reclaim_ms: u64,
+
+    /// the safety net for a dead instance's timers: sweep the deadline index this often (the instance that commits a deadline fires it with a local timer)
+    #[arg(long, env = "TIMEOUT_SWEEP_MS", default_value_t = 500, value_parser = positive::<u64>, help_heading = TIMEOUTS)]
+    timeout_sweep_ms: u64,
+    /// the sweep claims only deadlines at least this far past, leaving them to the local timer first
+    #[arg(long, env = "TIMEOUT_SWEEP_GRACE_MS", default_value_t = 500, value_parser = parsed::<u64>, help_heading = TIMEOUTS)]
+    timeout_sweep_grace_ms: u64,
 
     /// HS256 secret, at least 32 bytes; setting it turns tokens on
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = secret, help_heading = SECURITY)]
@@ -422,6 +439,8 @@ impl Vars {
             database_url: self.database_url,
             database_pool_size: self.database_pool_size,
             audit_reclaim_ms: i64::try_from(self.audit_reclaim_ms).unwrap_or(i64::MAX),
+            timeout_sweep: Duration::from_millis(self.timeout_sweep_ms),
+            timeout_sweep_grace: Duration::from_millis(self.timeout_sweep_grace_ms),
             allowed_origins: self.allowed_origins.map(|l| l.0),
         })
     }
@@ -738,6 +757,8 @@ mod tests {
         assert_eq!(s.database_url, None);
         assert_eq!(s.database_pool_size, 4);
         assert_eq!(s.audit_reclaim_ms, 30_000);
+        assert_eq!(s.timeout_sweep, Duration::from_millis(500));
+        assert_eq!(s.timeout_sweep_grace, Duration::from_millis(500));
         assert_eq!(s.allowed_origins, None);
     }
 
@@ -777,8 +798,12 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1"),
             ("WS_MESSAGES_PER_MINUTE", "50"),
             ("WS_MAX_CONNECTIONS_PER_USER", "2"),
+            ("TIMEOUT_SWEEP_MS", "1000"),
+            ("TIMEOUT_SWEEP_GRACE_MS", "0"),
         ])
         .unwrap();
+        assert_eq!(s.timeout_sweep, Duration::from_secs(1));
+        assert_eq!(s.timeout_sweep_grace, Duration::ZERO);
         assert!(!s.rate_limits.enabled);
         assert_eq!(s.rate_limits.switch, Limit::per_second(20));
         assert_eq!(s.rate_limits.create, Limit::per_minute(5));
@@ -811,6 +836,10 @@ mod tests {
         assert_eq!(
             from(&[("LOG_FORMAT", "xml")]).unwrap_err().variable,
             "LOG_FORMAT"
+        );
+        assert_eq!(
+            from(&[("TIMEOUT_SWEEP_MS", "0")]).unwrap_err().variable,
+            "TIMEOUT_SWEEP_MS"
         );
         assert_eq!(
             from(&[("RATE_LIMITS", "maybe")]).unwrap_err().variable,

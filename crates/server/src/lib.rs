@@ -12,12 +12,16 @@
 //!   configurations; the test hooks, apart.
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`startup`]: wiring, serving, graceful shutdown.
-//! - [`workers`]: the timeout scheduler and the audit drain.
+//! - [`timers`]: the local timers: the deadlines this instance committed,
+//!   fired when due by one task.
+//! - [`workers`]: the timeout safety net (a rare sweep of the deadline
+//!   index), the audit drain and the bus statistics.
 //! - [`token`]: `kairos-server token`, minting tokens from `JWT_SECRET`.
 
 pub mod config;
 pub mod startup;
 pub mod telemetry;
+pub mod timers;
 pub mod token;
 pub mod workers;
 

@@ -15,10 +15,11 @@ use kairos_domain::{
     SessionStore,
 };
 use store_redis::{RedisClock, RedisPlaceRegistry, RedisRateLimiter, RedisStore};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{RedisSettings, Settings, TestHooks};
+use crate::timers::{self, LocalTimers};
 use crate::workers::{self, AuditStatus, WorkerMetrics};
 
 /// The adapters behind the ports, as the configuration chose them.
@@ -50,6 +51,10 @@ pub struct Application {
     bus_stats: Option<bus_redis::RedisBus>,
     /// The workers' metrics, in the registry `/metrics` renders.
     worker_metrics: WorkerMetrics,
+    /// The deadlines this instance committed, fired by its timer task.
+    timers: Arc<LocalTimers>,
+    /// Nudged after each commit, for the audit worker.
+    audit_nudge: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Application {
@@ -248,7 +253,13 @@ impl Application {
             worker_metrics.bus_subscriber_up.set(1);
         }
         let bus = adapters.bus;
-        let mut service = Service::new(adapters.store, bus.clone(), adapters.clock);
+        // Every deadline this instance commits arms its local timer, and
+        // every commit nudges the audit worker (the outbox has news).
+        let timers = Arc::new(LocalTimers::new(worker_metrics.timers_armed.clone()));
+        let audit_nudge = Arc::new(Notify::new());
+        let nudge = audit_nudge.clone();
+        let mut service = Service::new(adapters.store, bus.clone(), adapters.clock)
+            .with_deadline_observer(timers.observer(move || nudge.notify_one()));
         if let Some((_, sink)) = &adapters.audit {
             service = service.with_audit(sink.clone());
         }
@@ -295,6 +306,8 @@ impl Application {
             adapter_tasks,
             bus_stats,
             worker_metrics,
+            timers,
+            audit_nudge,
         })
     }
 
@@ -340,13 +353,25 @@ impl Application {
             mut adapter_tasks,
             bus_stats,
             worker_metrics,
+            timers,
+            audit_nudge,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = tokio::task::JoinSet::new();
+        workers.spawn(timers::timer_worker(
+            state.service.clone(),
+            timers,
+            worker_metrics.clone(),
+            stop_rx.clone(),
+        ));
         workers.spawn(workers::timeout_worker(
             state.service.clone(),
             worker_metrics.clone(),
+            workers::Sweep {
+                every: settings.timeout_sweep,
+                grace: settings.timeout_sweep_grace,
+            },
             stop_rx.clone(),
         ));
         if let Some((outbox, sink)) = audit {
@@ -359,6 +384,7 @@ impl Application {
                     status: audit_status,
                     consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
                     reclaim_after_ms: settings.audit_reclaim_ms,
+                    nudge: audit_nudge,
                 },
                 stop_rx.clone(),
             ));
