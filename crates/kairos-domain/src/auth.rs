@@ -92,6 +92,9 @@ pub enum Action {
     ReadEvents,
     /// Add time to a bank (contract section 8): owner or admin.
     AddTime,
+    /// Let a participant join or leave a live session (contract section 9):
+    /// owner or admin.
+    ManageParticipants,
 }
 
 /// Whether `actor` may perform `action` on `session` (`None` for create).
@@ -112,7 +115,9 @@ pub fn authorize(actor: &Actor, action: Action, session: Option<&Session>) -> bo
     match action {
         Action::Create => actor.role == Role::Host,
         Action::Read => true,
-        Action::Control | Action::ReadEvents | Action::AddTime => owner,
+        Action::Control | Action::ReadEvents | Action::AddTime | Action::ManageParticipants => {
+            owner
+        }
         Action::Switch => {
             owner
                 || (actor.role == Role::Player

@@ -17,7 +17,8 @@
 //!   only; imports `ids`). [`event`]: audit events (imports `ids`).
 //! - [`config`]: the session config and every validation rule of the contract.
 //!   [`auth`]: the authorization matrix. Both read `session` types.
-//! - `rotation` (private): turn order, who may play and who plays next.
+//! - `rotation` (private): turn order, who may play and who plays next, and
+//!   where a participant joining or leaving goes (contract section 9).
 //! - [`clock`]: the time model, the one place time is computed: time used and
 //!   left per participant, group and session in every mode at an instant,
 //!   [`clock::next_deadline`], and the one catch-up loop that applies due
@@ -75,7 +76,7 @@ pub mod session;
 pub mod view;
 
 pub use auth::{Action, Actor, Role};
-pub use config::{FieldError, SessionConfig};
+pub use config::{FieldError, Joiner, SessionConfig};
 pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};

@@ -333,6 +333,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         let action = match command {
             Command::Switch { .. } => Action::Switch,
             Command::AddTime { .. } => Action::AddTime,
+            Command::Join(_) | Command::Leave { .. } => Action::ManageParticipants,
             _ => Action::Control,
         };
         self.decide_and_commit(
