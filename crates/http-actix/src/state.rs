@@ -273,6 +273,8 @@ impl AppState {
                 target: AddTarget::Group(_),
                 ..
             } => Some("group_id"),
+            // And a leave names its participant in the path.
+            Command::Leave { .. } => Some("participant_id"),
             _ => None,
         };
         let rate = if is_switch {

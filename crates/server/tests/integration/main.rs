@@ -2,12 +2,12 @@
 //! linked once: each module is the suite of one concern (the REST contract,
 //! the WebSocket contract, authentication, limits, the audit trail, several
 //! instances, nginx in front, the demo page, the time controls' deadlines
-//! on three instances through a kill), and `common` is the shared harness
-//! they all use.
+//! on three instances through a kill, participants joining and leaving),
+//! and `common` is the shared harness they all use.
 //!
 //! `cargo xtask test` runs it whole on the embedded adapters, then runs the
 //! service-level modules (`api`, `ws`, `limits`, `auth`, `ws_security`,
-//! `web`) once more with `KAIROS_TEST_ADAPTERS=redis` (see
+//! `web`, `participants`) once more with `KAIROS_TEST_ADAPTERS=redis` (see
 //! `xtask/src/test.rs`). One module alone: `cargo xtask test -p server
 //! --test integration -- ws::`.
 
@@ -22,6 +22,7 @@ mod common;
 mod limits;
 mod multi_instance;
 mod nginx;
+mod participants;
 mod time_controls;
 mod web;
 mod ws;
