@@ -95,12 +95,18 @@ pub enum Action {
     /// Let a participant join or leave a live session (contract section 9):
     /// owner or admin.
     ManageParticipants,
+    /// List every stored session (the admin view): an admin whose token is
+    /// not scoped to one session.
+    ListSessions,
 }
 
 /// Whether `actor` may perform `action` on `session` (`None` for create).
 /// `session` must be the state as of now (deadlines applied), so that
 /// "the active participant" means the one whose clock runs now.
 pub fn authorize(actor: &Actor, action: Action, session: Option<&Session>) -> bool {
+    if action == Action::ListSessions {
+        return actor.role == Role::Admin && actor.sid.is_none();
+    }
     if let (Some(sid), Some(s)) = (actor.sid, session)
         && sid != s.id
     {
@@ -114,6 +120,7 @@ pub fn authorize(actor: &Actor, action: Action, session: Option<&Session>) -> bo
     });
     match action {
         Action::Create => actor.role == Role::Host,
+        Action::ListSessions => false,
         Action::Read => true,
         Action::Control | Action::ReadEvents | Action::AddTime | Action::ManageParticipants => {
             owner

@@ -82,7 +82,7 @@ pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, EventBus, Outbox,
-    OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription,
+    OutboxEntry, PlaceRegistry, SessionPage, SessionStore, StoreError, Subscription,
 };
 pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use service::{

@@ -98,6 +98,10 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => Self::Unavailable(m),
+            StoreError::InvalidCursor => Self::Invalid(vec![crate::config::FieldError::new(
+                "cursor",
+                "is not a cursor this server gave out",
+            )]),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -291,6 +295,27 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             })
             .await;
         Ok(view)
+    }
+
+    /// One page of every stored session as of now, for an admin whose token
+    /// is not scoped to one session (the admin view): about `limit` views,
+    /// and the cursor of the next page (see [`SessionStore::list`] for what
+    /// a walk guarantees and costs).
+    pub async fn list(
+        &self,
+        actor: &Actor,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<SessionView>, Option<String>), ServiceError> {
+        if !authorize(actor, Action::ListSessions, None) {
+            return Err(ServiceError::Forbidden(
+                "only an admin token for every session may list sessions",
+            ));
+        }
+        let page = self.store.list(cursor, limit).await?;
+        let now = self.clock.now_ms();
+        let views = page.sessions.iter().map(|s| view(s, now)).collect();
+        Ok((views, page.next_cursor))
     }
 
     /// Loads a session as of now, checking the caller may read it.

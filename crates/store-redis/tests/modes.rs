@@ -10,7 +10,8 @@ use common::{OwnRedis, bumped, chess, claim_ids};
 use kairos_domain::{Clock, Commit, Outbox, SessionStore, StoreError};
 use store_redis::{PARTITIONS, RedisClock, RedisConfig, RedisMode, RedisStore};
 
-/// Create, commit, CAS conflict, claim, outbox round trip and clock on `store`.
+/// Create, commit, CAS conflict, claim, outbox round trip, a walk over
+/// every session and clock on `store`.
 async fn exercise(store: &RedisStore) {
     let mut ids = Vec::new();
     // Enough sessions to land in many partitions (and so on every cluster node).
@@ -47,6 +48,20 @@ async fn exercise(store: &RedisStore) {
     assert_eq!(store.backlog(0).await.map(|(n, _)| n), Ok(0));
     assert_eq!(store.delete(ids[0]).await, Ok(true));
     assert_eq!(store.ping().await, Ok(()));
+    // A walk over every session: each partition's SCAN reaches its node.
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list(cursor, 50).await.expect("lists");
+        listed.extend(page.sessions.iter().map(|s| s.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    listed.sort();
+    listed.dedup();
+    assert_eq!(listed, ids[1..], "every session but the deleted one");
 
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let (clock, _task) = RedisClock::connect(store.connection(), Duration::from_secs(60), stopped)
