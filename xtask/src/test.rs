@@ -31,6 +31,7 @@ const REDIS_SUITES: &[&str] = &[
     "ws_security",
     "web",
     "participants",
+    "admin",
 ];
 
 /// Runs `cargo test` with `extra_args` and returns its exit code.

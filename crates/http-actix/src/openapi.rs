@@ -8,9 +8,10 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::dto::{WireEvent, WireGroup, WireLagCompensation, WireParticipant, WireStage, WireView};
 use crate::schemas::{
-    AddTimeBodyDoc, CommandBodyDoc, DelayModeDoc, ErrorBody, ErrorDoc, EventsEnvelope,
-    GroupConfigDoc, HealthBody, JoinBodyDoc, LagCompensationDoc, ParticipantConfigDoc, ReadyBody,
-    SessionConfigDoc, StageDoc, SwitchBodyDoc, SyncModeDoc, TimeBody, ViewEnvelope,
+    AddTimeBodyDoc, AdminSessionsEnvelope, AdminSessionsPage, CommandBodyDoc, DelayModeDoc,
+    ErrorBody, ErrorDoc, EventsEnvelope, GroupConfigDoc, HealthBody, JoinBodyDoc,
+    LagCompensationDoc, ParticipantConfigDoc, ReadyBody, SessionConfigDoc, StageDoc, SwitchBodyDoc,
+    SyncModeDoc, TimeBody, ViewEnvelope,
 };
 
 /// The document.
@@ -34,6 +35,7 @@ use crate::schemas::{
         crate::rest::leave_participant,
         crate::rest::delete_session,
         crate::rest::session_events,
+        crate::rest::admin_sessions,
         crate::rest::time,
         crate::rest::health,
         crate::rest::ready,
@@ -42,12 +44,13 @@ use crate::schemas::{
         ViewEnvelope, EventsEnvelope, ErrorBody, ErrorDoc, SessionConfigDoc, ParticipantConfigDoc,
         GroupConfigDoc, SyncModeDoc, CommandBodyDoc, SwitchBodyDoc, TimeBody, HealthBody, ReadyBody, WireView,
         WireParticipant, WireGroup, WireEvent, StageDoc, DelayModeDoc, LagCompensationDoc, AddTimeBodyDoc,
-        WireStage, WireLagCompensation, JoinBodyDoc
+        WireStage, WireLagCompensation, JoinBodyDoc, AdminSessionsEnvelope, AdminSessionsPage
     )),
     tags(
         (name = "sessions", description = "Create, read and drive sessions"),
         (name = "time", description = "Server time"),
         (name = "operations", description = "Health and readiness"),
+        (name = "admin", description = "The operators' view of every session"),
     )
 )]
 pub struct ApiDoc;
@@ -251,6 +254,7 @@ mod tests {
             ("/v1/sessions/{id}/events", "get"),
             ("/v1/sessions/{id}/participants", "post"),
             ("/v1/sessions/{id}/participants/{participant_id}", "delete"),
+            ("/v1/admin/sessions", "get"),
         ] {
             let responses = doc["paths"][path][method]["responses"].as_object().unwrap();
             for status in ["401", "403", "429", "503"] {

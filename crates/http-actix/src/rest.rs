@@ -20,9 +20,9 @@ use crate::error::{ApiError, Code, from_service};
 use crate::limits::{self, Kind};
 use crate::middleware::request_id;
 use crate::schemas::{
-    AccessErrors, AddTimeBodyDoc, CommandBodyDoc, CommandErrors, ErrorBody, EventsEnvelope,
-    HealthBody, JoinBodyDoc, JoinErrors, ReadyBody, SessionConfigDoc, SwitchBodyDoc, TimeBody,
-    ViewEnvelope,
+    AccessErrors, AddTimeBodyDoc, AdminSessionsEnvelope, CommandBodyDoc, CommandErrors, ErrorBody,
+    EventsEnvelope, HealthBody, JoinBodyDoc, JoinErrors, ReadyBody, SessionConfigDoc,
+    SwitchBodyDoc, TimeBody, ViewEnvelope,
 };
 use crate::state::AppState;
 
@@ -30,6 +30,10 @@ use crate::state::AppState;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The most events one history page returns.
 pub const MAX_HISTORY_LIMIT: usize = 500;
+/// The most sessions one page of `GET /v1/admin/sessions` asks the store for.
+pub const MAX_ADMIN_LIMIT: usize = 100;
+/// The longest cursor `GET /v1/admin/sessions` accepts (the stores' are short).
+const MAX_CURSOR_CHARS: usize = 100;
 /// Health probes give the store this long to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -102,6 +106,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/sessions/{id}/{command}")
             .route(web::post().to(unknown_command))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/admin/sessions")
+            .route(web::get().to(admin_sessions))
             .default_service(not_allowed()),
     )
     .service(
@@ -578,6 +587,72 @@ pub async fn session_events(
         .map_err(|e| from_service(e, &rid))?;
     let wire: Vec<WireEvent> = events.iter().map(WireEvent::from).collect();
     Ok(data(wire))
+}
+
+/// Every stored session, a page at a time (ext, the admin view): admin
+/// tokens not scoped to a session only. The walk's guarantees and cost are
+/// the store's (`SessionStore::list`): follow `next_cursor` until it is
+/// `null`; a page may hold fewer sessions than `limit` (even none) while the
+/// walk goes on, and on Redis up to one `SCAN` batch more.
+#[utoipa::path(
+    get, path = "/v1/admin/sessions", tag = "admin", operation_id = "listSessions",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "About this many sessions (1..=100, default 50)"),
+        ("cursor" = Option<String>, Query, max_length = 100, description = "The previous page's next_cursor; left out: the first page"),
+    ),
+    responses(
+        (status = 200, description = "Views of the sessions of this page, and the next page's cursor", body = AdminSessionsEnvelope),
+        (status = 400, description = "VALIDATION_ERROR: a bad limit or cursor", body = ErrorBody),
+        AccessErrors,
+    )
+)]
+#[tracing::instrument(skip_all)]
+pub async fn admin_sessions(
+    req: HttpRequest,
+    query: web::Query<std::collections::HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let rid = request_id(&req);
+    let mut errors = Vec::new();
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_ADMIN_LIMIT).contains(&n) => n,
+            _ => {
+                errors.push(kairos_domain::FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_ADMIN_LIMIT}"),
+                ));
+                0
+            }
+        },
+    };
+    let cursor = query.get("cursor").cloned();
+    if cursor
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.chars().count() > MAX_CURSOR_CHARS)
+    {
+        errors.push(kairos_domain::FieldError::new(
+            "cursor",
+            "is not a cursor this server gave out",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let actor = state.settings.auth.authenticate(&req)?;
+    let (views, next_cursor) = state
+        .service
+        .list(&actor, cursor, limit)
+        .await
+        .map_err(|e| from_service(e, &rid))?;
+    let sessions: Vec<WireView> = views
+        .into_iter()
+        .map(|v| WireView::from_view(v, None))
+        .collect();
+    Ok(data(
+        json!({ "sessions": sessions, "next_cursor": next_cursor }),
+    ))
 }
 
 /// Server time, for clients estimating their clock offset.

@@ -25,6 +25,22 @@ pub struct EventsEnvelope {
     data: Vec<WireEvent>,
 }
 
+/// `{"data": {"sessions": [view, ...], "next_cursor"}}` of
+/// `GET /v1/admin/sessions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminSessionsEnvelope {
+    data: AdminSessionsPage,
+}
+
+/// One page of the walk over every session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminSessionsPage {
+    /// The views of this page's sessions, as of now.
+    sessions: Vec<WireView>,
+    /// The next page's cursor; `null` when the walk is complete.
+    next_cursor: Option<String>,
+}
+
 /// The error body: `{"error": {"code", "message", "details"?}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
