@@ -4,8 +4,8 @@
 use chrono::{DateTime, SecondsFormat};
 use kairos_domain::config::{ADD_TIME_RANGE_MS, LAG_RANGE_MS};
 use kairos_domain::{
-    AddMs, AddTarget, Event, FieldError, GroupId, GroupView, ParticipantId, ParticipantView,
-    SessionView, Stage,
+    AddMs, AddTarget, Event, FieldError, GroupId, GroupView, Joiner, ParticipantId,
+    ParticipantView, SessionView, Stage,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -450,10 +450,74 @@ impl AddTimeBody {
     }
 }
 
+/// The body of `POST /v1/sessions/{id}/participants` (contract section 9):
+/// one participant object of the session config (`participant_index` may
+/// be left out: the end of the rotation), and `expected_version` beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinBody {
+    /// Optimistic lock: apply only at this version.
+    pub expected_version: Option<u64>,
+    /// Who joins, parsed with the config's rules.
+    pub joiner: Joiner,
+}
+
+impl JoinBody {
+    /// Parses a join body, reporting every bad field by its name.
+    pub fn parse(value: &Value) -> Result<Self, ApiError> {
+        let Value::Object(obj) = value else {
+            return Err(ApiError::field("body", "must be a JSON object"));
+        };
+        let mut errors = Vec::new();
+        let expected_version = match obj.get("expected_version") {
+            None | Some(Value::Null) => None,
+            Some(v) => v.as_u64().or_else(|| {
+                errors.push(FieldError::new(
+                    "expected_version",
+                    "must be a non-negative integer",
+                ));
+                None
+            }),
+        };
+        match Joiner::parse(value) {
+            Ok(joiner) if errors.is_empty() => Ok(Self {
+                expected_version,
+                joiner,
+            }),
+            Ok(_) => Err(ApiError::validation(errors)),
+            Err(mut fields) => {
+                fields.extend(errors);
+                Err(ApiError::validation(fields))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_join_body_is_a_participant_object_and_an_optional_expected_version() {
+        let body = JoinBody::parse(&json!({
+            "participant_id": "carol", "participant_index": 1,
+            "total_time_ms": 60000, "expected_version": 4
+        }))
+        .expect("valid");
+        assert_eq!(body.expected_version, Some(4));
+        assert_eq!(body.joiner.id.as_str(), "carol");
+        assert_eq!(body.joiner.index, Some(1));
+        let refused = JoinBody::parse(&json!({"participant_id": "", "expected_version": -1}))
+            .expect_err("two bad fields");
+        assert_eq!(refused.message, "2 fields are invalid");
+        let fields: Vec<String> = refused.details.map_or_else(Vec::new, |d| {
+            d.as_array()
+                .map(|a| a.iter().map(|f| f["field"].to_string()).collect())
+                .unwrap_or_default()
+        });
+        assert_eq!(fields, ["\"participant_id\"", "\"expected_version\""]);
+        assert!(JoinBody::parse(&Value::Null).is_err());
+    }
 
     #[test]
     fn instants_render_with_milliseconds_and_z() {

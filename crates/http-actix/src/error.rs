@@ -29,6 +29,8 @@ pub enum Code {
     Conflict,
     /// 409: the session id is taken.
     SessionExists,
+    /// 409: a joining participant's id is taken (ext, contract section 9).
+    ParticipantExists,
     /// 413: body over the limit.
     PayloadTooLarge,
     /// 429: over a rate limit.
@@ -52,6 +54,7 @@ impl Code {
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Conflict => "CONFLICT",
             Self::SessionExists => "SESSION_EXISTS",
+            Self::ParticipantExists => "PARTICIPANT_EXISTS",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::RateLimited => "RATE_LIMITED",
             Self::Unavailable => "UNAVAILABLE",
@@ -67,7 +70,7 @@ impl Code {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::SessionNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict | Self::SessionExists => StatusCode::CONFLICT,
+            Self::Conflict | Self::SessionExists | Self::ParticipantExists => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -221,6 +224,7 @@ pub fn close_code(code: Code) -> u16 {
         | Code::MethodNotAllowed
         | Code::Conflict
         | Code::SessionExists
+        | Code::ParticipantExists
         | Code::RateLimited => CloseCode::Policy.into(),
     }
 }
@@ -249,6 +253,12 @@ pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
                     "actual_version": actual,
                 }))
             }
+            TransitionError::ParticipantExists(id) => ApiError::new(
+                Code::ParticipantExists,
+                format!("participant {id} is already in the session"),
+            )
+            .with_details(json!({ "participant_id": id.as_str() })),
+            TransitionError::InvalidParticipant(fields) => ApiError::validation(fields),
             TransitionError::NothingDue => {
                 tracing::error!(request_id, "a client command produced NothingDue");
                 ApiError::internal(request_id)

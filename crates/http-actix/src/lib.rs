@@ -32,7 +32,8 @@
 //!   loop and commands), [`ws::guards`] (slot, version gate, rate window,
 //!   reassembler).
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
-//! - [`web`]: the demo page (`/`) and the browser SDK (`/sdk/kairos.js`).
+//! - [`web`]: the demo page (`/`), the admin view (`/admin`) and the browser
+//!   SDK (`/sdk/kairos.js`).
 
 pub mod auth;
 pub mod command;

@@ -276,6 +276,8 @@ impl AppState {
                 target: AddTarget::Group(_),
                 ..
             } => Some("group_id"),
+            // And a leave names its participant in the path.
+            Command::Leave { .. } => Some("participant_id"),
             _ => None,
         };
         let limit = if is_switch {

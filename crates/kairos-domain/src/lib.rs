@@ -19,7 +19,8 @@
 //!   [`auth`]: the authorization matrix. Both read `session` types.
 //!   [`webhook`]: webhook endpoints, the retry schedule and [`webhook::next_step`],
 //!   the delivery body and log records (imports `ids`, `event`).
-//! - `rotation` (private): turn order, who may play and who plays next.
+//! - `rotation` (private): turn order, who may play and who plays next, and
+//!   where a participant joining or leaving goes (contract section 9).
 //! - [`clock`]: the time model, the one place time is computed: time used and
 //!   left per participant, group and session in every mode at an instant,
 //!   [`clock::next_deadline`], and the one catch-up loop that applies due
@@ -86,14 +87,14 @@ pub mod view;
 pub mod webhook;
 
 pub use auth::{Action, Actor, Role};
-pub use config::{FieldError, SessionConfig};
+pub use config::{FieldError, Joiner, SessionConfig};
 pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, DeliveryLog, EventBus,
-    Outbox, OutboxEntry, PlaceRegistry, RateCheck, RateLimiter, SessionStore, StoreError,
-    Subscription, WebhookStore, WithDeliveryLog,
+    Outbox, OutboxEntry, PlaceRegistry, RateCheck, RateLimiter, SessionPage, SessionStore,
+    StoreError, Subscription, WebhookStore, WithDeliveryLog,
 };
 pub use ratelimit::{Limit, RateDecision};
 pub use service::{

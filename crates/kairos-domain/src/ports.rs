@@ -40,6 +40,18 @@ pub enum StoreError {
     /// Anything else (corrupt data, a bug); not worth retrying.
     #[error("store failure: {0}")]
     Other(String),
+    /// [`SessionStore::list`] got a cursor it never gave out. Nothing was read.
+    #[error("not a cursor of this store")]
+    InvalidCursor,
+}
+
+/// One page of [`SessionStore::list`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SessionPage {
+    /// The sessions of this page, as stored (deadlines not applied).
+    pub sessions: Vec<Session>,
+    /// Where the next page starts; `None` when the walk is complete.
+    pub next_cursor: Option<String>,
 }
 
 /// One atomic state change, written all or nothing.
@@ -141,6 +153,22 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Cheap liveness probe for `/health` and `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// One page of a walk over every stored session (the admin view), about
+    /// `limit` sessions, resuming at `cursor` (an opaque string from the
+    /// previous page's [`SessionPage::next_cursor`]; `None` starts a walk).
+    /// A cursor this store never gave out MUST fail with
+    /// [`StoreError::InvalidCursor`].
+    ///
+    /// The guarantees are those of Redis `SCAN`: a complete walk returns
+    /// every session stored from its start to its end at least once; a
+    /// session created or removed meanwhile may or may not appear, and one
+    /// may appear twice. As with `SCAN`, a page may hold fewer than `limit`
+    /// sessions, even none, while the walk goes on (the caller follows
+    /// `next_cursor` until it is `None`), and at most `limit` plus what one
+    /// backend batch adds (the implementation documents it). Not for
+    /// request paths: a whole walk costs time in the number of keys stored.
+    async fn list(&self, cursor: Option<String>, limit: usize) -> Result<SessionPage, StoreError>;
 }
 
 /// An entry of the durable outbox: one event and the id to acknowledge it by.

@@ -118,6 +118,10 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => Self::Unavailable(m),
+            StoreError::InvalidCursor => Self::Invalid(vec![crate::config::FieldError::new(
+                "cursor",
+                "is not a cursor this server gave out",
+            )]),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -390,6 +394,27 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         Ok(view)
     }
 
+    /// One page of every stored session as of now, for an admin whose token
+    /// is not scoped to one session (the admin view): about `limit` views,
+    /// and the cursor of the next page (see [`SessionStore::list`] for what
+    /// a walk guarantees and costs).
+    pub async fn list(
+        &self,
+        actor: &Actor,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<SessionView>, Option<String>), ServiceError> {
+        if !authorize(actor, Action::ListSessions, None) {
+            return Err(ServiceError::Forbidden(
+                "only an admin token for every session may list sessions",
+            ));
+        }
+        let page = self.store.list(cursor, limit).await?;
+        let now = self.clock.now_ms();
+        let views = page.sessions.iter().map(|s| view(s, now)).collect();
+        Ok((views, page.next_cursor))
+    }
+
     /// Loads a session as of now, checking the caller may read it.
     pub async fn get(&self, actor: &Actor, id: SessionId) -> Result<SessionView, ServiceError> {
         let (state, now) = self.load_authorized(actor, id, Action::Read).await?;
@@ -452,6 +477,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         let action = match command {
             Command::Switch { .. } => Action::Switch,
             Command::AddTime { .. } => Action::AddTime,
+            Command::Join(_) | Command::Leave { .. } => Action::ManageParticipants,
             _ => Action::Control,
         };
         self.decide_and_commit(

@@ -441,6 +441,34 @@ end
 return {n, oldest[2]}
 ";
 
+/// One step of a walk over a partition's sessions (`SessionStore::list`):
+/// `SCAN` from a cursor with a `MATCH` on the partition's state keys, the
+/// state of each key found, until enough states were found, the scan is
+/// complete, or the call's scan budget is spent. `SCAN` walks the keyspace
+/// of the node that holds `KEYS[1]` (the call is routed there, so this works
+/// on a Cluster too); the state keys it reads share `KEYS[1]`'s hash tag.
+///
+/// KEYS: the partition's deadline index (for routing only). ARGV: scan
+/// cursor, match pattern, `COUNT` per scan, states wanted, scans at most.
+/// Returns `{next cursor, {state, ...}}`; cursor `0` ends the partition.
+const LIST: &str = r"
+local cursor = ARGV[1]
+local out = {}
+local scans = 0
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+  cursor = page[1]
+  for _, key in ipairs(page[2]) do
+    local state = redis.call('HGET', key, 's')
+    if state then
+      out[#out + 1] = state
+    end
+  end
+  scans = scans + 1
+until cursor == '0' or #out >= tonumber(ARGV[4]) or scans >= tonumber(ARGV[5])
+return {cursor, out}
+";
+
 /// The scripts, hashed once.
 #[derive(Debug)]
 pub(crate) struct Scripts {
@@ -461,6 +489,7 @@ pub(crate) struct Scripts {
     pub(crate) wh_disable: Script,
     pub(crate) wh_record: Script,
     pub(crate) wh_stats: Script,
+    pub(crate) list: Script,
 }
 
 impl Scripts {
@@ -483,13 +512,14 @@ impl Scripts {
             wh_disable: Script::new(WH_DISABLE),
             wh_record: Script::new(WH_RECORD),
             wh_stats: Script::new(WH_STATS),
+            list: Script::new(LIST),
         }
     }
 
     /// The scripts of the session store and its outboxes, to preload at
     /// connect time. The webhook scripts load on first use (they are off
     /// the switch path).
-    pub(crate) fn all(&self) -> [&Script; 8] {
+    pub(crate) fn all(&self) -> [&Script; 9] {
         [
             &self.create,
             &self.commit,
@@ -499,6 +529,7 @@ impl Scripts {
             &self.read,
             &self.ack,
             &self.backlog,
+            &self.list,
         ]
     }
 }

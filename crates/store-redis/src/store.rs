@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use kairos_domain::ratelimit::{RateDecision, gcra};
 use kairos_domain::{
-    Claimed, Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionStore, StoreError,
-    machine,
+    Claimed, Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionPage, SessionStore,
+    StoreError, machine,
 };
 use redis::{FromRedisValue, Script};
 
@@ -63,6 +63,16 @@ const CLAIM_REPLY_BYTES: usize = 4 << 20;
 
 /// Script calls one standalone claim makes at most (see `claim_due`).
 const MAX_CLAIM_CALLS: usize = 4;
+
+/// `SCAN ... COUNT` of one step of a session walk (`list`).
+const LIST_SCAN_COUNT: usize = 100;
+/// `SCAN`s one `LIST` script call makes at most: bounds how long the script
+/// holds the server (about this many times `LIST_SCAN_COUNT` keys visited).
+const LIST_SCANS_PER_CALL: usize = 8;
+/// Script calls one page of a walk makes at most; a page that ends on this
+/// bound may hold fewer sessions than asked (even none), and its cursor
+/// goes on from there.
+const LIST_CALLS_PER_PAGE: usize = 32;
 
 impl RedisStore {
     /// Connects (see [`RedisConnection::connect`]) and builds the store.
@@ -270,6 +280,32 @@ impl RedisStore {
         Ok((Self::claimed(flat), more == 1))
     }
 
+    /// The cursor of a walk: `<partition>-<SCAN cursor>`.
+    fn parse_list_cursor(cursor: Option<&str>) -> Result<(usize, String), StoreError> {
+        let Some(c) = cursor else {
+            return Ok((0, "0".to_owned()));
+        };
+        let (p, scan) = c.split_once('-').ok_or(StoreError::InvalidCursor)?;
+        match (p.parse::<usize>(), scan.parse::<u64>()) {
+            (Ok(p), Ok(scan)) if p < PARTITIONS => Ok((p, scan.to_string())),
+            _ => Err(StoreError::InvalidCursor),
+        }
+    }
+
+    /// The `MATCH` pattern of a partition's state keys: its prefix with the
+    /// glob characters escaped, then `*`.
+    fn state_pattern(prefix: &str) -> String {
+        let mut out = String::with_capacity(prefix.len() + 1);
+        for c in prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('*');
+        out
+    }
+
     /// The claims of a `member, state, ...` reply. A member that is not a
     /// session id is reported rather than silently dropped (only this crate
     /// writes the index; the lease keeps it from flooding the log); a state
@@ -454,6 +490,60 @@ impl SessionStore for RedisStore {
             self.claim_partition(p, quota, now_ms, lease_until)
         })
         .await
+    }
+
+    /// A walk partition by partition, each with `SCAN ... MATCH` over its
+    /// state keys, run inside a script routed to the partition's node (so
+    /// the same code serves standalone, Sentinel and Cluster). Cost: each
+    /// partition's scan visits every key of the node that holds it (`MATCH`
+    /// filters after visiting), so a whole walk visits each node's keyspace
+    /// once per partition it holds: 64 passes over the keyspace on one
+    /// node. Each script call visits at most 800 keys; a page makes at
+    /// most 32 calls. A page may hold up to one `SCAN` batch (about 100)
+    /// more sessions than `limit`, and fewer (even none) when its calls ran
+    /// out before the walk did.
+    #[tracing::instrument(skip(self))]
+    async fn list(&self, cursor: Option<String>, limit: usize) -> Result<SessionPage, StoreError> {
+        let (mut p, mut scan) = Self::parse_list_cursor(cursor.as_deref())?;
+        let limit = limit.max(1);
+        let mut sessions = Vec::new();
+        for _ in 0..LIST_CALLS_PER_PAGE {
+            if p >= PARTITIONS || sessions.len() >= limit {
+                break;
+            }
+            let keys = self.keys.partition(p);
+            let (next, states): (String, Vec<Vec<u8>>) = self
+                .eval(
+                    "list",
+                    &self.scripts.list,
+                    &[&keys.deadlines],
+                    &[
+                        scan.clone().into_bytes(),
+                        Self::state_pattern(&keys.state_prefix).into_bytes(),
+                        LIST_SCAN_COUNT.to_string().into_bytes(),
+                        (limit - sessions.len()).to_string().into_bytes(),
+                        LIST_SCANS_PER_CALL.to_string().into_bytes(),
+                    ],
+                )
+                .await?;
+            for state in states {
+                match StateCodec::decode(&state) {
+                    Ok(s) => sessions.push(s),
+                    Err(e) => tracing::warn!(error = %e, "a stored state that does not decode"),
+                }
+            }
+            if next == "0" {
+                p += 1;
+                scan = "0".to_owned();
+            } else {
+                scan = next;
+            }
+        }
+        let next_cursor = (p < PARTITIONS).then(|| format!("{p}-{scan}"));
+        Ok(SessionPage {
+            sessions,
+            next_cursor,
+        })
     }
 
     #[tracing::instrument(skip(self))]

@@ -13,8 +13,8 @@ use kairos_domain::{Clock, Commit, Outbox, SessionStore, StoreError, WebhookStor
 use store_redis::{PARTITIONS, RedisClock, RedisConfig, RedisMode, RedisStore};
 
 /// Create, commit, CAS conflict, claim, outbox and webhook feed round trips,
-/// the webhook store's scripts, and the clock on `store` (built with the
-/// webhook feed on).
+/// the webhook store's scripts, a walk over every session and the clock on
+/// `store` (built with the webhook feed on).
 async fn exercise(store: &RedisStore) {
     let mut ids = Vec::new();
     // Enough sessions to land in many partitions (and so on every cluster node).
@@ -61,6 +61,20 @@ async fn exercise(store: &RedisStore) {
     exercise_webhooks(store).await;
     assert_eq!(store.delete(ids[0]).await, Ok(true));
     assert_eq!(store.ping().await, Ok(()));
+    // A walk over every session: each partition's SCAN reaches its node.
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list(cursor, 50).await.expect("lists");
+        listed.extend(page.sessions.iter().map(|s| s.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    listed.sort();
+    listed.dedup();
+    assert_eq!(listed, ids[1..], "every session but the deleted one");
 
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let (clock, _task) = RedisClock::connect(store.connection(), Duration::from_secs(60), stopped)

@@ -160,6 +160,13 @@ impl SessionStore for Counting {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+    async fn list(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<kairos_domain::SessionPage, StoreError> {
+        self.inner.list(cursor, limit).await
+    }
 }
 
 /// Two instances (two services, each with its own cache) on one Redis: a

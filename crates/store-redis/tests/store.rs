@@ -1,5 +1,6 @@
 //! `RedisStore` as a `SessionStore` against a real Redis: round trips,
-//! compare-and-set, TTLs, the deadline index and deadline claims.
+//! compare-and-set, TTLs, the deadline index, deadline claims and the walk
+//! over every session (`list`).
 
 mod common;
 
@@ -432,4 +433,53 @@ async fn a_commit_after_a_claim_replaces_the_lease_with_the_true_deadline() {
 async fn ping_answers() {
     let (store, _) = store().await;
     assert_eq!(store.ping().await, Ok(()));
+}
+
+/// Every session id a whole walk returns, pages of `limit`.
+async fn walk(store: &RedisStore, limit: usize) -> Vec<kairos_domain::SessionId> {
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10_000 {
+        let page = store.list(cursor, limit).await.expect("lists");
+        assert!(page.sessions.len() <= limit + 100, "one SCAN batch over");
+        ids.extend(page.sessions.iter().map(|s| s.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return ids,
+        }
+    }
+    panic!("the walk never ended");
+}
+
+#[tokio::test]
+async fn a_walk_returns_every_session_of_its_prefix_once() {
+    // Another deployment on the same server, under a key prefix of its own.
+    let (other, _) = store().await;
+    let (store, _) = store().await;
+    let mut ids = Vec::new();
+    for _ in 0..150 {
+        let (session, created) = chess(60_000, 1_000);
+        store.create(&session, &[created]).await.expect("created");
+        ids.push(session.id);
+    }
+    let (stranger, created) = chess(60_000, 1_000);
+    other.create(&stranger, &[created]).await.expect("created");
+
+    let mut seen = walk(&store, 7).await;
+
+    seen.sort_by_key(|id| *id.as_uuid());
+    seen.dedup();
+    ids.sort_by_key(|id| *id.as_uuid());
+    assert_eq!(seen, ids, "every session once, none of another prefix");
+    let first = store.list(None, 1).await.expect("lists");
+    assert_eq!(first.sessions.len(), 1, "{first:?}");
+    let loaded = store.load(first.sessions[0].id).await.expect("loads");
+    assert_eq!(loaded.as_ref(), Some(&first.sessions[0]));
+    for bad in ["", "x", "64-0", "3-", "-1", "3-abc"] {
+        assert_eq!(
+            store.list(Some(bad.to_owned()), 5).await,
+            Err(StoreError::InvalidCursor),
+            "{bad:?}"
+        );
+    }
 }
