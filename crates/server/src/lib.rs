@@ -12,13 +12,17 @@
 //!   configurations; the test hooks, apart.
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`startup`]: wiring, serving, graceful shutdown.
-//! - [`workers`]: the timeout scheduler and the audit drain.
+//! - [`workers`]: the timeout scheduler and the audit drain, and the
+//!   workers' metrics (the webhook workers' included).
+//! - [`webhooks`]: the webhook fan-out (hooks outbox to delivery queue) and
+//!   the delivery loop (claim, send, retry or disable, log).
 //! - [`token`]: `kairos-server token`, minting tokens from `JWT_SECRET`.
 
 pub mod config;
 pub mod startup;
 pub mod telemetry;
 pub mod token;
+pub mod webhooks;
 pub mod workers;
 
 pub use config::{Settings, TestHooks};
