@@ -4,7 +4,10 @@
 //!
 //! # Layout
 //!
-//! - [`store`]: [`MemoryStore`], a `SessionStore` and `Outbox` with TTLs and a deadline index.
+//! - [`store`]: [`MemoryStore`], a `SessionStore` and `Outbox` with TTLs and a deadline
+//!   index, and its webhook feed [`MemoryOutbox`].
+//! - [`webhooks`]: [`MemoryWebhookStore`], a `WebhookStore`: endpoints, the leased
+//!   delivery queue, the bounded delivery log.
 //! - [`bus`]: [`MemoryBus`], an `EventBus` that routes each message to a bounded queue per subscription.
 //! - [`audit`]: [`MemoryAudit`], an `AuditSink` that keeps recent events per session.
 //! - [`ratelimit`]: [`MemoryRateLimiter`], GCRA state for one instance.
@@ -17,9 +20,11 @@ pub mod bus;
 pub mod clock;
 pub mod ratelimit;
 pub mod store;
+pub mod webhooks;
 
 pub use audit::MemoryAudit;
 pub use bus::MemoryBus;
 pub use clock::SystemClock;
 pub use ratelimit::MemoryRateLimiter;
-pub use store::MemoryStore;
+pub use store::{MemoryOutbox, MemoryStore};
+pub use webhooks::MemoryWebhookStore;

@@ -1,8 +1,9 @@
-//! [`MemoryStore`]: sessions, their deadline index and the event outbox in
+//! [`MemoryStore`]: sessions, their deadline index and the event outboxes
+//! (the audit outbox and, when on, the webhook feed: [`MemoryOutbox`]) in
 //! one process, behind one mutex so that a commit is trivially atomic.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -20,7 +21,16 @@ struct Inner {
     deadlines: BTreeSet<(i64, SessionId)>,
     /// A claim hides a session from other claimers until this instant (ms).
     leases: HashMap<SessionId, i64>,
-    outbox: BTreeMap<u64, Slot>,
+    /// The audit outbox.
+    outbox: Queue,
+    /// The webhook feed: the same events when the feed is on, and presence events.
+    hooks: Queue,
+}
+
+/// One outbox: events in order, each leased to a consumer until acknowledged.
+#[derive(Debug, Default)]
+struct Queue {
+    slots: BTreeMap<u64, Slot>,
     next_seq: u64,
 }
 
@@ -38,35 +48,70 @@ struct Slot {
     lease: Option<(String, Instant)>,
 }
 
-/// An in-process [`SessionStore`] and [`Outbox`]. Sessions expire after the
-/// TTL without a change, like the Redis store's keys.
+/// An in-process [`SessionStore`] and (audit) [`Outbox`]. Sessions expire
+/// after the TTL without a change, like the Redis store's keys.
 #[derive(Debug)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     ttl: Duration,
+    /// Whether commits also feed the webhook outbox.
+    webhook_feed: bool,
+}
+
+/// A poisoned lock means a panic mid-update: refuse rather than serve torn state.
+fn lock(inner: &Mutex<Inner>) -> Result<MutexGuard<'_, Inner>, StoreError> {
+    inner
+        .lock()
+        .map_err(|_| StoreError::Other("memory store lock poisoned".into()))
 }
 
 impl MemoryStore {
     /// A store whose sessions live `ttl` after their last change.
     pub fn new(ttl: Duration) -> Self {
         Self {
-            inner: Mutex::new(Inner::default()),
+            inner: Arc::new(Mutex::new(Inner::default())),
             ttl,
+            webhook_feed: false,
         }
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
-        // A poisoned lock means a panic mid-update: refuse rather than serve torn state.
-        self.inner
-            .lock()
-            .map_err(|_| StoreError::Other("memory store lock poisoned".into()))
+    /// With `on`, every `create` and `commit` also appends its events to the
+    /// webhook outbox ([`Self::webhook_outbox`]) under the same lock as the
+    /// audit outbox. Off by default: nothing would drain it.
+    #[must_use]
+    pub fn with_webhook_feed(mut self, on: bool) -> Self {
+        self.webhook_feed = on;
+        self
     }
 
-    fn append(inner: &mut Inner, events: &[Event]) {
+    /// The webhook feed as an [`Outbox`] (the audit outbox is the store
+    /// itself). It shares the store's state; with the feed off it stays
+    /// empty but for [`MemoryOutbox::push`].
+    pub fn webhook_outbox(&self) -> MemoryOutbox {
+        MemoryOutbox {
+            inner: Arc::clone(&self.inner),
+            feed: self.webhook_feed,
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        lock(&self.inner)
+    }
+
+    fn append(&self, inner: &mut Inner, events: &[Event]) {
+        inner.outbox.append(events);
+        if self.webhook_feed {
+            inner.hooks.append(events);
+        }
+    }
+}
+
+impl Queue {
+    fn append(&mut self, events: &[Event]) {
         for event in events {
-            let seq = inner.next_seq;
-            inner.next_seq += 1;
-            inner.outbox.insert(
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.slots.insert(
                 seq,
                 Slot {
                     event: event.clone(),
@@ -74,6 +119,89 @@ impl MemoryStore {
                 },
             );
         }
+    }
+
+    fn read(&mut self, consumer: &str, max: usize, reclaim_after_ms: i64) -> Vec<OutboxEntry> {
+        let now = Instant::now();
+        let reclaim_after = Duration::from_millis(u64::try_from(reclaim_after_ms).unwrap_or(0));
+        let mut out = Vec::new();
+        for (seq, slot) in self.slots.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            let free = match &slot.lease {
+                None => true,
+                Some((_, since)) => now.duration_since(*since) >= reclaim_after,
+            };
+            if free {
+                slot.lease = Some((consumer.to_owned(), now));
+                out.push(OutboxEntry {
+                    id: seq.to_string(),
+                    event: slot.event.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    fn ack(&mut self, ids: &[String]) {
+        for id in ids {
+            if let Ok(seq) = id.parse::<u64>() {
+                self.slots.remove(&seq);
+            }
+        }
+    }
+
+    fn backlog(&self, now_ms: i64) -> (u64, i64) {
+        let age = self
+            .slots
+            .values()
+            .next()
+            .map_or(0, |slot| now_ms.saturating_sub(slot.event.at_ms).max(0));
+        (self.slots.len() as u64, age)
+    }
+}
+
+/// The webhook feed of a [`MemoryStore`], as an [`Outbox`]: the same code as
+/// the audit outbox over the store's second queue.
+#[derive(Debug, Clone)]
+pub struct MemoryOutbox {
+    inner: Arc<Mutex<Inner>>,
+    /// Whether the store's commits feed it (and so whether `push` does).
+    feed: bool,
+}
+
+impl MemoryOutbox {
+    /// Appends an event that is in no commit (a presence event); a no-op
+    /// when the store was built without the webhook feed.
+    pub fn push(&self, event: &Event) -> Result<(), StoreError> {
+        if self.feed {
+            lock(&self.inner)?.hooks.append(std::slice::from_ref(event));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Outbox for MemoryOutbox {
+    async fn read(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after_ms: i64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        Ok(lock(&self.inner)?
+            .hooks
+            .read(consumer, max, reclaim_after_ms))
+    }
+
+    async fn ack(&self, ids: &[String]) -> Result<(), StoreError> {
+        lock(&self.inner)?.hooks.ack(ids);
+        Ok(())
+    }
+
+    async fn backlog(&self, now_ms: i64) -> Result<(u64, i64), StoreError> {
+        Ok(lock(&self.inner)?.hooks.backlog(now_ms))
     }
 }
 
@@ -125,7 +253,7 @@ impl SessionStore for MemoryStore {
                 expires: now + self.ttl,
             },
         );
-        Self::append(&mut inner, events);
+        self.append(&mut inner, events);
         Ok(())
     }
 
@@ -147,7 +275,7 @@ impl SessionStore for MemoryStore {
                 expires: now + self.ttl,
             },
         );
-        Self::append(&mut inner, &commit.events);
+        self.append(&mut inner, &commit.events);
         Ok(())
     }
 
@@ -210,46 +338,15 @@ impl Outbox for MemoryStore {
         max: usize,
         reclaim_after_ms: i64,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let now = Instant::now();
-        let reclaim_after = Duration::from_millis(u64::try_from(reclaim_after_ms).unwrap_or(0));
-        let mut inner = self.lock()?;
-        let mut out = Vec::new();
-        for (seq, slot) in inner.outbox.iter_mut() {
-            if out.len() >= max {
-                break;
-            }
-            let free = match &slot.lease {
-                None => true,
-                Some((_, since)) => now.duration_since(*since) >= reclaim_after,
-            };
-            if free {
-                slot.lease = Some((consumer.to_owned(), now));
-                out.push(OutboxEntry {
-                    id: seq.to_string(),
-                    event: slot.event.clone(),
-                });
-            }
-        }
-        Ok(out)
+        Ok(self.lock()?.outbox.read(consumer, max, reclaim_after_ms))
     }
 
     async fn ack(&self, ids: &[String]) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        for id in ids {
-            if let Ok(seq) = id.parse::<u64>() {
-                inner.outbox.remove(&seq);
-            }
-        }
+        self.lock()?.outbox.ack(ids);
         Ok(())
     }
 
     async fn backlog(&self, now_ms: i64) -> Result<(u64, i64), StoreError> {
-        let inner = self.lock()?;
-        let age = inner
-            .outbox
-            .values()
-            .next()
-            .map_or(0, |slot| now_ms.saturating_sub(slot.event.at_ms).max(0));
-        Ok((inner.outbox.len() as u64, age))
+        Ok(self.lock()?.outbox.backlog(now_ms))
     }
 }

@@ -330,8 +330,9 @@ pub trait WebhookStore: Send + Sync + 'static {
 
     /// Queues deliveries, each due at its `due_at_ms`. Idempotent per
     /// (webhook_id, event_id): a second enqueue of a pair still queued is a
-    /// no-op (it neither resets the attempt nor moves the due time). MUST be
-    /// durable when it returns `Ok`.
+    /// no-op (it neither resets the attempt nor moves the due time).
+    /// Deliveries to an endpoint that is gone or disabled are not queued.
+    /// MUST be durable when it returns `Ok`.
     async fn enqueue(&self, deliveries: &[Delivery]) -> Result<(), StoreError>;
 
     /// Returns up to `limit` deliveries due at or before `now_ms`, each hidden
