@@ -97,6 +97,16 @@ pub struct WebhookSettings {
     pub concurrency: usize,
 }
 
+impl WebhookSettings {
+    /// What the SSRF guard allows.
+    pub fn policy(&self) -> webhook_http::UrlPolicy {
+        webhook_http::UrlPolicy {
+            allow_http: self.allow_http,
+            allow_private: self.allow_private,
+        }
+    }
+}
+
 impl Default for WebhookSettings {
     fn default() -> Self {
         Self {

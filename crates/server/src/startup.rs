@@ -7,18 +7,21 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::web;
-use adapter_memory::{MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock};
+use adapter_memory::{
+    MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, MemoryWebhookStore, SystemClock,
+};
 use bus_redis::RedisBus;
 use http_actix::{AppState, AuthMode, HttpSettings, Metrics};
 use kairos_domain::{
     AuditHealth, AuditSink, Clock, DynSessionService as Service, EventBus, Outbox, RateLimiter,
-    SessionStore,
+    SessionStore, WebhookStore,
 };
 use store_redis::{RedisClock, RedisPlaceRegistry, RedisRateLimiter, RedisStore};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{RedisSettings, Settings, TestHooks};
+use crate::webhooks;
 use crate::workers::{self, AuditStatus, WorkerMetrics};
 
 /// The adapters behind the ports, as the configuration chose them.
@@ -31,6 +34,8 @@ struct Adapters {
     places: Option<Arc<dyn kairos_domain::PlaceRegistry>>,
     /// The outbox and the audit trail it drains into, when audit is on.
     audit: Option<(Arc<dyn Outbox>, Arc<dyn AuditSink>)>,
+    /// Webhook endpoints and queue, and the hooks outbox (fed when `WEBHOOKS=on`).
+    webhooks: (Arc<dyn WebhookStore>, Arc<dyn Outbox>),
 }
 
 /// A built application: listeners bound, adapters connected, not yet serving.
@@ -50,6 +55,8 @@ pub struct Application {
     bus_stats: Option<bus_redis::RedisBus>,
     /// The workers' metrics, in the registry `/metrics` renders.
     worker_metrics: WorkerMetrics,
+    /// The webhook workers' store, hooks outbox and sender, when `WEBHOOKS=on`.
+    webhooks: Option<(Arc<dyn WebhookStore>, Arc<dyn Outbox>, webhook_http::Sender)>,
 }
 
 impl std::fmt::Debug for Application {
@@ -64,8 +71,11 @@ impl std::fmt::Debug for Application {
 /// The embedded default: one instance, nothing installed. The audit trail
 /// is PostgreSQL when configured, else kept in memory.
 fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapters {
-    let memory = Arc::new(MemoryStore::new(settings.session_ttl));
+    let memory = Arc::new(
+        MemoryStore::new(settings.session_ttl).with_webhook_feed(settings.webhooks.enabled),
+    );
     let outbox: Arc<dyn Outbox> = memory.clone();
+    let hooks = memory.webhook_outbox();
     let audit: Arc<dyn AuditSink> = pg.unwrap_or_else(|| Arc::new(MemoryAudit::new()));
     Adapters {
         store: memory,
@@ -74,6 +84,10 @@ fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapt
         limiter: Arc::new(MemoryRateLimiter::new()),
         places: None,
         audit: Some((outbox, audit)),
+        webhooks: (
+            Arc::new(MemoryWebhookStore::with_feed(hooks.clone())),
+            Arc::new(hooks),
+        ),
     }
 }
 
@@ -92,7 +106,8 @@ async fn redis_adapters(
     let target = redis.target.redacted();
     let store = RedisStore::connect(&config)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {target}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {target}: {e}"))?
+        .with_webhook_feed(settings.webhooks.enabled);
     let (clock, refresh) = RedisClock::connect_with_skew(
         store.connection(),
         CLOCK_REFRESH,
@@ -110,6 +125,10 @@ async fn redis_adapters(
     tasks.spawn(bus_tasks.join());
     let limiter = RedisRateLimiter::new(store.connection(), config.key_prefix.clone());
     let places = RedisPlaceRegistry::new(store.connection(), config.key_prefix.clone());
+    let webhooks: (Arc<dyn WebhookStore>, Arc<dyn Outbox>) = (
+        Arc::new(store.webhook_store()),
+        Arc::new(store.webhook_outbox()),
+    );
     let store = Arc::new(store);
     tracing::info!(redis = %target, mode = ?redis.target.mode, "using Redis for state, bus, clock, rate limits and the per-user WebSocket cap");
     Ok((
@@ -120,6 +139,7 @@ async fn redis_adapters(
             limiter: Arc::new(limiter),
             places: Some(Arc::new(places)),
             audit: pg.map(|sink| (store as Arc<dyn Outbox>, sink)),
+            webhooks,
         },
         bus,
     ))
@@ -281,6 +301,18 @@ impl Application {
         if let Some(registry) = adapters.places {
             state = state.with_place_registry(registry);
         }
+        let policy = settings.webhooks.policy();
+        let (webhook_store, hooks) = adapters.webhooks;
+        state = state.with_webhooks(http_actix::WebhookAdmin {
+            store: webhook_store.clone(),
+            check_url: webhooks::url_check(policy),
+        });
+        let webhooks = if settings.webhooks.enabled {
+            let sender = webhook_http::Sender::new(policy)?;
+            Some((webhook_store, hooks, sender))
+        } else {
+            None
+        };
         let state = web::Data::new(state);
         Ok(Self {
             settings,
@@ -295,6 +327,7 @@ impl Application {
             adapter_tasks,
             bus_stats,
             worker_metrics,
+            webhooks,
         })
     }
 
@@ -340,6 +373,7 @@ impl Application {
             mut adapter_tasks,
             bus_stats,
             worker_metrics,
+            webhooks,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -362,6 +396,21 @@ impl Application {
                 },
                 stop_rx.clone(),
             ));
+        }
+        if let Some((store, outbox, sender)) = webhooks {
+            webhooks::spawn_workers(
+                &mut workers,
+                webhooks::Workers {
+                    store,
+                    outbox,
+                    sender,
+                    service: state.service.clone(),
+                    metrics: worker_metrics.clone(),
+                    settings: settings.webhooks.clone(),
+                    reclaim_after_ms: settings.audit_reclaim_ms,
+                },
+                &stop_rx,
+            );
         }
         let places = state.clone();
         let stop = stop_rx.clone();

@@ -429,6 +429,66 @@ impl Deliverer {
     }
 }
 
+/// The URL check `/v1/webhooks` runs on a new endpoint: the SSRF guard of
+/// `webhook-http` under `policy`.
+pub fn url_check(policy: webhook_http::UrlPolicy) -> http_actix::UrlCheckFn {
+    Arc::new(move |url: String| {
+        Box::pin(async move {
+            webhook_http::check_url(&url, policy)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    })
+}
+
+/// Everything the two webhook workers of one instance need.
+#[allow(missing_debug_implementations)] // Holds trait objects without Debug.
+pub struct Workers {
+    /// Endpoints, queue and log.
+    pub store: Arc<dyn WebhookStore>,
+    /// The hooks outbox.
+    pub outbox: Arc<dyn Outbox>,
+    /// The sender.
+    pub sender: Sender,
+    /// For the clock.
+    pub service: Service,
+    /// Metrics.
+    pub metrics: WorkerMetrics,
+    /// `WEBHOOK_*`.
+    pub settings: crate::config::WebhookSettings,
+    /// Hooks outbox entries another instance read and never acknowledged
+    /// are taken over after this (`AUDIT_RECLAIM_MS`, as for the audit outbox).
+    pub reclaim_after_ms: i64,
+}
+
+/// Starts the fan-out and the delivery worker in `set`; they return once
+/// `stop` turns true.
+pub fn spawn_workers(set: &mut JoinSet<()>, w: Workers, stop: &watch::Receiver<bool>) {
+    set.spawn(fan_out_worker(
+        FanOut {
+            outbox: w.outbox,
+            store: w.store.clone(),
+            service: w.service.clone(),
+            metrics: w.metrics.clone(),
+            consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
+            reclaim_after_ms: w.reclaim_after_ms,
+        },
+        stop.clone(),
+    ));
+    set.spawn(delivery_worker(
+        Deliverer {
+            store: w.store,
+            sender: w.sender,
+            service: w.service,
+            schedule: w.settings.retry_schedule,
+            concurrency: w.settings.concurrency,
+            metrics: w.metrics,
+        },
+        stop.clone(),
+    ));
+}
+
 /// A uniform draw in [-1, 1] for the retry jitter, from the random bits of
 /// a v4 UUID (no other source of randomness in the binary).
 fn jitter() -> f64 {
