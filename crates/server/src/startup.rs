@@ -55,8 +55,8 @@ pub struct Application {
     bus_stats: Option<bus_redis::RedisBus>,
     /// The workers' metrics, in the registry `/metrics` renders.
     worker_metrics: WorkerMetrics,
-    /// The webhook workers' store, hooks outbox and sender, when `WEBHOOKS=on`.
-    webhooks: Option<(Arc<dyn WebhookStore>, Arc<dyn Outbox>, webhook_http::Sender)>,
+    /// The webhook workers, when `WEBHOOKS=on`.
+    webhooks: Option<webhooks::Workers>,
 }
 
 impl std::fmt::Debug for Application {
@@ -308,8 +308,15 @@ impl Application {
             check_url: webhooks::url_check(policy),
         });
         let webhooks = if settings.webhooks.enabled {
-            let sender = webhook_http::Sender::new(policy)?;
-            Some((webhook_store, hooks, sender))
+            Some(webhooks::Workers {
+                store: webhook_store,
+                outbox: hooks,
+                sender: webhook_http::Sender::new(policy)?,
+                service: state.service.clone(),
+                metrics: worker_metrics.clone(),
+                settings: settings.webhooks.clone(),
+                reclaim_after_ms: settings.audit_reclaim_ms,
+            })
         } else {
             None
         };
@@ -397,20 +404,8 @@ impl Application {
                 stop_rx.clone(),
             ));
         }
-        if let Some((store, outbox, sender)) = webhooks {
-            webhooks::spawn_workers(
-                &mut workers,
-                webhooks::Workers {
-                    store,
-                    outbox,
-                    sender,
-                    service: state.service.clone(),
-                    metrics: worker_metrics.clone(),
-                    settings: settings.webhooks.clone(),
-                    reclaim_after_ms: settings.audit_reclaim_ms,
-                },
-                &stop_rx,
-            );
+        if let Some(w) = webhooks {
+            webhooks::spawn_workers(&mut workers, w, &stop_rx);
         }
         let places = state.clone();
         let stop = stop_rx.clone();
