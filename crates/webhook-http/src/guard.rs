@@ -15,7 +15,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use reqwest::Url;
+use url::Url;
 
 /// The longest URL accepted.
 pub const MAX_URL_LEN: usize = 2048;

@@ -12,10 +12,10 @@
 //!   [`check_url`] for a URL about to be stored (scheme, host resolved,
 //!   every address public).
 //! - [`sign`]: the Standard Webhooks signature of one attempt.
-//! - [`sender`]: [`Sender`], the reqwest client (10 s timeout, no redirects,
-//!   no proxy, rustls on ring) whose resolver keeps only allowed addresses,
-//!   and the mapping of answers to [`kairos_domain::webhook::AttemptOutcome`]
-//!   (2xx, 410, `Retry-After`).
+//! - [`sender`]: [`Sender`], one HTTP/1.1 connection per attempt (hyper,
+//!   rustls on ring) to an address the guard allows, resolved at send time;
+//!   10 s for everything, no redirects, no proxy; the answer mapped to
+//!   [`kairos_domain::webhook::AttemptOutcome`] (2xx, 410, `Retry-After`).
 
 pub mod guard;
 pub mod sender;
