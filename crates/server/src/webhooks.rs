@@ -28,8 +28,6 @@ use crate::workers::WorkerMetrics;
 
 /// Events moved per batch from the hooks outbox into the queue.
 const FAN_OUT_BATCH: usize = 500;
-/// How long the fan-out trusts its list of endpoints.
-const ENDPOINTS_CACHE: Duration = Duration::from_secs(1);
 /// How often an idle worker looks for work.
 const POLL: Duration = Duration::from_millis(50);
 /// A claimed delivery is hidden from other instances this long: one send
@@ -100,7 +98,6 @@ pub async fn fan_out_worker(worker: FanOut, mut shutdown: watch::Receiver<bool>)
         consumer,
         reclaim_after_ms,
     } = worker;
-    let mut endpoints: Option<(Instant, Vec<Endpoint>)> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
@@ -112,25 +109,23 @@ pub async fn fan_out_worker(worker: FanOut, mut shutdown: watch::Receiver<bool>)
             .await
         {
             Ok(batch) if !batch.is_empty() => {
-                let fresh = endpoints
-                    .as_ref()
-                    .is_some_and(|(at, _)| at.elapsed() < ENDPOINTS_CACHE);
-                if !fresh {
-                    match store.list_endpoints().await {
-                        Ok(list) => endpoints = Some((Instant::now(), list)),
-                        Err(e) => {
-                            metrics.store_errors.inc();
-                            tracing::warn!(error = %e, "listing webhook endpoints failed; retrying");
-                            pause = backoff;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                            sleep_or_stop(pause, &mut shutdown).await;
-                            continue;
-                        }
+                // Listed after the read, for each batch (one round trip
+                // next to the read, the enqueue and the ack, off the request
+                // path): an endpoint gets every event committed after it was
+                // created, never a stale list's subset.
+                let endpoints = match store.list_endpoints().await {
+                    Ok(list) => list,
+                    Err(e) => {
+                        metrics.store_errors.inc();
+                        tracing::warn!(error = %e, "listing webhook endpoints failed; retrying");
+                        pause = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        sleep_or_stop(pause, &mut shutdown).await;
+                        continue;
                     }
-                }
-                let list = endpoints.as_ref().map_or(&[][..], |(_, l)| l.as_slice());
+                };
                 let now = service.now_ms();
-                let deliveries = fan_out(list, batch.iter().map(|e| &e.event), now);
+                let deliveries = fan_out(&endpoints, batch.iter().map(|e| &e.event), now);
                 let enqueued = if deliveries.is_empty() {
                     Ok(())
                 } else {

@@ -2,7 +2,8 @@
 //! linked once: each module is the suite of one concern (the REST contract,
 //! the WebSocket contract, authentication, limits, the audit trail, several
 //! instances, nginx in front, the demo page, the time controls' deadlines
-//! on three instances through a kill), and `common` is the shared harness
+//! on three instances through a kill, webhooks to a receiver inside the
+//! test), and `common` is the shared harness
 //! they all use.
 //!
 //! `cargo xtask test` runs it whole on the embedded adapters, then runs the
@@ -24,5 +25,6 @@ mod multi_instance;
 mod nginx;
 mod time_controls;
 mod web;
+mod webhooks;
 mod ws;
 mod ws_security;
