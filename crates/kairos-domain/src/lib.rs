@@ -30,7 +30,7 @@
 //! - [`view`]: the read model at any instant, deadlines applied as of their
 //!   deadline (via `clock`, never via `machine`).
 //! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`],
-//!   [`PlaceRegistry`], [`WebhookStore`].
+//!   [`PlaceRegistry`], [`WebhookStore`] (and [`DeliveryLog`], [`WithDeliveryLog`]).
 //! - [`ratelimit`]: GCRA and the [`ratelimit::RateLimiter`] port.
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set,
 //!   publish.
@@ -83,8 +83,9 @@ pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
-    AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, EventBus, Outbox,
-    OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription, WebhookStore,
+    AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, DeliveryLog, EventBus,
+    Outbox, OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription, WebhookStore,
+    WithDeliveryLog,
 };
 pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use service::{
@@ -100,8 +101,8 @@ pub use webhook::{
 
 #[cfg(any(test, feature = "mocks"))]
 pub use ports::{
-    MockAuditSink, MockClock, MockEventBus, MockOutbox, MockPlaceRegistry, MockSessionStore,
-    MockWebhookStore,
+    MockAuditSink, MockClock, MockDeliveryLog, MockEventBus, MockOutbox, MockPlaceRegistry,
+    MockSessionStore, MockWebhookStore,
 };
 #[cfg(any(test, feature = "mocks"))]
 pub use ratelimit::MockRateLimiter;

@@ -379,3 +379,159 @@ pub trait WebhookStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DeliveryRecord>, StoreError>;
 }
+
+/// A durable delivery log kept apart from the [`WebhookStore`] (PostgreSQL
+/// when configured), for [`WithDeliveryLog`]. Unbounded unlike the store's
+/// own log: retention is the operator's.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait DeliveryLog: Send + Sync + 'static {
+    /// Appends a record. Writing the same record twice (a retried write)
+    /// SHOULD store it once.
+    async fn record(&self, id: WebhookId, rec: &DeliveryRecord) -> Result<(), StoreError>;
+
+    /// The endpoint's records, newest first, at most `limit`.
+    async fn list(&self, id: WebhookId, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError>;
+}
+
+/// A [`WebhookStore`] whose delivery log lives in a [`DeliveryLog`]:
+/// `record_delivery` and `deliveries` go to `log`, everything else to
+/// `store`. How the server puts the log in PostgreSQL while the endpoints
+/// and queue stay in Redis or memory.
+#[derive(Debug, Clone)]
+pub struct WithDeliveryLog<S, L> {
+    store: S,
+    log: L,
+}
+
+impl<S, L> WithDeliveryLog<S, L> {
+    /// `store` for endpoints, queue and feed; `log` for the delivery log.
+    pub fn new(store: S, log: L) -> Self {
+        Self { store, log }
+    }
+}
+
+#[async_trait]
+impl<S: WebhookStore, L: DeliveryLog> WebhookStore for WithDeliveryLog<S, L> {
+    async fn create_endpoint(&self, e: &Endpoint) -> Result<(), StoreError> {
+        self.store.create_endpoint(e).await
+    }
+
+    async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+        self.store.list_endpoints().await
+    }
+
+    async fn get_endpoint(&self, id: WebhookId) -> Result<Option<Endpoint>, StoreError> {
+        self.store.get_endpoint(id).await
+    }
+
+    async fn delete_endpoint(&self, id: WebhookId) -> Result<bool, StoreError> {
+        self.store.delete_endpoint(id).await
+    }
+
+    async fn disable_endpoint(&self, id: WebhookId, reason: &str) -> Result<(), StoreError> {
+        self.store.disable_endpoint(id, reason).await
+    }
+
+    async fn enqueue(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        self.store.enqueue(deliveries).await
+    }
+
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.store.claim_due(now_ms, limit, lease_ms).await
+    }
+
+    async fn finish(&self, id: WebhookId, event_id: Uuid) -> Result<(), StoreError> {
+        self.store.finish(id, event_id).await
+    }
+
+    async fn reschedule(
+        &self,
+        id: WebhookId,
+        event_id: Uuid,
+        attempt: u32,
+        due_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.store
+            .reschedule(id, event_id, attempt, due_at_ms)
+            .await
+    }
+
+    async fn queue_stats(&self, now_ms: i64) -> Result<(u64, i64), StoreError> {
+        self.store.queue_stats(now_ms).await
+    }
+
+    async fn push_event(&self, event: &Event) -> Result<(), StoreError> {
+        self.store.push_event(event).await
+    }
+
+    async fn record_delivery(&self, id: WebhookId, rec: &DeliveryRecord) -> Result<(), StoreError> {
+        self.log.record(id, rec).await
+    }
+
+    async fn deliveries(
+        &self,
+        id: WebhookId,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.log.list(id, limit).await
+    }
+}
+
+/// A shared log composes too (`Arc<dyn DeliveryLog>`).
+#[async_trait]
+impl<T: DeliveryLog + ?Sized> DeliveryLog for Arc<T> {
+    async fn record(&self, id: WebhookId, rec: &DeliveryRecord) -> Result<(), StoreError> {
+        (**self).record(id, rec).await
+    }
+
+    async fn list(&self, id: WebhookId, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        (**self).list(id, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn with_delivery_log_sends_the_log_to_the_log_and_the_rest_to_the_store() {
+        let id = WebhookId::from_uuid(Uuid::from_u128(1));
+        let rec = DeliveryRecord {
+            event_id: Uuid::from_u128(2),
+            attempt: 1,
+            status_code: Some(200),
+            error: None,
+            sent_at_ms: 10,
+            latency_ms: 3,
+        };
+        let mut store = MockWebhookStore::new();
+        store
+            .expect_queue_stats()
+            .times(1)
+            .returning(|_| Ok((4, 5)));
+        store.expect_record_delivery().never();
+        store.expect_deliveries().never();
+        let mut log = MockDeliveryLog::new();
+        let expected = rec.clone();
+        log.expect_record()
+            .withf(move |i, r| *i == id && *r == expected)
+            .times(1)
+            .returning(|_, _| Ok(()));
+        let listed = rec.clone();
+        log.expect_list()
+            .withf(move |i, limit| *i == id && *limit == 7)
+            .times(1)
+            .returning(move |_, _| Ok(vec![listed.clone()]));
+
+        let both = WithDeliveryLog::new(store, Arc::new(log));
+        assert_eq!(both.queue_stats(9).await, Ok((4, 5)));
+        assert_eq!(both.record_delivery(id, &rec).await, Ok(()));
+        assert_eq!(both.deliveries(id, 7).await, Ok(vec![rec]));
+    }
+}

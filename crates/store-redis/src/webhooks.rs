@@ -62,8 +62,9 @@ fn decode_endpoint(bytes: &[u8]) -> Result<Endpoint, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| other("corrupt webhook endpoint", e))
 }
 
-/// A number Redis gave back as text (a score may come back as `"1.5e+12"`
-/// formatting aside, Redis prints integral scores as integers).
+/// A millisecond instant Redis gave back as text: an argument we stored
+/// verbatim, or a score (Redis prints integral scores as integers; the
+/// float reading is a fallback for exponent notation).
 fn parse_ms(bytes: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(bytes).ok()?;
     text.parse::<i64>()

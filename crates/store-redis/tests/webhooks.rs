@@ -1,6 +1,7 @@
 //! The `WebhookStore` port and the webhook feed, one suite run against both
 //! implementations: `adapter-memory` (the embedded default) and Redis (the
-//! test Redis of `cargo xtask test`). Enqueue is idempotent, a claim hides a
+//! test Redis of `cargo xtask test`). Enqueue is idempotent, concurrent
+//! claims from two instances never share a job, a claim hides a
 //! job for its lease and gives it back after it, finish and reschedule,
 //! removed and disabled endpoints take their jobs with them, the delivery
 //! log is newest first and bounded, the queue stats; and the webhook
@@ -32,14 +33,19 @@ struct Harness {
     audit: Arc<dyn Outbox>,
     hooks: Arc<dyn Outbox>,
     webhooks: Arc<dyn WebhookStore>,
+    /// The same webhook store as another instance sees it (for memory, the
+    /// one process's store again; for Redis, a store of its own connection).
+    twin: Arc<dyn WebhookStore>,
 }
 
 fn memory(feed: bool) -> Harness {
     let store = Arc::new(MemoryStore::new(Duration::from_secs(3600)).with_webhook_feed(feed));
+    let webhooks = Arc::new(MemoryWebhookStore::with_feed(store.webhook_outbox()));
     Harness {
         name: "memory",
         hooks: Arc::new(store.webhook_outbox()),
-        webhooks: Arc::new(MemoryWebhookStore::with_feed(store.webhook_outbox())),
+        twin: webhooks.clone(),
+        webhooks,
         sessions: store.clone(),
         audit: store,
     }
@@ -53,8 +59,12 @@ async fn redis(feed: bool) -> Harness {
             .expect("connects to the test Redis")
             .with_webhook_feed(feed),
     );
+    let other = RedisStore::connect(&config)
+        .await
+        .expect("connects to the test Redis");
     Harness {
         name: "redis",
+        twin: Arc::new(other.webhook_store()),
         hooks: Arc::new(store.webhook_outbox()),
         webhooks: Arc::new(store.webhook_store()),
         sessions: store.clone(),
@@ -239,6 +249,40 @@ async fn a_claim_hides_a_job_for_its_lease_and_returns_it_after() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_from_two_instances_never_share_a_job() {
+    for h in both().await {
+        let e = endpoint(1);
+        h.webhooks.create_endpoint(&e).await.expect("creates");
+        let jobs: Vec<Delivery> = (1..=60).map(|n| delivery(&e, n, 1_000, 1_000)).collect();
+        h.webhooks.enqueue(&jobs).await.expect("enqueues");
+
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..4 {
+            let (a, b) = tokio::join!(
+                h.webhooks.claim_due(2_000, 10, 60_000),
+                h.twin.claim_due(2_000, 10, 60_000)
+            );
+            mine.extend(a.expect("claims"));
+            theirs.extend(b.expect("claims"));
+        }
+        let mut all = keys(&mine);
+        all.extend(keys(&theirs));
+        all.sort();
+        let before = all.len();
+        all.dedup();
+        assert_eq!(all.len(), before, "{}: a job was claimed twice", h.name);
+        assert_eq!(all, keys(&jobs), "{}", h.name);
+        assert_eq!(
+            h.twin.claim_due(2_000, 100, 60_000).await,
+            Ok(vec![]),
+            "{}",
+            h.name
+        );
+    }
+}
+
 #[tokio::test]
 async fn claims_take_the_earliest_due_up_to_the_limit() {
     for h in both().await {
@@ -385,8 +429,8 @@ fn record(n: u32) -> DeliveryRecord {
     DeliveryRecord {
         event_id: Uuid::from_u128(u128::from(n)),
         attempt: n,
-        status_code: if n % 2 == 0 { Some(200) } else { None },
-        error: if n % 2 == 0 {
+        status_code: if n.is_multiple_of(2) { Some(200) } else { None },
+        error: if n.is_multiple_of(2) {
             None
         } else {
             Some("connection refused".to_owned())
