@@ -70,7 +70,8 @@ impl std::fmt::Debug for Application {
 
 /// The embedded default: one instance, nothing installed. The audit trail
 /// is PostgreSQL when configured, else kept in memory.
-fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapters {
+fn memory_adapters(settings: &Settings, pg: Option<Pg>) -> Adapters {
+    let (pg, log) = pg.unzip();
     let memory = Arc::new(
         MemoryStore::new(settings.session_ttl).with_webhook_feed(settings.webhooks.enabled),
     );
@@ -85,7 +86,7 @@ fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapt
         places: None,
         audit: Some((outbox, audit)),
         webhooks: (
-            Arc::new(MemoryWebhookStore::with_feed(hooks.clone())),
+            webhook_store(MemoryWebhookStore::with_feed(hooks.clone()), log),
             Arc::new(hooks),
         ),
     }
@@ -97,10 +98,11 @@ async fn redis_adapters(
     settings: &Settings,
     redis: &RedisSettings,
     hooks: TestHooks,
-    pg: Option<Arc<dyn AuditSink>>,
+    pg: Option<Pg>,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<(Adapters, bus_redis::RedisBus)> {
+    let (pg, log) = pg.unzip();
     // Without an audit store nothing drains the outbox: do not fill it.
     let config = redis.store_config(settings.session_ttl, pg.is_some());
     let target = redis.target.redacted();
@@ -126,7 +128,7 @@ async fn redis_adapters(
     let limiter = RedisRateLimiter::new(store.connection(), config.key_prefix.clone());
     let places = RedisPlaceRegistry::new(store.connection(), config.key_prefix.clone());
     let webhooks: (Arc<dyn WebhookStore>, Arc<dyn Outbox>) = (
-        Arc::new(store.webhook_store()),
+        webhook_store(store.webhook_store(), log),
         Arc::new(store.webhook_outbox()),
     );
     let store = Arc::new(store);
@@ -145,6 +147,21 @@ async fn redis_adapters(
     ))
 }
 
+/// The PostgreSQL audit trail and, on the same pool, the webhook delivery log.
+type Pg = (Arc<dyn AuditSink>, audit_diesel::PgDeliveryLog);
+
+/// The webhook store, its delivery log in PostgreSQL when there is one
+/// (else the store's own bounded log).
+fn webhook_store<S: WebhookStore>(
+    store: S,
+    log: Option<audit_diesel::PgDeliveryLog>,
+) -> Arc<dyn WebhookStore> {
+    match log {
+        Some(log) => Arc::new(kairos_domain::WithDeliveryLog::new(store, log)),
+        None => Arc::new(store),
+    }
+}
+
 /// The PostgreSQL audit trail. Migrations run now; if PostgreSQL is down
 /// the server starts anyway (the hot path does not need it) and a task
 /// keeps trying, while events wait in the outbox.
@@ -153,7 +170,7 @@ async fn audit_store(
     pool_size: usize,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
-) -> anyhow::Result<Arc<dyn AuditSink>> {
+) -> anyhow::Result<Pg> {
     let pg = audit_diesel::PgAudit::connect(url.clone(), pool_size)
         .map_err(|e| anyhow::anyhow!("cannot set up the audit pool for {url}: {e}"))?;
     let url = url.clone();
@@ -189,7 +206,8 @@ async fn audit_store(
             )
             .await;
     });
-    Ok(Arc::new(pg))
+    let log = audit_diesel::PgDeliveryLog::new(pg.clone());
+    Ok((Arc::new(pg), log))
 }
 
 /// How long shutdown waits for the WebSockets' close frames (each close

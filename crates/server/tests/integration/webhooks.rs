@@ -19,7 +19,7 @@ use std::time::Duration;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
 
-use crate::common::procs::{Instance, post, prefix, redis_url};
+use crate::common::procs::{Instance, database_url, post, prefix, redis_url};
 use crate::common::{chess, create_session, eventually};
 
 /// One request the receiver got.
@@ -708,9 +708,10 @@ async fn gone_disables_at_once() {
     assert_eq!(ok_log[0]["status_code"], 204);
 }
 
-/// Two instances on one Redis: the first takes the deliveries, the receiver
-/// holds them, the first is killed with SIGKILL; the second delivers the
-/// same webhook-ids after the lease, and nothing is missing.
+/// Two instances on one Redis (and one PostgreSQL for the delivery log):
+/// the first takes the deliveries, the receiver holds them, the first is
+/// killed with SIGKILL; the second delivers the same webhook-ids after the
+/// lease, and nothing is missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_killed_mid_delivery_is_taken_over() {
     let receiver = Receiver::start().await;
@@ -719,6 +720,8 @@ async fn an_instance_killed_mid_delivery_is_taken_over() {
     let mut env = open_env();
     env.push(("REDIS_URL", redis_url()));
     env.push(("REDIS_KEY_PREFIX", prefix));
+    // The delivery log in PostgreSQL, shared like the endpoints.
+    env.push(("DATABASE_URL", database_url()));
     let mut first = Instance::start(&env).await;
     let http = reqwest::Client::new();
     let (id, secret) = register(&http, &first, &receiver.url("/flaky"), None).await;
