@@ -36,6 +36,8 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
     ),
     ("bus-redis", &["kairos-domain", "redis-conn"], &[]),
     ("audit-diesel", &["kairos-domain"], &[]),
+    // The webhook sender (reqwest, DNS, HMAC): the core's types only.
+    ("webhook-http", &["kairos-domain"], &[]),
     // The transport: the core only; tests may run it on the memory adapters.
     ("http-actix", &["kairos-domain"], &["adapter-memory"]),
     // The composition root knows everything.
@@ -48,6 +50,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
             "store-redis",
             "bus-redis",
             "audit-diesel",
+            "webhook-http",
             "http-actix",
         ],
         &[],

@@ -27,6 +27,8 @@
 //!   broadcast, tracked tasks), and the command path both transports share.
 //! - [`middleware`]: request ids, request logging and HTTP metrics.
 //! - [`rest`]: the REST endpoints.
+//! - [`webhooks`]: `/v1/webhooks`, the admin's webhook endpoints and their
+//!   delivery logs.
 //! - [`ws`]: the WebSocket endpoint, in three parts: [`ws::admission`] (the
 //!   handshake and its refusals), [`ws::connection`] (one socket's task: its
 //!   loop and commands), [`ws::guards`] (slot, version gate, rate window,
@@ -49,6 +51,7 @@ pub mod rest;
 pub mod schemas;
 pub mod state;
 pub mod web;
+pub mod webhooks;
 pub mod wire;
 pub mod ws;
 
@@ -58,7 +61,9 @@ use actix_web::{App, HttpServer};
 
 pub use error::{ApiError, Code};
 pub use metrics::Metrics;
-pub use state::{AppState, AuditHealthFn, AuthMode, HttpSettings, Lifecycle, Service};
+pub use state::{
+    AppState, AuditHealthFn, AuthMode, HttpSettings, Lifecycle, Service, UrlCheckFn, WebhookAdmin,
+};
 
 /// Registers every route of the public API on `cfg`.
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
@@ -69,6 +74,7 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
             actix_web::web::get().to(ws::ws_path),
         );
     rest::configure(cfg);
+    webhooks::configure(cfg);
     openapi::configure(cfg);
     web::configure(cfg);
 }

@@ -6,6 +6,11 @@ use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::webhooks::{
+    DeliveriesEnvelope, WebhookCreateDoc, WebhookEnvelope, WebhooksEnvelope, WireDelivery,
+    WireWebhook,
+};
+
 use crate::dto::{WireEvent, WireGroup, WireLagCompensation, WireParticipant, WireStage, WireView};
 use crate::schemas::{
     AddTimeBodyDoc, AdminSessionsEnvelope, AdminSessionsPage, CommandBodyDoc, DelayModeDoc,
@@ -39,18 +44,25 @@ use crate::schemas::{
         crate::rest::time,
         crate::rest::health,
         crate::rest::ready,
+        crate::webhooks::create_webhook,
+        crate::webhooks::list_webhooks,
+        crate::webhooks::get_webhook,
+        crate::webhooks::delete_webhook,
+        crate::webhooks::webhook_deliveries,
     ),
     components(schemas(
         ViewEnvelope, EventsEnvelope, ErrorBody, ErrorDoc, SessionConfigDoc, ParticipantConfigDoc,
         GroupConfigDoc, SyncModeDoc, CommandBodyDoc, SwitchBodyDoc, TimeBody, HealthBody, ReadyBody, WireView,
         WireParticipant, WireGroup, WireEvent, StageDoc, DelayModeDoc, LagCompensationDoc, AddTimeBodyDoc,
-        WireStage, WireLagCompensation, JoinBodyDoc, AdminSessionsEnvelope, AdminSessionsPage
+        WireStage, WireLagCompensation, JoinBodyDoc, AdminSessionsEnvelope, AdminSessionsPage,
+        WebhookCreateDoc, WireWebhook, WireDelivery, WebhookEnvelope, WebhooksEnvelope, DeliveriesEnvelope
     )),
     tags(
         (name = "sessions", description = "Create, read and drive sessions"),
         (name = "time", description = "Server time"),
         (name = "operations", description = "Health and readiness"),
         (name = "admin", description = "The operators' view of every session"),
+        (name = "webhooks", description = "Signed webhooks to the app's backend (admin; docs/webhooks.md)"),
     )
 )]
 pub struct ApiDoc;

@@ -129,7 +129,10 @@ fn parse_id(raw: &str) -> Result<SessionId, ApiError> {
 }
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`]; an empty body is `null`.
-async fn read_json(req: &HttpRequest, mut payload: web::Payload) -> Result<Value, ApiError> {
+pub(crate) async fn read_json(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<Value, ApiError> {
     let too_large = || {
         ApiError::new(
             Code::PayloadTooLarge,

@@ -156,6 +156,29 @@ impl Default for Lifecycle {
 /// Reports the audit trail's health (the audit worker updates it).
 pub type AuditHealthFn = Arc<dyn Fn() -> AuditHealth + Send + Sync>;
 
+/// Checks a webhook URL before it is stored (the SSRF guard: scheme, host
+/// resolved, every address allowed), given by the server so that the
+/// transport never links the sender. `Err` is the message for the `url`
+/// field.
+pub type UrlCheckFn = Arc<
+    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
+>;
+
+/// What `/v1/webhooks` manages endpoints with.
+#[derive(Clone)]
+pub struct WebhookAdmin {
+    /// Endpoints and their delivery logs, shared by every instance.
+    pub store: Arc<dyn kairos_domain::WebhookStore>,
+    /// The URL check of a new endpoint.
+    pub check_url: UrlCheckFn,
+}
+
+impl std::fmt::Debug for WebhookAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookAdmin").finish_non_exhaustive()
+    }
+}
+
 /// Shared by every handler (wrapped in `web::Data`).
 pub struct AppState {
     /// The application service.
@@ -177,6 +200,8 @@ pub struct AppState {
     pub limiter: Option<Limiter>,
     /// Shares one bus subscription per watched session among this instance's WebSockets.
     pub hub: Hub,
+    /// Webhook endpoints; `None`: `/v1/webhooks` answers 404.
+    pub webhooks: Option<WebhookAdmin>,
 }
 
 impl AppState {
@@ -201,6 +226,7 @@ impl AppState {
             ws_connections: AtomicUsize::new(0),
             places: UserPlaces::local(),
             limiter: None,
+            webhooks: None,
         }
     }
 
@@ -230,6 +256,14 @@ impl AppState {
     #[must_use]
     pub fn with_place_registry(mut self, registry: Arc<dyn kairos_domain::PlaceRegistry>) -> Self {
         self.places = UserPlaces::shared(registry, self.lifecycle.tasks().clone());
+        self
+    }
+
+    /// Manages webhook endpoints in `admin.store`, checking new URLs with
+    /// `admin.check_url`.
+    #[must_use]
+    pub fn with_webhooks(mut self, admin: WebhookAdmin) -> Self {
+        self.webhooks = Some(admin);
         self
     }
 

@@ -24,6 +24,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use http_actix::auth::Secret;
 use http_actix::limits::RateLimits;
 use kairos_domain::Limit;
+use kairos_domain::webhook::RetrySchedule;
 use redis_conn::{RedisMode, RedisTarget};
 use store_redis::RedisConfig;
 
@@ -73,6 +74,47 @@ impl RedisSettings {
         bus_redis::RedisBusConfig {
             channel_prefix: self.key_prefix.trim_end_matches(':').to_owned(),
             ..bus_redis::RedisBusConfig::new(self.target.clone())
+        }
+    }
+}
+
+/// Webhooks (contract section 9): whether they run, which URLs the SSRF
+/// guard accepts, the retry schedule and the sends in flight per instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// `WEBHOOKS` (on|off, default on): off, nothing feeds or sends
+    /// webhooks and `/v1/webhooks` still manages endpoints.
+    pub enabled: bool,
+    /// `WEBHOOK_ALLOW_HTTP` (default false): `http://` URLs accepted.
+    pub allow_http: bool,
+    /// `WEBHOOK_ALLOW_PRIVATE` (default false): hosts on loopback, private,
+    /// link-local... addresses accepted (local development and tests).
+    pub allow_private: bool,
+    /// `WEBHOOK_RETRY_SCHEDULE_MS` (default the contract's 5 s, 5 min, 30 min,
+    /// 2 h, 5 h, 10 h, 24 h).
+    pub retry_schedule: RetrySchedule,
+    /// `WEBHOOK_CONCURRENCY` (default 64): sends in flight per instance.
+    pub concurrency: usize,
+}
+
+impl WebhookSettings {
+    /// What the SSRF guard allows.
+    pub fn policy(&self) -> webhook_http::UrlPolicy {
+        webhook_http::UrlPolicy {
+            allow_http: self.allow_http,
+            allow_private: self.allow_private,
+        }
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow_http: false,
+            allow_private: false,
+            retry_schedule: RetrySchedule::default(),
+            concurrency: 64,
         }
     }
 }
@@ -162,6 +204,8 @@ pub struct Settings {
     /// Browser origins allowed (`ALLOWED_ORIGINS`, comma-separated, e.g.
     /// `https://app.example.com`); unset: WebSockets from any origin, no CORS.
     pub allowed_origins: Option<Vec<String>>,
+    /// Webhooks (`WEBHOOKS`, `WEBHOOK_*`).
+    pub webhooks: WebhookSettings,
 }
 
 impl fmt::Debug for Settings {
@@ -192,6 +236,7 @@ impl fmt::Debug for Settings {
             .field("timeout_sweep", &self.timeout_sweep)
             .field("timeout_sweep_grace", &self.timeout_sweep_grace)
             .field("allowed_origins", &self.allowed_origins)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -239,6 +284,7 @@ const AUDIT: &str = "Audit";
 const SECURITY: &str = "Security";
 const WEBSOCKETS: &str = "WebSockets";
 const TIMEOUTS: &str = "Timeouts";
+const WEBHOOKS: &str = "Webhooks";
 
 /// Every setting, declared once: the variable (`env`), the flag, the
 /// default, the parser and the help text (the doc comment). Each is read
@@ -359,6 +405,22 @@ pub struct Vars {
     /// messages one client may send (close 1008 above)
     #[arg(long, env = "WS_MESSAGES_PER_MINUTE", default_value_t = 100, value_parser = positive::<u32>, help_heading = WEBSOCKETS)]
     ws_messages_per_minute: u32,
+
+    /// off: no webhook is fed or sent (endpoints can still be managed)
+    #[arg(long, env = "WEBHOOKS", value_enum, default_value_t = OnOff::On, help_heading = WEBHOOKS)]
+    webhooks: OnOff,
+    /// accept http:// webhook URLs (else https:// only)
+    #[arg(long, env = "WEBHOOK_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set, value_parser = parsed::<bool>, help_heading = WEBHOOKS)]
+    webhook_allow_http: bool,
+    /// accept webhook hosts on loopback, private, link-local, multicast addresses (local development and tests only)
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, value_parser = parsed::<bool>, help_heading = WEBHOOKS)]
+    webhook_allow_private: bool,
+    /// waits between delivery attempts in ms, comma-separated (±20% jitter); after the last the endpoint is disabled
+    #[arg(long, env = "WEBHOOK_RETRY_SCHEDULE_MS", default_value_t = RetrySchedule::default(), value_parser = parsed::<RetrySchedule>, help_heading = WEBHOOKS)]
+    webhook_retry_schedule_ms: RetrySchedule,
+    /// webhook sends in flight per instance (each gives up after 10 s)
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 64, value_parser = positive::<usize>, help_heading = WEBHOOKS)]
+    webhook_concurrency: usize,
 }
 
 /// `REDIS_MODE`'s values.
@@ -442,6 +504,13 @@ impl Vars {
             timeout_sweep: Duration::from_millis(self.timeout_sweep_ms),
             timeout_sweep_grace: Duration::from_millis(self.timeout_sweep_grace_ms),
             allowed_origins: self.allowed_origins.map(|l| l.0),
+            webhooks: WebhookSettings {
+                enabled: self.webhooks == OnOff::On,
+                allow_http: self.webhook_allow_http,
+                allow_private: self.webhook_allow_private,
+                retry_schedule: self.webhook_retry_schedule_ms,
+                concurrency: self.webhook_concurrency,
+            },
         })
     }
 
@@ -760,6 +829,48 @@ mod tests {
         assert_eq!(s.timeout_sweep, Duration::from_millis(500));
         assert_eq!(s.timeout_sweep_grace, Duration::from_millis(500));
         assert_eq!(s.allowed_origins, None);
+        assert_eq!(s.webhooks, WebhookSettings::default());
+        assert!(s.webhooks.enabled && !s.webhooks.allow_http && !s.webhooks.allow_private);
+        assert_eq!(
+            s.webhooks.retry_schedule.steps(),
+            [
+                5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 86_400_000
+            ]
+        );
+        assert_eq!(s.webhooks.concurrency, 64);
+    }
+
+    #[test]
+    fn webhook_settings_are_read_and_checked() {
+        let s = from(&[
+            ("WEBHOOKS", "off"),
+            ("WEBHOOK_ALLOW_HTTP", "true"),
+            ("WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("WEBHOOK_RETRY_SCHEDULE_MS", "100, 200,300"),
+            ("WEBHOOK_CONCURRENCY", "3"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.webhooks,
+            WebhookSettings {
+                enabled: false,
+                allow_http: true,
+                allow_private: true,
+                retry_schedule: RetrySchedule::parse("100,200,300").unwrap(),
+                concurrency: 3,
+            }
+        );
+        for (variable, value) in [
+            ("WEBHOOKS", "maybe"),
+            ("WEBHOOK_ALLOW_HTTP", "yes"),
+            ("WEBHOOK_ALLOW_PRIVATE", "1"),
+            ("WEBHOOK_RETRY_SCHEDULE_MS", "100,,200"),
+            ("WEBHOOK_RETRY_SCHEDULE_MS", "0"),
+            ("WEBHOOK_CONCURRENCY", "0"),
+        ] {
+            let e = from(&[(variable, value)]).unwrap_err();
+            assert_eq!(e.variable, variable, "{value}: {e}");
+        }
     }
 
     #[test]

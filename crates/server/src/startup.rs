@@ -7,12 +7,14 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::web;
-use adapter_memory::{MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock};
+use adapter_memory::{
+    MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, MemoryWebhookStore, SystemClock,
+};
 use bus_redis::RedisBus;
 use http_actix::{AppState, AuthMode, HttpSettings, Metrics};
 use kairos_domain::{
     AuditHealth, AuditSink, Clock, DynSessionService as Service, EventBus, Outbox, RateLimiter,
-    SessionStore,
+    SessionStore, WebhookStore,
 };
 use store_redis::{RedisClock, RedisPlaceRegistry, RedisRateLimiter, RedisStore};
 use tokio::sync::{Notify, watch};
@@ -20,6 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{RedisSettings, Settings, TestHooks};
 use crate::timers::{self, LocalTimers};
+use crate::webhooks;
 use crate::workers::{self, AuditStatus, WorkerMetrics};
 
 /// The adapters behind the ports, as the configuration chose them.
@@ -32,6 +35,8 @@ struct Adapters {
     places: Option<Arc<dyn kairos_domain::PlaceRegistry>>,
     /// The outbox and the audit trail it drains into, when audit is on.
     audit: Option<(Arc<dyn Outbox>, Arc<dyn AuditSink>)>,
+    /// Webhook endpoints and queue, and the hooks outbox (fed when `WEBHOOKS=on`).
+    webhooks: (Arc<dyn WebhookStore>, Arc<dyn Outbox>),
 }
 
 /// A built application: listeners bound, adapters connected, not yet serving.
@@ -55,6 +60,8 @@ pub struct Application {
     timers: Arc<LocalTimers>,
     /// Nudged after each commit, for the audit worker.
     audit_nudge: Arc<Notify>,
+    /// The webhook workers, when `WEBHOOKS=on`.
+    webhooks: Option<webhooks::Workers>,
 }
 
 impl std::fmt::Debug for Application {
@@ -68,9 +75,13 @@ impl std::fmt::Debug for Application {
 
 /// The embedded default: one instance, nothing installed. The audit trail
 /// is PostgreSQL when configured, else kept in memory.
-fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapters {
-    let memory = Arc::new(MemoryStore::new(settings.session_ttl));
+fn memory_adapters(settings: &Settings, pg: Option<Pg>) -> Adapters {
+    let (pg, log) = pg.unzip();
+    let memory = Arc::new(
+        MemoryStore::new(settings.session_ttl).with_webhook_feed(settings.webhooks.enabled),
+    );
     let outbox: Arc<dyn Outbox> = memory.clone();
+    let hooks = memory.webhook_outbox();
     let audit: Arc<dyn AuditSink> = pg.unwrap_or_else(|| Arc::new(MemoryAudit::new()));
     Adapters {
         store: memory,
@@ -79,6 +90,10 @@ fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapt
         limiter: Arc::new(MemoryRateLimiter::new()),
         places: None,
         audit: Some((outbox, audit)),
+        webhooks: (
+            webhook_store(MemoryWebhookStore::with_feed(hooks.clone()), log),
+            Arc::new(hooks),
+        ),
     }
 }
 
@@ -88,16 +103,18 @@ async fn redis_adapters(
     settings: &Settings,
     redis: &RedisSettings,
     hooks: TestHooks,
-    pg: Option<Arc<dyn AuditSink>>,
+    pg: Option<Pg>,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<(Adapters, bus_redis::RedisBus)> {
+    let (pg, log) = pg.unzip();
     // Without an audit store nothing drains the outbox: do not fill it.
     let config = redis.store_config(settings.session_ttl, pg.is_some());
     let target = redis.target.redacted();
     let store = RedisStore::connect(&config)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {target}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {target}: {e}"))?
+        .with_webhook_feed(settings.webhooks.enabled);
     let (clock, refresh) = RedisClock::connect_with_skew(
         store.connection(),
         CLOCK_REFRESH,
@@ -115,6 +132,10 @@ async fn redis_adapters(
     tasks.spawn(bus_tasks.join());
     let limiter = RedisRateLimiter::new(store.connection(), config.key_prefix.clone());
     let places = RedisPlaceRegistry::new(store.connection(), config.key_prefix.clone());
+    let webhooks: (Arc<dyn WebhookStore>, Arc<dyn Outbox>) = (
+        webhook_store(store.webhook_store(), log),
+        Arc::new(store.webhook_outbox()),
+    );
     let store = Arc::new(store);
     tracing::info!(redis = %target, mode = ?redis.target.mode, "using Redis for state, bus, clock, rate limits and the per-user WebSocket cap");
     Ok((
@@ -125,9 +146,25 @@ async fn redis_adapters(
             limiter: Arc::new(limiter),
             places: Some(Arc::new(places)),
             audit: pg.map(|sink| (store as Arc<dyn Outbox>, sink)),
+            webhooks,
         },
         bus,
     ))
+}
+
+/// The PostgreSQL audit trail and, on the same pool, the webhook delivery log.
+type Pg = (Arc<dyn AuditSink>, audit_diesel::PgDeliveryLog);
+
+/// The webhook store, its delivery log in PostgreSQL when there is one
+/// (else the store's own bounded log).
+fn webhook_store<S: WebhookStore>(
+    store: S,
+    log: Option<audit_diesel::PgDeliveryLog>,
+) -> Arc<dyn WebhookStore> {
+    match log {
+        Some(log) => Arc::new(kairos_domain::WithDeliveryLog::new(store, log)),
+        None => Arc::new(store),
+    }
 }
 
 /// The PostgreSQL audit trail. Migrations run now; if PostgreSQL is down
@@ -138,7 +175,7 @@ async fn audit_store(
     pool_size: usize,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
-) -> anyhow::Result<Arc<dyn AuditSink>> {
+) -> anyhow::Result<Pg> {
     let pg = audit_diesel::PgAudit::connect(url.clone(), pool_size)
         .map_err(|e| anyhow::anyhow!("cannot set up the audit pool for {url}: {e}"))?;
     let url = url.clone();
@@ -174,7 +211,8 @@ async fn audit_store(
             )
             .await;
     });
-    Ok(Arc::new(pg))
+    let log = audit_diesel::PgDeliveryLog::new(pg.clone());
+    Ok((Arc::new(pg), log))
 }
 
 /// How long shutdown waits for the WebSockets' close frames (each close
@@ -292,6 +330,25 @@ impl Application {
         if let Some(registry) = adapters.places {
             state = state.with_place_registry(registry);
         }
+        let policy = settings.webhooks.policy();
+        let (webhook_store, hooks) = adapters.webhooks;
+        state = state.with_webhooks(http_actix::WebhookAdmin {
+            store: webhook_store.clone(),
+            check_url: webhooks::url_check(policy),
+        });
+        let webhooks = if settings.webhooks.enabled {
+            Some(webhooks::Workers {
+                store: webhook_store,
+                outbox: hooks,
+                sender: webhook_http::Sender::new(policy)?,
+                service: state.service.clone(),
+                metrics: worker_metrics.clone(),
+                settings: settings.webhooks.clone(),
+                reclaim_after_ms: settings.audit_reclaim_ms,
+            })
+        } else {
+            None
+        };
         let state = web::Data::new(state);
         Ok(Self {
             settings,
@@ -308,6 +365,7 @@ impl Application {
             worker_metrics,
             timers,
             audit_nudge,
+            webhooks,
         })
     }
 
@@ -355,6 +413,7 @@ impl Application {
             worker_metrics,
             timers,
             audit_nudge,
+            webhooks,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -388,6 +447,9 @@ impl Application {
                 },
                 stop_rx.clone(),
             ));
+        }
+        if let Some(w) = webhooks {
+            webhooks::spawn_workers(&mut workers, w, &stop_rx);
         }
         let places = state.clone();
         let stop = stop_rx.clone();

@@ -1,6 +1,8 @@
 //! Background workers: the timeout safety net (a sweep of the deadline
 //! index for deadlines no local timer applied; the local timers themselves
-//! are in the `timers` module), the audit drain and the bus statistics. Each runs until the shutdown signal flips, then returns, so
+//! are in the `timers` module), the audit drain and the bus statistics (the
+//! webhook workers have a module of their own; their metrics are registered
+//! here with the others). Each runs until the shutdown signal flips, then returns, so
 //! shutdown can wait for them (no detached task is left behind).
 //!
 //! They depend on the core and on Prometheus, not on the transport: their
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use kairos_domain::{AuditHealth, AuditSink, Claimed, DynSessionService as Service, Outbox};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -72,6 +74,12 @@ pub struct WorkerMetrics {
     pub bus_subscriber_up: IntGauge,
     /// Bus messages that could not be published (failed or dropped), since start.
     pub bus_publish_failures: IntGauge,
+    /// Webhook attempts by `outcome` (the webhooks module's `Outcome`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Webhook deliveries queued (shared by every instance).
+    pub webhook_queue_depth: IntGauge,
+    /// How long ago the oldest queued webhook delivery's event was committed.
+    pub webhook_oldest_undelivered_seconds: IntGauge,
 }
 
 impl WorkerMetrics {
@@ -96,6 +104,14 @@ impl WorkerMetrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(timeout_lateness.clone()))?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "kairos_webhook_deliveries_total",
+                "Webhook delivery attempts by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(webhook_deliveries.clone()))?;
         Ok(Self {
             timeouts_fired: counter(
                 "kairos_timeouts_fired_total",
@@ -127,6 +143,15 @@ impl WorkerMetrics {
             bus_publish_failures: gauge(
                 "kairos_bus_publish_failures_total",
                 "Bus messages not published (failed or dropped) since start",
+            )?,
+            webhook_deliveries,
+            webhook_queue_depth: gauge(
+                "kairos_webhook_queue_depth",
+                "Webhook deliveries queued, due or waiting for a retry",
+            )?,
+            webhook_oldest_undelivered_seconds: gauge(
+                "kairos_webhook_oldest_undelivered_seconds",
+                "Age of the oldest queued webhook delivery's event",
             )?,
         })
     }

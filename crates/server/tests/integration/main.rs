@@ -3,8 +3,9 @@
 //! the WebSocket contract, authentication, limits, the audit trail, several
 //! instances, nginx in front, the demo page, the time controls' deadlines
 //! on three instances through a kill, the Redis commands one switch costs,
-//! participants joining and leaving, the admin view's endpoints),
-//! and `common` is the shared harness they all use.
+//! participants joining and leaving, the admin view's endpoints, webhooks to
+//! a receiver inside the test), and `common` is the shared harness they all
+//! use.
 //!
 //! `cargo xtask test` runs it whole on the embedded adapters, then runs the
 //! service-level modules (`api`, `ws`, `limits`, `auth`, `ws_security`,
@@ -28,5 +29,6 @@ mod participants;
 mod round_trips;
 mod time_controls;
 mod web;
+mod webhooks;
 mod ws;
 mod ws_security;
