@@ -23,12 +23,15 @@
 //!   [`clock::next_deadline`], and the one catch-up loop that applies due
 //!   deadlines (expiries, time warnings, scheduled starts) each as of its own
 //!   instant; the stages, delay and lag compensation of contract section 8.
+//! - [`presence`]: who is connected to a session (contract section 9):
+//!   registry entries and counts, presence events, and the auto-pause rule
+//!   [`presence::auto_pause_due`] (reads `session`, builds `event`s).
 //! - [`machine`]: the transition function [`machine::decide`] (deadlines via
 //!   `clock`, then the command) and [`machine::create`].
 //! - [`view`]: the read model at any instant, deadlines applied as of their
 //!   deadline (via `clock`, never via `machine`).
 //! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`],
-//!   [`PlaceRegistry`].
+//!   [`PlaceRegistry`], [`PresenceRegistry`], [`PresenceObserver`].
 //! - [`ratelimit`]: GCRA and the [`ratelimit::RateLimiter`] port.
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set,
 //!   publish.
@@ -68,6 +71,7 @@ pub mod event;
 pub mod ids;
 pub mod machine;
 pub mod ports;
+pub mod presence;
 pub mod ratelimit;
 mod rotation;
 pub mod service;
@@ -81,11 +85,14 @@ pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, EventBus, Outbox,
-    OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription,
+    OutboxEntry, PlaceRegistry, PresenceObserver, PresenceRegistry, SessionStore, StoreError,
+    Subscription,
 };
+pub use presence::{Absence, PendingLeave, PresenceConnection, PresenceSnapshot, PresenceUser};
 pub use ratelimit::{Limit, RateDecision, RateLimiter};
 pub use service::{
-    AuditHealth, DynSessionService, Executed, Health, ServiceError, SessionService, Snapshot,
+    AbsenceCheck, AuditHealth, DynSessionService, Executed, Health, ServiceError, SessionService,
+    Snapshot,
 };
 pub use session::{
     DelayMode, Group, Participant, Session, Stage, Status, SyncMode, TimeoutAction, TimeoutKind,
@@ -94,7 +101,8 @@ pub use view::{GroupView, ParticipantView, SessionView};
 
 #[cfg(any(test, feature = "mocks"))]
 pub use ports::{
-    MockAuditSink, MockClock, MockEventBus, MockOutbox, MockPlaceRegistry, MockSessionStore,
+    MockAuditSink, MockClock, MockEventBus, MockOutbox, MockPlaceRegistry, MockPresenceObserver,
+    MockPresenceRegistry, MockSessionStore,
 };
 #[cfg(any(test, feature = "mocks"))]
 pub use ratelimit::MockRateLimiter;

@@ -19,6 +19,10 @@ use crate::ports::{
 use crate::session::Session;
 use crate::view::{SessionView, view};
 
+mod presence;
+
+pub use presence::AbsenceCheck;
+
 /// How often a command without `expected_version` is retried after losing a
 /// compare-and-set race before the service gives up. Each retry means another
 /// writer committed, so this bounds only pathological contention.
@@ -139,6 +143,8 @@ pub struct SessionService<S: ?Sized, B: ?Sized, C: ?Sized> {
     bus: Arc<B>,
     clock: Arc<C>,
     audit: Option<Arc<dyn AuditSink>>,
+    /// Who is connected, with the leave delay (see the `presence` submodule).
+    presence: presence::Presence,
 }
 
 impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
@@ -148,6 +154,7 @@ impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
             bus: self.bus.clone(),
             clock: self.clock.clone(),
             audit: self.audit.clone(),
+            presence: self.presence.clone(),
         }
     }
 }
@@ -166,6 +173,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             bus,
             clock,
             audit: None,
+            presence: presence::Presence::default(),
         }
     }
 
