@@ -7,6 +7,7 @@
 //! - [`store`]: [`MemoryStore`], a `SessionStore` and `Outbox` with TTLs and a deadline index.
 //! - [`bus`]: [`MemoryBus`], an `EventBus` that routes each message to a bounded queue per subscription.
 //! - [`audit`]: [`MemoryAudit`], an `AuditSink` that keeps recent events per session.
+//! - [`presence`]: [`MemoryPresence`], a `PresenceRegistry` with leased entries.
 //! - [`ratelimit`]: [`MemoryRateLimiter`], GCRA state for one instance.
 //! - [`clock`]: [`SystemClock`], the host clock, never going backwards.
 
@@ -15,11 +16,13 @@
 pub mod audit;
 pub mod bus;
 pub mod clock;
+pub mod presence;
 pub mod ratelimit;
 pub mod store;
 
 pub use audit::MemoryAudit;
 pub use bus::MemoryBus;
 pub use clock::SystemClock;
+pub use presence::MemoryPresence;
 pub use ratelimit::MemoryRateLimiter;
 pub use store::MemoryStore;
