@@ -32,6 +32,7 @@ use crate::schemas::{
         crate::rest::add_time,
         crate::rest::delete_session,
         crate::rest::session_events,
+        crate::rest::session_presence,
         crate::rest::time,
         crate::rest::health,
         crate::rest::ready,
@@ -40,7 +41,8 @@ use crate::schemas::{
         ViewEnvelope, EventsEnvelope, ErrorBody, ErrorDoc, SessionConfigDoc, ParticipantConfigDoc,
         GroupConfigDoc, SyncModeDoc, CommandBodyDoc, SwitchBodyDoc, TimeBody, HealthBody, ReadyBody, WireView,
         WireParticipant, WireGroup, WireEvent, StageDoc, DelayModeDoc, LagCompensationDoc, AddTimeBodyDoc,
-        WireStage, WireLagCompensation
+        WireStage, WireLagCompensation, crate::schemas::PresenceEnvelope, crate::dto::WirePresence,
+        crate::dto::WirePresenceUser
     )),
     tags(
         (name = "sessions", description = "Create, read and drive sessions"),
@@ -156,6 +158,7 @@ mod tests {
             "lag_compensation",
             "warnings_ms",
             "start_at_ms",
+            "auto_pause_on_disconnect_ms",
         ] {
             assert!(config.contains_key(field), "config {field}");
         }
@@ -167,6 +170,7 @@ mod tests {
             "lag_compensation",
             "warnings_ms",
             "start_at_ms",
+            "auto_pause_on_disconnect_ms",
         ] {
             assert!(view.contains_key(field), "view {field}");
         }

@@ -213,6 +213,16 @@ impl Connection {
             Ok(view) => view,
             Err(e) => return Err(connect_refusal(e)),
         };
+        if let Some(mut seat) = self.slot.seat.take() {
+            let state = self.slot.state.clone();
+            Box::pin(
+                state
+                    .presence
+                    .join(&state.service, &mut seat, self.id, &view),
+            )
+            .await;
+            self.slot.seat = Some(seat);
+        }
         let connected = wire::connected_message(self.id, self.now_ms());
         self.send(connected).await?;
         self.send_sync(view, true).await?;
@@ -335,6 +345,7 @@ impl Connection {
                 }
                 Ok(())
             }
+            Frame::Event { text } => self.send_shared(&text).await,
             Frame::Deleted { text } => {
                 self.send_shared(&text).await?;
                 Err(Exit::close(CloseCode::Normal, "session deleted"))
