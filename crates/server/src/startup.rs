@@ -7,14 +7,16 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::web;
-use adapter_memory::{MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock};
+use adapter_memory::{
+    MemoryAudit, MemoryBus, MemoryPresence, MemoryRateLimiter, MemoryStore, SystemClock,
+};
 use bus_redis::RedisBus;
 use http_actix::{AppState, AuthMode, HttpSettings, Metrics};
 use kairos_domain::{
     AuditHealth, AuditSink, Clock, DynSessionService as Service, EventBus, Outbox, RateLimiter,
     SessionStore,
 };
-use store_redis::{RedisClock, RedisPlaceRegistry, RedisRateLimiter, RedisStore};
+use store_redis::{RedisClock, RedisPlaceRegistry, RedisPresence, RedisRateLimiter, RedisStore};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -29,6 +31,8 @@ struct Adapters {
     limiter: Arc<dyn RateLimiter>,
     /// The per-user WebSocket cap across instances; `None`: counted per instance.
     places: Option<Arc<dyn kairos_domain::PlaceRegistry>>,
+    /// Who is connected to which session, over every instance.
+    presence: Arc<dyn kairos_domain::PresenceRegistry>,
     /// The outbox and the audit trail it drains into, when audit is on.
     audit: Option<(Arc<dyn Outbox>, Arc<dyn AuditSink>)>,
 }
@@ -73,6 +77,7 @@ fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapt
         clock: Arc::new(SystemClock::new()),
         limiter: Arc::new(MemoryRateLimiter::new()),
         places: None,
+        presence: Arc::new(MemoryPresence::new()),
         audit: Some((outbox, audit)),
     }
 }
@@ -110,6 +115,7 @@ async fn redis_adapters(
     tasks.spawn(bus_tasks.join());
     let limiter = RedisRateLimiter::new(store.connection(), config.key_prefix.clone());
     let places = RedisPlaceRegistry::new(store.connection(), config.key_prefix.clone());
+    let presence = RedisPresence::new(store.connection(), &config.key_prefix);
     let store = Arc::new(store);
     tracing::info!(redis = %target, mode = ?redis.target.mode, "using Redis for state, bus, clock, rate limits and the per-user WebSocket cap");
     Ok((
@@ -119,6 +125,7 @@ async fn redis_adapters(
             clock: clock as Arc<dyn Clock>,
             limiter: Arc::new(limiter),
             places: Some(Arc::new(places)),
+            presence: Arc::new(presence),
             audit: pg.map(|sink| (store as Arc<dyn Outbox>, sink)),
         },
         bus,
@@ -248,7 +255,10 @@ impl Application {
             worker_metrics.bus_subscriber_up.set(1);
         }
         let bus = adapters.bus;
-        let mut service = Service::new(adapters.store, bus.clone(), adapters.clock);
+        // The presence events' seam: a feed that wants them (webhooks)
+        // is handed in here with `Service::with_presence_observer`.
+        let mut service = Service::new(adapters.store, bus.clone(), adapters.clock)
+            .with_presence(adapters.presence, settings.presence_leave_delay_ms);
         if let Some((_, sink)) = &adapters.audit {
             service = service.with_audit(sink.clone());
         }
@@ -369,6 +379,15 @@ impl Application {
             let now_ms = || places.service.now_ms();
             http_actix::places::renew_places(&places.places, now_ms, stop).await;
         });
+        let presence = state.clone();
+        let stop = stop_rx.clone();
+        workers.spawn(async move {
+            http_actix::presence::renew_presence(&presence.presence, &presence.service, stop).await;
+        });
+        workers.spawn(workers::presence_worker(
+            state.service.clone(),
+            stop_rx.clone(),
+        ));
         if let Some(bus) = bus_stats {
             workers.spawn(workers::bus_stats_worker(
                 bus,

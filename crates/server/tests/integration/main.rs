@@ -2,7 +2,8 @@
 //! linked once: each module is the suite of one concern (the REST contract,
 //! the WebSocket contract, authentication, limits, the audit trail, several
 //! instances, nginx in front, the demo page, the time controls' deadlines
-//! on three instances through a kill), and `common` is the shared harness
+//! on three instances through a kill, presence and the auto-pause on
+//! three instances through a kill), and `common` is the shared harness
 //! they all use.
 //!
 //! `cargo xtask test` runs it whole on the embedded adapters, then runs the
@@ -22,6 +23,7 @@ mod common;
 mod limits;
 mod multi_instance;
 mod nginx;
+mod presence;
 mod time_controls;
 mod web;
 mod ws;
