@@ -1,11 +1,11 @@
 //! Who is connected to a session (contract section 9), as pure data and
-//! rules: the entries a [`crate::ports::PresenceRegistry`] keeps, the
+//! rules: the entries a presence registry (a port) keeps, the
 //! counts `GET /v1/sessions/{id}/presence` shows, the `presence_joined` and
 //! `presence_left` events, and when an absent active participant pauses the
 //! session by itself (`auto_pause_on_disconnect_ms`).
 //!
 //! The rule of the auto-pause lives here, not in a worker, so that it is
-//! one pure function the state machine ([`crate::machine`]'s
+//! one pure function the state machine (the machine's
 //! `Command::AutoPause`) and the property tests share.
 
 use serde_json::Map;
