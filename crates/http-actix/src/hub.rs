@@ -59,8 +59,12 @@ pub enum Frame {
         text: Arc<str>,
     },
     /// An `EVENT` that is not a state change (`presence_joined`,
-    /// `presence_left`): no version, so it passes no version gate.
+    /// `presence_left`): no version, so it passes no version gate. Sockets
+    /// of the user it is about skip it (a user is not told of its own
+    /// arrival).
     Event {
+        /// The user the event is about (`metadata.sub`).
+        sub: Arc<str>,
         /// Ready JSON text.
         text: Arc<str>,
     },
@@ -259,7 +263,14 @@ async fn pump(
             }
             Some(BusMessage::Event { event }) if event.session_id == session_id => {
                 let now = service.now_ms();
+                let sub = event
+                    .metadata
+                    .get("sub")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .into();
                 Frame::Event {
+                    sub,
                     text: wire::event_message(session_id, now, &event).into(),
                 }
             }
@@ -484,7 +495,7 @@ mod tests {
                 .iter()
                 .map(|t| serde_json::from_str(t).unwrap())
                 .collect(),
-            Frame::Sync { text, .. } | Frame::Deleted { text } | Frame::Event { text } => {
+            Frame::Sync { text, .. } | Frame::Deleted { text } | Frame::Event { text, .. } => {
                 vec![serde_json::from_str(text).unwrap()]
             }
             Frame::Gone | Frame::Resync => Vec::new(),

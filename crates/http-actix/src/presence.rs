@@ -6,6 +6,9 @@
 //! renewed every [`RENEW_EVERY`] with every other seat of the instance, so
 //! that the entries of a killed instance lapse within the lease (30 s).
 //!
+//! A socket is not sent presence events about its own user (the hub tags
+//! each with its `sub`): a user is not told of its own arrival.
+//!
 //! Presence is counted, never enforced: a registry that cannot be reached
 //! costs the socket its seat (it is not counted, and so can never pause a
 //! session by its absence), not its connection.
@@ -35,6 +38,11 @@ pub struct Seat {
 }
 
 impl Seat {
+    /// The user.
+    pub fn sub(&self) -> &str {
+        &self.sub
+    }
+
     /// The user `sub` (or [`ANONYMOUS`]), playing as `participant` if that
     /// names one of the session (checked at [`LocalPresence::join`]).
     pub fn new(sub: Option<String>, participant: Option<String>) -> Self {

@@ -345,7 +345,13 @@ impl Connection {
                 }
                 Ok(())
             }
-            Frame::Event { text } => self.send_shared(&text).await,
+            Frame::Event { sub, text } => {
+                let own = self.slot.seat.as_ref().is_some_and(|s| s.sub() == &*sub);
+                if own {
+                    return Ok(());
+                }
+                self.send_shared(&text).await
+            }
             Frame::Deleted { text } => {
                 self.send_shared(&text).await?;
                 Err(Exit::close(CloseCode::Normal, "session deleted"))
