@@ -10,6 +10,7 @@
 //!   delivery queue, the bounded delivery log.
 //! - [`bus`]: [`MemoryBus`], an `EventBus` that routes each message to a bounded queue per subscription.
 //! - [`audit`]: [`MemoryAudit`], an `AuditSink` that keeps recent events per session.
+//! - [`presence`]: [`MemoryPresence`], a `PresenceRegistry` with leased entries.
 //! - [`ratelimit`]: [`MemoryRateLimiter`], GCRA state for one instance.
 //! - [`clock`]: [`SystemClock`], the host clock, never going backwards.
 
@@ -18,6 +19,7 @@
 pub mod audit;
 pub mod bus;
 pub mod clock;
+pub mod presence;
 pub mod ratelimit;
 pub mod store;
 pub mod webhooks;
@@ -25,6 +27,7 @@ pub mod webhooks;
 pub use audit::MemoryAudit;
 pub use bus::MemoryBus;
 pub use clock::SystemClock;
+pub use presence::MemoryPresence;
 pub use ratelimit::MemoryRateLimiter;
 pub use store::{MemoryOutbox, MemoryStore};
 pub use webhooks::MemoryWebhookStore;

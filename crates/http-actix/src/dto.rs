@@ -140,6 +140,8 @@ pub struct WireView {
     warnings_ms: Vec<i64>,
     /// (ext) When a pending session starts by itself; `null` without.
     start_at_ms: Option<i64>,
+    /// (ext, section 9) The auto-pause period; `null` without.
+    auto_pause_on_disconnect_ms: Option<i64>,
     /// Present on a switch that found the active clock run out.
     #[serde(skip_serializing_if = "Option::is_none")]
     expired_participant_id: Option<String>,
@@ -185,6 +187,7 @@ impl WireView {
             },
             warnings_ms: v.warnings_ms,
             start_at_ms: v.start_at_ms,
+            auto_pause_on_disconnect_ms: v.auto_pause_on_disconnect_ms,
             expired_participant_id: expired.map(String::from),
         }
     }
@@ -266,6 +269,48 @@ impl From<&Event> for WireEvent {
             time_elapsed_ms: e.time_elapsed_ms,
             action: e.action.clone(),
             metadata: e.metadata.clone(),
+        }
+    }
+}
+
+/// Who is connected to a session (contract section 9), over every instance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WirePresence {
+    /// Live WebSocket connections.
+    connections: u32,
+    /// Their users, earliest first.
+    users: Vec<WirePresenceUser>,
+}
+
+/// One user of [`WirePresence`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WirePresenceUser {
+    /// The token's `sub`; with `AUTH_MODE=off` the `?user=` of the
+    /// connection, else `anonymous`.
+    sub: String,
+    /// The participant its connection plays as (the token's `pid`, or
+    /// `?participant_id=` with auth off), when it names one of the session.
+    participant_id: Option<String>,
+    /// Its live connections.
+    connections: u32,
+    /// When its earliest live connection opened (ms).
+    since_ms: i64,
+}
+
+impl From<kairos_domain::PresenceSnapshot> for WirePresence {
+    fn from(p: kairos_domain::PresenceSnapshot) -> Self {
+        Self {
+            connections: p.connections,
+            users: p
+                .users
+                .into_iter()
+                .map(|u| WirePresenceUser {
+                    sub: u.sub,
+                    participant_id: u.participant_id.map(String::from),
+                    connections: u.connections,
+                    since_ms: u.since_ms,
+                })
+                .collect(),
         }
     }
 }

@@ -21,6 +21,8 @@
 //! - [`auth`]: the auth mode, which turns a request into an `Actor`.
 //! - [`limits`]: rate limits, the client's address, the `RateLimit-*` headers.
 //! - [`places`]: the per-user WebSocket cap across instances.
+//! - [`presence`]: this instance's sockets in the presence registry
+//!   (seats, leaves, renewals).
 //! - [`metrics`]: the transport's Prometheus metrics and the registry `/metrics` renders.
 //! - [`hub`]: one bus subscription per watched session, shared by its local sockets.
 //! - [`state`]: [`AppState`], settings, lifecycle (ready flag, shutdown
@@ -47,6 +49,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod places;
+pub mod presence;
 pub mod rest;
 pub mod schemas;
 pub mod state;

@@ -41,6 +41,7 @@ use crate::schemas::{
         crate::rest::delete_session,
         crate::rest::session_events,
         crate::rest::admin_sessions,
+        crate::rest::session_presence,
         crate::rest::time,
         crate::rest::health,
         crate::rest::ready,
@@ -55,7 +56,8 @@ use crate::schemas::{
         GroupConfigDoc, SyncModeDoc, CommandBodyDoc, SwitchBodyDoc, TimeBody, HealthBody, ReadyBody, WireView,
         WireParticipant, WireGroup, WireEvent, StageDoc, DelayModeDoc, LagCompensationDoc, AddTimeBodyDoc,
         WireStage, WireLagCompensation, JoinBodyDoc, AdminSessionsEnvelope, AdminSessionsPage,
-        WebhookCreateDoc, WireWebhook, WireDelivery, WebhookEnvelope, WebhooksEnvelope, DeliveriesEnvelope
+        WebhookCreateDoc, WireWebhook, WireDelivery, WebhookEnvelope, WebhooksEnvelope, DeliveriesEnvelope,
+        crate::schemas::PresenceEnvelope, crate::dto::WirePresence, crate::dto::WirePresenceUser
     )),
     tags(
         (name = "sessions", description = "Create, read and drive sessions"),
@@ -173,6 +175,7 @@ mod tests {
             "lag_compensation",
             "warnings_ms",
             "start_at_ms",
+            "auto_pause_on_disconnect_ms",
         ] {
             assert!(config.contains_key(field), "config {field}");
         }
@@ -184,6 +187,7 @@ mod tests {
             "lag_compensation",
             "warnings_ms",
             "start_at_ms",
+            "auto_pause_on_disconnect_ms",
         ] {
             assert!(view.contains_key(field), "view {field}");
         }

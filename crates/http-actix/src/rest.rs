@@ -53,6 +53,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed()),
     )
     .service(
+        web::resource("/v1/sessions/{id}/presence")
+            .route(web::get().to(session_presence))
+            .default_service(not_allowed()),
+    )
+    .service(
         web::resource("/v1/sessions/{id}/events")
             .route(web::get().to(session_events))
             .default_service(not_allowed()),
@@ -248,6 +253,39 @@ pub async fn get_session(
         .await
         .map_err(|e| from_service(e, &rid))?;
     let mut response = data(WireView::from_view(view, None));
+    limits::apply_headers(&mut response, rate.as_ref());
+    Ok(response)
+}
+
+/// Who is connected to a session's WebSockets, counted over every
+/// instance (contract section 9): connections and users, for anyone who
+/// may read the session.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/presence", tag = "sessions", operation_id = "sessionPresence",
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
+    responses(
+        (status = 200, description = "Connections and users", body = crate::schemas::PresenceEnvelope),
+        (status = 400, description = "VALIDATION_ERROR: the id is not a UUID", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        AccessErrors,
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path))]
+pub async fn session_presence(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let rid = request_id(&req);
+    let id = parse_id(&path)?;
+    let actor = state.settings.auth.authenticate(&req)?;
+    let rate = state.rate(Kind::Get, &caller(&state, &actor, &req)).await?;
+    let presence = state
+        .service
+        .presence(&actor, id)
+        .await
+        .map_err(|e| from_service(e, &rid))?;
+    let mut response = data(crate::dto::WirePresence::from(presence));
     limits::apply_headers(&mut response, rate.as_ref());
     Ok(response)
 }

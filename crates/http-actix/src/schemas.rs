@@ -41,6 +41,12 @@ pub struct AdminSessionsPage {
     next_cursor: Option<String>,
 }
 
+/// `{"data": {"connections", "users"}}` of `GET /v1/sessions/{id}/presence`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceEnvelope {
+    data: crate::dto::WirePresence,
+}
+
 /// The error body: `{"error": {"code", "message", "details"?}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -146,6 +152,11 @@ pub struct SessionConfigDoc {
     /// (section 8) The session starts by itself at this instant (ms since
     /// the Unix epoch), from now to 7 days ahead.
     start_at_ms: Option<i64>,
+    /// (section 9) Pause by itself when the active participant, having
+    /// connected, has had no connection for this long while the session
+    /// runs; 1000..=600000.
+    #[schema(minimum = 1000, maximum = 600000)]
+    auto_pause_on_disconnect_ms: Option<i64>,
 }
 
 /// `delay_mode` (contract section 8).

@@ -3,8 +3,8 @@
 //! the steps every command takes, whichever transport it came by
 //! ([`AppState::execute`]).
 //!
-//! This module sits above the parts it holds (auth, limits, places, hub,
-//! metrics): it imports them, none of them imports it. Only the handlers
+//! This module sits above the parts it holds (auth, limits, places,
+//! presence, hub, metrics): it imports them, none of them imports it. Only the handlers
 //! (REST, WebSocket, middleware) see the whole state.
 
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use crate::hub::Hub;
 use crate::limits::{Kind, Limiter};
 use crate::metrics::Metrics;
 use crate::places::UserPlaces;
+use crate::presence::LocalPresence;
 
 /// The service as the transport holds it: adapters chosen at start-up.
 pub type Service = kairos_domain::DynSessionService;
@@ -202,6 +203,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Webhook endpoints; `None`: `/v1/webhooks` answers 404.
     pub webhooks: Option<WebhookAdmin>,
+    /// This instance's sockets in the presence registry (when the service has one).
+    pub presence: LocalPresence,
 }
 
 impl AppState {
@@ -218,6 +221,7 @@ impl AppState {
         let lifecycle = Arc::new(Lifecycle::new());
         Self {
             hub: Hub::new(service.clone(), bus, lifecycle.tasks().clone()),
+            presence: LocalPresence::new(lifecycle.tasks().clone()),
             service,
             audit_health: Arc::new(|| AuditHealth::Disabled),
             metrics: Metrics::new(),

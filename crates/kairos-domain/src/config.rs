@@ -37,6 +37,8 @@ pub const MAX_START_AHEAD_MS: i64 = 7 * 24 * 3_600_000;
 pub const LAG_RANGE_MS: std::ops::RangeInclusive<u32> = 0..=10_000;
 /// Bounds of an `add_time` command's `ms` (the command's `AddMs` holds only these).
 pub const ADD_TIME_RANGE_MS: std::ops::RangeInclusive<i64> = 1..=3_600_000;
+/// Bounds of `auto_pause_on_disconnect_ms` (contract section 9).
+pub const AUTO_PAUSE_RANGE_MS: std::ops::RangeInclusive<i64> = 1_000..=600_000;
 
 /// One broken rule: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -169,6 +171,10 @@ pub struct SessionConfig {
     /// only its type; [`SessionConfig::parse_at`] also checks it is within
     /// [`MAX_START_AHEAD_MS`] of now and not in the past.
     pub start_at_ms: Option<i64>,
+    /// Pause the running session by itself when its active participant has
+    /// had no connection for this long (contract section 9), within
+    /// [`AUTO_PAUSE_RANGE_MS`].
+    pub auto_pause_on_disconnect_ms: Option<i64>,
 }
 
 struct Errors(Vec<FieldError>);
@@ -344,6 +350,13 @@ impl SessionConfig {
             },
         };
 
+        let auto_pause_on_disconnect_ms = e.int(
+            obj,
+            "auto_pause_on_disconnect_ms",
+            "auto_pause_on_disconnect_ms",
+            &AUTO_PAUSE_RANGE_MS,
+        );
+
         let action_on_timeout = parse_timeout_action(obj, &mut e);
         let auto_advance = match obj.get("auto_advance") {
             None | Some(Value::Null) => false,
@@ -393,6 +406,7 @@ impl SessionConfig {
                 lag_compensation,
                 warnings_ms,
                 start_at_ms,
+                auto_pause_on_disconnect_ms,
             }),
             _ => Err(e.0),
         }

@@ -26,13 +26,16 @@
 //!   [`clock::next_deadline`], and the one catch-up loop that applies due
 //!   deadlines (expiries, time warnings, scheduled starts) each as of its own
 //!   instant; the stages, delay and lag compensation of contract section 8.
+//! - [`presence`]: who is connected to a session (contract section 9):
+//!   registry entries and counts, presence events, and the auto-pause rule
+//!   [`presence::auto_pause_due`] (reads `session`, builds `event`s).
 //! - [`machine`]: the transition function [`machine::decide`] (deadlines via
 //!   `clock`, then the command) and [`machine::create`].
 //! - [`view`]: the read model at any instant, deadlines applied as of their
 //!   deadline (via `clock`, never via `machine`).
 //! - [`ratelimit`]: GCRA, the rate-limit math (pure).
 //! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`],
-//!   [`PlaceRegistry`], [`RateLimiter`], [`WebhookStore`] (and [`DeliveryLog`],
+//!   [`PlaceRegistry`], [`PresenceRegistry`], [`PresenceObserver`], [`RateLimiter`], [`WebhookStore`] (and [`DeliveryLog`],
 //!   [`WithDeliveryLog`]).
 //! - [`cache`]: [`cache::SessionCache`], the bounded, version-monotonic
 //!   copy of recent sessions the service decides on before the store
@@ -78,6 +81,7 @@ pub mod event;
 pub mod ids;
 pub mod machine;
 pub mod ports;
+pub mod presence;
 pub mod ratelimit;
 mod rotation;
 pub mod service;
@@ -93,12 +97,13 @@ pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
     AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, DeliveryLog, EventBus,
-    Outbox, OutboxEntry, PlaceRegistry, RateCheck, RateLimiter, SessionPage, SessionStore,
-    StoreError, Subscription, WebhookStore, WithDeliveryLog,
+    Outbox, OutboxEntry, PlaceRegistry, PresenceObserver, PresenceRegistry, RateCheck, RateLimiter,
+    SessionPage, SessionStore, StoreError, Subscription, WebhookStore, WithDeliveryLog,
 };
+pub use presence::{Absence, PendingLeave, PresenceConnection, PresenceSnapshot, PresenceUser};
 pub use ratelimit::{Limit, RateDecision};
 pub use service::{
-    AuditHealth, DeadlineObserver, DynSessionService, Executed, Health, ServiceError,
+    AbsenceCheck, AuditHealth, DeadlineObserver, DynSessionService, Executed, Health, ServiceError,
     SessionService, Snapshot,
 };
 pub use session::{
@@ -112,5 +117,6 @@ pub use webhook::{
 #[cfg(any(test, feature = "mocks"))]
 pub use ports::{
     MockAuditSink, MockClock, MockDeliveryLog, MockEventBus, MockOutbox, MockPlaceRegistry,
-    MockRateLimiter, MockSessionStore, MockWebhookStore,
+    MockPresenceObserver, MockPresenceRegistry, MockRateLimiter, MockSessionStore,
+    MockWebhookStore,
 };

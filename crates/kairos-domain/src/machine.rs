@@ -120,6 +120,19 @@ pub enum Command {
     Cancel,
     /// Applies the deadlines that are due; fails with [`TransitionError::NothingDue`] if none is.
     Timeout,
+    /// The system's pause of contract section 9: `participant_id` has had
+    /// no connection since `absent_since_ms`. Pauses the session as of
+    /// [`crate::presence::auto_pause_due`] (deadlines before that instant
+    /// first, each as of its own), with `metadata.reason` =
+    /// `disconnected`; [`TransitionError::NothingDue`] when that is not
+    /// due by `now` (not running, not its turn, not long enough, already
+    /// paused by another instance). Never sent by a client.
+    AutoPause {
+        /// The absent participant.
+        participant_id: ParticipantId,
+        /// When its last connection closed.
+        absent_since_ms: i64,
+    },
 }
 
 impl Command {
@@ -136,6 +149,7 @@ impl Command {
             Self::Join(_) => "join",
             Self::Leave { .. } => "leave",
             Self::Timeout => "timeout",
+            Self::AutoPause { .. } => "auto_pause",
         }
     }
 }
@@ -263,6 +277,7 @@ pub fn create(
         warnings_ms: config.warnings_ms,
         warned_ms: Vec::new(),
         start_at_ms: config.start_at_ms,
+        auto_pause_on_disconnect_ms: config.auto_pause_on_disconnect_ms,
     };
     s.participants = config
         .participants
@@ -334,6 +349,19 @@ pub fn decide(
     expected_version: Option<u64>,
     now: i64,
 ) -> Result<Decision, TransitionError> {
+    if let Command::AutoPause {
+        participant_id,
+        absent_since_ms,
+    } = command
+    {
+        return auto_pause(
+            state,
+            participant_id,
+            *absent_since_ms,
+            expected_version,
+            now,
+        );
+    }
     let mut s = state.clone();
     let mut events = Vec::new();
     let mut intermediate = Vec::new();
@@ -528,7 +556,7 @@ fn apply_command(
                 .ok_or_else(|| TransitionError::UnknownParticipant(participant_id.clone()))?;
             leave(s, i, now, events);
         }
-        Command::Timeout => return Err(TransitionError::NothingDue),
+        Command::Timeout | Command::AutoPause { .. } => return Err(TransitionError::NothingDue),
     }
     Ok(())
 }
@@ -691,6 +719,75 @@ fn leave(s: &mut Session, i: usize, now: i64, events: &mut Vec<Event>) {
             Map::new(),
         );
     }
+}
+
+/// [`Command::AutoPause`]: finds the instant the absence pauses the
+/// session, applying first every deadline due up to it (an expiry may end
+/// the turn, then the pause is not due, or start a new segment, then the
+/// instant moves), and pauses as of that instant. A later change already
+/// committed (the scheduler applied a warning after it) moves the pause
+/// to that change's instant: time never runs backwards inside a session.
+fn auto_pause(
+    state: &Session,
+    participant_id: &ParticipantId,
+    absent_since_ms: i64,
+    expected_version: Option<u64>,
+    now: i64,
+) -> Result<Decision, TransitionError> {
+    let mut s = state.clone();
+    let mut events = Vec::new();
+    let mut intermediate = Vec::new();
+    let mut fired = Vec::new();
+    let mut expired_participant_id = None;
+    let mut record = |s: &Session, _: &mut Vec<Event>, applied: crate::clock::Fired| {
+        if expired_participant_id.is_none() {
+            expired_participant_id = applied
+                .exhausted
+                .and_then(|i| s.participants.get(i))
+                .map(|p| p.id.clone());
+        }
+        fired.push(applied.at);
+        intermediate.push(s.clone());
+    };
+    let mut at = None;
+    // Each round applies at least one deadline or ends: bounded like the
+    // catch-up loop itself.
+    for _ in 0..=MAX_CATCH_UP {
+        let due = crate::presence::auto_pause_due(&s, participant_id, absent_since_ms)
+            .filter(|&due| due <= now)
+            .ok_or(TransitionError::NothingDue)?;
+        let before = s.version;
+        catch_up(&mut s, due, false, &mut events, &mut record);
+        if s.version == before {
+            at = Some(due);
+            break;
+        }
+    }
+    let at = at.ok_or(TransitionError::NothingDue)?;
+    if let Some(expected) = expected_version
+        && expected != s.version
+    {
+        return Err(TransitionError::Conflict {
+            expected,
+            actual: s.version,
+        });
+    }
+    apply_command(&mut s, &Command::Pause, at, &mut events)?;
+    if let Some(paused) = events.last_mut() {
+        paused
+            .metadata
+            .insert("reason".into(), "disconnected".into());
+        paused
+            .metadata
+            .insert("absent_since_ms".into(), absent_since_ms.into());
+    }
+    Ok(Decision {
+        state: s,
+        events,
+        intermediate,
+        expired_participant_id,
+        fired_deadlines: fired,
+    })
 }
 
 /// `AddTime`: raises the bank `target` plays on by `ms` (capped).

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::event::Event;
 use crate::ids::SessionId;
+use crate::presence::{Absence, PendingLeave, PresenceConnection, PresenceSnapshot};
 use crate::ratelimit::{Limit, RateDecision};
 use crate::session::Session;
 use crate::webhook::{Delivery, DeliveryRecord, Endpoint, WebhookId};
@@ -221,8 +222,27 @@ pub enum BusMessage {
         /// When.
         at_ms: i64,
     },
+    /// An event that is not a state change (`presence_joined`,
+    /// `presence_left`): no version, nothing to resynchronise; subscribers
+    /// forward it as an `EVENT` message.
+    Event {
+        /// The event; its `session_id` routes it.
+        event: Event,
+    },
     /// The subscriber fell behind and messages were dropped: resynchronise from the store.
     Lagged,
+}
+
+impl BusMessage {
+    /// The session a message belongs to (`None` for `Lagged`).
+    pub fn session_id(&self) -> Option<SessionId> {
+        match self {
+            Self::Updated { state, .. } => Some(state.id),
+            Self::Deleted { session_id, .. } => Some(*session_id),
+            Self::Event { event } => Some(event.session_id),
+            Self::Lagged => None,
+        }
+    }
 }
 
 /// A subscription: the messages of one session, in publication order, read
@@ -569,6 +589,109 @@ impl<T: DeliveryLog + ?Sized> DeliveryLog for Arc<T> {
     async fn list(&self, id: WebhookId, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
         (**self).list(id, limit).await
     }
+}
+
+/// Who is connected to which session, over every instance (contract
+/// section 9). Each connection is an entry leased by its instance, which
+/// renews it (like [`PlaceRegistry`]'s places), so the entries of an
+/// instance that died lapse by themselves. Every operation MUST be atomic
+/// for all instances sharing the registry.
+///
+/// Besides the entries, a registry keeps two indexes with claim leases
+/// (like the deadline index of [`SessionStore::claim_due`]): the pending
+/// leaves (a user's last connection closed; `presence_left` is due after
+/// the leave delay unless they come back) and the absences (a participant
+/// that had connections has none; the auto-pause worker checks them).
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait PresenceRegistry: Send + Sync + 'static {
+    /// Registers `connection`, leased until `now_ms + lease_ms`. Returns
+    /// whether `presence_joined` is due: it is the user's only connection
+    /// to the session AND no leave of theirs was pending. A pending leave
+    /// of the user is cancelled (a reconnect inside the leave delay sends
+    /// neither event), and so is the absence of its participant.
+    async fn join(
+        &self,
+        connection: &PresenceConnection,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes a connection. Returns whether it was its user's last one;
+    /// then a [`PendingLeave`] due at `now_ms + leave_delay_ms` is
+    /// recorded. When it was its participant's last one, an [`Absence`]
+    /// since `now_ms` is recorded, to be checked at once. Removing an
+    /// unknown (or already swept) connection does nothing and returns false.
+    async fn leave(
+        &self,
+        session_id: SessionId,
+        connection_id: &str,
+        now_ms: i64,
+        leave_delay_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends each `(session, connection)` entry still registered to
+    /// `now_ms + lease_ms`. MUST NOT bring back one that left or lapsed.
+    async fn renew(
+        &self,
+        connections: &[(SessionId, String)],
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The live connections of a session: entries whose lease ends after
+    /// `now_ms`, whichever instance holds them.
+    async fn snapshot(
+        &self,
+        session_id: SessionId,
+        now_ms: i64,
+    ) -> Result<PresenceSnapshot, StoreError>;
+
+    /// First sweeps up to `limit` lapsed entries (lease ended at or before
+    /// `now_ms`: their instance is gone) as if they had left at their
+    /// lease's end (pending leaves and absences included, with
+    /// `leave_delay_ms`); then returns up to `limit` pending leaves due by
+    /// `now_ms`, each hidden from other callers for `lease_ms`. A claimed
+    /// leave not finished within its lease MUST be returned again.
+    async fn claim_due_leaves(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: i64,
+        leave_delay_ms: i64,
+    ) -> Result<Vec<PendingLeave>, StoreError>;
+
+    /// Drops a claimed leave once its event is out. MUST NOT drop a newer
+    /// leave of the same user (one that closed again after coming back).
+    async fn finish_leave(&self, leave: &PendingLeave) -> Result<(), StoreError>;
+
+    /// Returns up to `limit` absences whose next check is due by `now_ms`,
+    /// each hidden from other callers for `lease_ms`.
+    async fn claim_due_absences(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Absence>, StoreError>;
+
+    /// Sets when an absence is checked next, or drops it (`None`: the
+    /// session is gone or ended). Does nothing when the absence ended
+    /// meanwhile (the participant came back) or is a newer one.
+    async fn reschedule_absence(
+        &self,
+        absence: &Absence,
+        next_check_ms: Option<i64>,
+    ) -> Result<(), StoreError>;
+}
+
+/// Where presence events go besides the bus: the seam for a feed that
+/// wants them too (webhooks). Presence events are not state changes, so
+/// they never reach the durable outbox; the service hands each one here
+/// once it is published.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait PresenceObserver: Send + Sync + 'static {
+    /// One `presence_joined` or `presence_left`. MUST NOT block: queue it.
+    fn observe(&self, event: &Event);
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ use crate::ratelimit::{Limit, RateDecision};
 use crate::session::Session;
 use crate::view::{SessionView, view};
 
+mod presence;
+
+pub use presence::AbsenceCheck;
+
 /// How often a command without `expected_version` is retried after losing a
 /// compare-and-set race before the service gives up. Each retry means another
 /// writer committed, so this bounds only pathological contention.
@@ -180,6 +184,8 @@ pub struct SessionService<S: ?Sized, B: ?Sized, C: ?Sized> {
     /// Recent sessions, shared by the clones of one service.
     cache: Arc<SessionCache>,
     deadline_observer: Option<DeadlineObserver>,
+    /// Who is connected, with the leave delay (see the `presence` submodule).
+    presence: presence::Presence,
 }
 
 impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
@@ -191,6 +197,7 @@ impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
             audit: self.audit.clone(),
             cache: self.cache.clone(),
             deadline_observer: self.deadline_observer.clone(),
+            presence: self.presence.clone(),
         }
     }
 }
@@ -211,6 +218,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             audit: None,
             cache: Arc::new(SessionCache::new(DEFAULT_CAPACITY)),
             deadline_observer: None,
+            presence: presence::Presence::default(),
         }
     }
 
@@ -247,7 +255,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         match message {
             BusMessage::Updated { state, .. } => self.cache.refresh(state),
             BusMessage::Deleted { session_id, .. } => self.cache.remove(*session_id),
-            BusMessage::Lagged => {}
+            BusMessage::Event { .. } | BusMessage::Lagged => {}
         }
     }
 

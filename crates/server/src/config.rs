@@ -201,6 +201,10 @@ pub struct Settings {
     /// it, leaving it to the local timer of the instance that committed it
     /// (`TIMEOUT_SWEEP_GRACE_MS`, default 500).
     pub timeout_sweep_grace: Duration,
+    /// How long a user whose last WebSocket to a session closed may come
+    /// back before `presence_left` is sent (`PRESENCE_LEAVE_DELAY_MS`,
+    /// default 5000, at most 600000).
+    pub presence_leave_delay_ms: i64,
     /// Browser origins allowed (`ALLOWED_ORIGINS`, comma-separated, e.g.
     /// `https://app.example.com`); unset: WebSockets from any origin, no CORS.
     pub allowed_origins: Option<Vec<String>>,
@@ -237,6 +241,7 @@ impl fmt::Debug for Settings {
             .field("timeout_sweep_grace", &self.timeout_sweep_grace)
             .field("allowed_origins", &self.allowed_origins)
             .field("webhooks", &self.webhooks)
+            .field("presence_leave_delay_ms", &self.presence_leave_delay_ms)
             .finish()
     }
 }
@@ -402,6 +407,9 @@ pub struct Vars {
     /// WebSockets one token subject may hold (close 1008 above), across all instances with Redis
     #[arg(long, env = "WS_MAX_CONNECTIONS_PER_USER", default_value_t = 5, value_parser = positive::<usize>, help_heading = WEBSOCKETS)]
     ws_max_connections_per_user: usize,
+    /// a user whose last WebSocket to a session closed gets presence_left only if not back within this long (0..=600000)
+    #[arg(long, env = "PRESENCE_LEAVE_DELAY_MS", default_value_t = 5_000, value_parser = leave_delay_ms, help_heading = WEBSOCKETS)]
+    presence_leave_delay_ms: u64,
     /// messages one client may send (close 1008 above)
     #[arg(long, env = "WS_MESSAGES_PER_MINUTE", default_value_t = 100, value_parser = positive::<u32>, help_heading = WEBSOCKETS)]
     ws_messages_per_minute: u32,
@@ -511,6 +519,8 @@ impl Vars {
                 retry_schedule: self.webhook_retry_schedule_ms,
                 concurrency: self.webhook_concurrency,
             },
+            presence_leave_delay_ms: i64::try_from(self.presence_leave_delay_ms)
+                .unwrap_or(i64::MAX),
         })
     }
 
@@ -730,6 +740,15 @@ where
     Ok(value)
 }
 
+/// `PRESENCE_LEAVE_DELAY_MS`: 0 (announce at once) to 10 minutes.
+fn leave_delay_ms(raw: &str) -> Result<u64, String> {
+    let value: u64 = parsed(raw)?;
+    if value > 600_000 {
+        return Err("must be at most 600000 (10 minutes)".into());
+    }
+    Ok(value)
+}
+
 /// A duration's whole milliseconds, for a default.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -838,6 +857,7 @@ mod tests {
             ]
         );
         assert_eq!(s.webhooks.concurrency, 64);
+        assert_eq!(s.presence_leave_delay_ms, 5_000);
     }
 
     #[test]
@@ -870,6 +890,18 @@ mod tests {
         ] {
             let e = from(&[(variable, value)]).unwrap_err();
             assert_eq!(e.variable, variable, "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_presence_leave_delay_is_bounded() {
+        let s = from(&[("PRESENCE_LEAVE_DELAY_MS", "0")]).unwrap();
+        assert_eq!(s.presence_leave_delay_ms, 0);
+        let s = from(&[("PRESENCE_LEAVE_DELAY_MS", "600000")]).unwrap();
+        assert_eq!(s.presence_leave_delay_ms, 600_000);
+        for bad in ["600001", "-1", "soon"] {
+            let e = from(&[("PRESENCE_LEAVE_DELAY_MS", bad)]).unwrap_err();
+            assert!(e.to_string().contains("PRESENCE_LEAVE_DELAY_MS"), "{e}");
         }
     }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use actix_web::web;
 use adapter_memory::{
-    MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, MemoryWebhookStore, SystemClock,
+    MemoryAudit, MemoryBus, MemoryPresence, MemoryRateLimiter, MemoryStore, MemoryWebhookStore,
+    SystemClock,
 };
 use bus_redis::RedisBus;
 use http_actix::{AppState, AuthMode, HttpSettings, Metrics};
@@ -16,7 +17,7 @@ use kairos_domain::{
     AuditHealth, AuditSink, Clock, DynSessionService as Service, EventBus, Outbox, RateLimiter,
     SessionStore, WebhookStore,
 };
-use store_redis::{RedisClock, RedisPlaceRegistry, RedisRateLimiter, RedisStore};
+use store_redis::{RedisClock, RedisPlaceRegistry, RedisPresence, RedisRateLimiter, RedisStore};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -33,6 +34,8 @@ struct Adapters {
     limiter: Arc<dyn RateLimiter>,
     /// The per-user WebSocket cap across instances; `None`: counted per instance.
     places: Option<Arc<dyn kairos_domain::PlaceRegistry>>,
+    /// Who is connected to which session, over every instance.
+    presence: Arc<dyn kairos_domain::PresenceRegistry>,
     /// The outbox and the audit trail it drains into, when audit is on.
     audit: Option<(Arc<dyn Outbox>, Arc<dyn AuditSink>)>,
     /// Webhook endpoints and queue, and the hooks outbox (fed when `WEBHOOKS=on`).
@@ -89,6 +92,7 @@ fn memory_adapters(settings: &Settings, pg: Option<Pg>) -> Adapters {
         clock: Arc::new(SystemClock::new()),
         limiter: Arc::new(MemoryRateLimiter::new()),
         places: None,
+        presence: Arc::new(MemoryPresence::new()),
         audit: Some((outbox, audit)),
         webhooks: (
             webhook_store(MemoryWebhookStore::with_feed(hooks.clone()), log),
@@ -136,6 +140,7 @@ async fn redis_adapters(
         webhook_store(store.webhook_store(), log),
         Arc::new(store.webhook_outbox()),
     );
+    let presence = RedisPresence::new(store.connection(), &config.key_prefix);
     let store = Arc::new(store);
     tracing::info!(redis = %target, mode = ?redis.target.mode, "using Redis for state, bus, clock, rate limits and the per-user WebSocket cap");
     Ok((
@@ -145,6 +150,7 @@ async fn redis_adapters(
             clock: clock as Arc<dyn Clock>,
             limiter: Arc::new(limiter),
             places: Some(Arc::new(places)),
+            presence: Arc::new(presence),
             audit: pg.map(|sink| (store as Arc<dyn Outbox>, sink)),
             webhooks,
         },
@@ -297,9 +303,17 @@ impl Application {
         let audit_nudge = Arc::new(Notify::new());
         let nudge = audit_nudge.clone();
         let mut service = Service::new(adapters.store, bus.clone(), adapters.clock)
-            .with_deadline_observer(timers.observer(move || nudge.notify_one()));
+            .with_deadline_observer(timers.observer(move || nudge.notify_one()))
+            .with_presence(adapters.presence, settings.presence_leave_delay_ms);
         if let Some((_, sink)) = &adapters.audit {
             service = service.with_audit(sink.clone());
+        }
+        if settings.webhooks.enabled {
+            // Presence events are in no outbox: the service hands them to
+            // the webhook feed itself.
+            service = service.with_presence_observer(Arc::new(webhooks::PresenceFeed::new(
+                adapters.webhooks.0.clone(),
+            )));
         }
         let http = HttpSettings {
             ws_heartbeat_interval: settings.ws_heartbeat_interval,
@@ -457,6 +471,15 @@ impl Application {
             let now_ms = || places.service.now_ms();
             http_actix::places::renew_places(&places.places, now_ms, stop).await;
         });
+        let presence = state.clone();
+        let stop = stop_rx.clone();
+        workers.spawn(async move {
+            http_actix::presence::renew_presence(&presence.presence, &presence.service, stop).await;
+        });
+        workers.spawn(workers::presence_worker(
+            state.service.clone(),
+            stop_rx.clone(),
+        ));
         if let Some(bus) = bus_stats {
             workers.spawn(workers::bus_stats_worker(
                 bus,

@@ -18,7 +18,7 @@ use kairos_domain::webhook::{
     AttemptOutcome, Delivery, DeliveryRecord, Endpoint, NextStep, RetrySchedule, WebhookId, body,
     next_step,
 };
-use kairos_domain::{DynSessionService as Service, Outbox, WebhookStore};
+use kairos_domain::{DynSessionService as Service, Event, Outbox, PresenceObserver, WebhookStore};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -421,6 +421,40 @@ impl Deliverer {
             .webhook_deliveries
             .with_label_values(&[outcome.as_str()])
             .inc();
+    }
+}
+
+/// Presence events into the webhook feed: they are in no outbox (no
+/// version), so the service hands each one here once it is published, and
+/// this pushes it to the store's webhook stream for the fan-out worker, off
+/// the caller's path (a failed push is logged: presence events are best
+/// effort, like their `EVENT` messages).
+#[derive(Clone)]
+pub struct PresenceFeed {
+    store: Arc<dyn WebhookStore>,
+}
+
+impl PresenceFeed {
+    /// A feed into `store`'s webhook stream.
+    pub fn new(store: Arc<dyn WebhookStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl std::fmt::Debug for PresenceFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceFeed").finish_non_exhaustive()
+    }
+}
+
+impl PresenceObserver for PresenceFeed {
+    fn observe(&self, event: &Event) {
+        let (store, event) = (self.store.clone(), event.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.push_event(&event).await {
+                tracing::warn!(error = %e, event_id = %event.event_id, "cannot feed a presence event to the webhooks");
+            }
+        });
     }
 }
 

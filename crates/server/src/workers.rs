@@ -2,7 +2,7 @@
 //! index for deadlines no local timer applied; the local timers themselves
 //! are in the `timers` module), the audit drain and the bus statistics (the
 //! webhook workers have a module of their own; their metrics are registered
-//! here with the others). Each runs until the shutdown signal flips, then returns, so
+//! here with the others), and the presence worker (leaves and auto-pauses). Each runs until the shutdown signal flips, then returns, so
 //! shutdown can wait for them (no detached task is left behind).
 //!
 //! They depend on the core and on Prometheus, not on the transport: their
@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use kairos_domain::{AuditHealth, AuditSink, Claimed, DynSessionService as Service, Outbox};
+use kairos_domain::{
+    AbsenceCheck, AuditHealth, AuditSink, Claimed, DynSessionService as Service, Outbox,
+};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -405,6 +407,88 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
                         () = tokio::time::sleep(AUDIT_GATHER) => {}
                         _ = shutdown.changed() => {}
                     }
+                }
+            }
+        }
+    }
+}
+
+/// How often the presence worker looks for due leaves and absences. A
+/// leave's `presence_left` and an auto-pause's commit come at most this
+/// late (the pause itself is as of its own instant, whenever committed).
+pub const PRESENCE_POLL: Duration = Duration::from_millis(100);
+/// Leaves (and, apart, absences) claimed per poll.
+const PRESENCE_BATCH: usize = 256;
+/// A claimed leave or absence is hidden from other instances this long;
+/// if its claimer dies, another instance takes it after the lease.
+const PRESENCE_CLAIM_LEASE_MS: i64 = 5_000;
+
+/// Until `shutdown` turns true: sweeps the presence entries of dead
+/// instances, sends `presence_left` for the leaves due, and checks the
+/// absences due, pausing a session whose active participant has been
+/// gone for its `auto_pause_on_disconnect_ms` (through the service's
+/// compare-and-set, so two instances checking one absence commit once).
+/// Any instance runs it; the claims' leases share the work.
+pub async fn presence_worker(service: Service, mut shutdown: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut full = false;
+        let mut errors = Vec::new();
+        match service
+            .claim_presence_leaves(PRESENCE_BATCH, PRESENCE_CLAIM_LEASE_MS)
+            .await
+        {
+            Ok(leaves) => {
+                full |= leaves.len() == PRESENCE_BATCH;
+                for leave in leaves {
+                    if let Err(e) = service.fire_presence_leave(leave).await {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        match service
+            .claim_absences(PRESENCE_BATCH, PRESENCE_CLAIM_LEASE_MS)
+            .await
+        {
+            Ok(absences) => {
+                full |= absences.len() == PRESENCE_BATCH;
+                for absence in absences {
+                    let session_id = absence.session_id;
+                    match service.fire_absence(absence).await {
+                        Ok(AbsenceCheck::Paused { at_ms }) => {
+                            tracing::info!(%session_id, at_ms, "session paused: its active participant disconnected");
+                        }
+                        Ok(_) => {}
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        // Log once per outage rather than ten lines a second.
+        match errors.first() {
+            Some(e) if !failing => {
+                tracing::warn!(error = %e, "presence worker failed; retrying");
+                failing = true;
+            }
+            Some(_) => {}
+            None => failing = false,
+        }
+        let pause = if full && !failing {
+            Duration::ZERO
+        } else {
+            PRESENCE_POLL
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    return;
                 }
             }
         }

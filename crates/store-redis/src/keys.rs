@@ -31,6 +31,27 @@
 //! no script ever touches two slots. The webhook queue is one slot: its load
 //! is one enqueue per (endpoint, event) and one claim per poll, far below a
 //! session's switch traffic.
+//!
+//! Presence (`presence.rs`) keeps its keys under one hash tag of its own,
+//! `{presence}`, because sweeping the connections of a dead instance
+//! visits any session's entries from one script; its writes are a connect,
+//! a close, and one renewal per instance every 10 s, so that slot is not
+//! hot either. `<sid>` is a session uuid; `|` separates the parts of a
+//! member (a uuid never contains one):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `kairos:{presence}:c:<sid>` | hash | connection id → `{"s": sub, "p": participant or "", "t": since ms}` |
+//! | `kairos:{presence}:u:<sid>` | hash | sub → its registered connections (lapsed ones until swept) |
+//! | `kairos:{presence}:p:<sid>` | hash | participant id → its registered connections |
+//! | `kairos:{presence}:leases` | sorted set | member `<sid>\|<connection id>`, score = lease end (ms) |
+//! | `kairos:{presence}:leaves` | sorted set | member `<sid>\|<sub>`, score = when `presence_left` is due, or a claim's lease end |
+//! | `kairos:{presence}:leave` | hash | `<sid>\|<sub>` → `{"p": participant, "l": left at, "d": due at}` |
+//! | `kairos:{presence}:absent` | sorted set | member `<sid>\|<participant id>`, score = next auto-pause check, or a claim's lease end |
+//! | `kairos:{presence}:since` | hash | `<sid>\|<participant id>` → absent since (ms) |
+//!
+//! Every entry leaves by a close or by the sweep of its lapsed lease, and
+//! every pending leave and absence by its worker, so none outlives its use.
 
 use std::collections::VecDeque;
 use std::future::Future;

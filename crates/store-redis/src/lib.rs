@@ -44,6 +44,8 @@
 //! - [`ratelimit`]: [`RedisRateLimiter`], GCRA shared by all instances.
 //! - [`places`]: [`RedisPlaceRegistry`], the per-user WebSocket cap shared
 //!   by all instances.
+//! - [`presence`]: [`RedisPresence`], who is connected to which session
+//!   (leased entries, pending leaves, absences), shared by all instances.
 //!
 //! # Wiring
 //!
@@ -89,6 +91,7 @@ pub mod conn;
 pub mod keys;
 pub mod outbox;
 pub mod places;
+pub mod presence;
 pub mod ratelimit;
 mod scripts;
 pub mod store;
@@ -102,6 +105,7 @@ pub use conn::RedisConnection;
 pub use keys::{PARTITIONS, partition_of};
 pub use outbox::{Feed, RedisOutbox};
 pub use places::RedisPlaceRegistry;
+pub use presence::RedisPresence;
 pub use ratelimit::RedisRateLimiter;
 pub use redis_conn::{ConfigError, RedisMode, RedisTarget, redact_url, split_urls};
 pub use store::RedisStore;

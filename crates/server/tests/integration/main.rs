@@ -4,7 +4,8 @@
 //! instances, nginx in front, the demo page, the time controls' deadlines
 //! on three instances through a kill, the Redis commands one switch costs,
 //! participants joining and leaving, the admin view's endpoints, webhooks to
-//! a receiver inside the test), and `common` is the shared harness they all
+//! a receiver inside the test, presence and the auto-pause on three
+//! instances through a kill), and `common` is the shared harness they all
 //! use.
 //!
 //! `cargo xtask test` runs it whole on the embedded adapters, then runs the
@@ -26,6 +27,7 @@ mod limits;
 mod multi_instance;
 mod nginx;
 mod participants;
+mod presence;
 mod round_trips;
 mod time_controls;
 mod web;
