@@ -20,7 +20,9 @@
 
 use arbitrary::Arbitrary;
 use kairos_domain::machine::{self, Command, Decision, MAX_CATCH_UP, TransitionError};
-use kairos_domain::{ParticipantId, Session, SessionConfig, SessionId, SessionView, view};
+use kairos_domain::{
+    GroupId, Joiner, ParticipantId, Session, SessionConfig, SessionId, SessionView, view,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 
@@ -105,6 +107,10 @@ enum Cmd {
     Complete,
     Cancel,
     Timeout,
+    /// A participant joins: `next` names an existing one (refused) or a new one.
+    Join,
+    /// The participant `next` names leaves (or an unknown one, refused).
+    Leave,
 }
 
 /// How the clock moves before the step. Jumps stay under five minutes, so
@@ -243,7 +249,7 @@ fn apply(state: Session, step: &Step, now: i64) -> Session {
         state
             .participants
             .get(usize::from(k) % (state.participants.len() + 1))
-            .map_or(unknown, |p| p.id.clone())
+            .map_or_else(|| unknown.clone(), |p| p.id.clone())
     });
     let command = match step.command {
         Cmd::Start => Command::Start,
@@ -253,6 +259,20 @@ fn apply(state: Session, step: &Step, now: i64) -> Session {
         Cmd::Complete => Command::Complete,
         Cmd::Cancel => Command::Cancel,
         Cmd::Timeout => Command::Timeout,
+        Cmd::Join => {
+            let k = step.next.unwrap_or(0);
+            let fresh = ParticipantId::parse(&format!("j{k}")).expect("a valid id");
+            let id = next.clone().filter(|n| *n != unknown).unwrap_or(fresh);
+            Command::Join(Joiner {
+                id,
+                index: (k % 3 != 0).then_some(u32::from(k % 5)),
+                total_time_ms: Some(2_000),
+                group_id: Some(GroupId::parse("g0").expect("a valid id")),
+            })
+        }
+        Cmd::Leave => Command::Leave {
+            participant_id: next.clone().unwrap_or(unknown.clone()),
+        },
     };
     match machine::decide(&state, &command, expected, now) {
         Ok(decision) => {
@@ -335,6 +355,13 @@ fn check_refusal(settled: &Session, command: &Command, expected: Option<u64>, e:
             assert_ne!(sent, actual);
         }
         TransitionError::NothingDue => assert_eq!(*command, Command::Timeout),
+        TransitionError::ParticipantExists(id) => {
+            assert!(matches!(command, Command::Join(_)), "only a join");
+            assert!(settled.participant_position(id).is_some(), "{id} is unknown");
+        }
+        TransitionError::InvalidParticipant(fields) => {
+            assert!(matches!(command, Command::Join(_)), "only a join: {fields:?}");
+        }
         TransitionError::UnknownParticipant(id) => {
             assert!(settled.participant_position(id).is_none(), "{id} exists");
         }

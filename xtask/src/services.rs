@@ -108,28 +108,37 @@ impl Servers {
     }
 }
 
-/// A throwaway Redis alone (for `cargo xtask bench`); dropping it stops the
+/// A throwaway Redis (and PostgreSQL when asked) for `cargo xtask bench`; dropping it stops the
 /// server and removes its directory, through the same watchdog.
 #[derive(Debug)]
 pub(crate) struct RedisServer {
     url: String,
     pid: Option<u32>,
+    database_url: Option<String>,
     // Never read: its `Drop` is what stops the server.
     _reaper: Reaper,
 }
 
 impl RedisServer {
-    /// Installs `redis-server` if needed (apt-get), then starts it on a free
-    /// loopback port, without persistence.
-    pub(crate) fn start() -> Result<Self> {
-        let redis_server = match find_redis_server() {
-            Some(path) => path,
-            None => {
-                apt_install(&["redis-server"], "install redis-server yourself")?;
-                find_redis_server().context(
-                    "redis-server is still not on PATH after installing package redis-server",
-                )?
-            }
+    /// Installs `redis-server` (and PostgreSQL when `postgres`) if needed
+    /// (apt-get), then starts Redis on a free loopback port without
+    /// persistence, and a throwaway PostgreSQL when asked (the bench's
+    /// runs with the defaults a user gets: the audit trail on).
+    pub(crate) fn start(postgres: bool) -> Result<Self> {
+        let (redis_server, pg_bin) = if postgres {
+            let (redis, pg) = ensure_binaries()?;
+            (redis, Some(pg))
+        } else {
+            let redis = match find_redis_server() {
+                Some(path) => path,
+                None => {
+                    apt_install(&["redis-server"], "install redis-server yourself")?;
+                    find_redis_server().context(
+                        "redis-server is still not on PATH after installing package redis-server",
+                    )?
+                }
+            };
+            (redis, None)
         };
         let dir = shell::project_root()
             .join("target")
@@ -140,12 +149,13 @@ impl RedisServer {
                 .with_context(|| format!("could not remove stale {}", dir.display()))?;
         }
         fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
-        // No PostgreSQL here: the reaper finds no postmaster.pid and skips it.
-        let reaper = Reaper::spawn(&dir, Path::new(""))?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("could not pick a free port")?
-            .port();
+        // Without PostgreSQL the reaper finds no postmaster.pid and skips it.
+        let reaper = Reaper::spawn(&dir, pg_bin.as_deref().unwrap_or(Path::new("")))?;
+        let (port, pg_port) = {
+            let a = TcpListener::bind("127.0.0.1:0").context("could not pick a free port")?;
+            let b = TcpListener::bind("127.0.0.1:0").context("could not pick a free port")?;
+            (a.local_addr()?.port(), b.local_addr()?.port())
+        };
         let redis_dir = dir.join("redis");
         start_redis(&redis_server, &redis_dir, port)?;
         let pid = fs::read_to_string(redis_dir.join("redis.pid"))
@@ -153,11 +163,26 @@ impl RedisServer {
             .and_then(|text| text.trim().parse().ok());
         let url = format!("redis://127.0.0.1:{port}/");
         println!("==> redis:    {url}");
+        let database_url = match &pg_bin {
+            Some(pg_bin) => {
+                start_postgres(pg_bin, &dir.join("pg"), pg_port, is_root()?)?;
+                let url = format!("postgres://postgres@127.0.0.1:{pg_port}/{DATABASE}");
+                println!("==> postgres: {url}");
+                Some(url)
+            }
+            None => None,
+        };
         Ok(Self {
             url,
             pid,
+            database_url,
             _reaper: reaper,
         })
+    }
+
+    /// The PostgreSQL URL, when it was started.
+    pub(crate) fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
     }
 
     pub(crate) fn url(&self) -> &str {

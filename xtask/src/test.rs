@@ -23,7 +23,16 @@ const SERVER_SUITE: &str = "integration";
 /// The service-level modules of [`SERVER_SUITE`] that run a second time on
 /// the Redis and PostgreSQL adapters (`KAIROS_TEST_ADAPTERS=redis`), each
 /// selected by the test name filter `<module>::`.
-const REDIS_SUITES: &[&str] = &["api", "ws", "limits", "auth", "ws_security", "web"];
+const REDIS_SUITES: &[&str] = &[
+    "api",
+    "ws",
+    "limits",
+    "auth",
+    "ws_security",
+    "web",
+    "participants",
+    "admin",
+];
 
 /// Runs `cargo test` with `extra_args` and returns its exit code.
 ///

@@ -36,6 +36,8 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
     ),
     ("bus-redis", &["kairos-domain", "redis-conn"], &[]),
     ("audit-diesel", &["kairos-domain"], &[]),
+    // The webhook sender (reqwest, DNS, HMAC): the core's types only.
+    ("webhook-http", &["kairos-domain"], &[]),
     // The transport: the core only; tests may run it on the memory adapters.
     ("http-actix", &["kairos-domain"], &["adapter-memory"]),
     // The composition root knows everything.
@@ -48,12 +50,14 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
             "store-redis",
             "bus-redis",
             "audit-diesel",
+            "webhook-http",
             "http-actix",
         ],
         &[],
     ),
-    // A client of the wire contract, like any other: none of our crates.
-    ("loadgen", &[], &[]),
+    // A client of the wire contract, like any other: through the Rust
+    // client only, none of the server's crates.
+    ("loadgen", &["kairos-client"], &[]),
     // The Rust client: its own wire types, none of our crates; its tests
     // run the real transport on the memory adapters.
     (

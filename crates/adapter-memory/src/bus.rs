@@ -56,11 +56,7 @@ fn lock(routes: &Mutex<Routes>) -> MutexGuard<'_, Routes> {
 }
 
 fn session_of(message: &BusMessage) -> Option<SessionId> {
-    match message {
-        BusMessage::Updated { state, .. } => Some(state.id),
-        BusMessage::Deleted { session_id, .. } => Some(*session_id),
-        BusMessage::Lagged => None,
-    }
+    message.session_id()
 }
 
 #[async_trait]

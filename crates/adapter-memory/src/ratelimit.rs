@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use kairos_domain::RateLimiter;
 use kairos_domain::StoreError;
-use kairos_domain::ratelimit::{Limit, RateDecision, RateLimiter, gcra};
+use kairos_domain::ratelimit::{Limit, RateDecision, gcra};
 
 /// Above this many keys, keys whose limit has fully recovered are dropped,
 /// so a flood of distinct clients cannot grow the map without bound.

@@ -48,7 +48,7 @@ const SESSION_SETTINGS: &str = "SET statement_timeout = 30000; \
 /// Backstop for a database that stops answering without closing the
 /// connection (statement_timeout never fires then). Dropping the future drops
 /// the connection, which the pool then discards.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// The backstop for partition maintenance, which may move a month of rows.
 const PARTITION_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a caller waits for a free connection, and for a new one to be
@@ -205,7 +205,7 @@ impl PgAudit {
 
     /// Takes a connection and runs `op` on it within `limit`, mapping every
     /// failure to an [`AuditError`].
-    async fn timed<R>(
+    pub(crate) async fn timed<R>(
         &self,
         what: &str,
         limit: Duration,

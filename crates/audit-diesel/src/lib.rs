@@ -36,9 +36,12 @@
 //!   under an advisory lock.
 //! - `audit`: [`PgAudit`]: the pool, [`AuditSink`](kairos_domain::AuditSink)
 //!   (batched idempotent writes, history) and partition maintenance.
+//! - `deliveries`: [`PgDeliveryLog`], the webhook delivery log
+//!   ([`DeliveryLog`](kairos_domain::DeliveryLog)) in `webhook_deliveries`,
+//!   on the same pool.
 //! - `rows`: conversions between domain events and table rows, and the
 //!   per-session summaries that feed `sync_sessions`.
-//! - `schema`: diesel's description of the two tables.
+//! - `schema`: diesel's description of `sync_events` and `webhook_deliveries`.
 //! - `tls`: connections with the TLS the URL's `sslmode` asks for, as libpq
 //!   reads it (`verify-full` with `sslrootcert` verifies the server).
 //! - `error`: how pool, connection and query errors become
@@ -48,12 +51,15 @@
 //!
 //! `sync_events` (one row per event, range-partitioned by month on `at`,
 //! primary key `(event_id, at)`) and `sync_sessions` (one summary row per
-//! session: mode, lifecycle instants, final status, last version). The SQL in
+//! session: mode, lifecycle instants, final status, last version); and
+//! `webhook_deliveries` (one row per webhook delivery attempt, kept whole:
+//! the delivery log when PostgreSQL is configured). The SQL in
 //! `migrations/` explains the choices.
 
 #![warn(missing_docs)]
 
 mod audit;
+mod deliveries;
 mod error;
 mod migrate;
 mod rows;
@@ -64,5 +70,6 @@ pub mod url;
 pub use audit::{
     DEFAULT_MONTHS_AHEAD, MAX_ROWS_PER_INSERT, PARTITION_MAINTENANCE_INTERVAL, PgAudit,
 };
+pub use deliveries::PgDeliveryLog;
 pub use migrate::run_migrations;
 pub use url::DatabaseUrl;

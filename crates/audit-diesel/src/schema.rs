@@ -1,5 +1,6 @@
-//! diesel's description of `sync_events`, kept by hand in step with
-//! `migrations/` (the SQL there is the source of truth and explains it).
+//! diesel's description of `sync_events` and `webhook_deliveries`, kept by
+//! hand in step with `migrations/` (the SQL there is the source of truth and
+//! explains it).
 //! `sync_sessions` is only written by one hand-written upsert (see `rows`),
 //! so it needs no description here.
 
@@ -19,5 +20,18 @@ diesel::table! {
         action -> Nullable<Text>,
         metadata -> Jsonb,
         write_seq -> Int8,
+    }
+}
+
+diesel::table! {
+    /// One row per webhook delivery attempt.
+    webhook_deliveries (webhook_id, sent_at_ms, event_id, attempt) {
+        webhook_id -> Uuid,
+        sent_at_ms -> Int8,
+        event_id -> Uuid,
+        attempt -> Int4,
+        status_code -> Nullable<Int4>,
+        error -> Nullable<Text>,
+        latency_ms -> Int8,
     }
 }

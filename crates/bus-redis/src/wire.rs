@@ -78,6 +78,12 @@ enum Outgoing<'a> {
         session_id: SessionId,
         at_ms: i64,
     },
+    /// A presence event (not a state change). An instance of a version
+    /// before it cannot decode it: it counts the message and sends its
+    /// subscribers `Lagged`, which costs them one resynchronisation.
+    Event {
+        event: &'a Event,
+    },
 }
 
 /// The serialised form, owned on the way in.
@@ -89,6 +95,7 @@ enum Outgoing<'a> {
 enum Incoming {
     Updated(Updated),
     Deleted(Deleted),
+    Event(EventBody),
 }
 
 /// What versions before MessagePack published, as JSON: the same bodies with
@@ -107,6 +114,12 @@ struct Updated {
     state: Session,
     events: Vec<Event>,
     at_ms: i64,
+}
+
+/// The body of a presence event.
+#[derive(Deserialize)]
+struct EventBody {
+    event: Event,
 }
 
 /// The body of a deletion.
@@ -167,6 +180,7 @@ pub(crate) fn encode(message: &BusMessage) -> Result<(SessionId, Vec<u8>), Encod
                 at_ms: *at_ms,
             },
         ),
+        BusMessage::Event { event } => (event.session_id, Outgoing::Event { event }),
         BusMessage::Lagged => return Err(EncodeError::NotPublishable),
     };
     // Sized for a small session at once (a two-clock update is about 850
@@ -207,6 +221,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<BusMessage, DecodeError> {
         Incoming::Deleted(Deleted { session_id, at_ms }) => {
             BusMessage::Deleted { session_id, at_ms }
         }
+        Incoming::Event(EventBody { event }) => BusMessage::Event { event },
     })
 }
 
@@ -312,6 +327,22 @@ mod tests {
         assert_eq!(events[0].event_type, EventType::CycleSwitched);
         assert_eq!(events[0].version, 3);
         assert_eq!(events[0].time_elapsed_ms, Some(750));
+    }
+
+    #[test]
+    fn presence_events_round_trip() {
+        let event = kairos_domain::presence::presence_event(
+            id(),
+            EventType::PresenceJoined,
+            "bob",
+            Some("white".parse().expect("a participant id")),
+            "conn-1",
+            1_234,
+        );
+        let message = BusMessage::Event { event };
+        let (session, bytes) = encode(&message).expect("encodes");
+        assert_eq!(session, id());
+        assert_eq!(decode(&bytes).expect("decodes"), message);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use chrono::{DateTime, SecondsFormat};
 use kairos_domain::config::{ADD_TIME_RANGE_MS, LAG_RANGE_MS};
 use kairos_domain::{
-    AddMs, AddTarget, Event, FieldError, GroupId, GroupView, ParticipantId, ParticipantView,
-    SessionView, Stage,
+    AddMs, AddTarget, Event, FieldError, GroupId, GroupView, Joiner, ParticipantId,
+    ParticipantView, SessionView, Stage,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -140,6 +140,8 @@ pub struct WireView {
     warnings_ms: Vec<i64>,
     /// (ext) When a pending session starts by itself; `null` without.
     start_at_ms: Option<i64>,
+    /// (ext, section 9) The auto-pause period; `null` without.
+    auto_pause_on_disconnect_ms: Option<i64>,
     /// Present on a switch that found the active clock run out.
     #[serde(skip_serializing_if = "Option::is_none")]
     expired_participant_id: Option<String>,
@@ -185,6 +187,7 @@ impl WireView {
             },
             warnings_ms: v.warnings_ms,
             start_at_ms: v.start_at_ms,
+            auto_pause_on_disconnect_ms: v.auto_pause_on_disconnect_ms,
             expired_participant_id: expired.map(String::from),
         }
     }
@@ -266,6 +269,48 @@ impl From<&Event> for WireEvent {
             time_elapsed_ms: e.time_elapsed_ms,
             action: e.action.clone(),
             metadata: e.metadata.clone(),
+        }
+    }
+}
+
+/// Who is connected to a session (contract section 9), over every instance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WirePresence {
+    /// Live WebSocket connections.
+    connections: u32,
+    /// Their users, earliest first.
+    users: Vec<WirePresenceUser>,
+}
+
+/// One user of [`WirePresence`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WirePresenceUser {
+    /// The token's `sub`; with `AUTH_MODE=off` the `?user=` of the
+    /// connection, else `anonymous`.
+    sub: String,
+    /// The participant its connection plays as (the token's `pid`, or
+    /// `?participant_id=` with auth off), when it names one of the session.
+    participant_id: Option<String>,
+    /// Its live connections.
+    connections: u32,
+    /// When its earliest live connection opened (ms).
+    since_ms: i64,
+}
+
+impl From<kairos_domain::PresenceSnapshot> for WirePresence {
+    fn from(p: kairos_domain::PresenceSnapshot) -> Self {
+        Self {
+            connections: p.connections,
+            users: p
+                .users
+                .into_iter()
+                .map(|u| WirePresenceUser {
+                    sub: u.sub,
+                    participant_id: u.participant_id.map(String::from),
+                    connections: u.connections,
+                    since_ms: u.since_ms,
+                })
+                .collect(),
         }
     }
 }
@@ -450,10 +495,74 @@ impl AddTimeBody {
     }
 }
 
+/// The body of `POST /v1/sessions/{id}/participants` (contract section 9):
+/// one participant object of the session config (`participant_index` may
+/// be left out: the end of the rotation), and `expected_version` beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinBody {
+    /// Optimistic lock: apply only at this version.
+    pub expected_version: Option<u64>,
+    /// Who joins, parsed with the config's rules.
+    pub joiner: Joiner,
+}
+
+impl JoinBody {
+    /// Parses a join body, reporting every bad field by its name.
+    pub fn parse(value: &Value) -> Result<Self, ApiError> {
+        let Value::Object(obj) = value else {
+            return Err(ApiError::field("body", "must be a JSON object"));
+        };
+        let mut errors = Vec::new();
+        let expected_version = match obj.get("expected_version") {
+            None | Some(Value::Null) => None,
+            Some(v) => v.as_u64().or_else(|| {
+                errors.push(FieldError::new(
+                    "expected_version",
+                    "must be a non-negative integer",
+                ));
+                None
+            }),
+        };
+        match Joiner::parse(value) {
+            Ok(joiner) if errors.is_empty() => Ok(Self {
+                expected_version,
+                joiner,
+            }),
+            Ok(_) => Err(ApiError::validation(errors)),
+            Err(mut fields) => {
+                fields.extend(errors);
+                Err(ApiError::validation(fields))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_join_body_is_a_participant_object_and_an_optional_expected_version() {
+        let body = JoinBody::parse(&json!({
+            "participant_id": "carol", "participant_index": 1,
+            "total_time_ms": 60000, "expected_version": 4
+        }))
+        .expect("valid");
+        assert_eq!(body.expected_version, Some(4));
+        assert_eq!(body.joiner.id.as_str(), "carol");
+        assert_eq!(body.joiner.index, Some(1));
+        let refused = JoinBody::parse(&json!({"participant_id": "", "expected_version": -1}))
+            .expect_err("two bad fields");
+        assert_eq!(refused.message, "2 fields are invalid");
+        let fields: Vec<String> = refused.details.map_or_else(Vec::new, |d| {
+            d.as_array()
+                .map(|a| a.iter().map(|f| f["field"].to_string()).collect())
+                .unwrap_or_default()
+        });
+        assert_eq!(fields, ["\"participant_id\"", "\"expected_version\""]);
+        assert!(JoinBody::parse(&Value::Null).is_err());
+    }
 
     #[test]
     fn instants_render_with_milliseconds_and_z() {

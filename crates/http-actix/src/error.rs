@@ -29,6 +29,8 @@ pub enum Code {
     Conflict,
     /// 409: the session id is taken.
     SessionExists,
+    /// 409: a joining participant's id is taken (ext, contract section 9).
+    ParticipantExists,
     /// 413: body over the limit.
     PayloadTooLarge,
     /// 429: over a rate limit.
@@ -52,6 +54,7 @@ impl Code {
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Conflict => "CONFLICT",
             Self::SessionExists => "SESSION_EXISTS",
+            Self::ParticipantExists => "PARTICIPANT_EXISTS",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::RateLimited => "RATE_LIMITED",
             Self::Unavailable => "UNAVAILABLE",
@@ -67,7 +70,7 @@ impl Code {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::SessionNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict | Self::SessionExists => StatusCode::CONFLICT,
+            Self::Conflict | Self::SessionExists | Self::ParticipantExists => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,6 +104,27 @@ impl ApiError {
             details: None,
             retry_after: None,
             rate_limit: None,
+        }
+    }
+
+    /// 429 `RATE_LIMITED` for a refusal by `limit`, with `Retry-After` and
+    /// the decision for the `RateLimit-*` headers (contract section 7).
+    pub fn rate_limited(
+        decision: kairos_domain::RateDecision,
+        limit: kairos_domain::Limit,
+    ) -> Self {
+        Self {
+            retry_after: Some(ceil_secs(decision.retry_after_ms)),
+            rate_limit: Some(Box::new(decision)),
+            ..Self::new(
+                Code::RateLimited,
+                format!(
+                    "over the limit of {} per {} s; retry after {} s",
+                    decision.limit,
+                    limit.period_ms / 1000,
+                    ceil_secs(decision.retry_after_ms)
+                ),
+            )
         }
     }
 
@@ -200,6 +224,7 @@ pub fn close_code(code: Code) -> u16 {
         | Code::MethodNotAllowed
         | Code::Conflict
         | Code::SessionExists
+        | Code::ParticipantExists
         | Code::RateLimited => CloseCode::Policy.into(),
     }
 }
@@ -228,6 +253,12 @@ pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
                     "actual_version": actual,
                 }))
             }
+            TransitionError::ParticipantExists(id) => ApiError::new(
+                Code::ParticipantExists,
+                format!("participant {id} is already in the session"),
+            )
+            .with_details(json!({ "participant_id": id.as_str() })),
+            TransitionError::InvalidParticipant(fields) => ApiError::validation(fields),
             TransitionError::NothingDue => {
                 tracing::error!(request_id, "a client command produced NothingDue");
                 ApiError::internal(request_id)
@@ -252,6 +283,7 @@ pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
             tracing::error!(request_id, %cause, "internal error");
             ApiError::internal(request_id)
         }
+        ServiceError::RateLimited { decision, limit } => ApiError::rate_limited(decision, limit),
     }
 }
 

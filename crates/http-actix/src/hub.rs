@@ -58,6 +58,16 @@ pub enum Frame {
         /// Ready JSON text.
         text: Arc<str>,
     },
+    /// An `EVENT` that is not a state change (`presence_joined`,
+    /// `presence_left`): no version, so it passes no version gate. Sockets
+    /// of the user it is about skip it (a user is not told of its own
+    /// arrival).
+    Event {
+        /// The user the event is about (`metadata.sub`).
+        sub: Arc<str>,
+        /// Ready JSON text.
+        text: Arc<str>,
+    },
     /// `SESSION_DELETED`; sockets send it and close with 1000.
     Deleted {
         /// Ready JSON text.
@@ -239,7 +249,14 @@ async fn pump(
     tx: broadcast::Sender<Frame>,
 ) {
     loop {
-        let frame = match subscription.next().await {
+        let message = subscription.next().await;
+        // What the bus says about a session keeps the service's copy of it
+        // fresh, so a command over this instance decides on the latest
+        // version without a load.
+        if let Some(message) = &message {
+            service.observe(message);
+        }
+        let frame = match message {
             Some(BusMessage::Updated {
                 state,
                 events,
@@ -251,9 +268,24 @@ async fn pump(
                     text: wire::deleted_message(session_id, now).into(),
                 }
             }
+            Some(BusMessage::Event { event }) if event.session_id == session_id => {
+                let now = service.now_ms();
+                let sub = event
+                    .metadata
+                    .get("sub")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .into();
+                Frame::Event {
+                    sub,
+                    text: wire::event_message(session_id, now, &event).into(),
+                }
+            }
             // A subscription only carries its own session; anything else is
             // a bus bug, not worth a socket's attention.
-            Some(BusMessage::Updated { .. } | BusMessage::Deleted { .. }) => continue,
+            Some(
+                BusMessage::Updated { .. } | BusMessage::Deleted { .. } | BusMessage::Event { .. },
+            ) => continue,
             Some(BusMessage::Lagged) => resync_frame(&service, session_id).await,
             None => {
                 // The bus ended the subscription (e.g. its connection
@@ -385,10 +417,8 @@ mod tests {
             Self: 'b,
         {
             Box::pin(async move {
-                let id = match &message {
-                    BusMessage::Updated { state, .. } => state.id,
-                    BusMessage::Deleted { session_id, .. } => *session_id,
-                    BusMessage::Lagged => return,
+                let Some(id) = message.session_id() else {
+                    return;
                 };
                 self.send(id, message);
             })
@@ -472,7 +502,7 @@ mod tests {
                 .iter()
                 .map(|t| serde_json::from_str(t).unwrap())
                 .collect(),
-            Frame::Sync { text, .. } | Frame::Deleted { text } => {
+            Frame::Sync { text, .. } | Frame::Deleted { text } | Frame::Event { text, .. } => {
                 vec![serde_json::from_str(text).unwrap()]
             }
             Frame::Gone | Frame::Resync => Vec::new(),
@@ -656,6 +686,29 @@ mod tests {
         // Lost messages after the deletion: the session is gone.
         f.bus.send(id, BusMessage::Lagged);
         assert!(matches!(recv(&mut m).await, Frame::Gone));
+    }
+
+    #[tokio::test]
+    async fn presence_events_reach_members_as_events_without_a_version() {
+        let f = fixture();
+        let service = f
+            .service
+            .clone()
+            .with_presence(Arc::new(adapter_memory::MemoryPresence::new()), 5_000);
+        let id = session(&service, 60_000).await;
+        let mut m = f.hub.join(id).await.unwrap();
+        assert!(service.presence_join(id, "c1", "bob", None).await.unwrap());
+        let frame = recv(&mut m).await;
+        assert!(matches!(frame, Frame::Event { .. }), "{frame:?}");
+        let msg = &texts(&frame)[0];
+        assert_eq!(msg["type"], "EVENT");
+        assert_eq!(msg["event"]["event_type"], "presence_joined");
+        assert_eq!(msg["event"]["version"], 0);
+        assert_eq!(msg["event"]["metadata"]["sub"], "bob");
+        // A second connection of the same user is not announced.
+        assert!(!service.presence_join(id, "c2", "bob", None).await.unwrap());
+        f.bus.send(id, BusMessage::Lagged);
+        assert!(matches!(recv(&mut m).await, Frame::Sync { .. }));
     }
 
     #[tokio::test]

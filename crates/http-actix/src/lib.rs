@@ -21,19 +21,24 @@
 //! - [`auth`]: the auth mode, which turns a request into an `Actor`.
 //! - [`limits`]: rate limits, the client's address, the `RateLimit-*` headers.
 //! - [`places`]: the per-user WebSocket cap across instances.
+//! - [`presence`]: this instance's sockets in the presence registry
+//!   (seats, leaves, renewals).
 //! - [`metrics`]: the transport's Prometheus metrics and the registry `/metrics` renders.
 //! - [`hub`]: one bus subscription per watched session, shared by its local sockets.
 //! - [`state`]: [`AppState`], settings, lifecycle (ready flag, shutdown
 //!   broadcast, tracked tasks), and the command path both transports share.
 //! - [`middleware`]: request ids, request logging and HTTP metrics.
 //! - [`rest`]: the REST endpoints.
+//! - [`webhooks`]: `/v1/webhooks`, the admin's webhook endpoints and their
+//!   delivery logs.
 //! - [`ws`]: the WebSocket endpoint, in four parts: [`ws::admission`] (the
 //!   handshake and its refusals), [`ws::connection`] (one socket's task: its
 //!   loop and commands), [`ws::guards`] (slot, version gate, rate window),
 //!   [`ws::upgrade`] (the HTTP/1 server's upgrade service, which hands the
 //!   TCP stream to the socket's task).
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
-//! - [`web`]: the demo page (`/`) and the browser SDK (`/sdk/kairos.js`).
+//! - [`web`]: the demo page (`/`), the admin view (`/admin`) and the browser
+//!   SDK (`/sdk/kairos.js`).
 
 pub mod auth;
 pub mod command;
@@ -45,10 +50,12 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod places;
+pub mod presence;
 pub mod rest;
 pub mod schemas;
 pub mod state;
 pub mod web;
+pub mod webhooks;
 pub mod wire;
 pub mod ws;
 
@@ -59,7 +66,9 @@ use actix_web::{App, HttpServer};
 
 pub use error::{ApiError, Code};
 pub use metrics::Metrics;
-pub use state::{AppState, AuditHealthFn, AuthMode, HttpSettings, Lifecycle, Service};
+pub use state::{
+    AppState, AuditHealthFn, AuthMode, HttpSettings, Lifecycle, Service, UrlCheckFn, WebhookAdmin,
+};
 
 /// Registers every route of the public API on `cfg`.
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
@@ -70,6 +79,7 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
             actix_web::web::get().to(ws::ws_path),
         );
     rest::configure(cfg);
+    webhooks::configure(cfg);
     openapi::configure(cfg);
     web::configure(cfg);
 }

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use actix_web::HttpRequest;
 use actix_web::HttpResponse;
 use ipnet::IpNet;
-use kairos_domain::ratelimit::{Limit, RateDecision, RateLimiter};
+use kairos_domain::RateLimiter;
+use kairos_domain::ratelimit::{Limit, RateDecision};
 
-use crate::error::{ApiError, Code, ceil_secs};
+use crate::error::{ApiError, ceil_secs};
 
 /// Every configurable limit (defaults are the contract's table).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +51,10 @@ impl Default for RateLimits {
 /// Which limit a request falls under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// `POST /v1/sessions/{id}/switch`, WS `SWITCH`.
+    /// `POST /v1/sessions/{id}/switch`, WS `SWITCH`. Commands do not count
+    /// it here: the store counts it with the commit
+    /// ([`Limiter::switch_limit`]); `check` still serves a caller that has
+    /// no store to count it in.
     Switch,
     /// `POST /v1/sessions`.
     Create,
@@ -92,6 +96,14 @@ impl std::fmt::Debug for Limiter {
 }
 
 impl Limiter {
+    /// The per-session switch limit, when limits are on. It is not counted
+    /// here: it travels with the command and the store counts it in the
+    /// commit's own atomic step (`SessionService::execute_limited`), so a
+    /// switch costs no round trip of its own for it.
+    pub fn switch_limit(&self) -> Option<Limit> {
+        self.limits.enabled.then_some(self.limits.switch)
+    }
+
     /// Counts one request of `kind` for `key` at `now_ms`. `Ok(None)` when
     /// limits are off; an error 429 `RATE_LIMITED` (with the headers) when over the limit. A
     /// failing limiter lets the request through: availability of the clock
@@ -115,19 +127,7 @@ impl Limiter {
         let full_key = format!("{}:{key}", kind.name());
         match self.backend.check(&full_key, limit, now_ms).await {
             Ok(d) if d.allowed => Ok(Some(d)),
-            Ok(d) => Err(ApiError {
-                retry_after: Some(ceil_secs(d.retry_after_ms)),
-                rate_limit: Some(Box::new(d)),
-                ..ApiError::new(
-                    Code::RateLimited,
-                    format!(
-                        "over the limit of {} per {} s; retry after {} s",
-                        d.limit,
-                        limit.period_ms / 1000,
-                        ceil_secs(d.retry_after_ms)
-                    ),
-                )
-            }),
+            Ok(d) => Err(ApiError::rate_limited(d, limit)),
             Err(e) => {
                 tracing::warn!(error = %e, "rate limiter unavailable; letting the request through");
                 Ok(None)

@@ -6,11 +6,17 @@ use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::webhooks::{
+    DeliveriesEnvelope, WebhookCreateDoc, WebhookEnvelope, WebhooksEnvelope, WireDelivery,
+    WireWebhook,
+};
+
 use crate::dto::{WireEvent, WireGroup, WireLagCompensation, WireParticipant, WireStage, WireView};
 use crate::schemas::{
-    AddTimeBodyDoc, CommandBodyDoc, DelayModeDoc, ErrorBody, ErrorDoc, EventsEnvelope,
-    GroupConfigDoc, HealthBody, LagCompensationDoc, ParticipantConfigDoc, ReadyBody,
-    SessionConfigDoc, StageDoc, SwitchBodyDoc, SyncModeDoc, TimeBody, ViewEnvelope,
+    AddTimeBodyDoc, AdminSessionsEnvelope, AdminSessionsPage, CommandBodyDoc, DelayModeDoc,
+    ErrorBody, ErrorDoc, EventsEnvelope, GroupConfigDoc, HealthBody, JoinBodyDoc,
+    LagCompensationDoc, ParticipantConfigDoc, ReadyBody, SessionConfigDoc, StageDoc, SwitchBodyDoc,
+    SyncModeDoc, TimeBody, ViewEnvelope,
 };
 
 /// The document.
@@ -30,22 +36,35 @@ use crate::schemas::{
         crate::rest::complete_session,
         crate::rest::cancel_session,
         crate::rest::add_time,
+        crate::rest::join_participant,
+        crate::rest::leave_participant,
         crate::rest::delete_session,
         crate::rest::session_events,
+        crate::rest::admin_sessions,
+        crate::rest::session_presence,
         crate::rest::time,
         crate::rest::health,
         crate::rest::ready,
+        crate::webhooks::create_webhook,
+        crate::webhooks::list_webhooks,
+        crate::webhooks::get_webhook,
+        crate::webhooks::delete_webhook,
+        crate::webhooks::webhook_deliveries,
     ),
     components(schemas(
         ViewEnvelope, EventsEnvelope, ErrorBody, ErrorDoc, SessionConfigDoc, ParticipantConfigDoc,
         GroupConfigDoc, SyncModeDoc, CommandBodyDoc, SwitchBodyDoc, TimeBody, HealthBody, ReadyBody, WireView,
         WireParticipant, WireGroup, WireEvent, StageDoc, DelayModeDoc, LagCompensationDoc, AddTimeBodyDoc,
-        WireStage, WireLagCompensation
+        WireStage, WireLagCompensation, JoinBodyDoc, AdminSessionsEnvelope, AdminSessionsPage,
+        WebhookCreateDoc, WireWebhook, WireDelivery, WebhookEnvelope, WebhooksEnvelope, DeliveriesEnvelope,
+        crate::schemas::PresenceEnvelope, crate::dto::WirePresence, crate::dto::WirePresenceUser
     )),
     tags(
         (name = "sessions", description = "Create, read and drive sessions"),
         (name = "time", description = "Server time"),
         (name = "operations", description = "Health and readiness"),
+        (name = "admin", description = "The operators' view of every session"),
+        (name = "webhooks", description = "Signed webhooks to the app's backend (admin; docs/webhooks.md)"),
     )
 )]
 pub struct ApiDoc;
@@ -156,6 +175,7 @@ mod tests {
             "lag_compensation",
             "warnings_ms",
             "start_at_ms",
+            "auto_pause_on_disconnect_ms",
         ] {
             assert!(config.contains_key(field), "config {field}");
         }
@@ -167,6 +187,7 @@ mod tests {
             "lag_compensation",
             "warnings_ms",
             "start_at_ms",
+            "auto_pause_on_disconnect_ms",
         ] {
             assert!(view.contains_key(field), "view {field}");
         }
@@ -187,6 +208,57 @@ mod tests {
         }
     }
 
+    /// Joining and leaving (contract section 9) are operations of their
+    /// own, with the participant object as the join's body.
+    #[test]
+    fn participants_join_and_leave_have_their_own_operations() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let join = &doc["paths"]["/v1/sessions/{id}/participants"]["post"];
+        assert_eq!(join["operationId"], "addParticipant");
+        assert_eq!(
+            join["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/JoinBodyDoc"
+        );
+        assert_eq!(join["requestBody"]["required"], true);
+        let leave = &doc["paths"]["/v1/sessions/{id}/participants/{participant_id}"]["delete"];
+        assert_eq!(leave["operationId"], "removeParticipant");
+        for op in [join, leave] {
+            let statuses: Vec<&str> = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(
+                statuses,
+                ["200", "400", "401", "403", "404", "409", "429", "503"]
+            );
+            assert_eq!(
+                op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ViewEnvelope"
+            );
+        }
+        assert!(
+            join["responses"]["409"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("PARTICIPANT_EXISTS")
+        );
+        let body = &doc["components"]["schemas"]["JoinBodyDoc"];
+        assert_eq!(body["required"], serde_json::json!(["participant_id"]));
+        let fields: Vec<&String> = body["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            fields,
+            [
+                "expected_version",
+                "group_id",
+                "participant_id",
+                "participant_index",
+                "total_time_ms"
+            ]
+        );
+    }
+
     /// The shared error rows reach every authenticated endpoint.
     #[test]
     fn access_errors_are_listed_on_every_session_endpoint() {
@@ -196,6 +268,9 @@ mod tests {
             ("/v1/sessions/{id}", "get"),
             ("/v1/sessions/{id}", "delete"),
             ("/v1/sessions/{id}/events", "get"),
+            ("/v1/sessions/{id}/participants", "post"),
+            ("/v1/sessions/{id}/participants/{participant_id}", "delete"),
+            ("/v1/admin/sessions", "get"),
         ] {
             let responses = doc["paths"][path][method]["responses"].as_object().unwrap();
             for status in ["401", "403", "429", "503"] {

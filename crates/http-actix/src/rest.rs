@@ -3,24 +3,26 @@
 //! answer; errors go through `error::from_service`. The seven commands have a
 //! path (and an OpenAPI operation) each, and share one body: name to
 //! command in `command`, the rest in `AppState::execute`, as the
-//! WebSocket's commands do.
+//! WebSocket's commands do. Participants joining and leaving (contract
+//! section 9) have paths of their own and take the same command path.
 
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use kairos_domain::{SessionConfig, SessionId};
+use kairos_domain::{Command, ParticipantId, SessionConfig, SessionId};
 use serde_json::{Value, json};
 
 use crate::command::CommandName;
-use crate::dto::{WireEvent, WireView};
+use crate::dto::{CommandBody, JoinBody, WireEvent, WireView};
 use crate::error::{ApiError, Code, from_service};
 use crate::limits::{self, Kind};
 use crate::middleware::request_id;
 use crate::schemas::{
-    AccessErrors, AddTimeBodyDoc, CommandBodyDoc, CommandErrors, ErrorBody, EventsEnvelope,
-    HealthBody, ReadyBody, SessionConfigDoc, SwitchBodyDoc, TimeBody, ViewEnvelope,
+    AccessErrors, AddTimeBodyDoc, AdminSessionsEnvelope, CommandBodyDoc, CommandErrors, ErrorBody,
+    EventsEnvelope, HealthBody, JoinBodyDoc, JoinErrors, ReadyBody, SessionConfigDoc,
+    SwitchBodyDoc, TimeBody, ViewEnvelope,
 };
 use crate::state::AppState;
 
@@ -28,6 +30,10 @@ use crate::state::AppState;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The most events one history page returns.
 pub const MAX_HISTORY_LIMIT: usize = 500;
+/// The most sessions one page of `GET /v1/admin/sessions` asks the store for.
+pub const MAX_ADMIN_LIMIT: usize = 100;
+/// The longest cursor `GET /v1/admin/sessions` accepts (the stores' are short).
+const MAX_CURSOR_CHARS: usize = 100;
 /// Health probes give the store this long to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -44,6 +50,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/sessions/{id}")
             .route(web::get().to(get_session))
             .route(web::delete().to(delete_session))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/sessions/{id}/presence")
+            .route(web::get().to(session_presence))
             .default_service(not_allowed()),
     )
     .service(
@@ -86,10 +97,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(add_time))
             .default_service(not_allowed()),
     )
+    .service(
+        web::resource("/v1/sessions/{id}/participants")
+            .route(web::post().to(join_participant))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/sessions/{id}/participants/{participant_id}")
+            .route(web::delete().to(leave_participant))
+            .default_service(not_allowed()),
+    )
     // Any other name: 404 (after the paths above and `/events`).
     .service(
         web::resource("/v1/sessions/{id}/{command}")
             .route(web::post().to(unknown_command))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/admin/sessions")
+            .route(web::get().to(admin_sessions))
             .default_service(not_allowed()),
     )
     .service(
@@ -108,7 +134,10 @@ fn parse_id(raw: &str) -> Result<SessionId, ApiError> {
 }
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`]; an empty body is `null`.
-async fn read_json(req: &HttpRequest, mut payload: web::Payload) -> Result<Value, ApiError> {
+pub(crate) async fn read_json(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<Value, ApiError> {
     let too_large = || {
         ApiError::new(
             Code::PayloadTooLarge,
@@ -224,6 +253,39 @@ pub async fn get_session(
         .await
         .map_err(|e| from_service(e, &rid))?;
     let mut response = data(WireView::from_view(view, None));
+    limits::apply_headers(&mut response, rate.as_ref());
+    Ok(response)
+}
+
+/// Who is connected to a session's WebSockets, counted over every
+/// instance (contract section 9): connections and users, for anyone who
+/// may read the session.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/presence", tag = "sessions", operation_id = "sessionPresence",
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
+    responses(
+        (status = 200, description = "Connections and users", body = crate::schemas::PresenceEnvelope),
+        (status = 400, description = "VALIDATION_ERROR: the id is not a UUID", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        AccessErrors,
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path))]
+pub async fn session_presence(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let rid = request_id(&req);
+    let id = parse_id(&path)?;
+    let actor = state.settings.auth.authenticate(&req)?;
+    let rate = state.rate(Kind::Get, &caller(&state, &actor, &req)).await?;
+    let presence = state
+        .service
+        .presence(&actor, id)
+        .await
+        .map_err(|e| from_service(e, &rid))?;
+    let mut response = data(crate::dto::WirePresence::from(presence));
     limits::apply_headers(&mut response, rate.as_ref());
     Ok(response)
 }
@@ -369,6 +431,91 @@ pub async fn add_time(
     session_command(req, &path, CommandName::AddTime, payload, state).await
 }
 
+/// A participant joins a live session (ext, contract section 9): at the
+/// end of the rotation or at its `participant_index`, in any status but
+/// ended. Owner or admin.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/participants", tag = "sessions", operation_id = "addParticipant",
+    params(("id" = uuid::Uuid, Path, description = "Session id (UUID)")),
+    request_body(content = JoinBodyDoc, description = "One participant object of the session config, and expected_version?"),
+    responses(
+        (status = 200, description = "The session after the join (a `participant_joined` event)", body = ViewEnvelope),
+        JoinErrors,
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path, command = "join"))]
+pub async fn join_participant(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let body = JoinBody::parse(&read_json(&req, payload).await?)?;
+    let command = Command::Join(body.joiner);
+    run_command(&req, id, command, body.expected_version, &state).await
+}
+
+/// A participant leaves a live session (ext, contract section 9); if its
+/// turn was on, the turn's time is charged and the next eligible
+/// participant plays from that instant; with nobody eligible left the
+/// session completes. Owner or admin.
+#[utoipa::path(
+    delete, path = "/v1/sessions/{id}/participants/{participant_id}", tag = "sessions", operation_id = "removeParticipant",
+    params(
+        ("id" = uuid::Uuid, Path, description = "Session id (UUID)"),
+        ("participant_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "Who leaves"),
+    ),
+    request_body(content = Option<CommandBodyDoc>, description = "Optional: expected_version"),
+    responses(
+        (status = 200, description = "The session after the leave (a `participant_left` event, and `session_completed` when nobody eligible is left)", body = ViewEnvelope),
+        CommandErrors,
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path.0, command = "leave"))]
+pub async fn leave_participant(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, raw_participant) = path.into_inner();
+    let id = parse_id(&raw_id)?;
+    let participant_id = ParticipantId::parse(&raw_participant)
+        .map_err(|e| ApiError::field("participant_id", e.to_string()))?;
+    let body = CommandBody::parse(&read_json(&req, payload).await?)?;
+    for (sent, field) in [
+        (body.next_participant_id.is_some(), "next_participant_id"),
+        (body.lag_ms.is_some(), "lag_ms"),
+    ] {
+        if sent {
+            return Err(ApiError::field(field, "is only accepted by switch"));
+        }
+    }
+    let command = Command::Leave { participant_id };
+    run_command(&req, id, command, body.expected_version, &state).await
+}
+
+/// Authenticates, runs a parsed command through [`AppState::execute`] (the
+/// one command path) and answers with the view.
+async fn run_command(
+    req: &HttpRequest,
+    id: SessionId,
+    command: Command,
+    expected: Option<u64>,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let rid = request_id(req);
+    let actor = state.settings.auth.authenticate(req)?;
+    let (executed, rate) = state.execute(&actor, id, command, expected, &rid).await?;
+    let mut response = data(WireView::from_view(
+        executed.view,
+        executed.expired_participant_id,
+    ));
+    limits::apply_headers(&mut response, rate.as_ref());
+    Ok(response)
+}
+
 /// What every command path does: parse, authenticate, then run the
 /// command as a WebSocket's would be ([`AppState::execute`]).
 async fn session_command(
@@ -378,17 +525,9 @@ async fn session_command(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let rid = request_id(&req);
     let id = parse_id(raw_id)?;
     let (command, expected) = name.parse(&read_json(&req, payload).await?)?;
-    let actor = state.settings.auth.authenticate(&req)?;
-    let (executed, rate) = state.execute(&actor, id, command, expected, &rid).await?;
-    let mut response = data(WireView::from_view(
-        executed.view,
-        executed.expired_participant_id,
-    ));
-    limits::apply_headers(&mut response, rate.as_ref());
-    Ok(response)
+    run_command(&req, id, command, expected, &state).await
 }
 
 /// `POST /v1/sessions/{id}/<anything else>`: 404, before the id or the
@@ -489,6 +628,72 @@ pub async fn session_events(
         .map_err(|e| from_service(e, &rid))?;
     let wire: Vec<WireEvent> = events.iter().map(WireEvent::from).collect();
     Ok(data(wire))
+}
+
+/// Every stored session, a page at a time (ext, the admin view): admin
+/// tokens not scoped to a session only. The walk's guarantees and cost are
+/// the store's (`SessionStore::list`): follow `next_cursor` until it is
+/// `null`; a page may hold fewer sessions than `limit` (even none) while the
+/// walk goes on, and on Redis up to one `SCAN` batch more.
+#[utoipa::path(
+    get, path = "/v1/admin/sessions", tag = "admin", operation_id = "listSessions",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "About this many sessions (1..=100, default 50)"),
+        ("cursor" = Option<String>, Query, max_length = 100, description = "The previous page's next_cursor; left out: the first page"),
+    ),
+    responses(
+        (status = 200, description = "Views of the sessions of this page, and the next page's cursor", body = AdminSessionsEnvelope),
+        (status = 400, description = "VALIDATION_ERROR: a bad limit or cursor", body = ErrorBody),
+        AccessErrors,
+    )
+)]
+#[tracing::instrument(skip_all)]
+pub async fn admin_sessions(
+    req: HttpRequest,
+    query: web::Query<std::collections::HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let rid = request_id(&req);
+    let mut errors = Vec::new();
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_ADMIN_LIMIT).contains(&n) => n,
+            _ => {
+                errors.push(kairos_domain::FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_ADMIN_LIMIT}"),
+                ));
+                0
+            }
+        },
+    };
+    let cursor = query.get("cursor").cloned();
+    if cursor
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.chars().count() > MAX_CURSOR_CHARS)
+    {
+        errors.push(kairos_domain::FieldError::new(
+            "cursor",
+            "is not a cursor this server gave out",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let actor = state.settings.auth.authenticate(&req)?;
+    let (views, next_cursor) = state
+        .service
+        .list(&actor, cursor, limit)
+        .await
+        .map_err(|e| from_service(e, &rid))?;
+    let sessions: Vec<WireView> = views
+        .into_iter()
+        .map(|v| WireView::from_view(v, None))
+        .collect();
+    Ok(data(
+        json!({ "sessions": sessions, "next_cursor": next_cursor }),
+    ))
 }
 
 /// Server time, for clients estimating their clock offset.

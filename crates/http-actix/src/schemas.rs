@@ -25,6 +25,28 @@ pub struct EventsEnvelope {
     data: Vec<WireEvent>,
 }
 
+/// `{"data": {"sessions": [view, ...], "next_cursor"}}` of
+/// `GET /v1/admin/sessions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminSessionsEnvelope {
+    data: AdminSessionsPage,
+}
+
+/// One page of the walk over every session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminSessionsPage {
+    /// The views of this page's sessions, as of now.
+    sessions: Vec<WireView>,
+    /// The next page's cursor; `null` when the walk is complete.
+    next_cursor: Option<String>,
+}
+
+/// `{"data": {"connections", "users"}}` of `GET /v1/sessions/{id}/presence`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceEnvelope {
+    data: crate::dto::WirePresence,
+}
+
 /// The error body: `{"error": {"code", "message", "details"?}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -35,7 +57,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDoc {
     /// VALIDATION_ERROR, INVALID_STATE_TRANSITION, UNAUTHORIZED, FORBIDDEN,
-    /// SESSION_NOT_FOUND, CONFLICT, SESSION_EXISTS, PAYLOAD_TOO_LARGE,
+    /// SESSION_NOT_FOUND, CONFLICT, SESSION_EXISTS, PARTICIPANT_EXISTS, PAYLOAD_TOO_LARGE,
     /// RATE_LIMITED, UNAVAILABLE, INTERNAL_ERROR (and NOT_FOUND,
     /// METHOD_NOT_ALLOWED for unknown routes).
     code: String,
@@ -130,6 +152,11 @@ pub struct SessionConfigDoc {
     /// (section 8) The session starts by itself at this instant (ms since
     /// the Unix epoch), from now to 7 days ahead.
     start_at_ms: Option<i64>,
+    /// (section 9) Pause by itself when the active participant, having
+    /// connected, has had no connection for this long while the session
+    /// runs; 1000..=600000.
+    #[schema(minimum = 1000, maximum = 600000)]
+    auto_pause_on_disconnect_ms: Option<i64>,
 }
 
 /// `delay_mode` (contract section 8).
@@ -208,6 +235,26 @@ pub struct AddTimeBodyDoc {
     expected_version: Option<u64>,
 }
 
+/// The body of `POST /v1/sessions/{id}/participants` (contract section
+/// 9): one participant object of the session config.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinBodyDoc {
+    /// 1 to 64 characters from `[A-Za-z0-9_.:-]`; taken: 409 PARTICIPANT_EXISTS.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    participant_id: String,
+    /// Where in the rotation: the participants at or after this index move
+    /// up by one. Left out: the end of the rotation.
+    participant_index: Option<u32>,
+    /// Bank in ms (1000..=86400000); required in per_participant.
+    #[schema(minimum = 1000, maximum = 86400000)]
+    total_time_ms: Option<i64>,
+    /// The group (required in per_group, and it must be one of the session's).
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    group_id: Option<String>,
+    /// Apply only at this version (else 409 CONFLICT).
+    expected_version: Option<u64>,
+}
+
 /// `GET /v1/time`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TimeBody {
@@ -276,6 +323,24 @@ impl IntoResponses for CommandErrors {
         .map(|(status, description)| (status.to_owned(), error_response(description)))
         .collect();
         rows.extend(AccessErrors::responses());
+        rows
+    }
+}
+
+/// The error rows of joining a session: [`CommandErrors`], with 409 for a
+/// taken participant id too.
+#[derive(Debug)]
+pub struct JoinErrors;
+
+impl IntoResponses for JoinErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let mut rows = CommandErrors::responses();
+        rows.insert(
+            "409".to_owned(),
+            error_response(
+                "CONFLICT: expected_version differs; PARTICIPANT_EXISTS: the participant_id is taken",
+            ),
+        );
         rows
     }
 }

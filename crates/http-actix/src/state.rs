@@ -3,8 +3,8 @@
 //! the steps every command takes, whichever transport it came by
 //! ([`AppState::execute`]).
 //!
-//! This module sits above the parts it holds (auth, limits, places, hub,
-//! metrics): it imports them, none of them imports it. Only the handlers
+//! This module sits above the parts it holds (auth, limits, places,
+//! presence, hub, metrics): it imports them, none of them imports it. Only the handlers
 //! (REST, WebSocket, middleware) see the whole state.
 
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use crate::hub::Hub;
 use crate::limits::{Kind, Limiter};
 use crate::metrics::Metrics;
 use crate::places::UserPlaces;
+use crate::presence::LocalPresence;
 
 /// The service as the transport holds it: adapters chosen at start-up.
 pub type Service = kairos_domain::DynSessionService;
@@ -156,6 +157,29 @@ impl Default for Lifecycle {
 /// Reports the audit trail's health (the audit worker updates it).
 pub type AuditHealthFn = Arc<dyn Fn() -> AuditHealth + Send + Sync>;
 
+/// Checks a webhook URL before it is stored (the SSRF guard: scheme, host
+/// resolved, every address allowed), given by the server so that the
+/// transport never links the sender. `Err` is the message for the `url`
+/// field.
+pub type UrlCheckFn = Arc<
+    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
+>;
+
+/// What `/v1/webhooks` manages endpoints with.
+#[derive(Clone)]
+pub struct WebhookAdmin {
+    /// Endpoints and their delivery logs, shared by every instance.
+    pub store: Arc<dyn kairos_domain::WebhookStore>,
+    /// The URL check of a new endpoint.
+    pub check_url: UrlCheckFn,
+}
+
+impl std::fmt::Debug for WebhookAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookAdmin").finish_non_exhaustive()
+    }
+}
+
 /// Shared by every handler (wrapped in `web::Data`).
 pub struct AppState {
     /// The application service.
@@ -177,6 +201,10 @@ pub struct AppState {
     pub limiter: Option<Limiter>,
     /// Shares one bus subscription per watched session among this instance's WebSockets.
     pub hub: Hub,
+    /// Webhook endpoints; `None`: `/v1/webhooks` answers 404.
+    pub webhooks: Option<WebhookAdmin>,
+    /// This instance's sockets in the presence registry (when the service has one).
+    pub presence: LocalPresence,
 }
 
 impl AppState {
@@ -193,6 +221,7 @@ impl AppState {
         let lifecycle = Arc::new(Lifecycle::new());
         Self {
             hub: Hub::new(service.clone(), bus, lifecycle.tasks().clone()),
+            presence: LocalPresence::new(lifecycle.tasks().clone()),
             service,
             audit_health: Arc::new(|| AuditHealth::Disabled),
             metrics: Metrics::new(),
@@ -201,6 +230,7 @@ impl AppState {
             ws_connections: AtomicUsize::new(0),
             places: UserPlaces::local(),
             limiter: None,
+            webhooks: None,
         }
     }
 
@@ -233,6 +263,14 @@ impl AppState {
         self
     }
 
+    /// Manages webhook endpoints in `admin.store`, checking new URLs with
+    /// `admin.check_url`.
+    #[must_use]
+    pub fn with_webhooks(mut self, admin: WebhookAdmin) -> Self {
+        self.webhooks = Some(admin);
+        self
+    }
+
     /// Counts one request of `kind` for `key` against its rate limit
     /// (`Ok(None)` when limits are off).
     pub async fn rate(&self, kind: Kind, key: &str) -> Result<Option<RateDecision>, ApiError> {
@@ -250,10 +288,13 @@ impl AppState {
     }
 
     /// Runs a client's command, from REST or a WebSocket alike: a switch
-    /// is rate-limited per session and its latency recorded, a store
-    /// outage is counted, and a refusal becomes the one [`ApiError`] of
-    /// [`from_service`] (`request_id` goes into a 500's body and the log).
-    /// Returns the rate decision for the `RateLimit-*` headers.
+    /// is rate-limited per session (the limit travels with the command and
+    /// the store counts it in the commit's atomic step, so a switch on a
+    /// session this instance knows costs one store round trip) and its
+    /// latency recorded, a store outage is counted, and a refusal becomes
+    /// the one [`ApiError`] of [`from_service`] (`request_id` goes into a
+    /// 500's body and the log). Returns the rate decision for the
+    /// `RateLimit-*` headers.
     pub async fn execute(
         &self,
         actor: &Actor,
@@ -273,17 +314,19 @@ impl AppState {
                 target: AddTarget::Group(_),
                 ..
             } => Some("group_id"),
+            // And a leave names its participant in the path.
+            Command::Leave { .. } => Some("participant_id"),
             _ => None,
         };
-        let rate = if is_switch {
-            self.rate(Kind::Switch, &id.to_string()).await?
+        let limit = if is_switch {
+            self.limiter.as_ref().and_then(Limiter::switch_limit)
         } else {
             None
         };
         let started = Instant::now();
         let result = self
             .service
-            .execute(actor, id, command, expected_version)
+            .execute_limited(actor, id, command, expected_version, limit)
             .await;
         if is_switch {
             self.metrics
@@ -291,7 +334,10 @@ impl AppState {
                 .observe(started.elapsed().as_secs_f64());
         }
         match result {
-            Ok(executed) => Ok((executed, rate)),
+            Ok(executed) => {
+                let rate = executed.rate;
+                Ok((executed, rate))
+            }
             Err(e) => {
                 if matches!(e, ServiceError::Unavailable(_)) {
                     self.metrics.store_errors.inc();

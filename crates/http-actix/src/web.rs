@@ -1,4 +1,4 @@
-//! The demo page and the browser SDK, embedded in the binary so that the
+//! The demo page, the admin view and the browser SDK, embedded in the binary so that the
 //! server serves them with nothing on disk and no network (contract section
 //! 3: the demo page needs no token).
 //!
@@ -9,6 +9,13 @@
 //! | `GET /demo.css` | `demo.css` | `text/css` |
 //! | `GET /sdk/kairos.js` | `kairos.js` | `text/javascript` |
 //! | `GET /sdk/kairos.d.ts` | `kairos.d.ts` | `text/typescript` |
+//! | `GET /admin` | `admin.html` | `text/html` |
+//! | `GET /admin.js` | `admin.js` | `text/javascript` |
+//! | `GET /admin.css` | `admin.css` | `text/css` |
+//!
+//! The admin view (`/admin`) is served without a token like the demo page:
+//! it holds no data of its own and asks for an admin token before it reads
+//! anything (`GET /v1/admin/sessions` is admin only).
 //!
 //! Responses carry `Cache-Control: no-cache` (a browser revalidates, so a
 //! new build is picked up at once) and an `ETag` computed from the content
@@ -93,6 +100,19 @@ static SDK_DTS: Asset = Asset::new(
     "text/typescript; charset=utf-8",
 );
 
+static ADMIN_HTML: Asset = Asset::new(
+    include_str!("../static/admin.html"),
+    "text/html; charset=utf-8",
+);
+static ADMIN_JS: Asset = Asset::new(
+    include_str!("../static/admin.js"),
+    "text/javascript; charset=utf-8",
+);
+static ADMIN_CSS: Asset = Asset::new(
+    include_str!("../static/admin.css"),
+    "text/css; charset=utf-8",
+);
+
 async fn index(req: HttpRequest) -> HttpResponse {
     INDEX_HTML.respond(&req)
 }
@@ -113,9 +133,24 @@ async fn sdk_dts(req: HttpRequest) -> HttpResponse {
     SDK_DTS.respond(&req)
 }
 
-/// Registers the demo page, its assets and the SDK.
+async fn admin(req: HttpRequest) -> HttpResponse {
+    ADMIN_HTML.respond(&req)
+}
+
+async fn admin_js(req: HttpRequest) -> HttpResponse {
+    ADMIN_JS.respond(&req)
+}
+
+async fn admin_css(req: HttpRequest) -> HttpResponse {
+    ADMIN_CSS.respond(&req)
+}
+
+/// Registers the demo page, the admin view, their assets and the SDK.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(index))
+        .route("/admin", web::get().to(admin))
+        .route("/admin.js", web::get().to(admin_js))
+        .route("/admin.css", web::get().to(admin_css))
         .route("/demo.js", web::get().to(demo_js))
         .route("/demo.css", web::get().to(demo_css))
         .route("/sdk/kairos.js", web::get().to(sdk_js))
@@ -128,11 +163,15 @@ mod tests {
 
     #[test]
     fn every_asset_starts_with_a_comment_saying_why_it_exists() {
-        assert!(INDEX_HTML.body.starts_with("<!doctype html>\n<!--"));
-        for js in [DEMO_JS.body, SDK_JS.body, SDK_DTS.body] {
+        for html in [INDEX_HTML.body, ADMIN_HTML.body] {
+            assert!(html.starts_with("<!doctype html>\n<!--"));
+        }
+        for js in [DEMO_JS.body, SDK_JS.body, SDK_DTS.body, ADMIN_JS.body] {
             assert!(js.starts_with("// "), "{}", &js[..40]);
         }
-        assert!(DEMO_CSS.body.starts_with("/* "));
+        for css in [DEMO_CSS.body, ADMIN_CSS.body] {
+            assert!(css.starts_with("/* "));
+        }
     }
 
     #[test]
@@ -140,6 +179,12 @@ mod tests {
         assert!(INDEX_HTML.body.contains("/demo.js"));
         assert!(INDEX_HTML.body.contains("/demo.css"));
         assert!(DEMO_JS.body.contains("from '/sdk/kairos.js'"));
+        assert!(ADMIN_HTML.body.contains("/admin.js"));
+        assert!(ADMIN_HTML.body.contains("/admin.css"));
+        assert!(ADMIN_JS.body.contains("from '/sdk/kairos.js'"));
+        for text in [ADMIN_HTML.body, ADMIN_JS.body, ADMIN_CSS.body] {
+            assert!(!text.contains("https://"), "the admin view works offline");
+        }
     }
 
     #[test]

@@ -54,9 +54,13 @@
 //!   don't count).
 //! - [`webhook`]: [`WebhookVerifier`], Standard
 //!   Webhooks signatures.
+//! - [`backend`]: the wire types of the app's backend and the people in a
+//!   session (contract section 9): webhook endpoints, deliveries, presence,
+//!   and the body of `add_time`.
 
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod display;
 pub mod error;
 pub mod offset;
@@ -65,6 +69,7 @@ pub mod subscription;
 pub mod types;
 pub mod webhook;
 
+pub use backend::{AddTime, Delivery, NewWebhook, Presence, PresenceUser, Webhook};
 pub use error::{ApiError, Error, ErrorCode, FieldError};
 pub use offset::OffsetEstimate;
 pub use rest::{Client, ClientBuilder};

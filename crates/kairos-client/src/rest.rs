@@ -11,8 +11,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::backend::{AddTime, Delivery, NewWebhook, Presence, Webhook};
 use crate::error::{ApiError, Error, ErrorCode};
 use crate::subscription::{SubscribeOptions, Subscription};
+use crate::types::ParticipantConfig;
 use crate::types::{Event, EventsQuery, ServerTime, SessionConfig, SessionView};
 
 /// A SyncKairos server: its base URL, an optional bearer token, and a
@@ -214,6 +216,90 @@ impl Client {
         } else {
             Err(refusal(res).await)
         }
+    }
+
+    /// `POST /v1/sessions/{id}/add_time`: adds time to a bank (owner or admin).
+    pub async fn add_time(&self, id: Uuid, body: &AddTime) -> Result<SessionView, Error> {
+        let req = self
+            .request(Method::POST, &format!("v1/sessions/{id}/add_time"))?
+            .json(body);
+        self.data(req).await
+    }
+
+    /// `POST /v1/sessions/{id}/participants`: a participant joins a live
+    /// session, at the end of the rotation or at its `participant_index`.
+    pub async fn join(
+        &self,
+        id: Uuid,
+        participant: &ParticipantConfig,
+    ) -> Result<SessionView, Error> {
+        let req = self
+            .request(Method::POST, &format!("v1/sessions/{id}/participants"))?
+            .json(participant);
+        self.data(req).await
+    }
+
+    /// `DELETE /v1/sessions/{id}/participants/{participant_id}`: a
+    /// participant leaves; if it was active, the next one's turn starts.
+    pub async fn leave(&self, id: Uuid, participant_id: &str) -> Result<SessionView, Error> {
+        let mut url = self.url(&format!("v1/sessions/{id}/participants/"))?;
+        let shown = url.to_string();
+        url.path_segments_mut()
+            .map_err(|()| Error::InvalidUrl(format!("{shown}: cannot take a path")))?
+            .pop_if_empty()
+            .push(participant_id);
+        self.data(self.authorize(self.http.delete(url))).await
+    }
+
+    /// `GET /v1/sessions/{id}/presence`: who is connected, over every instance.
+    pub async fn presence(&self, id: Uuid) -> Result<Presence, Error> {
+        let req = self.request(Method::GET, &format!("v1/sessions/{id}/presence"))?;
+        self.data(req).await
+    }
+
+    /// `POST /v1/webhooks` (admin): the answer carries the signing secret,
+    /// shown only here.
+    pub async fn create_webhook(&self, webhook: &NewWebhook) -> Result<Webhook, Error> {
+        let req = self.request(Method::POST, "v1/webhooks")?.json(webhook);
+        self.data(req).await
+    }
+
+    /// `GET /v1/webhooks` (admin).
+    pub async fn webhooks(&self) -> Result<Vec<Webhook>, Error> {
+        let req = self.request(Method::GET, "v1/webhooks")?;
+        self.data(req).await
+    }
+
+    /// `GET /v1/webhooks/{id}` (admin).
+    pub async fn webhook(&self, id: Uuid) -> Result<Webhook, Error> {
+        let req = self.request(Method::GET, &format!("v1/webhooks/{id}"))?;
+        self.data(req).await
+    }
+
+    /// `DELETE /v1/webhooks/{id}` (admin; idempotent).
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<(), Error> {
+        let req = self.request(Method::DELETE, &format!("v1/webhooks/{id}"))?;
+        let res = req.send().await?;
+        if res.status().is_success() {
+            Ok(())
+        } else {
+            Err(refusal(res).await)
+        }
+    }
+
+    /// `GET /v1/webhooks/{id}/deliveries?limit=` (admin): the newest attempts first.
+    pub async fn webhook_deliveries(
+        &self,
+        id: Uuid,
+        limit: Option<u32>,
+    ) -> Result<Vec<Delivery>, Error> {
+        let mut url = self.url(&format!("v1/webhooks/{id}/deliveries"))?;
+        if let Some(limit) = limit {
+            url.query_pairs_mut()
+                .append_pair("limit", &limit.to_string());
+        }
+        let url = drop_empty_query(url);
+        self.data(self.authorize(self.http.get(url))).await
     }
 
     /// `GET /v1/sessions/{id}/events`: the audit history, newest first.

@@ -92,12 +92,21 @@ pub enum Action {
     ReadEvents,
     /// Add time to a bank (contract section 8): owner or admin.
     AddTime,
+    /// Let a participant join or leave a live session (contract section 9):
+    /// owner or admin.
+    ManageParticipants,
+    /// List every stored session (the admin view): an admin whose token is
+    /// not scoped to one session.
+    ListSessions,
 }
 
 /// Whether `actor` may perform `action` on `session` (`None` for create).
 /// `session` must be the state as of now (deadlines applied), so that
 /// "the active participant" means the one whose clock runs now.
 pub fn authorize(actor: &Actor, action: Action, session: Option<&Session>) -> bool {
+    if action == Action::ListSessions {
+        return actor.role == Role::Admin && actor.sid.is_none();
+    }
     if let (Some(sid), Some(s)) = (actor.sid, session)
         && sid != s.id
     {
@@ -111,8 +120,11 @@ pub fn authorize(actor: &Actor, action: Action, session: Option<&Session>) -> bo
     });
     match action {
         Action::Create => actor.role == Role::Host,
+        Action::ListSessions => false,
         Action::Read => true,
-        Action::Control | Action::ReadEvents | Action::AddTime => owner,
+        Action::Control | Action::ReadEvents | Action::AddTime | Action::ManageParticipants => {
+            owner
+        }
         Action::Switch => {
             owner
                 || (actor.role == Role::Player

@@ -37,6 +37,8 @@ pub const MAX_START_AHEAD_MS: i64 = 7 * 24 * 3_600_000;
 pub const LAG_RANGE_MS: std::ops::RangeInclusive<u32> = 0..=10_000;
 /// Bounds of an `add_time` command's `ms` (the command's `AddMs` holds only these).
 pub const ADD_TIME_RANGE_MS: std::ops::RangeInclusive<i64> = 1..=3_600_000;
+/// Bounds of `auto_pause_on_disconnect_ms` (contract section 9).
+pub const AUTO_PAUSE_RANGE_MS: std::ops::RangeInclusive<i64> = 1_000..=600_000;
 
 /// One broken rule: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -68,6 +70,55 @@ pub struct ParticipantConfig {
     pub total_time_ms: Option<i64>,
     /// Group membership (`per_group`).
     pub group_id: Option<GroupId>,
+}
+
+/// A participant joining a live session (contract section 9): one
+/// participant object of the config, whose `participant_index` may be left
+/// out (it then joins at the end of the rotation). The rules that need the
+/// session (a bank in `per_participant`, an existing group in `per_group`,
+/// a free id) are the transition's, `machine::decide`'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joiner {
+    /// Who joins.
+    pub id: ParticipantId,
+    /// Where in the rotation; `None`: at the end.
+    pub index: Option<u32>,
+    /// Starting bank; required in `per_participant`.
+    pub total_time_ms: Option<i64>,
+    /// Group membership (required in `per_group`).
+    pub group_id: Option<GroupId>,
+}
+
+impl Joiner {
+    /// Parses one participant object with the config's rules, reporting
+    /// every bad field by its name in the object (`total_time_ms`, ...).
+    /// Other keys (such as a command's `expected_version`) are left to the
+    /// caller.
+    ///
+    /// ```
+    /// use kairos_domain::config::Joiner;
+    /// let j = Joiner::parse(&serde_json::json!({"participant_id": "carol", "total_time_ms": 60000})).unwrap();
+    /// assert_eq!((j.id.as_str(), j.index), ("carol", None));
+    /// let errors = Joiner::parse(&serde_json::json!({"participant_index": -1})).unwrap_err();
+    /// let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+    /// assert_eq!(fields, ["participant_id", "participant_index"]);
+    /// ```
+    pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
+        let Some(obj) = body.as_object() else {
+            return Err(vec![FieldError::new("body", "must be a JSON object")]);
+        };
+        let mut e = Errors(Vec::new());
+        let fields = parse_participant(obj, "", None, &mut e);
+        match (fields.id, fields.index) {
+            (Some(id), Ok(index)) if e.0.is_empty() => Ok(Self {
+                id,
+                index,
+                total_time_ms: fields.total_time_ms,
+                group_id: fields.group_id,
+            }),
+            _ => Err(e.0),
+        }
+    }
 }
 
 /// One group as configured.
@@ -120,6 +171,10 @@ pub struct SessionConfig {
     /// only its type; [`SessionConfig::parse_at`] also checks it is within
     /// [`MAX_START_AHEAD_MS`] of now and not in the past.
     pub start_at_ms: Option<i64>,
+    /// Pause the running session by itself when its active participant has
+    /// had no connection for this long (contract section 9), within
+    /// [`AUTO_PAUSE_RANGE_MS`].
+    pub auto_pause_on_disconnect_ms: Option<i64>,
 }
 
 struct Errors(Vec<FieldError>);
@@ -295,6 +350,13 @@ impl SessionConfig {
             },
         };
 
+        let auto_pause_on_disconnect_ms = e.int(
+            obj,
+            "auto_pause_on_disconnect_ms",
+            "auto_pause_on_disconnect_ms",
+            &AUTO_PAUSE_RANGE_MS,
+        );
+
         let action_on_timeout = parse_timeout_action(obj, &mut e);
         let auto_advance = match obj.get("auto_advance") {
             None | Some(Value::Null) => false,
@@ -344,6 +406,7 @@ impl SessionConfig {
                 lag_compensation,
                 warnings_ms,
                 start_at_ms,
+                auto_pause_on_disconnect_ms,
             }),
             _ => Err(e.0),
         }
@@ -671,65 +734,13 @@ fn parse_participants(
             e.push(path, "must be an object");
             continue;
         };
-        let id = match p.get("participant_id") {
-            Some(Value::String(s)) => match ParticipantId::parse(s) {
-                Ok(id) => Some(id),
-                Err(err) => {
-                    e.push(format!("{path}.participant_id"), err.to_string());
-                    None
-                }
-            },
-            _ => {
-                e.push(
-                    format!("{path}.participant_id"),
-                    "is required and must be a string",
-                );
-                None
-            }
-        };
+        let fields = parse_participant(p, &format!("{path}."), mode, e);
+        let (id, total, group_id) = (fields.id, fields.total_time_ms, fields.group_id);
         // List order is the default index (contract: "participant_index may be left out").
         let default_index = u32::try_from(i).unwrap_or(u32::MAX);
-        let index = match p.get("participant_index") {
-            None | Some(Value::Null) => Some(default_index),
-            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                Some(n) => Some(n),
-                None => {
-                    e.push(
-                        format!("{path}.participant_index"),
-                        "must be a non-negative integer",
-                    );
-                    None
-                }
-            },
-        };
-        let total = e.int(
-            p,
-            "total_time_ms",
-            &format!("{path}.total_time_ms"),
-            &BANK_RANGE_MS,
-        );
-        if total.is_none()
-            && mode == Some(SyncMode::PerParticipant)
-            && matches!(p.get("total_time_ms"), None | Some(Value::Null))
-        {
-            e.push(
-                format!("{path}.total_time_ms"),
-                "is required in per_participant mode",
-            );
-        }
-        let group_id = match p.get("group_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => match GroupId::parse(s) {
-                Ok(g) => Some(g),
-                Err(err) => {
-                    e.push(format!("{path}.group_id"), err.to_string());
-                    None
-                }
-            },
-            Some(_) => {
-                e.push(format!("{path}.group_id"), "must be a string or null");
-                None
-            }
+        let index = match fields.index {
+            Ok(given) => Some(given.unwrap_or(default_index)),
+            Err(()) => None,
         };
         if let Some(id) = &id
             && !ids.insert(id.clone())
@@ -758,6 +769,88 @@ fn parse_participants(
     }
     out.sort_by_key(|p| p.index);
     out
+}
+
+/// The fields of one participant object, as parsed (errors pushed under
+/// `prefix`, e.g. `participants[1].`, or nothing for a body of its own).
+struct ParticipantFields {
+    id: Option<ParticipantId>,
+    /// `Ok(None)` when left out, `Err` when malformed.
+    index: Result<Option<u32>, ()>,
+    total_time_ms: Option<i64>,
+    group_id: Option<GroupId>,
+}
+
+fn parse_participant(
+    p: &Map<String, Value>,
+    prefix: &str,
+    mode: Option<SyncMode>,
+    e: &mut Errors,
+) -> ParticipantFields {
+    let id = match p.get("participant_id") {
+        Some(Value::String(s)) => match ParticipantId::parse(s) {
+            Ok(id) => Some(id),
+            Err(err) => {
+                e.push(format!("{prefix}participant_id"), err.to_string());
+                None
+            }
+        },
+        _ => {
+            e.push(
+                format!("{prefix}participant_id"),
+                "is required and must be a string",
+            );
+            None
+        }
+    };
+    let index = match p.get("participant_index") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => Ok(Some(n)),
+            None => {
+                e.push(
+                    format!("{prefix}participant_index"),
+                    "must be a non-negative integer",
+                );
+                Err(())
+            }
+        },
+    };
+    let total = e.int(
+        p,
+        "total_time_ms",
+        &format!("{prefix}total_time_ms"),
+        &BANK_RANGE_MS,
+    );
+    if total.is_none()
+        && mode == Some(SyncMode::PerParticipant)
+        && matches!(p.get("total_time_ms"), None | Some(Value::Null))
+    {
+        e.push(
+            format!("{prefix}total_time_ms"),
+            "is required in per_participant mode",
+        );
+    }
+    let group_id = match p.get("group_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match GroupId::parse(s) {
+            Ok(g) => Some(g),
+            Err(err) => {
+                e.push(format!("{prefix}group_id"), err.to_string());
+                None
+            }
+        },
+        Some(_) => {
+            e.push(format!("{prefix}group_id"), "must be a string or null");
+            None
+        }
+    };
+    ParticipantFields {
+        id,
+        index,
+        total_time_ms: total,
+        group_id,
+    }
 }
 
 fn check_group_membership(

@@ -17,19 +17,31 @@
 //!   only; imports `ids`). [`event`]: audit events (imports `ids`).
 //! - [`config`]: the session config and every validation rule of the contract.
 //!   [`auth`]: the authorization matrix. Both read `session` types.
-//! - `rotation` (private): turn order, who may play and who plays next.
+//!   [`webhook`]: webhook endpoints, the retry schedule and [`webhook::next_step`],
+//!   the delivery body and log records (imports `ids`, `event`).
+//! - `rotation` (private): turn order, who may play and who plays next, and
+//!   where a participant joining or leaving goes (contract section 9).
 //! - [`clock`]: the time model, the one place time is computed: time used and
 //!   left per participant, group and session in every mode at an instant,
 //!   [`clock::next_deadline`], and the one catch-up loop that applies due
 //!   deadlines (expiries, time warnings, scheduled starts) each as of its own
 //!   instant; the stages, delay and lag compensation of contract section 8.
+//! - [`presence`]: who is connected to a session (contract section 9):
+//!   registry entries and counts, presence events, and the auto-pause rule
+//!   [`presence::auto_pause_due`] (reads `session`, builds `event`s).
 //! - [`machine`]: the transition function [`machine::decide`] (deadlines via
 //!   `clock`, then the command) and [`machine::create`].
 //! - [`view`]: the read model at any instant, deadlines applied as of their
 //!   deadline (via `clock`, never via `machine`).
+//! - [`ratelimit`]: GCRA, the rate-limit math (pure).
 //! - [`ports`]: [`SessionStore`], [`Outbox`], [`EventBus`], [`AuditSink`], [`Clock`],
-//!   [`PlaceRegistry`].
-//! - [`ratelimit`]: GCRA and the [`ratelimit::RateLimiter`] port.
+//!   [`PlaceRegistry`], [`PresenceRegistry`], [`PresenceObserver`], [`RateLimiter`], [`WebhookStore`] (and [`DeliveryLog`],
+//!   [`WithDeliveryLog`]).
+//! - [`cache`]: [`cache::SessionCache`], the bounded, version-monotonic
+//!   copy of recent sessions the service decides on before the store
+//!   confirms (data only).
+//! - [`timers`]: [`timers::TimerQueue`], the keyed deadline queue behind the
+//!   server's local timers (pure data structure; imports nothing of ours).
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set,
 //!   publish.
 //!
@@ -62,39 +74,49 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod event;
 pub mod ids;
 pub mod machine;
 pub mod ports;
+pub mod presence;
 pub mod ratelimit;
 mod rotation;
 pub mod service;
 pub mod session;
+pub mod timers;
 pub mod view;
+pub mod webhook;
 
 pub use auth::{Action, Actor, Role};
-pub use config::{FieldError, SessionConfig};
+pub use config::{FieldError, Joiner, SessionConfig};
 pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
-    AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, EventBus, Outbox,
-    OutboxEntry, PlaceRegistry, SessionStore, StoreError, Subscription,
+    AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, DeliveryLog, EventBus,
+    Outbox, OutboxEntry, PlaceRegistry, PresenceObserver, PresenceRegistry, RateCheck, RateLimiter,
+    SessionPage, SessionStore, StoreError, Subscription, WebhookStore, WithDeliveryLog,
 };
-pub use ratelimit::{Limit, RateDecision, RateLimiter};
+pub use presence::{Absence, PendingLeave, PresenceConnection, PresenceSnapshot, PresenceUser};
+pub use ratelimit::{Limit, RateDecision};
 pub use service::{
-    AuditHealth, DynSessionService, Executed, Health, ServiceError, SessionService, Snapshot,
+    AbsenceCheck, AuditHealth, DeadlineObserver, DynSessionService, Executed, Health, ServiceError,
+    SessionService, Snapshot,
 };
 pub use session::{
     DelayMode, Group, Participant, Session, Stage, Status, SyncMode, TimeoutAction, TimeoutKind,
 };
 pub use view::{GroupView, ParticipantView, SessionView};
+pub use webhook::{
+    AttemptOutcome, Delivery, DeliveryRecord, Endpoint, NextStep, RetrySchedule, WebhookId,
+};
 
 #[cfg(any(test, feature = "mocks"))]
 pub use ports::{
-    MockAuditSink, MockClock, MockEventBus, MockOutbox, MockPlaceRegistry, MockSessionStore,
+    MockAuditSink, MockClock, MockDeliveryLog, MockEventBus, MockOutbox, MockPlaceRegistry,
+    MockPresenceObserver, MockPresenceRegistry, MockRateLimiter, MockSessionStore,
+    MockWebhookStore,
 };
-#[cfg(any(test, feature = "mocks"))]
-pub use ratelimit::MockRateLimiter;

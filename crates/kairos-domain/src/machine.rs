@@ -17,13 +17,18 @@ use serde_json::Map;
 
 use crate::clock::{
     DueKind, Elapsed, LAG_QUOTA_START_GAINS, begin_turn, catch_up, charge_cycle,
-    ended_clock_remaining, lag_gain_ms, push_event, push_raw, raise_bank, settle, start_session,
-    switch_leaves_time,
+    ended_clock_remaining, event_remaining, lag_gain_ms, push_event, push_raw, raise_bank, settle,
+    start_session, switch_leaves_time,
 };
-use crate::config::{ADD_TIME_RANGE_MS, SessionConfig};
+use crate::config::{
+    ADD_TIME_RANGE_MS, FieldError, Joiner, MAX_PARTICIPANTS, ParticipantConfig, SessionConfig,
+};
 use crate::event::{Event, EventType};
 use crate::ids::{GroupId, ParticipantId, SessionId};
-use crate::rotation::{first_eligible, group_of, next_eligible};
+use crate::rotation::{
+    eligible, eligible_from, first_eligible, group_of, insert_participant, next_eligible,
+    remove_participant, shift_room,
+};
 use crate::session::{Group, Participant, Session, Status, SyncMode};
 
 pub use crate::clock::{MAX_CATCH_UP, next_deadline, next_due, settle_deadlines};
@@ -82,6 +87,29 @@ pub enum Command {
         /// Why, echoed in the event's metadata.
         reason: Option<String>,
     },
+    /// A participant joins (contract section 9): at the end of the rotation
+    /// or at its `participant_index` (those at or after it move up by one),
+    /// in any status but ended; owner or admin. An existing id is
+    /// [`TransitionError::ParticipantExists`]; a bank missing in
+    /// `per_participant`, a group missing or unknown in `per_group`, or a
+    /// full session is [`TransitionError::InvalidParticipant`]. One version
+    /// and a `participant_joined` event. The running turn goes on; in a
+    /// pending session the first to play is recomputed; a running or paused
+    /// session with nobody active (`global` or `count_up` started empty)
+    /// makes the joiner active, its turn starting now.
+    Join(Joiner),
+    /// A participant leaves (contract section 9), in any status but ended;
+    /// owner or admin. The ones after it move down by one index. If its
+    /// turn was on (running or paused), the turn's time is charged as the
+    /// clock shows it (as a timeout charges, not a move: no increment, no
+    /// stage, no lag compensation) and the next eligible participant in
+    /// rotation order (as a switch picks it) begins its turn at that
+    /// instant. A session left with nobody eligible completes. One version:
+    /// `participant_left`, and `session_completed` when it ends the session.
+    Leave {
+        /// Who leaves (must exist).
+        participant_id: ParticipantId,
+    },
     /// `running` → `paused`.
     Pause,
     /// `paused` → `running`.
@@ -92,6 +120,19 @@ pub enum Command {
     Cancel,
     /// Applies the deadlines that are due; fails with [`TransitionError::NothingDue`] if none is.
     Timeout,
+    /// The system's pause of contract section 9: `participant_id` has had
+    /// no connection since `absent_since_ms`. Pauses the session as of
+    /// [`crate::presence::auto_pause_due`] (deadlines before that instant
+    /// first, each as of its own), with `metadata.reason` =
+    /// `disconnected`; [`TransitionError::NothingDue`] when that is not
+    /// due by `now` (not running, not its turn, not long enough, already
+    /// paused by another instance). Never sent by a client.
+    AutoPause {
+        /// The absent participant.
+        participant_id: ParticipantId,
+        /// When its last connection closed.
+        absent_since_ms: i64,
+    },
 }
 
 impl Command {
@@ -105,7 +146,10 @@ impl Command {
             Self::Complete => "complete",
             Self::Cancel => "cancel",
             Self::AddTime { .. } => "add_time",
+            Self::Join(_) => "join",
+            Self::Leave { .. } => "leave",
             Self::Timeout => "timeout",
+            Self::AutoPause { .. } => "auto_pause",
         }
     }
 }
@@ -138,6 +182,15 @@ pub enum TransitionError {
     /// A `Timeout` command found no deadline due.
     #[error("no deadline is due")]
     NothingDue,
+    /// A joining participant's id is already in the session (contract
+    /// section 9: 409).
+    #[error("participant {0} is already in the session")]
+    ParticipantExists(ParticipantId),
+    /// A joining participant breaks a rule that needs the session (a bank
+    /// in `per_participant`, a known group in `per_group`, room for one
+    /// more): each field named, as a config's violations are.
+    #[error("the participant is invalid for this session: {} field(s)", .0.len())]
+    InvalidParticipant(Vec<FieldError>),
 }
 
 /// What [`decide`] produced: the new state and everything that happened.
@@ -192,55 +245,12 @@ pub fn create(
             stage_moves: 0,
         })
         .collect();
-    let first_increment = config
-        .stages
-        .first()
-        .map_or(config.increment_ms, |st| st.increment_ms);
-    let participants = config
-        .participants
-        .into_iter()
-        .map(|p| {
-            // Only per_participant banks are required; elsewhere the bank
-            // shown is the clock the participant plays on.
-            let default_bank = match config.sync_mode {
-                SyncMode::PerParticipant => 0,
-                SyncMode::PerCycle => config.time_per_cycle_ms.unwrap_or(0),
-                SyncMode::PerGroup => p
-                    .group_id
-                    .as_ref()
-                    .and_then(|g| config.groups.iter().find(|c| &c.id == g))
-                    .map_or(0, |g| g.total_time_ms),
-                SyncMode::Global => config.total_time_ms.unwrap_or(0),
-                SyncMode::CountUp => config.max_time_ms.unwrap_or(0),
-            };
-            let total_time_ms = p.total_time_ms.unwrap_or(default_bank);
-            // E is taken on the bank this participant plays on, first stage.
-            let lag_gain_ms = if config.lag_compensation {
-                lag_gain_ms(default_bank.max(total_time_ms), first_increment)
-            } else {
-                0
-            };
-            Participant {
-                id: p.id,
-                index: p.index,
-                group_id: p.group_id,
-                total_time_ms,
-                time_used_ms: 0,
-                cycle_count: 0,
-                has_expired: false,
-                stage_index: 0,
-                stage_moves: 0,
-                lag_quota_ms: lag_gain_ms.saturating_mul(LAG_QUOTA_START_GAINS),
-                lag_gain_ms,
-            }
-        })
-        .collect();
     let mut s = Session {
         id,
         sync_mode: config.sync_mode,
         status: Status::Pending,
         version: 1,
-        participants,
+        participants: Vec::new(),
         groups,
         active: None,
         active_group: None,
@@ -267,7 +277,13 @@ pub fn create(
         warnings_ms: config.warnings_ms,
         warned_ms: Vec::new(),
         start_at_ms: config.start_at_ms,
+        auto_pause_on_disconnect_ms: config.auto_pause_on_disconnect_ms,
     };
+    s.participants = config
+        .participants
+        .into_iter()
+        .map(|p| new_participant(&s, p))
+        .collect();
     // Show who will play first before the start.
     s.active = first_eligible(&s);
     s.active_group = s.active.and_then(|i| group_of(&s, i));
@@ -277,6 +293,47 @@ pub fn create(
     push_event(&s, &mut events, EventType::SessionCreated, None, now, meta);
     let event = events.remove(0);
     (s, event)
+}
+
+/// A participant's stored clock as it enters the session (at create or
+/// when it joins). Only `per_participant` banks are required; elsewhere the
+/// bank shown is the clock the participant plays on.
+fn new_participant(s: &Session, p: ParticipantConfig) -> Participant {
+    let default_bank = match s.sync_mode {
+        SyncMode::PerParticipant => 0,
+        SyncMode::PerCycle => s.time_per_cycle_ms.unwrap_or(0),
+        SyncMode::PerGroup => p
+            .group_id
+            .as_ref()
+            .and_then(|g| s.group_position(g))
+            .map_or(0, |g| s.groups[g].total_time_ms),
+        SyncMode::Global => s.total_time_ms.unwrap_or(0),
+        SyncMode::CountUp => s.max_time_ms.unwrap_or(0),
+    };
+    let total_time_ms = p.total_time_ms.unwrap_or(default_bank);
+    // E is taken on the bank this participant plays on, first stage.
+    let first_increment = s
+        .stages
+        .first()
+        .map_or(s.increment_ms, |st| st.increment_ms);
+    let lag_gain_ms = if s.lag_compensation {
+        lag_gain_ms(default_bank.max(total_time_ms), first_increment)
+    } else {
+        0
+    };
+    Participant {
+        id: p.id,
+        index: p.index,
+        group_id: p.group_id,
+        total_time_ms,
+        time_used_ms: 0,
+        cycle_count: 0,
+        has_expired: false,
+        stage_index: 0,
+        stage_moves: 0,
+        lag_quota_ms: lag_gain_ms.saturating_mul(LAG_QUOTA_START_GAINS),
+        lag_gain_ms,
+    }
 }
 
 /// Applies `command` to `state` at `now`: due deadlines first (each as of its
@@ -292,6 +349,19 @@ pub fn decide(
     expected_version: Option<u64>,
     now: i64,
 ) -> Result<Decision, TransitionError> {
+    if let Command::AutoPause {
+        participant_id,
+        absent_since_ms,
+    } = command
+    {
+        return auto_pause(
+            state,
+            participant_id,
+            *absent_since_ms,
+            expected_version,
+            now,
+        );
+    }
     let mut s = state.clone();
     let mut events = Vec::new();
     let mut intermediate = Vec::new();
@@ -471,9 +541,253 @@ fn apply_command(
             }
             add_time(s, command, target, *ms, reason.as_deref(), now, events)?;
         }
-        Command::Timeout => return Err(TransitionError::NothingDue),
+        Command::Join(joiner) => {
+            if s.status.is_ended() {
+                return Err(invalid(s, command));
+            }
+            join(s, joiner, now, events)?;
+        }
+        Command::Leave { participant_id } => {
+            if s.status.is_ended() {
+                return Err(invalid(s, command));
+            }
+            let i = s
+                .participant_position(participant_id)
+                .ok_or_else(|| TransitionError::UnknownParticipant(participant_id.clone()))?;
+            leave(s, i, now, events);
+        }
+        Command::Timeout | Command::AutoPause { .. } => return Err(TransitionError::NothingDue),
     }
     Ok(())
+}
+
+/// `Join`: checks the joiner against the session, then puts it into the
+/// rotation (see [`Command::Join`]).
+fn join(
+    s: &mut Session,
+    joiner: &Joiner,
+    now: i64,
+    events: &mut Vec<Event>,
+) -> Result<(), TransitionError> {
+    if s.participant_position(&joiner.id).is_some() {
+        return Err(TransitionError::ParticipantExists(joiner.id.clone()));
+    }
+    let mut errors = Vec::new();
+    if s.participants.len() >= MAX_PARTICIPANTS {
+        errors.push(FieldError::new(
+            "participants",
+            format!(
+                "the session already has {MAX_PARTICIPANTS} participants, the most it may hold"
+            ),
+        ));
+    }
+    if s.sync_mode == SyncMode::PerParticipant && joiner.total_time_ms.is_none() {
+        errors.push(FieldError::new(
+            "total_time_ms",
+            "is required in per_participant mode",
+        ));
+    }
+    let group = match (&joiner.group_id, s.sync_mode) {
+        (None, SyncMode::PerGroup) => {
+            errors.push(FieldError::new("group_id", "is required in per_group mode"));
+            None
+        }
+        (Some(g), SyncMode::PerGroup) => {
+            let found = s.group_position(g);
+            if found.is_none() {
+                errors.push(FieldError::new(
+                    "group_id",
+                    format!("names no group of this session: {g}"),
+                ));
+            }
+            found
+        }
+        _ => None,
+    };
+    let end = s
+        .participants
+        .last()
+        .map_or(Some(0), |last| last.index.checked_add(1));
+    let index = match (joiner.index, end) {
+        (Some(k), _) if shift_room(s, k) => Some(k),
+        (None, Some(end)) => Some(end),
+        _ => {
+            errors.push(FieldError::new(
+                "participant_index",
+                "leaves no room in the rotation (indexes are at most 4294967295)",
+            ));
+            None
+        }
+    };
+    let Some(index) = index.filter(|_| errors.is_empty()) else {
+        return Err(TransitionError::InvalidParticipant(errors));
+    };
+    let mut p = new_participant(
+        s,
+        ParticipantConfig {
+            id: joiner.id.clone(),
+            index,
+            total_time_ms: joiner.total_time_ms,
+            group_id: joiner.group_id.clone(),
+        },
+    );
+    // A member of a group that ran out is out of the rotation with it.
+    p.has_expired = group.is_some_and(|g| s.groups[g].has_expired);
+    let at = insert_participant(s, p);
+    bump(s, now);
+    match s.status {
+        // Who plays first may be the joiner.
+        Status::Pending => {
+            s.active = first_eligible(s);
+            s.active_group = s.active.and_then(|i| group_of(s, i));
+        }
+        // Nobody's turn was on (an empty `global` or `count_up`): the
+        // joiner's begins now.
+        _ if s.active.is_none() && eligible(s, at) => {
+            settle(s, now);
+            begin_turn(s, Some(at), now);
+        }
+        _ => {}
+    }
+    let mut meta = Map::new();
+    meta.insert("index".into(), index.into());
+    push_event(s, events, EventType::ParticipantJoined, Some(at), now, meta);
+    Ok(())
+}
+
+/// `Leave`: takes participant `i` out of the rotation (see [`Command::Leave`]).
+fn leave(s: &mut Session, i: usize, now: i64, events: &mut Vec<Event>) {
+    let turn_on = matches!(s.status, Status::Running | Status::Paused) && s.active == Some(i);
+    settle(s, now);
+    let (charged, remaining) = if turn_on {
+        // Charged as the clock shows it: a `simple` delay is not.
+        let charged = Elapsed::at(s, now).charge;
+        let cycle = charge_cycle(s, None).cycle;
+        (Some(charged), ended_clock_remaining(s, Some(i), cycle))
+    } else {
+        (None, event_remaining(s, Some(i), now))
+    };
+    bump(s, now);
+    let left = s.participants[i].id.clone();
+    let group_id = s.participants[i].group_id.clone();
+    let mut meta = Map::new();
+    remove_participant(s, i);
+    if turn_on {
+        // Position `i` now holds the one after the leaver; in `per_group`
+        // the active group still marks where the rotation stands.
+        let next = if s.sync_mode == SyncMode::PerGroup {
+            next_eligible(s)
+        } else {
+            eligible_from(s, i)
+        };
+        begin_turn(s, next, now);
+        if let Some(p) = s.active_participant() {
+            meta.insert("next_participant_id".into(), p.id.as_str().into());
+        }
+    } else if s.status == Status::Pending {
+        s.active = first_eligible(s);
+        s.active_group = s.active.and_then(|i| group_of(s, i));
+    }
+    push_raw(
+        s,
+        events,
+        EventType::ParticipantLeft,
+        None,
+        now,
+        remaining,
+        charged,
+        None,
+        meta,
+    );
+    if let Some(ev) = events.last_mut() {
+        ev.participant_id = Some(left);
+        ev.group_id = group_id;
+    }
+    if first_eligible(s).is_none() {
+        // Nobody left to play: the session completes, in the same version.
+        s.active = None;
+        s.active_group = None;
+        s.segment_started_at_ms = None;
+        s.session_completed_at_ms = Some(now);
+        s.status = Status::Completed;
+        push_event(
+            s,
+            events,
+            EventType::SessionCompleted,
+            None,
+            now,
+            Map::new(),
+        );
+    }
+}
+
+/// [`Command::AutoPause`]: finds the instant the absence pauses the
+/// session, applying first every deadline due up to it (an expiry may end
+/// the turn, then the pause is not due, or start a new segment, then the
+/// instant moves), and pauses as of that instant. A later change already
+/// committed (the scheduler applied a warning after it) moves the pause
+/// to that change's instant: time never runs backwards inside a session.
+fn auto_pause(
+    state: &Session,
+    participant_id: &ParticipantId,
+    absent_since_ms: i64,
+    expected_version: Option<u64>,
+    now: i64,
+) -> Result<Decision, TransitionError> {
+    let mut s = state.clone();
+    let mut events = Vec::new();
+    let mut intermediate = Vec::new();
+    let mut fired = Vec::new();
+    let mut expired_participant_id = None;
+    let mut record = |s: &Session, _: &mut Vec<Event>, applied: crate::clock::Fired| {
+        if expired_participant_id.is_none() {
+            expired_participant_id = applied
+                .exhausted
+                .and_then(|i| s.participants.get(i))
+                .map(|p| p.id.clone());
+        }
+        fired.push(applied.at);
+        intermediate.push(s.clone());
+    };
+    let mut at = None;
+    // Each round applies at least one deadline or ends: bounded like the
+    // catch-up loop itself.
+    for _ in 0..=MAX_CATCH_UP {
+        let due = crate::presence::auto_pause_due(&s, participant_id, absent_since_ms)
+            .filter(|&due| due <= now)
+            .ok_or(TransitionError::NothingDue)?;
+        let before = s.version;
+        catch_up(&mut s, due, false, &mut events, &mut record);
+        if s.version == before {
+            at = Some(due);
+            break;
+        }
+    }
+    let at = at.ok_or(TransitionError::NothingDue)?;
+    if let Some(expected) = expected_version
+        && expected != s.version
+    {
+        return Err(TransitionError::Conflict {
+            expected,
+            actual: s.version,
+        });
+    }
+    apply_command(&mut s, &Command::Pause, at, &mut events)?;
+    if let Some(paused) = events.last_mut() {
+        paused
+            .metadata
+            .insert("reason".into(), "disconnected".into());
+        paused
+            .metadata
+            .insert("absent_since_ms".into(), absent_since_ms.into());
+    }
+    Ok(Decision {
+        state: s,
+        events,
+        intermediate,
+        expired_participant_id,
+        fired_deadlines: fired,
+    })
 }
 
 /// `AddTime`: raises the bank `target` plays on by `ms` (capped).

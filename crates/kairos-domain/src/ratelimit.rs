@@ -1,10 +1,9 @@
 //! Rate limiting by GCRA (the generic cell rate algorithm): one number per
 //! key, the theoretical arrival time (TAT), so a check is one atomic
 //! read-modify-write wherever the number lives (a map, a Redis script).
-
-use async_trait::async_trait;
-
-use crate::ports::StoreError;
+//!
+//! Pure math; where the TATs live is a port (`RateLimiter` in `ports`, and
+//! the per-session check a commit carries).
 
 /// `count` requests per `period_ms`, with a burst of up to `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +31,8 @@ impl Limit {
         }
     }
 
-    /// Time between two requests at the sustained rate.
-    fn interval(self) -> i64 {
+    /// Time between two requests at the sustained rate (ms, at least 1).
+    pub fn interval(self) -> i64 {
         (self.period_ms / i64::from(self.count.max(1))).max(1)
     }
 }
@@ -101,17 +100,6 @@ pub fn gcra(tat: Option<i64>, now: i64, limit: Limit) -> (RateDecision, i64) {
         },
         new_tat,
     )
-}
-
-/// Where rate-limit state lives: in process for one instance, in Redis when
-/// instances share limits.
-#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
-#[async_trait]
-pub trait RateLimiter: Send + Sync + 'static {
-    /// Counts one request against `key` under `limit` at `now_ms`, atomically
-    /// for all instances sharing the limiter. MUST behave as [`gcra`].
-    async fn check(&self, key: &str, limit: Limit, now_ms: i64)
-    -> Result<RateDecision, StoreError>;
 }
 
 #[cfg(test)]

@@ -1,23 +1,32 @@
 //! The application service: load, decide, commit with compare-and-set, publish.
 //!
 //! Generic over its ports so the same code runs on the in-memory adapters,
-//! on Redis, and on mocks. It holds no state of its own: any instance can
-//! serve any request.
+//! on Redis, and on mocks. The only state it holds is a bounded cache of
+//! recent sessions ([`SessionCache`]) that a command decides on before the
+//! store's compare-and-set confirms it, so any instance can still serve any
+//! request: a stale copy costs one retry on the state the conflict returns.
 
 use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
 
 use crate::auth::{Action, Actor, authorize};
+use crate::cache::{DEFAULT_CAPACITY, SessionCache};
 use crate::clock::settle_deadlines;
 use crate::config::SessionConfig;
 use crate::event::Event;
 use crate::ids::{ParticipantId, SessionId};
 use crate::machine::{self, Command, Decision, TransitionError};
 use crate::ports::{
-    AuditError, AuditSink, BusMessage, Claimed, Clock, Commit, EventBus, SessionStore, StoreError,
+    AuditError, AuditSink, BusMessage, Claimed, Clock, Commit, EventBus, RateCheck, SessionStore,
+    StoreError,
 };
+use crate::ratelimit::{Limit, RateDecision};
 use crate::session::Session;
 use crate::view::{SessionView, view};
+
+mod presence;
+
+pub use presence::AbsenceCheck;
 
 /// How often a command without `expected_version` is retried after losing a
 /// compare-and-set race before the service gives up. Each retry means another
@@ -56,6 +65,15 @@ pub enum ServiceError {
     /// config's `start_at_ms`): 400 naming each field.
     #[error("invalid request: {} field(s)", .0.len())]
     Invalid(Vec<crate::config::FieldError>),
+    /// The command's rate limit refused it (nothing changed): 429 with the
+    /// decision's `RateLimit-*` and `Retry-After`.
+    #[error("over the limit of {} per {} ms", .limit.count, .limit.period_ms)]
+    RateLimited {
+        /// The refusal, for the headers.
+        decision: RateDecision,
+        /// The limit that refused.
+        limit: Limit,
+    },
 }
 
 /// What the service's dependencies look like right now, for `/health` and
@@ -80,6 +98,12 @@ pub enum AuditHealth {
     Disabled,
 }
 
+/// Told after every successful create and commit: the session's id and its
+/// next deadline as stored in the deadline index (`None`: it has none). The
+/// server arms or disarms a local timer with it; it must be quick and must
+/// not block (it runs on the request path, after the commit).
+pub type DeadlineObserver = Arc<dyn Fn(SessionId, Option<i64>) + Send + Sync>;
+
 /// The service over trait-object ports, as the server wires it (adapters
 /// chosen at start-up) and as the transport and the workers hold it.
 pub type DynSessionService = SessionService<dyn SessionStore, dyn EventBus, dyn Clock>;
@@ -98,6 +122,10 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => Self::Unavailable(m),
+            StoreError::InvalidCursor => Self::Invalid(vec![crate::config::FieldError::new(
+                "cursor",
+                "is not a cursor this server gave out",
+            )]),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -114,6 +142,8 @@ pub struct Executed {
     pub fired_deadlines: Vec<i64>,
     /// The instant the commit took effect.
     pub at_ms: i64,
+    /// The rate limit's decision, when the command counted against one.
+    pub rate: Option<RateDecision>,
 }
 
 /// What [`SessionService::decide_and_commit`] hands its caller after a
@@ -127,6 +157,18 @@ struct Committed<'a> {
     fired_deadlines: Vec<i64>,
     /// The instant the decision was taken at.
     at_ms: i64,
+    /// The rate decision of the commit's check, if it had one.
+    rate: Option<RateDecision>,
+}
+
+/// The state an attempt of [`SessionService::decide_and_commit`] starts
+/// from, when it does not load one.
+enum Known {
+    /// The instance's copy, which may be behind: a refusal decided on it is
+    /// checked again on the store's state.
+    Cached(Arc<Session>),
+    /// As the store holds it (a claim's read, a conflict's answer).
+    Fresh(Arc<Session>),
 }
 
 /// The service, generic over its ports.
@@ -139,6 +181,11 @@ pub struct SessionService<S: ?Sized, B: ?Sized, C: ?Sized> {
     bus: Arc<B>,
     clock: Arc<C>,
     audit: Option<Arc<dyn AuditSink>>,
+    /// Recent sessions, shared by the clones of one service.
+    cache: Arc<SessionCache>,
+    deadline_observer: Option<DeadlineObserver>,
+    /// Who is connected, with the leave delay (see the `presence` submodule).
+    presence: presence::Presence,
 }
 
 impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
@@ -148,6 +195,9 @@ impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
             bus: self.bus.clone(),
             clock: self.clock.clone(),
             audit: self.audit.clone(),
+            cache: self.cache.clone(),
+            deadline_observer: self.deadline_observer.clone(),
+            presence: self.presence.clone(),
         }
     }
 }
@@ -166,6 +216,46 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             bus,
             clock,
             audit: None,
+            cache: Arc::new(SessionCache::new(DEFAULT_CAPACITY)),
+            deadline_observer: None,
+            presence: presence::Presence::default(),
+        }
+    }
+
+    /// The same service telling `observer` each committed deadline (see
+    /// [`DeadlineObserver`]).
+    #[must_use]
+    pub fn with_deadline_observer(mut self, observer: DeadlineObserver) -> Self {
+        self.deadline_observer = Some(observer);
+        self
+    }
+
+    /// Tells the observer, if any, a session's new deadline.
+    fn observe_deadline(&self, id: SessionId, deadline: Option<i64>) {
+        if let Some(observe) = &self.deadline_observer {
+            observe(id, deadline);
+        }
+    }
+
+    /// The same service keeping at most `capacity` recent sessions (0: none,
+    /// every command loads its session first).
+    #[must_use]
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
+        self.cache = Arc::new(SessionCache::new(capacity));
+        self
+    }
+
+    /// Keeps the cache fresh with what the bus delivered for a session this
+    /// instance watches: a newer state replaces the copy held (none is
+    /// added), a deletion drops it. The hub calls it for every message it
+    /// receives, so a session played over this instance's sockets usually
+    /// costs one store round trip per command even when other instances
+    /// commit too.
+    pub fn observe(&self, message: &BusMessage) {
+        match message {
+            BusMessage::Updated { state, .. } => self.cache.refresh(state),
+            BusMessage::Deleted { session_id, .. } => self.cache.remove(*session_id),
+            BusMessage::Event { .. } | BusMessage::Lagged => {}
         }
     }
 
@@ -213,6 +303,22 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
     ) -> Result<Vec<Claimed>, ServiceError> {
         let now = self.clock.now_ms();
         Ok(self.store.claim_due(now, limit, lease_ms).await?)
+    }
+
+    /// [`Self::claim_due`] for deadlines more than `grace_ms` past: the
+    /// safety net's claim, which leaves a deadline to the local timer of the
+    /// instance that committed it for `grace_ms`. The lease still runs
+    /// `lease_ms` from now.
+    pub async fn claim_overdue(
+        &self,
+        limit: usize,
+        lease_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Vec<Claimed>, ServiceError> {
+        let grace = grace_ms.max(0);
+        let cutoff = self.clock.now_ms().saturating_sub(grace);
+        let lease = lease_ms.saturating_add(grace);
+        Ok(self.store.claim_due(cutoff, limit, lease).await?)
     }
 
     /// A session's stored state and the instant it was read, for a caller
@@ -282,15 +388,39 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             Err(StoreError::AlreadyExists) => return Err(ServiceError::AlreadyExists(id)),
             Err(e) => return Err(e.into()),
         }
+        self.observe_deadline(id, machine::next_deadline(&state));
         let view = view(&state, now);
+        let state = Arc::new(state);
+        self.cache.insert(state.clone());
         self.bus
             .publish(BusMessage::Updated {
-                state: Arc::new(state),
+                state,
                 events: vec![event],
                 at_ms: now,
             })
             .await;
         Ok(view)
+    }
+
+    /// One page of every stored session as of now, for an admin whose token
+    /// is not scoped to one session (the admin view): about `limit` views,
+    /// and the cursor of the next page (see [`SessionStore::list`] for what
+    /// a walk guarantees and costs).
+    pub async fn list(
+        &self,
+        actor: &Actor,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<SessionView>, Option<String>), ServiceError> {
+        if !authorize(actor, Action::ListSessions, None) {
+            return Err(ServiceError::Forbidden(
+                "only an admin token for every session may list sessions",
+            ));
+        }
+        let page = self.store.list(cursor, limit).await?;
+        let now = self.clock.now_ms();
+        let views = page.sessions.iter().map(|s| view(s, now)).collect();
+        Ok((views, page.next_cursor))
     }
 
     /// Loads a session as of now, checking the caller may read it.
@@ -330,25 +460,77 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         command: Command,
         expected_version: Option<u64>,
     ) -> Result<Executed, ServiceError> {
+        self.execute_limited(actor, id, command, expected_version, None)
+            .await
+    }
+
+    /// [`Self::execute`], counting the command against the session's own
+    /// rate `limit` (the switch limit) in the same atomic step as its commit:
+    /// a refusal is [`ServiceError::RateLimited`] and changes nothing; only a
+    /// command that changes the session counts.
+    ///
+    /// The command is decided on the instance's copy of the session when it
+    /// has one (no load), and the commit confirms it; a copy that is behind
+    /// costs one retry on the state the conflict returns, and a refusal
+    /// decided on a copy (the rules, the rights, `expected_version`) is
+    /// decided again on the store's state before it is answered.
+    pub async fn execute_limited(
+        &self,
+        actor: &Actor,
+        id: SessionId,
+        command: Command,
+        expected_version: Option<u64>,
+        limit: Option<Limit>,
+    ) -> Result<Executed, ServiceError> {
         let action = match command {
             Command::Switch { .. } => Action::Switch,
             Command::AddTime { .. } => Action::AddTime,
+            Command::Join(_) | Command::Leave { .. } => Action::ManageParticipants,
             _ => Action::Control,
         };
         self.decide_and_commit(
-            || async { Ok(Continue(self.load_authorized(actor, id, action).await?)) },
+            self.cache.get(id).map(Known::Cached),
+            || async move {
+                match self.load_fresh(id).await? {
+                    Some(state) => Ok(Continue(state)),
+                    None => Err(ServiceError::NotFound(id)),
+                }
+            },
             |stored, now| {
+                if !authorize(actor, action, Some(&settle_deadlines(stored, now))) {
+                    return Err(ServiceError::Forbidden(
+                        "this token may not do that to this session",
+                    ));
+                }
                 let decision = machine::decide(stored, &command, expected_version, now)?;
                 Ok(Continue(decision))
             },
+            limit,
             |done| Executed {
                 view: view(done.state, done.at_ms),
                 expired_participant_id: done.expired_participant_id,
                 fired_deadlines: done.fired_deadlines,
                 at_ms: done.at_ms,
+                rate: done.rate,
             },
         )
         .await
+    }
+
+    /// The store's state of a session, kept in the cache (or dropped from
+    /// it when the session is gone).
+    async fn load_fresh(&self, id: SessionId) -> Result<Option<Arc<Session>>, ServiceError> {
+        match self.store.load(id).await? {
+            Some(state) => {
+                let state = Arc::new(state);
+                self.cache.insert(state.clone());
+                Ok(Some(state))
+            }
+            None => {
+                self.cache.remove(id);
+                Ok(None)
+            }
+        }
     }
 
     /// Applies the due deadlines of one session (the timeout worker's call).
@@ -363,24 +545,15 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
     /// it (one store round trip less per timeout); a stale state only costs
     /// a compare-and-set conflict and a reload.
     pub async fn fire_claimed(&self, claimed: Claimed) -> Result<Vec<i64>, ServiceError> {
-        let Claimed {
-            id,
-            state: mut known,
-        } = claimed;
+        let Claimed { id, state } = claimed;
         self.decide_and_commit(
             // The claimed state first, then the store's; a session gone
             // meanwhile has nothing due.
-            move || {
-                let known = known.take();
-                async move {
-                    let stored = match known {
-                        Some(state) => state,
-                        None => match self.store.load(id).await? {
-                            Some(state) => state,
-                            None => return Ok(Break(Vec::new())),
-                        },
-                    };
-                    Ok(Continue((stored, self.clock.now_ms())))
+            state.map(|s| Known::Fresh(Arc::new(s))),
+            || async move {
+                match self.load_fresh(id).await? {
+                    Some(state) => Ok(Continue(state)),
+                    None => Ok(Break(Vec::new())),
                 }
             },
             |stored, now| match machine::decide(stored, &Command::Timeout, None, now) {
@@ -389,6 +562,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
                 Err(TransitionError::NothingDue) => Ok(Break(Vec::new())),
                 Err(e) => Err(e.into()),
             },
+            None,
             |done| done.fired_deadlines,
         )
         .await
@@ -425,6 +599,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
                 Err(e) => return Err(e),
             }
         }
+        self.cache.remove(id);
         if !self.store.delete(id).await? {
             // A concurrent delete removed it first and tells subscribers.
             return Ok(());
@@ -440,32 +615,49 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
 
     /// The one compare-and-set loop behind every state change after create.
     ///
-    /// Each attempt: `load` the state to decide on and the instant to decide
-    /// at; `decide` on it; commit the decision if and only if the stored
-    /// version is still the one decided on; then `finish` reads the committed
-    /// state, every version is published in order, and `finish`'s answer is
-    /// returned. A lost race ([`StoreError::VersionConflict`]) starts over
-    /// with a fresh `load` (a command with `expected_version` then gets its
-    /// conflict from `decide`), at most [`MAX_CAS_ATTEMPTS`] times. `load`
-    /// and `decide` end the loop early with `Break(answer)` (nothing to do)
-    /// or an error; any other store error ends it too.
+    /// Each attempt decides on a state: the one `known` (the instance's
+    /// cached copy, or a claim's read) first, the one a lost compare-and-set
+    /// returned after that, else a fresh `load`. `decide` runs on it at the
+    /// current instant; its decision is committed if and only if the stored
+    /// version is still the one decided on (and `limit`, when given, allows
+    /// it, in the same atomic step); then `finish` reads the committed state,
+    /// every version is published in order, and `finish`'s answer is
+    /// returned.
+    ///
+    /// A lost race ([`StoreError::VersionConflict`]) starts over on the
+    /// state the store returned with it (a command with `expected_version`
+    /// then gets its conflict from `decide`), or on a fresh `load` when the
+    /// session is gone, at most [`MAX_CAS_ATTEMPTS`] times. `load` and
+    /// `decide` end the loop early with `Break(answer)` (nothing to do) or an
+    /// error, except on a cached copy, which may be behind: then the attempt
+    /// starts over on a fresh `load`. Any other store error ends it too.
     async fn decide_and_commit<R, L>(
         &self,
+        mut known: Option<Known>,
         mut load: impl FnMut() -> L,
         mut decide: impl FnMut(&Session, i64) -> Result<ControlFlow<R, Decision>, ServiceError>,
+        limit: Option<Limit>,
         finish: impl FnOnce(Committed<'_>) -> R,
     ) -> Result<R, ServiceError>
     where
-        L: Future<Output = Result<ControlFlow<R, (Session, i64)>, ServiceError>>,
+        L: Future<Output = Result<ControlFlow<R, Arc<Session>>, ServiceError>>,
     {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let (stored, now) = match load().await? {
-                Continue(loaded) => loaded,
-                Break(answer) => return Ok(answer),
+            let (stored, cached) = match known.take() {
+                Some(Known::Cached(state)) => (state, true),
+                Some(Known::Fresh(state)) => (state, false),
+                None => match load().await? {
+                    Continue(state) => (state, false),
+                    Break(answer) => return Ok(answer),
+                },
             };
-            let decision = match decide(&stored, now)? {
-                Continue(decision) => decision,
-                Break(answer) => return Ok(answer),
+            let now = self.clock.now_ms();
+            let decision = match decide(&stored, now) {
+                Ok(Continue(decision)) => decision,
+                // Decided on a copy that may be behind: ask the store.
+                Ok(Break(_)) | Err(_) if cached => continue,
+                Ok(Break(answer)) => return Ok(answer),
+                Err(e) => return Err(e),
             };
             let Decision {
                 state,
@@ -479,20 +671,41 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
                 expected_version: stored.version,
                 events,
                 state,
+                rate: limit.map(|limit| RateCheck { limit, now_ms: now }),
             };
             match self.store.commit(&commit).await {
-                Ok(()) => {
+                Ok(rate) => {
+                    self.observe_deadline(commit.state.id, commit.deadline);
+                    let Commit { state, events, .. } = commit;
+                    let state = Arc::new(state);
+                    self.cache.insert(state.clone());
                     let answer = finish(Committed {
-                        state: &commit.state,
+                        state: &state,
                         expired_participant_id,
                         fired_deadlines,
                         at_ms: now,
+                        rate,
                     });
-                    self.publish_versions(intermediate, commit, now).await;
+                    self.publish_versions(intermediate, state, events, now)
+                        .await;
                     return Ok(answer);
                 }
-                // Lost a race: load and decide again on the fresh state.
-                Err(StoreError::VersionConflict) => continue,
+                // Lost a race: decide again on the state the store holds.
+                Err(StoreError::VersionConflict(Some(current))) => {
+                    let current: Arc<Session> = Arc::from(current);
+                    self.cache.insert(current.clone());
+                    known = Some(Known::Fresh(current));
+                }
+                // Gone (deleted, expired): the next load says so.
+                Err(StoreError::VersionConflict(None)) => self.cache.remove(stored.id),
+                Err(StoreError::RateLimited(decision)) => {
+                    return Err(match limit {
+                        Some(limit) => ServiceError::RateLimited { decision, limit },
+                        None => ServiceError::Internal(
+                            "the store refused a commit by a rate limit it was not given".into(),
+                        ),
+                    });
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -501,9 +714,16 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         )))
     }
 
-    /// Publishes one message per committed version, in version order.
-    async fn publish_versions(&self, intermediate: Vec<Session>, commit: Commit, now: i64) {
-        let mut events = commit.events;
+    /// Publishes one message per committed version, in version order: the
+    /// intermediate ones (deadlines applied before the command), then the
+    /// final `state` with the rest of `events`.
+    async fn publish_versions(
+        &self,
+        intermediate: Vec<Session>,
+        state: Arc<Session>,
+        mut events: Vec<Event>,
+        now: i64,
+    ) {
         for state in intermediate {
             let rest = events.split_off(events.partition_point(|e| e.version <= state.version));
             let mine: Vec<Event> = std::mem::replace(&mut events, rest);
@@ -518,7 +738,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         }
         self.bus
             .publish(BusMessage::Updated {
-                state: Arc::new(commit.state),
+                state,
                 events,
                 at_ms: now,
             })

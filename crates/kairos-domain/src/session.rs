@@ -331,6 +331,11 @@ pub struct Session {
     /// When a pending session starts by itself.
     #[serde(default)]
     pub start_at_ms: Option<i64>,
+    // --- Contract section 9; defaults too.
+    /// Pause by itself when the active participant has had no connection
+    /// for this long (the presence module's `auto_pause_due`).
+    #[serde(default)]
+    pub auto_pause_on_disconnect_ms: Option<i64>,
 }
 
 impl Session {

@@ -134,6 +134,8 @@ pub struct SessionView {
     pub warnings_ms: Vec<i64>,
     /// When a pending session starts by itself.
     pub start_at_ms: Option<i64>,
+    /// The auto-pause period of contract section 9, if configured.
+    pub auto_pause_on_disconnect_ms: Option<i64>,
 }
 
 /// The view of `state` at `now`, with every deadline up to `now` applied.
@@ -253,6 +255,7 @@ fn view_settled(s: &Session, now: i64) -> SessionView {
         lag_compensation: s.lag_compensation,
         warnings_ms: s.warnings_ms.clone(),
         start_at_ms: s.start_at_ms,
+        auto_pause_on_disconnect_ms: s.auto_pause_on_disconnect_ms,
     }
 }
 

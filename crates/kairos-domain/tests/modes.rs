@@ -2794,7 +2794,7 @@ mod service {
             .times(1)
             .in_sequence(&mut seq)
             .withf(|c| c.expected_version == 2 && c.state.version == 3)
-            .returning(|_| Err(StoreError::VersionConflict));
+            .returning(|_| Err(StoreError::VersionConflict(None)));
         let fresh = v3.clone();
         store
             .expect_load()
@@ -2813,7 +2813,7 @@ mod service {
                     && c.events.len() == 1
                     && c.events[0].version == 4
             })
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(10_000));
 
@@ -2866,7 +2866,7 @@ mod service {
             .expect_commit()
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|_| Err(StoreError::VersionConflict));
+            .returning(|_| Err(StoreError::VersionConflict(None)));
         store
             .expect_load()
             .times(1)
@@ -2916,7 +2916,7 @@ mod service {
                     && c.events.len() == 3
                     && c.deadline.is_none()
             })
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(25_000));
 
@@ -2963,7 +2963,7 @@ mod service {
             .expect_commit()
             .times(1)
             .withf(|c| c.state.version == 3 && c.state.status == Status::Expired)
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(301_000));
 
@@ -3001,7 +3001,7 @@ mod service {
         store
             .expect_load()
             .returning(move |_| Ok(Some(stored.clone())));
-        store.expect_commit().times(1).returning(|_| Ok(()));
+        store.expect_commit().times(1).returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(1_000));
 
@@ -3126,7 +3126,7 @@ mod service {
             .times(1)
             .in_sequence(&mut seq)
             .withf(|c| c.expected_version == 2 && c.state.version == 3 && c.deadline.is_none())
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let mut clock = MockClock::new();
         let mut ticks = vec![at(350_000), at(100_000)];
         clock
@@ -3161,7 +3161,7 @@ mod service {
             .expect_commit()
             .times(1)
             .withf(|c| c.expected_version == 2 && c.state.version == 3 && c.deadline.is_none())
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(350_000));
 
@@ -3210,7 +3210,7 @@ mod service {
             .times(1)
             .in_sequence(&mut seq)
             .withf(|c| c.expected_version == 2)
-            .returning(|_| Err(StoreError::VersionConflict));
+            .returning(|_| Err(StoreError::VersionConflict(None)));
         store
             .expect_load()
             .times(1)
@@ -3221,7 +3221,7 @@ mod service {
             .times(1)
             .in_sequence(&mut seq)
             .withf(|c| c.expected_version == 3 && c.state.version == 4 && c.deadline.is_none())
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         let (bus, log) = recording_bus();
         let svc = service(store, bus, clock_at(450_000));
 
@@ -3258,7 +3258,7 @@ mod service {
             .expect_commit()
             .times(1)
             .withf(|c| c.state.status == Status::Cancelled && c.state.version == 3)
-            .returning(|_| Ok(()));
+            .returning(|_| Ok(None));
         store.expect_delete().times(1).returning(|_| Ok(true));
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
@@ -3588,5 +3588,281 @@ mod service {
         // Assert
         assert_eq!(due, Ok(vec![Claimed::id_only(sid())]));
         assert_eq!(down, Err(ServiceError::Unavailable("down".into())));
+    }
+
+    // --- One store round trip per command on a session the instance knows.
+
+    fn switch() -> Command {
+        Command::Switch {
+            next: None,
+            lag_ms: None,
+        }
+    }
+
+    /// `state` after one switch at `ms`.
+    fn switched(state: &Session, ms: i64) -> Session {
+        machine::decide(state, &switch(), None, at(ms))
+            .expect("switch")
+            .state
+    }
+
+    #[tokio::test]
+    async fn a_second_command_decides_on_the_cached_copy_without_a_load() {
+        // Arrange: one load ever; two commits, each on the version before.
+        let v2 = running_chess();
+        let mut store = MockSessionStore::new();
+        store
+            .expect_load()
+            .times(1)
+            .returning(move |_| Ok(Some(v2.clone())));
+        let mut seq = Sequence::new();
+        for expected in [2, 3] {
+            store
+                .expect_commit()
+                .times(1)
+                .in_sequence(&mut seq)
+                .withf(move |c| c.expected_version == expected && c.rate.is_none())
+                .returning(|_| Ok(None));
+        }
+        let (bus, log) = recording_bus();
+        let svc = service(store, bus, clock_at(1_000));
+
+        // Act
+        let first = svc.execute(&host(), sid(), switch(), None).await;
+        let second = svc.execute(&host(), sid(), switch(), None).await;
+
+        // Assert
+        assert_eq!(first.expect("first").view.version, 3);
+        assert_eq!(second.expect("second").view.version, 4);
+        assert_eq!(
+            published(&log),
+            [
+                (3, vec![EventType::CycleSwitched]),
+                (4, vec![EventType::CycleSwitched])
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_copy_costs_one_retry_on_the_state_the_conflict_returns() {
+        // Arrange: the instance loaded v2 once (for a refused command);
+        // another instance committed v3 since.
+        let v2 = running_chess();
+        let v3 = switched(&v2, 5_000);
+        let mut store = MockSessionStore::new();
+        store
+            .expect_load()
+            .times(1)
+            .returning(move |_| Ok(Some(v2.clone())));
+        let mut seq = Sequence::new();
+        let current = v3.clone();
+        store
+            .expect_commit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(|c| c.expected_version == 2)
+            .returning(move |_| Err(StoreError::VersionConflict(Some(Box::new(current.clone())))));
+        store
+            .expect_commit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(|c| c.expected_version == 3 && c.state.version == 4)
+            .returning(|_| Ok(None));
+        let (bus, log) = recording_bus();
+        let svc = service(store, bus, clock_at(10_000));
+        let refused = svc.execute(&host(), sid(), Command::Resume, None).await;
+        assert!(
+            matches!(refused, Err(ServiceError::Transition(_))),
+            "{refused:?}"
+        );
+
+        // Act
+        let done = svc.execute(&host(), sid(), switch(), None).await;
+
+        // Assert: no second load; black's 5 s charged on v3.
+        let done = done.expect("retried");
+        assert_eq!(done.view.version, 4);
+        assert_eq!(done.view.active_participant_id, Some(pid("white")));
+        assert_eq!(published(&log), [(4, vec![EventType::CycleSwitched])]);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_decided_on_a_cached_copy_is_decided_again_on_the_store() {
+        // Arrange: the instance holds v3; the store holds v4, which the
+        // client expects. On the copy that is a version conflict; on the
+        // store's state it is the command.
+        let v2 = running_chess();
+        let v3 = switched(&v2, 1_000);
+        let v4 = switched(&v3, 2_000);
+        let mut store = MockSessionStore::new();
+        let mut seq = Sequence::new();
+        let first = v3.clone();
+        store
+            .expect_load()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_| Ok(Some(first.clone())));
+        let fresh = v4.clone();
+        store
+            .expect_load()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_| Ok(Some(fresh.clone())));
+        store
+            .expect_commit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(|c| c.expected_version == 4 && c.state.version == 5)
+            .returning(|_| Ok(None));
+        let (bus, _log) = recording_bus();
+        let svc = service(store, bus, clock_at(3_000));
+        // A read does not fill the cache; a refused command's load does.
+        let refused = svc.execute(&viewer(), sid(), Command::Pause, None).await;
+        assert!(
+            matches!(refused, Err(ServiceError::Forbidden(_))),
+            "{refused:?}"
+        );
+
+        // Act
+        let paused = svc.execute(&host(), sid(), Command::Pause, Some(4)).await;
+
+        // Assert
+        let paused = paused.expect("paused on the store's version");
+        assert_eq!(
+            (paused.view.version, paused.view.status),
+            (5, Status::Paused)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_switch_limit_travels_with_the_commit_and_its_refusal_changes_nothing() {
+        // Arrange
+        let v2 = running_chess();
+        let limit = kairos_domain::Limit::per_second(10);
+        let allowed = kairos_domain::RateDecision {
+            allowed: true,
+            limit: 10,
+            remaining: 9,
+            reset_ms: 100,
+            retry_after_ms: 0,
+        };
+        let refused = kairos_domain::RateDecision {
+            allowed: false,
+            limit: 10,
+            remaining: 0,
+            reset_ms: 1_000,
+            retry_after_ms: 100,
+        };
+        let mut store = MockSessionStore::new();
+        store
+            .expect_load()
+            .times(1)
+            .returning(move |_| Ok(Some(v2.clone())));
+        let mut seq = Sequence::new();
+        store
+            .expect_commit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(move |c| {
+                c.rate
+                    == Some(kairos_domain::RateCheck {
+                        limit,
+                        now_ms: at(1_000),
+                    })
+            })
+            .returning(move |_| Ok(Some(allowed)));
+        store
+            .expect_commit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(|c| c.expected_version == 3)
+            .returning(move |_| Err(StoreError::RateLimited(refused)));
+        let (bus, log) = recording_bus();
+        let svc = service(store, bus, clock_at(1_000));
+
+        // Act
+        let first = svc
+            .execute_limited(&host(), sid(), switch(), None, Some(limit))
+            .await;
+        let second = svc
+            .execute_limited(&host(), sid(), switch(), None, Some(limit))
+            .await;
+
+        // Assert
+        assert_eq!(first.expect("allowed").rate, Some(allowed));
+        assert_eq!(
+            second,
+            Err(ServiceError::RateLimited {
+                decision: refused,
+                limit
+            })
+        );
+        assert_eq!(published(&log), [(3, vec![EventType::CycleSwitched])]);
+    }
+
+    #[tokio::test]
+    async fn a_copy_deleted_elsewhere_is_not_found_and_a_deletion_on_the_bus_drops_it() {
+        // Arrange: two sessions known from a load each; one was deleted
+        // elsewhere (its commit finds no key), the other's deletion came by
+        // the bus (its next command loads and finds nothing).
+        let v2 = running_chess();
+        let mut store = MockSessionStore::new();
+        let mut seq = Sequence::new();
+        let known = v2.clone();
+        store
+            .expect_load()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_| Ok(Some(known.clone())));
+        store
+            .expect_commit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok(None));
+        store
+            .expect_commit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Err(StoreError::VersionConflict(None)));
+        store
+            .expect_load()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok(None));
+        store
+            .expect_load()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_| Ok(Some(v2.clone())));
+        store
+            .expect_load()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok(None));
+        let (bus, _log) = recording_bus();
+        let svc = service(store, bus, clock_at(1_000));
+        svc.execute(&host(), sid(), switch(), None)
+            .await
+            .expect("known now");
+
+        // Act
+        let gone = svc.execute(&host(), sid(), switch(), None).await;
+        let reloaded = svc.execute(&host(), sid(), Command::Pause, Some(9)).await;
+        svc.observe(&BusMessage::Deleted {
+            session_id: sid(),
+            at_ms: at(1_000),
+        });
+        let deleted = svc.execute(&host(), sid(), switch(), None).await;
+
+        // Assert
+        assert_eq!(gone, Err(ServiceError::NotFound(sid())));
+        assert!(
+            matches!(
+                reloaded,
+                Err(ServiceError::Transition(TransitionError::Conflict { .. }))
+            ),
+            "{reloaded:?}"
+        );
+        assert_eq!(deleted, Err(ServiceError::NotFound(sid())));
     }
 }

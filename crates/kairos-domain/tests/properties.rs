@@ -521,6 +521,13 @@ fn run(setup: &Setup, steps: &[Step]) -> Result<(), TestCaseError> {
                 );
                 prop_assert_eq!(read.status, Status::Running);
             }
+            // Joining and leaving have properties of their own (tests/participants.rs).
+            Err(
+                e
+                @ (TransitionError::ParticipantExists(_) | TransitionError::InvalidParticipant(_)),
+            ) => {
+                prop_assert!(false, "no participant joins in these sequences: {e:?}");
+            }
         }
     }
     Ok(())

@@ -1005,7 +1005,7 @@ async fn warnings_and_scheduled_starts_go_through_the_deadline_index_once() {
     let log = commits.clone();
     store.expect_commit().times(1).returning(move |c| {
         log.lock().expect("lock").push(c.clone());
-        Ok(())
+        Ok(None)
     });
     let mut bus = MockEventBus::new();
     bus.expect_publish().returning(|_| ());

@@ -20,6 +20,10 @@
 //! - [`redis_ping`]: the bare Redis round trip the switch is compared with.
 //! - [`http_ping`]: the bare HTTP round trip to the service (`GET /v1/time`,
 //!   no I/O behind it), the floor under the switch.
+//! - [`webhooks`]: switches with a signed webhook per switch to a receiver
+//!   in the load generator; the delivery latency beside the switch's.
+//! - [`redis_commands`]: the Redis commands the server sends per switch,
+//!   counted with `MONITOR`.
 //! - [`http_load`]: the request outcome, tally, closed-loop driver and report
 //!   fields shared by `switch` and `http-ping`.
 
@@ -32,10 +36,12 @@ mod fanout;
 mod fleet;
 mod http_load;
 mod http_ping;
+mod redis_commands;
 mod redis_ping;
 mod switch;
 mod time_controls;
 mod timeouts;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -70,6 +76,10 @@ enum Scenario {
     RedisPing(redis_ping::Args),
     /// Bare HTTP round trips (`GET /v1/time`) at a given concurrency (the HTTP floor).
     HttpPing(http_ping::Args),
+    /// Switches with a signed webhook each; delivery latency to a local receiver.
+    Webhooks(webhooks::Args),
+    /// The Redis commands one switch costs, counted with `MONITOR`.
+    RedisCommands(redis_commands::Args),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +103,8 @@ fn main() -> ExitCode {
             Scenario::TimeControls(args) => time_controls::run(args).await,
             Scenario::RedisPing(args) => redis_ping::run(args).await,
             Scenario::HttpPing(args) => http_ping::run(args).await,
+            Scenario::Webhooks(args) => webhooks::run(args).await,
+            Scenario::RedisCommands(args) => redis_commands::run(args).await,
         }
     });
     // Sockets still held by finished tasks are closed with the runtime.

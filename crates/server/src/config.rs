@@ -24,6 +24,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use http_actix::auth::Secret;
 use http_actix::limits::RateLimits;
 use kairos_domain::Limit;
+use kairos_domain::webhook::RetrySchedule;
 use redis_conn::{RedisMode, RedisTarget};
 use store_redis::RedisConfig;
 
@@ -73,6 +74,47 @@ impl RedisSettings {
         bus_redis::RedisBusConfig {
             channel_prefix: self.key_prefix.trim_end_matches(':').to_owned(),
             ..bus_redis::RedisBusConfig::new(self.target.clone())
+        }
+    }
+}
+
+/// Webhooks (contract section 9): whether they run, which URLs the SSRF
+/// guard accepts, the retry schedule and the sends in flight per instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// `WEBHOOKS` (on|off, default on): off, nothing feeds or sends
+    /// webhooks and `/v1/webhooks` still manages endpoints.
+    pub enabled: bool,
+    /// `WEBHOOK_ALLOW_HTTP` (default false): `http://` URLs accepted.
+    pub allow_http: bool,
+    /// `WEBHOOK_ALLOW_PRIVATE` (default false): hosts on loopback, private,
+    /// link-local... addresses accepted (local development and tests).
+    pub allow_private: bool,
+    /// `WEBHOOK_RETRY_SCHEDULE_MS` (default the contract's 5 s, 5 min, 30 min,
+    /// 2 h, 5 h, 10 h, 24 h).
+    pub retry_schedule: RetrySchedule,
+    /// `WEBHOOK_CONCURRENCY` (default 64): sends in flight per instance.
+    pub concurrency: usize,
+}
+
+impl WebhookSettings {
+    /// What the SSRF guard allows.
+    pub fn policy(&self) -> webhook_http::UrlPolicy {
+        webhook_http::UrlPolicy {
+            allow_http: self.allow_http,
+            allow_private: self.allow_private,
+        }
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow_http: false,
+            allow_private: false,
+            retry_schedule: RetrySchedule::default(),
+            concurrency: 64,
         }
     }
 }
@@ -152,9 +194,22 @@ pub struct Settings {
     /// Audit events another instance read but did not acknowledge within this
     /// are written by this one (`AUDIT_RECLAIM_MS`, default 30000).
     pub audit_reclaim_ms: i64,
+    /// How often the timeout safety net sweeps the deadline index for
+    /// deadlines no local timer applied (`TIMEOUT_SWEEP_MS`, default 500).
+    pub timeout_sweep: Duration,
+    /// How far past its deadline a session must be before the sweep claims
+    /// it, leaving it to the local timer of the instance that committed it
+    /// (`TIMEOUT_SWEEP_GRACE_MS`, default 500).
+    pub timeout_sweep_grace: Duration,
+    /// How long a user whose last WebSocket to a session closed may come
+    /// back before `presence_left` is sent (`PRESENCE_LEAVE_DELAY_MS`,
+    /// default 5000, at most 600000).
+    pub presence_leave_delay_ms: i64,
     /// Browser origins allowed (`ALLOWED_ORIGINS`, comma-separated, e.g.
     /// `https://app.example.com`); unset: WebSockets from any origin, no CORS.
     pub allowed_origins: Option<Vec<String>>,
+    /// Webhooks (`WEBHOOKS`, `WEBHOOK_*`).
+    pub webhooks: WebhookSettings,
 }
 
 impl fmt::Debug for Settings {
@@ -182,7 +237,11 @@ impl fmt::Debug for Settings {
             .field("database_url", &self.database_url)
             .field("database_pool_size", &self.database_pool_size)
             .field("audit_reclaim_ms", &self.audit_reclaim_ms)
+            .field("timeout_sweep", &self.timeout_sweep)
+            .field("timeout_sweep_grace", &self.timeout_sweep_grace)
             .field("allowed_origins", &self.allowed_origins)
+            .field("webhooks", &self.webhooks)
+            .field("presence_leave_delay_ms", &self.presence_leave_delay_ms)
             .finish()
     }
 }
@@ -229,6 +288,8 @@ const STATE: &str = "State (Redis)";
 const AUDIT: &str = "Audit";
 const SECURITY: &str = "Security";
 const WEBSOCKETS: &str = "WebSockets";
+const TIMEOUTS: &str = "Timeouts";
+const WEBHOOKS: &str = "Webhooks";
 
 /// Every setting, declared once: the variable (`env`), the flag, the
 /// default, the parser and the help text (the doc comment). Each is read
@@ -293,6 +354,13 @@ pub struct Vars {
     #[arg(long, env = "AUDIT_RECLAIM_MS", default_value_t = 30_000, value_parser = positive::<u64>, help_heading = AUDIT)]
     audit_reclaim_ms: u64,
 
+    /// the safety net for a dead instance's timers: sweep the deadline index this often (the instance that commits a deadline fires it with a local timer)
+    #[arg(long, env = "TIMEOUT_SWEEP_MS", default_value_t = 500, value_parser = positive::<u64>, help_heading = TIMEOUTS)]
+    timeout_sweep_ms: u64,
+    /// the sweep claims only deadlines at least this far past, leaving them to the local timer first
+    #[arg(long, env = "TIMEOUT_SWEEP_GRACE_MS", default_value_t = 500, value_parser = parsed::<u64>, help_heading = TIMEOUTS)]
+    timeout_sweep_grace_ms: u64,
+
     /// HS256 secret, at least 32 bytes; setting it turns tokens on
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = secret, help_heading = SECURITY)]
     jwt_secret: Option<Secret>,
@@ -339,9 +407,28 @@ pub struct Vars {
     /// WebSockets one token subject may hold (close 1008 above), across all instances with Redis
     #[arg(long, env = "WS_MAX_CONNECTIONS_PER_USER", default_value_t = 5, value_parser = positive::<usize>, help_heading = WEBSOCKETS)]
     ws_max_connections_per_user: usize,
+    /// a user whose last WebSocket to a session closed gets presence_left only if not back within this long (0..=600000)
+    #[arg(long, env = "PRESENCE_LEAVE_DELAY_MS", default_value_t = 5_000, value_parser = leave_delay_ms, help_heading = WEBSOCKETS)]
+    presence_leave_delay_ms: u64,
     /// messages one client may send (close 1008 above)
     #[arg(long, env = "WS_MESSAGES_PER_MINUTE", default_value_t = 100, value_parser = positive::<u32>, help_heading = WEBSOCKETS)]
     ws_messages_per_minute: u32,
+
+    /// off: no webhook is fed or sent (endpoints can still be managed)
+    #[arg(long, env = "WEBHOOKS", value_enum, default_value_t = OnOff::On, help_heading = WEBHOOKS)]
+    webhooks: OnOff,
+    /// accept http:// webhook URLs (else https:// only)
+    #[arg(long, env = "WEBHOOK_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set, value_parser = parsed::<bool>, help_heading = WEBHOOKS)]
+    webhook_allow_http: bool,
+    /// accept webhook hosts on loopback, private, link-local, multicast addresses (local development and tests only)
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, value_parser = parsed::<bool>, help_heading = WEBHOOKS)]
+    webhook_allow_private: bool,
+    /// waits between delivery attempts in ms, comma-separated (±20% jitter); after the last the endpoint is disabled
+    #[arg(long, env = "WEBHOOK_RETRY_SCHEDULE_MS", default_value_t = RetrySchedule::default(), value_parser = parsed::<RetrySchedule>, help_heading = WEBHOOKS)]
+    webhook_retry_schedule_ms: RetrySchedule,
+    /// webhook sends in flight per instance (each gives up after 10 s)
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 64, value_parser = positive::<usize>, help_heading = WEBHOOKS)]
+    webhook_concurrency: usize,
 }
 
 /// `REDIS_MODE`'s values.
@@ -422,7 +509,18 @@ impl Vars {
             database_url: self.database_url,
             database_pool_size: self.database_pool_size,
             audit_reclaim_ms: i64::try_from(self.audit_reclaim_ms).unwrap_or(i64::MAX),
+            timeout_sweep: Duration::from_millis(self.timeout_sweep_ms),
+            timeout_sweep_grace: Duration::from_millis(self.timeout_sweep_grace_ms),
             allowed_origins: self.allowed_origins.map(|l| l.0),
+            webhooks: WebhookSettings {
+                enabled: self.webhooks == OnOff::On,
+                allow_http: self.webhook_allow_http,
+                allow_private: self.webhook_allow_private,
+                retry_schedule: self.webhook_retry_schedule_ms,
+                concurrency: self.webhook_concurrency,
+            },
+            presence_leave_delay_ms: i64::try_from(self.presence_leave_delay_ms)
+                .unwrap_or(i64::MAX),
         })
     }
 
@@ -642,6 +740,15 @@ where
     Ok(value)
 }
 
+/// `PRESENCE_LEAVE_DELAY_MS`: 0 (announce at once) to 10 minutes.
+fn leave_delay_ms(raw: &str) -> Result<u64, String> {
+    let value: u64 = parsed(raw)?;
+    if value > 600_000 {
+        return Err("must be at most 600000 (10 minutes)".into());
+    }
+    Ok(value)
+}
+
 /// A duration's whole milliseconds, for a default.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -738,7 +845,64 @@ mod tests {
         assert_eq!(s.database_url, None);
         assert_eq!(s.database_pool_size, 4);
         assert_eq!(s.audit_reclaim_ms, 30_000);
+        assert_eq!(s.timeout_sweep, Duration::from_millis(500));
+        assert_eq!(s.timeout_sweep_grace, Duration::from_millis(500));
         assert_eq!(s.allowed_origins, None);
+        assert_eq!(s.webhooks, WebhookSettings::default());
+        assert!(s.webhooks.enabled && !s.webhooks.allow_http && !s.webhooks.allow_private);
+        assert_eq!(
+            s.webhooks.retry_schedule.steps(),
+            [
+                5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 86_400_000
+            ]
+        );
+        assert_eq!(s.webhooks.concurrency, 64);
+        assert_eq!(s.presence_leave_delay_ms, 5_000);
+    }
+
+    #[test]
+    fn webhook_settings_are_read_and_checked() {
+        let s = from(&[
+            ("WEBHOOKS", "off"),
+            ("WEBHOOK_ALLOW_HTTP", "true"),
+            ("WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("WEBHOOK_RETRY_SCHEDULE_MS", "100, 200,300"),
+            ("WEBHOOK_CONCURRENCY", "3"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.webhooks,
+            WebhookSettings {
+                enabled: false,
+                allow_http: true,
+                allow_private: true,
+                retry_schedule: RetrySchedule::parse("100,200,300").unwrap(),
+                concurrency: 3,
+            }
+        );
+        for (variable, value) in [
+            ("WEBHOOKS", "maybe"),
+            ("WEBHOOK_ALLOW_HTTP", "yes"),
+            ("WEBHOOK_ALLOW_PRIVATE", "1"),
+            ("WEBHOOK_RETRY_SCHEDULE_MS", "100,,200"),
+            ("WEBHOOK_RETRY_SCHEDULE_MS", "0"),
+            ("WEBHOOK_CONCURRENCY", "0"),
+        ] {
+            let e = from(&[(variable, value)]).unwrap_err();
+            assert_eq!(e.variable, variable, "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_presence_leave_delay_is_bounded() {
+        let s = from(&[("PRESENCE_LEAVE_DELAY_MS", "0")]).unwrap();
+        assert_eq!(s.presence_leave_delay_ms, 0);
+        let s = from(&[("PRESENCE_LEAVE_DELAY_MS", "600000")]).unwrap();
+        assert_eq!(s.presence_leave_delay_ms, 600_000);
+        for bad in ["600001", "-1", "soon"] {
+            let e = from(&[("PRESENCE_LEAVE_DELAY_MS", bad)]).unwrap_err();
+            assert!(e.to_string().contains("PRESENCE_LEAVE_DELAY_MS"), "{e}");
+        }
     }
 
     #[test]
@@ -777,8 +941,12 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1"),
             ("WS_MESSAGES_PER_MINUTE", "50"),
             ("WS_MAX_CONNECTIONS_PER_USER", "2"),
+            ("TIMEOUT_SWEEP_MS", "1000"),
+            ("TIMEOUT_SWEEP_GRACE_MS", "0"),
         ])
         .unwrap();
+        assert_eq!(s.timeout_sweep, Duration::from_secs(1));
+        assert_eq!(s.timeout_sweep_grace, Duration::ZERO);
         assert!(!s.rate_limits.enabled);
         assert_eq!(s.rate_limits.switch, Limit::per_second(20));
         assert_eq!(s.rate_limits.create, Limit::per_minute(5));
@@ -811,6 +979,10 @@ mod tests {
         assert_eq!(
             from(&[("LOG_FORMAT", "xml")]).unwrap_err().variable,
             "LOG_FORMAT"
+        );
+        assert_eq!(
+            from(&[("TIMEOUT_SWEEP_MS", "0")]).unwrap_err().variable,
+            "TIMEOUT_SWEEP_MS"
         );
         assert_eq!(
             from(&[("RATE_LIMITS", "maybe")]).unwrap_err().variable,

@@ -12,13 +12,21 @@
 //!   configurations; the test hooks, apart.
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`startup`]: wiring, serving, graceful shutdown.
-//! - [`workers`]: the timeout scheduler and the audit drain.
+//! - [`timers`]: the local timers: the deadlines this instance committed,
+//!   fired when due by one task.
+//! - [`workers`]: the timeout safety net (a rare sweep of the deadline
+//!   index), the audit drain, the bus statistics, and the workers' metrics
+//!   (the webhook workers' included).
+//! - [`webhooks`]: the webhook fan-out (hooks outbox to delivery queue) and
+//!   the delivery loop (claim, send, retry or disable, log).
 //! - [`token`]: `kairos-server token`, minting tokens from `JWT_SECRET`.
 
 pub mod config;
 pub mod startup;
 pub mod telemetry;
+pub mod timers;
 pub mod token;
+pub mod webhooks;
 pub mod workers;
 
 pub use config::{Settings, TestHooks};

@@ -7,18 +7,23 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::web;
-use adapter_memory::{MemoryAudit, MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock};
+use adapter_memory::{
+    MemoryAudit, MemoryBus, MemoryPresence, MemoryRateLimiter, MemoryStore, MemoryWebhookStore,
+    SystemClock,
+};
 use bus_redis::RedisBus;
 use http_actix::{AppState, AuthMode, HttpSettings, Metrics};
 use kairos_domain::{
     AuditHealth, AuditSink, Clock, DynSessionService as Service, EventBus, Outbox, RateLimiter,
-    SessionStore,
+    SessionStore, WebhookStore,
 };
-use store_redis::{RedisClock, RedisPlaceRegistry, RedisRateLimiter, RedisStore};
-use tokio::sync::watch;
+use store_redis::{RedisClock, RedisPlaceRegistry, RedisPresence, RedisRateLimiter, RedisStore};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{RedisSettings, Settings, TestHooks};
+use crate::timers::{self, LocalTimers};
+use crate::webhooks;
 use crate::workers::{self, AuditStatus, WorkerMetrics};
 
 /// The adapters behind the ports, as the configuration chose them.
@@ -29,8 +34,12 @@ struct Adapters {
     limiter: Arc<dyn RateLimiter>,
     /// The per-user WebSocket cap across instances; `None`: counted per instance.
     places: Option<Arc<dyn kairos_domain::PlaceRegistry>>,
+    /// Who is connected to which session, over every instance.
+    presence: Arc<dyn kairos_domain::PresenceRegistry>,
     /// The outbox and the audit trail it drains into, when audit is on.
     audit: Option<(Arc<dyn Outbox>, Arc<dyn AuditSink>)>,
+    /// Webhook endpoints and queue, and the hooks outbox (fed when `WEBHOOKS=on`).
+    webhooks: (Arc<dyn WebhookStore>, Arc<dyn Outbox>),
 }
 
 /// A built application: listeners bound, adapters connected, not yet serving.
@@ -50,6 +59,12 @@ pub struct Application {
     bus_stats: Option<bus_redis::RedisBus>,
     /// The workers' metrics, in the registry `/metrics` renders.
     worker_metrics: WorkerMetrics,
+    /// The deadlines this instance committed, fired by its timer task.
+    timers: Arc<LocalTimers>,
+    /// Nudged after each commit, for the audit worker.
+    audit_nudge: Arc<Notify>,
+    /// The webhook workers, when `WEBHOOKS=on`.
+    webhooks: Option<webhooks::Workers>,
 }
 
 impl std::fmt::Debug for Application {
@@ -63,9 +78,13 @@ impl std::fmt::Debug for Application {
 
 /// The embedded default: one instance, nothing installed. The audit trail
 /// is PostgreSQL when configured, else kept in memory.
-fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapters {
-    let memory = Arc::new(MemoryStore::new(settings.session_ttl));
+fn memory_adapters(settings: &Settings, pg: Option<Pg>) -> Adapters {
+    let (pg, log) = pg.unzip();
+    let memory = Arc::new(
+        MemoryStore::new(settings.session_ttl).with_webhook_feed(settings.webhooks.enabled),
+    );
     let outbox: Arc<dyn Outbox> = memory.clone();
+    let hooks = memory.webhook_outbox();
     let audit: Arc<dyn AuditSink> = pg.unwrap_or_else(|| Arc::new(MemoryAudit::new()));
     Adapters {
         store: memory,
@@ -73,7 +92,12 @@ fn memory_adapters(settings: &Settings, pg: Option<Arc<dyn AuditSink>>) -> Adapt
         clock: Arc::new(SystemClock::new()),
         limiter: Arc::new(MemoryRateLimiter::new()),
         places: None,
+        presence: Arc::new(MemoryPresence::new()),
         audit: Some((outbox, audit)),
+        webhooks: (
+            webhook_store(MemoryWebhookStore::with_feed(hooks.clone()), log),
+            Arc::new(hooks),
+        ),
     }
 }
 
@@ -83,16 +107,18 @@ async fn redis_adapters(
     settings: &Settings,
     redis: &RedisSettings,
     hooks: TestHooks,
-    pg: Option<Arc<dyn AuditSink>>,
+    pg: Option<Pg>,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<(Adapters, bus_redis::RedisBus)> {
+    let (pg, log) = pg.unzip();
     // Without an audit store nothing drains the outbox: do not fill it.
     let config = redis.store_config(settings.session_ttl, pg.is_some());
     let target = redis.target.redacted();
     let store = RedisStore::connect(&config)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {target}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {target}: {e}"))?
+        .with_webhook_feed(settings.webhooks.enabled);
     let (clock, refresh) = RedisClock::connect_with_skew(
         store.connection(),
         CLOCK_REFRESH,
@@ -110,6 +136,11 @@ async fn redis_adapters(
     tasks.spawn(bus_tasks.join());
     let limiter = RedisRateLimiter::new(store.connection(), config.key_prefix.clone());
     let places = RedisPlaceRegistry::new(store.connection(), config.key_prefix.clone());
+    let webhooks: (Arc<dyn WebhookStore>, Arc<dyn Outbox>) = (
+        webhook_store(store.webhook_store(), log),
+        Arc::new(store.webhook_outbox()),
+    );
+    let presence = RedisPresence::new(store.connection(), &config.key_prefix);
     let store = Arc::new(store);
     tracing::info!(redis = %target, mode = ?redis.target.mode, "using Redis for state, bus, clock, rate limits and the per-user WebSocket cap");
     Ok((
@@ -119,10 +150,27 @@ async fn redis_adapters(
             clock: clock as Arc<dyn Clock>,
             limiter: Arc::new(limiter),
             places: Some(Arc::new(places)),
+            presence: Arc::new(presence),
             audit: pg.map(|sink| (store as Arc<dyn Outbox>, sink)),
+            webhooks,
         },
         bus,
     ))
+}
+
+/// The PostgreSQL audit trail and, on the same pool, the webhook delivery log.
+type Pg = (Arc<dyn AuditSink>, audit_diesel::PgDeliveryLog);
+
+/// The webhook store, its delivery log in PostgreSQL when there is one
+/// (else the store's own bounded log).
+fn webhook_store<S: WebhookStore>(
+    store: S,
+    log: Option<audit_diesel::PgDeliveryLog>,
+) -> Arc<dyn WebhookStore> {
+    match log {
+        Some(log) => Arc::new(kairos_domain::WithDeliveryLog::new(store, log)),
+        None => Arc::new(store),
+    }
 }
 
 /// The PostgreSQL audit trail. Migrations run now; if PostgreSQL is down
@@ -133,7 +181,7 @@ async fn audit_store(
     pool_size: usize,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
-) -> anyhow::Result<Arc<dyn AuditSink>> {
+) -> anyhow::Result<Pg> {
     let pg = audit_diesel::PgAudit::connect(url.clone(), pool_size)
         .map_err(|e| anyhow::anyhow!("cannot set up the audit pool for {url}: {e}"))?;
     let url = url.clone();
@@ -169,7 +217,8 @@ async fn audit_store(
             )
             .await;
     });
-    Ok(Arc::new(pg))
+    let log = audit_diesel::PgDeliveryLog::new(pg.clone());
+    Ok((Arc::new(pg), log))
 }
 
 /// How long shutdown waits for the WebSockets' close frames (each close
@@ -248,9 +297,23 @@ impl Application {
             worker_metrics.bus_subscriber_up.set(1);
         }
         let bus = adapters.bus;
-        let mut service = Service::new(adapters.store, bus.clone(), adapters.clock);
+        // Every deadline this instance commits arms its local timer, and
+        // every commit nudges the audit worker (the outbox has news).
+        let timers = Arc::new(LocalTimers::new(worker_metrics.timers_armed.clone()));
+        let audit_nudge = Arc::new(Notify::new());
+        let nudge = audit_nudge.clone();
+        let mut service = Service::new(adapters.store, bus.clone(), adapters.clock)
+            .with_deadline_observer(timers.observer(move || nudge.notify_one()))
+            .with_presence(adapters.presence, settings.presence_leave_delay_ms);
         if let Some((_, sink)) = &adapters.audit {
             service = service.with_audit(sink.clone());
+        }
+        if settings.webhooks.enabled {
+            // Presence events are in no outbox: the service hands them to
+            // the webhook feed itself.
+            service = service.with_presence_observer(Arc::new(webhooks::PresenceFeed::new(
+                adapters.webhooks.0.clone(),
+            )));
         }
         let http = HttpSettings {
             ws_heartbeat_interval: settings.ws_heartbeat_interval,
@@ -281,6 +344,25 @@ impl Application {
         if let Some(registry) = adapters.places {
             state = state.with_place_registry(registry);
         }
+        let policy = settings.webhooks.policy();
+        let (webhook_store, hooks) = adapters.webhooks;
+        state = state.with_webhooks(http_actix::WebhookAdmin {
+            store: webhook_store.clone(),
+            check_url: webhooks::url_check(policy),
+        });
+        let webhooks = if settings.webhooks.enabled {
+            Some(webhooks::Workers {
+                store: webhook_store,
+                outbox: hooks,
+                sender: webhook_http::Sender::new(policy)?,
+                service: state.service.clone(),
+                metrics: worker_metrics.clone(),
+                settings: settings.webhooks.clone(),
+                reclaim_after_ms: settings.audit_reclaim_ms,
+            })
+        } else {
+            None
+        };
         let state = web::Data::new(state);
         Ok(Self {
             settings,
@@ -295,6 +377,9 @@ impl Application {
             adapter_tasks,
             bus_stats,
             worker_metrics,
+            timers,
+            audit_nudge,
+            webhooks,
         })
     }
 
@@ -340,13 +425,26 @@ impl Application {
             mut adapter_tasks,
             bus_stats,
             worker_metrics,
+            timers,
+            audit_nudge,
+            webhooks,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = tokio::task::JoinSet::new();
+        workers.spawn(timers::timer_worker(
+            state.service.clone(),
+            timers,
+            worker_metrics.clone(),
+            stop_rx.clone(),
+        ));
         workers.spawn(workers::timeout_worker(
             state.service.clone(),
             worker_metrics.clone(),
+            workers::Sweep {
+                every: settings.timeout_sweep,
+                grace: settings.timeout_sweep_grace,
+            },
             stop_rx.clone(),
         ));
         if let Some((outbox, sink)) = audit {
@@ -359,9 +457,13 @@ impl Application {
                     status: audit_status,
                     consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
                     reclaim_after_ms: settings.audit_reclaim_ms,
+                    nudge: audit_nudge,
                 },
                 stop_rx.clone(),
             ));
+        }
+        if let Some(w) = webhooks {
+            webhooks::spawn_workers(&mut workers, w, &stop_rx);
         }
         let places = state.clone();
         let stop = stop_rx.clone();
@@ -369,6 +471,15 @@ impl Application {
             let now_ms = || places.service.now_ms();
             http_actix::places::renew_places(&places.places, now_ms, stop).await;
         });
+        let presence = state.clone();
+        let stop = stop_rx.clone();
+        workers.spawn(async move {
+            http_actix::presence::renew_presence(&presence.presence, &presence.service, stop).await;
+        });
+        workers.spawn(workers::presence_worker(
+            state.service.clone(),
+            stop_rx.clone(),
+        ));
         if let Some(bus) = bus_stats {
             workers.spawn(workers::bus_stats_worker(
                 bus,

@@ -1,5 +1,8 @@
-//! Background workers: the timeout scheduler, the audit drain and the bus
-//! statistics. Each runs until the shutdown signal flips, then returns, so
+//! Background workers: the timeout safety net (a sweep of the deadline
+//! index for deadlines no local timer applied; the local timers themselves
+//! are in the `timers` module), the audit drain and the bus statistics (the
+//! webhook workers have a module of their own; their metrics are registered
+//! here with the others), and the presence worker (leaves and auto-pauses). Each runs until the shutdown signal flips, then returns, so
 //! shutdown can wait for them (no detached task is left behind).
 //!
 //! They depend on the core and on Prometheus, not on the transport: their
@@ -12,16 +15,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use kairos_domain::{AuditHealth, AuditSink, Claimed, DynSessionService as Service, Outbox};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
-use tokio::sync::watch;
+use kairos_domain::{
+    AbsenceCheck, AuditHealth, AuditSink, Claimed, DynSessionService as Service, Outbox,
+};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// How often the scheduler looks for due deadlines. Small, because lateness
-/// from deadline to clients is a product promise (p99 under 20 ms); cheap,
-/// because on standalone Redis and Sentinel one poll is one script call.
-pub const TIMEOUT_POLL: Duration = Duration::from_millis(5);
+/// How the safety net sweeps the deadline index (`TIMEOUT_SWEEP_MS`,
+/// `TIMEOUT_SWEEP_GRACE_MS`). Deadlines are fired on time by the local
+/// timer of the instance that committed them; the sweep is for those whose
+/// instance died (or failed to apply them), so it runs rarely and leaves
+/// each deadline to its timer for `grace` first. A dead instance's deadlines
+/// are applied up to `every + grace` late: the price of a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Time between two sweeps (unless one filled its batch: then at once).
+    pub every: Duration,
+    /// Only deadlines at least this far past are claimed.
+    pub grace: Duration,
+}
+
 /// Claimed sessions an instance holds at most (firing or waiting to fire).
 const CLAIM_BATCH: usize = 256;
 /// A claim hides a session from other instances this long; if the claimer
@@ -41,10 +56,14 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// one is listed in `docs/operations.md`.
 #[derive(Debug, Clone)]
 pub struct WorkerMetrics {
-    /// Deadlines applied by the timeout worker.
+    /// Deadlines applied by this instance (local timers and sweep).
     pub timeouts_fired: IntCounter,
-    /// From deadline to commit, for deadlines the timeout worker applied.
+    /// Of those, the deadlines the sweep applied (no local timer did in time).
+    pub timeouts_swept: IntCounter,
+    /// From deadline to commit, for deadlines this instance applied.
     pub timeout_lateness: Histogram,
+    /// Local timers armed: deadlines this instance committed, not yet due.
+    pub timers_armed: IntGauge,
     /// Primary store errors: the transport's counter, shared.
     pub store_errors: IntCounter,
     /// Events waiting in the outbox for the audit trail.
@@ -57,6 +76,12 @@ pub struct WorkerMetrics {
     pub bus_subscriber_up: IntGauge,
     /// Bus messages that could not be published (failed or dropped), since start.
     pub bus_publish_failures: IntGauge,
+    /// Webhook attempts by `outcome` (the webhooks module's `Outcome`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Webhook deliveries queued (shared by every instance).
+    pub webhook_queue_depth: IntGauge,
+    /// How long ago the oldest queued webhook delivery's event was committed.
+    pub webhook_oldest_undelivered_seconds: IntGauge,
 }
 
 impl WorkerMetrics {
@@ -81,12 +106,28 @@ impl WorkerMetrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(timeout_lateness.clone()))?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "kairos_webhook_deliveries_total",
+                "Webhook delivery attempts by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(webhook_deliveries.clone()))?;
         Ok(Self {
             timeouts_fired: counter(
                 "kairos_timeouts_fired_total",
-                "Deadlines applied by the timeout worker",
+                "Deadlines applied by this instance (local timers and the sweep)",
+            )?,
+            timeouts_swept: counter(
+                "kairos_timeouts_swept_total",
+                "Deadlines the safety-net sweep applied because no local timer had",
             )?,
             timeout_lateness,
+            timers_armed: gauge(
+                "kairos_timers_armed",
+                "Local timers armed: deadlines this instance committed, not yet due",
+            )?,
             store_errors,
             audit_backlog: gauge("kairos_audit_backlog", "Events waiting for the audit trail")?,
             audit_backlog_age_ms: gauge(
@@ -105,11 +146,30 @@ impl WorkerMetrics {
                 "kairos_bus_publish_failures_total",
                 "Bus messages not published (failed or dropped) since start",
             )?,
+            webhook_deliveries,
+            webhook_queue_depth: gauge(
+                "kairos_webhook_queue_depth",
+                "Webhook deliveries queued, due or waiting for a retry",
+            )?,
+            webhook_oldest_undelivered_seconds: gauge(
+                "kairos_webhook_oldest_undelivered_seconds",
+                "Age of the oldest queued webhook delivery's event",
+            )?,
         })
+    }
+
+    /// Records deadlines an instance applied at `now_ms`.
+    pub fn record_fired(&self, fired: &[i64], now_ms: i64) {
+        for deadline in fired {
+            self.timeouts_fired.inc();
+            let late_ms = now_ms.saturating_sub(*deadline).max(0);
+            self.timeout_lateness.observe(late_ms as f64 / 1000.0);
+        }
     }
 }
 
-/// Fires due deadlines until `shutdown` turns true, then fires what it had
+/// The safety net: sweeps the deadline index every `sweep.every` for
+/// deadlines more than `sweep.grace` past, and fires them, until `shutdown` turns true, then fires what it had
 /// already claimed and returns.
 ///
 /// Claiming and firing overlap: as soon as every claimed session has
@@ -119,16 +179,16 @@ impl WorkerMetrics {
 /// instance never hoards more than it is about to fire while other
 /// instances idle, and never re-scans the index for a handful of slots. A
 /// claim that filled the room it was given is followed by another as soon as
-/// the queue drains; otherwise the next poll is [`TIMEOUT_POLL`] later.
+/// the queue drains; otherwise the next sweep is `sweep.every` later.
 pub async fn timeout_worker(
     service: Service,
     metrics: WorkerMetrics,
+    sweep: Sweep,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // While the store is down, poll less often and log once per outage
-    // rather than 200 lines a second.
+    // While the store is down, log once per outage.
     let mut failing = false;
-    let mut pause = TIMEOUT_POLL;
+    let grace_ms = i64::try_from(sweep.grace.as_millis()).unwrap_or(i64::MAX);
     let mut queue: VecDeque<Claimed> = VecDeque::new();
     let mut running: JoinSet<()> = JoinSet::new();
     let mut next_poll = Instant::now();
@@ -148,12 +208,11 @@ pub async fn timeout_worker(
         let room = CLAIM_BATCH.saturating_sub(running.len());
         let may_claim = !stopping && queue.is_empty();
         if may_claim && Instant::now() >= next_poll {
-            match service.claim_due(room, CLAIM_LEASE_MS).await {
+            match service.claim_overdue(room, CLAIM_LEASE_MS, grace_ms).await {
                 Ok(due) => {
                     if failing {
                         tracing::info!("claiming due deadlines works again");
                         failing = false;
-                        pause = TIMEOUT_POLL;
                     }
                     // More may be due right now: claim again without waiting.
                     let full = due.len() == room;
@@ -161,7 +220,7 @@ pub async fn timeout_worker(
                     next_poll = if full {
                         Instant::now()
                     } else {
-                        Instant::now() + TIMEOUT_POLL
+                        Instant::now() + sweep.every
                     };
                 }
                 Err(e) => {
@@ -170,8 +229,7 @@ pub async fn timeout_worker(
                         tracing::warn!(error = %e, "claiming due deadlines failed; retrying with backoff until the store answers");
                     }
                     failing = true;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                    next_poll = Instant::now() + pause;
+                    next_poll = Instant::now() + sweep.every;
                 }
             }
             continue;
@@ -197,12 +255,8 @@ async fn fire(service: Service, metrics: WorkerMetrics, claimed: Claimed) {
     let id = claimed.id;
     match service.fire_claimed(claimed).await {
         Ok(fired) => {
-            let now = service.now_ms();
-            for deadline in fired {
-                metrics.timeouts_fired.inc();
-                let late_ms = now.saturating_sub(deadline).max(0);
-                metrics.timeout_lateness.observe(late_ms as f64 / 1000.0);
-            }
+            metrics.record_fired(&fired, service.now_ms());
+            metrics.timeouts_swept.inc_by(fired.len() as u64);
         }
         Err(e) => {
             metrics.store_errors.inc();
@@ -238,6 +292,13 @@ impl AuditStatus {
 
 /// Events moved per batch from the outbox to the audit trail.
 const AUDIT_BATCH: usize = 500;
+/// After a nudge, the audit worker waits this long so that one read takes
+/// the events of many commits (a read visits every outbox partition).
+const AUDIT_GATHER: Duration = Duration::from_millis(50);
+/// With nothing read and no nudge, the audit worker looks again after this
+/// long anyway: for events of instances that died before writing them
+/// (taken over after `AUDIT_RECLAIM_MS`) and to refresh the backlog gauges.
+const AUDIT_IDLE_POLL: Duration = Duration::from_secs(5);
 
 /// What the audit worker drains, into what, and as whom.
 #[allow(missing_debug_implementations)] // Holds trait objects without Debug.
@@ -256,6 +317,8 @@ pub struct AuditWorker {
     pub consumer: String,
     /// Take over entries another consumer leased this long ago without acknowledging.
     pub reclaim_after_ms: i64,
+    /// Notified after each commit of this instance (events wait in the outbox).
+    pub nudge: Arc<Notify>,
 }
 
 /// Drains the outbox into the audit trail until `shutdown` turns true:
@@ -263,6 +326,11 @@ pub struct AuditWorker {
 /// off while the trail is down. Entries another consumer leased and did not
 /// acknowledge within `reclaim_after_ms` (it died between reading and
 /// acknowledging) are taken over.
+///
+/// With the outbox drained it does not poll: it waits for this instance's
+/// next commit (`nudge`), then [`AUDIT_GATHER`] more so that one read takes
+/// many commits' events, or at most [`AUDIT_IDLE_POLL`] for other
+/// instances' leftovers.
 pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<bool>) {
     let AuditWorker {
         outbox,
@@ -272,13 +340,15 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
         status,
         consumer,
         reclaim_after_ms,
+        nudge,
     } = worker;
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let mut pause = Duration::from_millis(50);
+        // `None`: drained; wait for a nudge.
+        let mut pause = None;
         match outbox.read(&consumer, AUDIT_BATCH, reclaim_after_ms).await {
             Ok(batch) if !batch.is_empty() => {
                 let events: Vec<_> = batch.iter().map(|e| e.event.clone()).collect();
@@ -290,12 +360,12 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
                         }
                         metrics.audit_written.inc_by(events.len() as u64);
                         backoff = Duration::from_millis(100);
-                        pause = Duration::ZERO;
+                        pause = Some(Duration::ZERO);
                     }
                     Err(e) => {
                         status.set(AuditHealth::Degraded);
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "audit write failed; backing off");
-                        pause = backoff;
+                        pause = Some(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
@@ -304,7 +374,7 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
             Err(e) => {
                 metrics.store_errors.inc();
                 tracing::warn!(error = %e, "reading the outbox failed");
-                pause = backoff;
+                pause = Some(backoff);
             }
         }
         if let Ok((len, age)) = outbox.backlog(service.now_ms()).await {
@@ -318,10 +388,108 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
                 status.set(AuditHealth::Degraded);
             }
         }
-        if !pause.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => {}
+        match pause {
+            Some(pause) if pause.is_zero() => {}
+            Some(pause) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            None => {
+                let nudged = tokio::select! {
+                    () = nudge.notified() => true,
+                    () = tokio::time::sleep(AUDIT_IDLE_POLL) => false,
+                    _ = shutdown.changed() => false,
+                };
+                if nudged {
+                    tokio::select! {
+                        () = tokio::time::sleep(AUDIT_GATHER) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How often the presence worker looks for due leaves and absences. A
+/// leave's `presence_left` and an auto-pause's commit come at most this
+/// late (the pause itself is as of its own instant, whenever committed).
+pub const PRESENCE_POLL: Duration = Duration::from_millis(100);
+/// Leaves (and, apart, absences) claimed per poll.
+const PRESENCE_BATCH: usize = 256;
+/// A claimed leave or absence is hidden from other instances this long;
+/// if its claimer dies, another instance takes it after the lease.
+const PRESENCE_CLAIM_LEASE_MS: i64 = 5_000;
+
+/// Until `shutdown` turns true: sweeps the presence entries of dead
+/// instances, sends `presence_left` for the leaves due, and checks the
+/// absences due, pausing a session whose active participant has been
+/// gone for its `auto_pause_on_disconnect_ms` (through the service's
+/// compare-and-set, so two instances checking one absence commit once).
+/// Any instance runs it; the claims' leases share the work.
+pub async fn presence_worker(service: Service, mut shutdown: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut full = false;
+        let mut errors = Vec::new();
+        match service
+            .claim_presence_leaves(PRESENCE_BATCH, PRESENCE_CLAIM_LEASE_MS)
+            .await
+        {
+            Ok(leaves) => {
+                full |= leaves.len() == PRESENCE_BATCH;
+                for leave in leaves {
+                    if let Err(e) = service.fire_presence_leave(leave).await {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        match service
+            .claim_absences(PRESENCE_BATCH, PRESENCE_CLAIM_LEASE_MS)
+            .await
+        {
+            Ok(absences) => {
+                full |= absences.len() == PRESENCE_BATCH;
+                for absence in absences {
+                    let session_id = absence.session_id;
+                    match service.fire_absence(absence).await {
+                        Ok(AbsenceCheck::Paused { at_ms }) => {
+                            tracing::info!(%session_id, at_ms, "session paused: its active participant disconnected");
+                        }
+                        Ok(_) => {}
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        // Log once per outage rather than ten lines a second.
+        match errors.first() {
+            Some(e) if !failing => {
+                tracing::warn!(error = %e, "presence worker failed; retrying");
+                failing = true;
+            }
+            Some(_) => {}
+            None => failing = false,
+        }
+        let pause = if full && !failing {
+            Duration::ZERO
+        } else {
+            PRESENCE_POLL
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -400,7 +568,17 @@ mod tests {
             .expect("registered once");
         let metrics = WorkerMetrics::register(&registry, store_errors).expect("registered once");
         let (stop, stopped) = watch::channel(false);
-        let worker = tokio::spawn(timeout_worker(service.clone(), metrics.clone(), stopped));
+        // No local timers here: the sweep alone, without a grace.
+        let sweep = Sweep {
+            every: Duration::from_millis(5),
+            grace: Duration::ZERO,
+        };
+        let worker = tokio::spawn(timeout_worker(
+            service.clone(),
+            metrics.clone(),
+            sweep,
+            stopped,
+        ));
         let give_up = Instant::now() + Duration::from_secs(20);
         while metrics.timeouts_fired.get() < n as u64 && Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -412,6 +590,7 @@ mod tests {
             .expect("no panic");
 
         assert_eq!(metrics.timeouts_fired.get(), n as u64);
+        assert_eq!(metrics.timeouts_swept.get(), n as u64);
         let mut text = Vec::new();
         prometheus::Encoder::encode(
             &prometheus::TextEncoder::new(),

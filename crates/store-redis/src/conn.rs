@@ -259,6 +259,28 @@ impl RedisConnection {
         .await
     }
 
+    /// Runs `script` with `keys` and `args` in one round trip (under
+    /// [`Self::run`]'s time limit and error mapping).
+    pub(crate) async fn eval<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[Vec<u8>],
+    ) -> Result<T, StoreError> {
+        self.run(what, |mut conn| async move {
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(*key);
+            }
+            for arg in args {
+                invocation.arg(arg.as_slice());
+            }
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
+    }
+
     /// Redis `TIME` as microseconds since the Unix epoch. In Cluster mode it
     /// always asks the primary of one fixed slot, so that every instance
     /// reads the same server's clock.

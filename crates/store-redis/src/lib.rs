@@ -2,16 +2,19 @@
 //!
 //! SyncKairos's primary store on Redis: the [`kairos_domain::SessionStore`]
 //! (state, deadline index) and [`kairos_domain::Outbox`] ports in
-//! [`RedisStore`], and the deployment-wide clock in [`RedisClock`]. With
+//! [`RedisStore`], the [`kairos_domain::WebhookStore`] in
+//! [`RedisWebhookStore`], and the deployment-wide clock in [`RedisClock`]. With
 //! `bus-redis` and `redis-conn` (where Redis is, shared by the two), this is
 //! one of the only crates that know Redis.
 //!
 //! What it guarantees, on standalone, Sentinel and Cluster alike:
 //!
 //! - One state change is one atomic round trip: a Lua script on one
-//!   partition compares the version, writes the state (renewing its TTL),
-//!   moves its deadline and appends its events to the outbox, or does
-//!   nothing at all.
+//!   partition compares the version, counts the session's switch limit
+//!   when asked, writes the state (renewing its TTL), moves its deadline
+//!   and appends its events to the outbox (and, with the webhook feed on,
+//!   to the webhook stream), or does nothing at all (and returns the stored
+//!   state on a version mismatch, so a stale caller needs no load).
 //! - Keys are spread over [`PARTITIONS`] hash-tagged partitions ([`keys`]),
 //!   so a cluster spreads the load and no script crosses a slot.
 //! - Every call is bounded by [`RedisConfig::command_timeout`]; an
@@ -28,14 +31,21 @@
 //! - [`conn`]: [`RedisConnection`], one handle over the three modes, the
 //!   time limit on every call and the mapping of Redis errors.
 //! - [`keys`]: the partitioned key layout.
-//! - `scripts`: the Lua scripts, one per atomic operation.
+//! - `scripts`: the Lua scripts, one per atomic operation, and the GCRA
+//!   step they share with the limiter.
 //! - [`codec`]: the encodings of sessions (MessagePack, JSON) and events (JSON).
 //! - [`store`]: [`RedisStore`] as a `SessionStore`, with deadline claims.
-//! - [`outbox`]: [`RedisStore`] as an `Outbox` over Redis Streams.
+//! - [`outbox`]: [`RedisOutbox`], an `Outbox` over Redis Streams: the audit
+//!   outbox (which [`RedisStore`] is) and the webhook feed
+//!   ([`RedisStore::webhook_outbox`]).
+//! - [`webhooks`]: [`RedisWebhookStore`], webhook endpoints, the delivery
+//!   queue with leased claims, and the bounded delivery log.
 //! - [`clock`]: [`RedisClock`], the shared clock.
 //! - [`ratelimit`]: [`RedisRateLimiter`], GCRA shared by all instances.
 //! - [`places`]: [`RedisPlaceRegistry`], the per-user WebSocket cap shared
 //!   by all instances.
+//! - [`presence`]: [`RedisPresence`], who is connected to which session
+//!   (leased entries, pending leaves, absences), shared by all instances.
 //!
 //! # Wiring
 //!
@@ -81,9 +91,11 @@ pub mod conn;
 pub mod keys;
 pub mod outbox;
 pub mod places;
+pub mod presence;
 pub mod ratelimit;
 mod scripts;
 pub mod store;
+pub mod webhooks;
 
 pub use clock::RedisClock;
 pub use codec::StateCodec;
@@ -91,7 +103,10 @@ pub use config::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_SESSION_TT
 // Where Redis is, shared with the bus (the crate `redis-conn`).
 pub use conn::RedisConnection;
 pub use keys::{PARTITIONS, partition_of};
+pub use outbox::{Feed, RedisOutbox};
 pub use places::RedisPlaceRegistry;
+pub use presence::RedisPresence;
 pub use ratelimit::RedisRateLimiter;
 pub use redis_conn::{ConfigError, RedisMode, RedisTarget, redact_url, split_urls};
 pub use store::RedisStore;
+pub use webhooks::{DELIVERY_LOG_LEN, RedisWebhookStore};

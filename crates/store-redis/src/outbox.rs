@@ -1,25 +1,80 @@
-//! The [`Outbox`] of [`RedisStore`]: one Redis stream per partition, drained
-//! through the consumer group `audit`.
+//! [`RedisOutbox`]: an [`Outbox`] over one Redis stream per partition,
+//! drained through one consumer group. The store has two: the audit outbox
+//! (`{pNN}:outbox`, group `audit`, which [`crate::RedisStore`] itself
+//! implements by delegation) and the webhook feed (`{pNN}:hooks`, group
+//! `webhooks`, [`crate::RedisStore::webhook_outbox`]). One code path serves both, told apart
+//! by [`Feed`].
 //!
 //! Entry ids handed to callers are `NN-<stream id>` (`NN` the partition, two
 //! digits), so `ack` knows which stream each belongs to. Acknowledging
 //! deletes the entry too (`XACK` + `XDEL`, atomically), so a stream holds
-//! exactly the events not yet written to the audit store and its length is
-//! the backlog.
+//! exactly the events not yet handled and its length is the backlog.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
 use kairos_domain::{Outbox, OutboxEntry, StoreError};
 
 use crate::codec::decode_event;
-use crate::keys::PARTITIONS;
-use crate::store::{GROUP, RedisStore};
+use crate::conn::RedisConnection;
+use crate::keys::{Keys, PARTITIONS, PartitionKeys, sweep};
+use crate::scripts::Scripts;
 
 /// At most this many ids per `ACK` script call (Lua's `unpack` has a stack limit).
 const ACK_CHUNK: usize = 1000;
+
+/// Which of the store's streams an outbox drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// `{pNN}:outbox`, consumer group `audit`: the audit trail's.
+    Audit,
+    /// `{pNN}:hooks`, consumer group `webhooks`: the webhook fan-out's.
+    Webhooks,
+}
+
+impl Feed {
+    /// The consumer group that drains it.
+    pub fn group(self) -> &'static str {
+        match self {
+            Self::Audit => "audit",
+            Self::Webhooks => "webhooks",
+        }
+    }
+
+    /// Its stream in one partition.
+    pub(crate) fn stream(self, keys: &PartitionKeys) -> &str {
+        match self {
+            Self::Audit => &keys.outbox,
+            Self::Webhooks => &keys.hooks,
+        }
+    }
+}
+
+/// An [`Outbox`] over one of the store's feeds. Cheap to build; shares the
+/// store's connection.
+pub struct RedisOutbox {
+    conn: RedisConnection,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    feed: Feed,
+    /// Off when commits write nothing to this feed: reads return nothing.
+    enabled: bool,
+    /// Where the next read starts its sweep, so that no partition is always
+    /// served last.
+    read_rotation: AtomicUsize,
+}
+
+impl std::fmt::Debug for RedisOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOutbox")
+            .field("feed", &self.feed)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Formats the id a caller sees.
 fn entry_id(partition: usize, stream_id: &str) -> String {
@@ -42,7 +97,33 @@ fn stream_id_ms(stream_id: &str) -> Option<i64> {
         .ok()
 }
 
-impl RedisStore {
+impl RedisOutbox {
+    pub(crate) fn new(
+        conn: RedisConnection,
+        keys: Keys,
+        scripts: Arc<Scripts>,
+        feed: Feed,
+        enabled: bool,
+    ) -> Self {
+        Self {
+            conn,
+            keys,
+            scripts,
+            feed,
+            enabled,
+            read_rotation: AtomicUsize::new(0),
+        }
+    }
+
+    /// Which feed it drains.
+    pub fn feed(&self) -> Feed {
+        self.feed
+    }
+
+    fn stream(&self, p: usize) -> &str {
+        self.feed.stream(self.keys.partition(p))
+    }
+
     /// Reads up to `quota` entries of partition `p` for `consumer`.
     async fn read_partition(
         &self,
@@ -51,14 +132,14 @@ impl RedisStore {
         consumer: &str,
         reclaim_after_ms: i64,
     ) -> Result<(Vec<OutboxEntry>, bool), StoreError> {
-        let keys = self.keys.partition(p);
         let flat: Vec<Vec<u8>> = self
+            .conn
             .eval(
                 "outbox read",
                 &self.scripts.read,
-                &[&keys.outbox],
+                &[self.stream(p)],
                 &[
-                    GROUP.as_bytes().to_vec(),
+                    self.feed.group().as_bytes().to_vec(),
                     consumer.as_bytes().to_vec(),
                     reclaim_after_ms.max(0).to_string().into_bytes(),
                     quota.to_string().into_bytes(),
@@ -78,7 +159,7 @@ impl RedisStore {
                 Err(e) => {
                     // An entry nobody can decode would otherwise come back on
                     // every reclaim forever and hold up the ones behind it.
-                    tracing::error!(partition = p, stream_id, error = %e, "dropping an undecodable outbox entry");
+                    tracing::error!(feed = self.feed.group(), partition = p, stream_id, error = %e, "dropping an undecodable outbox entry");
                     poisoned.push(entry_id(p, &stream_id));
                 }
             }
@@ -91,12 +172,12 @@ impl RedisStore {
 
     /// One partition's (length, oldest entry's ms).
     async fn backlog_partition(&self, p: usize) -> Result<(u64, Option<i64>), StoreError> {
-        let keys = self.keys.partition(p);
         let (len, oldest): (u64, String) = self
+            .conn
             .eval(
                 "outbox backlog",
                 &self.scripts.backlog,
-                &[&keys.outbox],
+                &[self.stream(p)],
                 &[],
             )
             .await?;
@@ -105,25 +186,25 @@ impl RedisStore {
 }
 
 #[async_trait]
-impl Outbox for RedisStore {
-    #[tracing::instrument(skip(self))]
+impl Outbox for RedisOutbox {
+    #[tracing::instrument(skip(self), fields(feed = self.feed.group()))]
     async fn read(
         &self,
         consumer: &str,
         max: usize,
         reclaim_after_ms: i64,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        if !self.outbox_enabled || max == 0 {
+        if !self.enabled || max == 0 {
             return Ok(Vec::new());
         }
         let start = self.read_rotation.fetch_add(1, Ordering::Relaxed) % PARTITIONS;
-        Self::sweep(start, max, |p, quota| {
+        sweep(start, max, |p, quota| {
             self.read_partition(p, quota, consumer, reclaim_after_ms)
         })
         .await
     }
 
-    #[tracing::instrument(skip(self, ids), fields(count = ids.len()))]
+    #[tracing::instrument(skip(self, ids), fields(feed = self.feed.group(), count = ids.len()))]
     async fn ack(&self, ids: &[String]) -> Result<(), StoreError> {
         let mut by_partition: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
         for id in ids {
@@ -140,11 +221,11 @@ impl Outbox for RedisStore {
         let calls = by_partition.iter().flat_map(|(&p, stream_ids)| {
             stream_ids.chunks(ACK_CHUNK).map(move |chunk| {
                 let mut args = Vec::with_capacity(chunk.len() + 1);
-                args.push(GROUP.as_bytes().to_vec());
+                args.push(self.feed.group().as_bytes().to_vec());
                 args.extend(chunk.iter().cloned());
                 async move {
-                    let outbox = &self.keys.partition(p).outbox;
-                    self.eval::<i64>("outbox ack", &self.scripts.ack, &[outbox], &args)
+                    self.conn
+                        .eval::<i64>("outbox ack", &self.scripts.ack, &[self.stream(p)], &args)
                         .await
                 }
             })
@@ -152,9 +233,9 @@ impl Outbox for RedisStore {
         try_join_all(calls).await.map(|_| ())
     }
 
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(skip(self), fields(feed = self.feed.group()))]
     async fn backlog(&self, now_ms: i64) -> Result<(u64, i64), StoreError> {
-        if !self.outbox_enabled {
+        if !self.enabled {
             return Ok((0, 0));
         }
         let parts = try_join_all((0..PARTITIONS).map(|p| self.backlog_partition(p))).await?;
@@ -179,5 +260,15 @@ mod tests {
         assert_eq!(parse_entry_id("07-"), None);
         assert_eq!(stream_id_ms("1700000000000-3"), Some(1_700_000_000_000));
         assert_eq!(stream_id_ms(""), None);
+    }
+
+    #[test]
+    fn each_feed_has_its_stream_and_group() {
+        let keys = Keys::new("kairos:");
+        let p = keys.partition(3);
+        assert_eq!(Feed::Audit.stream(p), "kairos:{p03}:outbox");
+        assert_eq!(Feed::Audit.group(), "audit");
+        assert_eq!(Feed::Webhooks.stream(p), "kairos:{p03}:hooks");
+        assert_eq!(Feed::Webhooks.group(), "webhooks");
     }
 }

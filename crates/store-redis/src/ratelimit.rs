@@ -2,31 +2,27 @@
 //! every instance counts against the same limits.
 
 use async_trait::async_trait;
+use kairos_domain::RateLimiter;
 use kairos_domain::StoreError;
-use kairos_domain::ratelimit::{Limit, RateDecision, RateLimiter, gcra};
+use kairos_domain::ratelimit::{Limit, RateDecision, gcra};
 use redis::Script;
 
 use crate::conn::RedisConnection;
 
 /// The GCRA step of [`kairos_domain::ratelimit::gcra`], done where the TAT
-/// lives. Returns the stored TAT before the step (or `false` for a new key);
-/// the caller recomputes the decision from it with the same pure function,
-/// so the Rust and Lua sides cannot disagree on what the headers say.
-/// Lua numbers are doubles: epoch milliseconds stay exact far beyond 2100.
-const GCRA: &str = r"
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local stored = redis.call('GET', KEYS[1])
-local tat = now
-if stored then tat = tonumber(stored) end
-local base = math.max(tat, now)
-local new_tat = base + interval
-if now >= new_tat - burst then
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(1, new_tat - now))
-end
-return stored
-";
+/// lives (the Lua function the commit script shares, see `crate::scripts`).
+/// KEYS: the limiter key. ARGV: now, interval, burst. Returns the stored TAT
+/// before the step (or nil for a new key); the caller recomputes the
+/// decision from it with the same pure function, so the Rust and Lua sides
+/// cannot disagree on what the headers say.
+const GCRA: &str = concat!(
+    crate::scripts::gcra_lua!(),
+    r"
+local _, stored = gcra(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if stored then return stored end
+return nil
+"
+);
 
 /// A [`RateLimiter`] shared by all instances through Redis.
 #[derive(Debug, Clone)]
@@ -62,7 +58,7 @@ impl RateLimiter for RedisRateLimiter {
         now_ms: i64,
     ) -> Result<RateDecision, StoreError> {
         let redis_key = self.key(key);
-        let interval = (limit.period_ms / i64::from(limit.count.max(1))).max(1);
+        let interval = limit.interval();
         let script = self.script.clone();
         let stored: Option<String> = self
             .conn
@@ -80,13 +76,16 @@ impl RateLimiter for RedisRateLimiter {
                 }
             })
             .await?;
-        let tat =
-            match stored {
-                None => None,
-                Some(s) => Some(s.parse::<f64>().map_err(|_| {
-                    StoreError::Other(format!("rate limit state {s:?} is not a number"))
-                })? as i64),
-            };
+        let tat = stored.as_deref().map(parse_tat).transpose()?;
         Ok(gcra(tat, now_ms, limit).0)
     }
+}
+
+/// A stored TAT as the scripts write it (`%.0f`), or an error naming it.
+pub(crate) fn parse_tat(s: &str) -> Result<i64, StoreError> {
+    // Written as a whole number of ms; parsed as a double like Lua did, so
+    // a value from an older build in another notation still reads.
+    s.parse::<f64>()
+        .map(|t| t as i64)
+        .map_err(|_| StoreError::Other(format!("rate limit state {s:?} is not a number")))
 }

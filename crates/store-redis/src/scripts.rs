@@ -1,7 +1,7 @@
 //! The Lua scripts that make each store operation one atomic round trip.
 //!
-//! Each script touches the keys of one partition only (one hash tag, so one
-//! Cluster slot). Keys that are derived from a partition's state-key prefix
+//! Each script touches the keys of one partition only, or of the webhook
+//! queue only (one hash tag, so one Cluster slot). Keys that are derived from a partition's state-key prefix
 //! plus a member (in [`CLAIM`]) share that hash tag too, which is why Redis
 //! Cluster accepts them although they are not declared in `KEYS`.
 //!
@@ -14,9 +14,43 @@
 
 use redis::Script;
 
+/// The GCRA step of [`kairos_domain::ratelimit::gcra`] as a Lua function,
+/// shared by [`COMMIT`] and the standalone limiter (`RedisRateLimiter`,
+/// the limits other than the switch limit): `gcra(key, now, interval,
+/// burst)` reads the TAT
+/// stored under `key`, stores the next one (with an expiry at its end) when
+/// the request is allowed, and returns `allowed, stored TAT or false`. The
+/// caller recomputes the decision from that TAT with the same pure function,
+/// so the Rust and Lua sides cannot disagree on what the headers say (a test
+/// runs both on the same inputs). Lua numbers are doubles: epoch
+/// milliseconds stay exact far beyond 2100.
+macro_rules! gcra_lua {
+    () => {
+        r"
+local function gcra(key, now_arg, interval_arg, burst_arg)
+  local now = tonumber(now_arg)
+  local interval = tonumber(interval_arg)
+  local burst = tonumber(burst_arg)
+  local stored = redis.call('GET', key)
+  local tat = now
+  if stored then tat = tonumber(stored) end
+  local base = math.max(tat, now)
+  local new_tat = base + interval
+  if now >= new_tat - burst then
+    redis.call('SET', key, string.format('%.0f', new_tat), 'PX', string.format('%.0f', math.max(1, new_tat - now)))
+    return true, stored or false
+  end
+  return false, stored or false
+end
+"
+    };
+}
+pub(crate) use gcra_lua;
+
 /// Creates a session unless its key exists.
 ///
-/// KEYS: state, deadlines, outbox. ARGV: version, encoded state, ttl ms,
+/// KEYS: state, deadlines, then the streams the events go to (none, the
+/// outbox, the webhook feed, or both). ARGV: version, encoded state, ttl ms,
 /// deadline score or `""`, member (session uuid), then one encoded event per
 /// argument. Returns 1 when created, 0 when the key exists.
 const CREATE: &str = r"
@@ -30,25 +64,44 @@ if ARGV[4] == '' then
 else
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 end
-for i = 6, #ARGV do
-  redis.call('XADD', KEYS[3], '*', 'e', ARGV[i])
+for k = 3, #KEYS do
+  for i = 6, #ARGV do
+    redis.call('XADD', KEYS[k], '*', 'e', ARGV[i])
+  end
 end
 return 1
 ";
 
-/// Compare-and-set commit.
+/// Compare-and-set commit, with the session's rate check folded in.
 ///
-/// KEYS: state, deadlines, outbox. ARGV: expected version, new version,
-/// encoded state, ttl ms, deadline score or `""`, member, then one encoded
-/// event per argument. Returns 1 when applied, 0 on a version mismatch, -1
-/// when the session is gone; nothing is written unless 1.
-const COMMIT: &str = r"
-local v = redis.call('HGET', KEYS[1], 'v')
-if not v then
-  return -1
+/// KEYS: state, deadlines, rate (the session's GCRA TAT, same hash tag),
+/// then the streams the events go to (as in [`CREATE`]). ARGV: expected version, new version, encoded state, ttl ms,
+/// deadline score or `""`, member, rate check's now ms or `""` (no check),
+/// its interval ms, its burst ms, then one encoded event per argument.
+///
+/// Returns `{outcome, detail}`: `{1, TAT before}` when applied (the TAT
+/// counted when a check was asked, `false` when none or a new key), `{0,
+/// stored state}` on a version mismatch (so the caller decides again
+/// without a load; the rate is not counted), `{-1, false}` when the session
+/// is gone, `{2, TAT}` when the rate check refused. Nothing is written
+/// unless 1.
+const COMMIT: &str = concat!(
+    gcra_lua!(),
+    r"
+local cur = redis.call('HMGET', KEYS[1], 'v', 's')
+if not cur[1] then
+  return {-1, false}
 end
-if v ~= ARGV[1] then
-  return 0
+if cur[1] ~= ARGV[1] then
+  return {0, cur[2]}
+end
+local tat = false
+if ARGV[7] ~= '' then
+  local allowed
+  allowed, tat = gcra(KEYS[3], ARGV[7], ARGV[8], ARGV[9])
+  if not allowed then
+    return {2, tat}
+  end
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -57,11 +110,14 @@ if ARGV[5] == '' then
 else
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
 end
-for i = 7, #ARGV do
-  redis.call('XADD', KEYS[3], '*', 'e', ARGV[i])
+for k = 4, #KEYS do
+  for i = 10, #ARGV do
+    redis.call('XADD', KEYS[k], '*', 'e', ARGV[i])
+  end
 end
-return 1
-";
+return {1, tat}
+"
+);
 
 /// Removes a session and its deadline entry.
 ///
@@ -232,6 +288,187 @@ local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 return {n, first[1][1]}
 ";
 
+/// Queues webhook deliveries, each unless already queued (idempotent per
+/// (webhook id, event id)) and only for an endpoint that exists and is not
+/// disabled.
+///
+/// KEYS: endpoints, off, due, age. ARGV: job key prefix, job set prefix,
+/// then six per delivery: webhook id, event id, body, attempt, due ms, first
+/// enqueued ms. Returns how many were queued.
+const WH_ENQUEUE: &str = r"
+local n = 0
+for i = 3, #ARGV, 6 do
+  local wid, eid = ARGV[i], ARGV[i + 1]
+  local member = wid .. ':' .. eid
+  local job = ARGV[1] .. member
+  if redis.call('HEXISTS', KEYS[1], wid) == 1
+    and redis.call('SISMEMBER', KEYS[2], wid) == 0
+    and redis.call('EXISTS', job) == 0 then
+    redis.call('HSET', job, 'body', ARGV[i + 2], 'attempt', ARGV[i + 3], 'due', ARGV[i + 4], 'first', ARGV[i + 5])
+    redis.call('ZADD', KEYS[3], ARGV[i + 4], member)
+    redis.call('ZADD', KEYS[4], ARGV[i + 5], member)
+    redis.call('SADD', ARGV[2] .. wid, eid)
+    n = n + 1
+  end
+end
+return n
+";
+
+/// Claims due webhook deliveries, like [`CLAIM`] claims deadlines: each
+/// member due at or before now gets the lease end as its score, which hides
+/// it until then; if nobody finishes or reschedules it (the claimer died),
+/// it is due again when the lease ends. Jobs of an endpoint that is gone or
+/// disabled are dropped instead of returned.
+///
+/// KEYS: endpoints, off, due, age. ARGV: now ms, limit, lease end ms, job
+/// key prefix, job set prefix. Returns `{scanned, claimed}`, `claimed` a
+/// flat list `member, body, attempt, due, first, ...`.
+const WH_CLAIM: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, member in ipairs(due) do
+  local wid, eid = string.match(member, '^([^:]+):(.+)$')
+  local job = ARGV[4] .. member
+  local f = redis.call('HMGET', job, 'body', 'attempt', 'due', 'first')
+  if wid and f[1] and f[2] and f[3] and f[4]
+    and redis.call('HEXISTS', KEYS[1], wid) == 1
+    and redis.call('SISMEMBER', KEYS[2], wid) == 0 then
+    redis.call('ZADD', KEYS[3], ARGV[3], member)
+    out[#out + 1] = member
+    out[#out + 1] = f[1]
+    out[#out + 1] = f[2]
+    out[#out + 1] = f[3]
+    out[#out + 1] = f[4]
+  else
+    redis.call('DEL', job)
+    redis.call('ZREM', KEYS[3], member)
+    redis.call('ZREM', KEYS[4], member)
+    if wid then
+      redis.call('SREM', ARGV[5] .. wid, eid)
+    end
+  end
+end
+return {#due, out}
+";
+
+/// Removes one delivery from the queue (no-op when it is not queued).
+///
+/// KEYS: due, age. ARGV: job key prefix, job set prefix, webhook id, event id.
+const WH_FINISH: &str = r"
+local member = ARGV[3] .. ':' .. ARGV[4]
+redis.call('DEL', ARGV[1] .. member)
+redis.call('ZREM', KEYS[1], member)
+redis.call('ZREM', KEYS[2], member)
+redis.call('SREM', ARGV[2] .. ARGV[3], ARGV[4])
+return 1
+";
+
+/// Sets a queued delivery's next attempt and due time, ending its lease.
+/// Returns 0 (and writes nothing) when it is not queued.
+///
+/// KEYS: due. ARGV: job key prefix, webhook id, event id, attempt, due ms.
+const WH_RESCHEDULE: &str = r"
+local member = ARGV[2] .. ':' .. ARGV[3]
+local job = ARGV[1] .. member
+if redis.call('EXISTS', job) == 0 then
+  return 0
+end
+redis.call('HSET', job, 'attempt', ARGV[4], 'due', ARGV[5])
+redis.call('ZADD', KEYS[1], ARGV[5], member)
+return 1
+";
+
+/// Drops up to a batch of one endpoint's queued deliveries. The caller
+/// repeats while some remain, so no call runs long however many there are.
+///
+/// KEYS: due, age. ARGV: job key prefix, the endpoint's job set key,
+/// webhook id, batch size. Returns how many remain.
+const WH_DROP_JOBS: &str = r"
+local eids = redis.call('SPOP', ARGV[2], ARGV[4])
+for _, eid in ipairs(eids) do
+  local member = ARGV[3] .. ':' .. eid
+  redis.call('DEL', ARGV[1] .. member)
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZREM', KEYS[2], member)
+end
+return redis.call('SCARD', ARGV[2])
+";
+
+/// Removes an endpoint and its delivery log (its jobs go with
+/// [`WH_DROP_JOBS`]; new ones can no longer be queued).
+///
+/// KEYS: endpoints, off. ARGV: webhook id, log key. Returns 1 when it existed.
+const WH_DELETE: &str = r"
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('DEL', ARGV[2])
+return n
+";
+
+/// Marks an endpoint disabled: its record (computed by the caller) replaces
+/// the stored one, and its id joins the set of disabled endpoints, only if
+/// it still exists (a concurrent delete wins).
+///
+/// KEYS: endpoints, off. ARGV: webhook id, the endpoint's new JSON.
+/// Returns 1 when it existed.
+const WH_DISABLE: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+";
+
+/// Appends to a delivery log, keeping the newest records only.
+///
+/// KEYS: log. ARGV: the record's JSON, how many to keep.
+const WH_RECORD: &str = r"
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+return 1
+";
+
+/// The queue's size and the oldest first-enqueued instant: `{count, score or ''}`.
+///
+/// KEYS: due, age.
+const WH_STATS: &str = r"
+local n = redis.call('ZCARD', KEYS[1])
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if #oldest == 0 then
+  return {n, ''}
+end
+return {n, oldest[2]}
+";
+
+/// One step of a walk over a partition's sessions (`SessionStore::list`):
+/// `SCAN` from a cursor with a `MATCH` on the partition's state keys, the
+/// state of each key found, until enough states were found, the scan is
+/// complete, or the call's scan budget is spent. `SCAN` walks the keyspace
+/// of the node that holds `KEYS[1]` (the call is routed there, so this works
+/// on a Cluster too); the state keys it reads share `KEYS[1]`'s hash tag.
+///
+/// KEYS: the partition's deadline index (for routing only). ARGV: scan
+/// cursor, match pattern, `COUNT` per scan, states wanted, scans at most.
+/// Returns `{next cursor, {state, ...}}`; cursor `0` ends the partition.
+const LIST: &str = r"
+local cursor = ARGV[1]
+local out = {}
+local scans = 0
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+  cursor = page[1]
+  for _, key in ipairs(page[2]) do
+    local state = redis.call('HGET', key, 's')
+    if state then
+      out[#out + 1] = state
+    end
+  end
+  scans = scans + 1
+until cursor == '0' or #out >= tonumber(ARGV[4]) or scans >= tonumber(ARGV[5])
+return {cursor, out}
+";
+
 /// The scripts, hashed once.
 #[derive(Debug)]
 pub(crate) struct Scripts {
@@ -243,6 +480,16 @@ pub(crate) struct Scripts {
     pub(crate) read: Script,
     pub(crate) ack: Script,
     pub(crate) backlog: Script,
+    pub(crate) wh_enqueue: Script,
+    pub(crate) wh_claim: Script,
+    pub(crate) wh_finish: Script,
+    pub(crate) wh_reschedule: Script,
+    pub(crate) wh_drop_jobs: Script,
+    pub(crate) wh_delete: Script,
+    pub(crate) wh_disable: Script,
+    pub(crate) wh_record: Script,
+    pub(crate) wh_stats: Script,
+    pub(crate) list: Script,
 }
 
 impl Scripts {
@@ -256,11 +503,23 @@ impl Scripts {
             read: Script::new(READ),
             ack: Script::new(ACK),
             backlog: Script::new(BACKLOG),
+            wh_enqueue: Script::new(WH_ENQUEUE),
+            wh_claim: Script::new(WH_CLAIM),
+            wh_finish: Script::new(WH_FINISH),
+            wh_reschedule: Script::new(WH_RESCHEDULE),
+            wh_drop_jobs: Script::new(WH_DROP_JOBS),
+            wh_delete: Script::new(WH_DELETE),
+            wh_disable: Script::new(WH_DISABLE),
+            wh_record: Script::new(WH_RECORD),
+            wh_stats: Script::new(WH_STATS),
+            list: Script::new(LIST),
         }
     }
 
-    /// All of them, to preload at connect time.
-    pub(crate) fn all(&self) -> [&Script; 8] {
+    /// The scripts of the session store and its outboxes, to preload at
+    /// connect time. The webhook scripts load on first use (they are off
+    /// the switch path).
+    pub(crate) fn all(&self) -> [&Script; 9] {
         [
             &self.create,
             &self.commit,
@@ -270,6 +529,7 @@ impl Scripts {
             &self.read,
             &self.ack,
             &self.backlog,
+            &self.list,
         ]
     }
 }

@@ -3,38 +3,45 @@
 //! atomic round trip); a deadline claim visits every partition in one script
 //! call (in Cluster mode, one call per partition, concurrently).
 
-use std::collections::VecDeque;
-use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use futures_util::future::try_join_all;
+use kairos_domain::ratelimit::{RateDecision, gcra};
 use kairos_domain::{
-    Claimed, Commit, Event, Session, SessionId, SessionStore, StoreError, machine,
+    Claimed, Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionPage, SessionStore,
+    StoreError, machine,
 };
 use redis::{FromRedisValue, Script};
 
 use crate::codec::{StateCodec, encode_event};
 use crate::config::RedisConfig;
 use crate::conn::RedisConnection;
-use crate::keys::{Keys, PARTITIONS, PartitionKeys, partition_of, split_budget};
+use crate::keys::{Keys, PARTITIONS, PartitionKeys, partition_of, sweep};
+use crate::outbox::{Feed, RedisOutbox};
+use crate::ratelimit::parse_tat;
 use crate::scripts::Scripts;
+use crate::webhooks::RedisWebhookStore;
 
-/// The Redis [`SessionStore`] (and [`kairos_domain::Outbox`], implemented in
-/// `outbox.rs`, which builds on this module and not the other way round).
-/// Cheap to share behind an `Arc`; all methods take `&self`.
+/// The Redis [`SessionStore`], and its audit [`Outbox`] (by delegation to a
+/// [`RedisOutbox`] over the `audit` feed). Cheap to share behind an `Arc`;
+/// all methods take `&self`.
 pub struct RedisStore {
     pub(crate) conn: RedisConnection,
     pub(crate) keys: Keys,
-    pub(crate) scripts: Scripts,
+    pub(crate) scripts: Arc<Scripts>,
     ttl_ms: i64,
-    pub(crate) outbox_enabled: bool,
+    outbox_enabled: bool,
+    /// Whether commits also feed the webhook streams (`{pNN}:hooks`).
+    webhook_feed: bool,
     codec: StateCodec,
-    /// Where the next outbox read starts its sweep, so that no partition is
-    /// always served last.
-    pub(crate) read_rotation: AtomicUsize,
-    /// The same for deadline claims.
+    /// The audit outbox this store is (see its `Outbox` impl below).
+    pub(crate) audit: RedisOutbox,
+    /// Where the next deadline claim starts its sweep, so that no partition
+    /// is always served last.
     claim_rotation: AtomicUsize,
+    /// The key prefix, for the webhook keys.
+    key_prefix: String,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -43,13 +50,11 @@ impl std::fmt::Debug for RedisStore {
             .field("conn", &self.conn)
             .field("ttl_ms", &self.ttl_ms)
             .field("outbox_enabled", &self.outbox_enabled)
+            .field("webhook_feed", &self.webhook_feed)
             .field("codec", &self.codec)
             .finish_non_exhaustive()
     }
 }
-
-/// The consumer group of the outbox streams.
-pub(crate) const GROUP: &str = "audit";
 
 /// Stop adding states to one claim reply past this many bytes (see
 /// `CLAIM_ALL` in [`crate::scripts`]): bounds the reply when sessions are
@@ -59,9 +64,15 @@ const CLAIM_REPLY_BYTES: usize = 4 << 20;
 /// Script calls one standalone claim makes at most (see `claim_due`).
 const MAX_CLAIM_CALLS: usize = 4;
 
-/// Upper bound on the waves of one sweep (see [`RedisStore::sweep`]): enough
-/// to visit every partition one by one plus a few refills of the busy ones.
-const MAX_WAVES: usize = PARTITIONS + 8;
+/// `SCAN ... COUNT` of one step of a session walk (`list`).
+const LIST_SCAN_COUNT: usize = 100;
+/// `SCAN`s one `LIST` script call makes at most: bounds how long the script
+/// holds the server (about this many times `LIST_SCAN_COUNT` keys visited).
+const LIST_SCANS_PER_CALL: usize = 8;
+/// Script calls one page of a walk makes at most; a page that ends on this
+/// bound may hold fewer sessions than asked (even none), and its cursor
+/// goes on from there.
+const LIST_CALLS_PER_PAGE: usize = 32;
 
 impl RedisStore {
     /// Connects (see [`RedisConnection::connect`]) and builds the store.
@@ -79,25 +90,89 @@ impl RedisStore {
         config
             .validate()
             .map_err(|e| StoreError::Other(e.to_string()))?;
+        let keys = Keys::new(&config.key_prefix);
+        let scripts = Arc::new(Scripts::new());
         let store = Self {
+            audit: RedisOutbox::new(
+                conn.clone(),
+                keys.clone(),
+                scripts.clone(),
+                Feed::Audit,
+                config.outbox_enabled,
+            ),
             conn,
-            keys: Keys::new(&config.key_prefix),
-            scripts: Scripts::new(),
+            keys,
+            scripts,
             ttl_ms: i64::try_from(config.session_ttl.as_millis())
                 .unwrap_or(i64::MAX)
                 .max(1),
             outbox_enabled: config.outbox_enabled,
+            webhook_feed: false,
             codec: StateCodec::DEFAULT,
-            read_rotation: AtomicUsize::new(0),
             claim_rotation: AtomicUsize::new(0),
+            key_prefix: config.key_prefix.clone(),
         };
         store.preload_scripts().await?;
         Ok(store)
     }
 
+    /// With `on`, every `create` and `commit` also appends its events to the
+    /// partition's webhook stream (`{pNN}:hooks`, group `webhooks`) in the
+    /// same atomic step as the audit outbox, for [`Self::webhook_outbox`]'s
+    /// reader. Off by default: nothing would drain the streams.
+    #[must_use]
+    pub fn with_webhook_feed(mut self, on: bool) -> Self {
+        self.webhook_feed = on;
+        self
+    }
+
+    /// Whether commits feed the webhook streams.
+    pub fn webhook_feed(&self) -> bool {
+        self.webhook_feed
+    }
+
+    /// The webhook feed as an [`kairos_domain::Outbox`] (the audit outbox is
+    /// the store itself). Reads nothing when the feed is off.
+    pub fn webhook_outbox(&self) -> RedisOutbox {
+        RedisOutbox::new(
+            self.conn.clone(),
+            self.keys.clone(),
+            self.scripts.clone(),
+            Feed::Webhooks,
+            self.webhook_feed,
+        )
+    }
+
+    /// The [`kairos_domain::WebhookStore`] of this deployment (endpoints,
+    /// delivery queue and log, under the same key prefix), whose
+    /// `push_event` feeds this store's webhook streams (a no-op when the
+    /// feed is off).
+    pub fn webhook_store(&self) -> RedisWebhookStore {
+        RedisWebhookStore::new(
+            self.conn.clone(),
+            &self.key_prefix,
+            self.keys.clone(),
+            self.scripts.clone(),
+            self.webhook_feed,
+        )
+    }
+
     /// The connection, to share with [`crate::RedisClock`].
     pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
+    }
+
+    /// The streams a write of a session in partition `keys` appends its
+    /// events to: the audit outbox and the webhook feed, each when on.
+    fn event_streams<'k>(&self, keys: &'k PartitionKeys) -> Vec<&'k str> {
+        let mut streams = Vec::with_capacity(2);
+        if self.outbox_enabled {
+            streams.push(keys.outbox.as_str());
+        }
+        if self.webhook_feed {
+            streams.push(keys.hooks.as_str());
+        }
+        streams
     }
 
     /// Loads the scripts so the first commits do not pay for it. Only an
@@ -121,29 +196,20 @@ impl RedisStore {
         keys: &[&str],
         args: &[Vec<u8>],
     ) -> Result<T, StoreError> {
-        self.conn
-            .run(what, |mut conn| async move {
-                let mut invocation = script.prepare_invoke();
-                for key in keys {
-                    invocation.key(*key);
-                }
-                for arg in args {
-                    invocation.arg(arg.as_slice());
-                }
-                invocation.invoke_async(&mut conn).await
-            })
-            .await
+        self.conn.eval(what, script, keys, args).await
     }
 
     /// The arguments a state write shares between `create` and `commit`:
-    /// encoded state, TTL, deadline (or empty), member, events.
+    /// encoded state, TTL, deadline (or empty), member, then `extra` (the
+    /// commit's rate check), then the events.
     fn write_args(
         &self,
         state: &Session,
         deadline: Option<i64>,
+        extra: Vec<Vec<u8>>,
         events: &[Event],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut args = Vec::with_capacity(4 + events.len());
+        let mut args = Vec::with_capacity(4 + extra.len() + events.len());
         args.push(self.codec.encode(state)?);
         args.push(self.ttl_ms.to_string().into_bytes());
         args.push(
@@ -153,66 +219,14 @@ impl RedisStore {
                 .into_bytes(),
         );
         args.push(state.id.to_string().into_bytes());
-        // With the outbox off nothing drains the streams: write no events at all.
-        if self.outbox_enabled {
+        args.extend(extra);
+        // With both feeds off nothing drains the streams: write no events at all.
+        if self.outbox_enabled || self.webhook_feed {
             for event in events {
                 args.push(encode_event(event)?);
             }
         }
         Ok(args)
-    }
-
-    /// Visits the partitions in waves, starting at `start`, asking each for
-    /// at most a quota; the quotas of a wave add up to what is still wanted,
-    /// so the sweep never takes (claims, leases) more than `budget` items.
-    ///
-    /// The first wave covers every partition when the budget allows (one
-    /// concurrent round of small calls, pipelined on the connection). A
-    /// partition that filled its quota may hold more; later waves give the
-    /// leftover budget to those. With a budget below [`PARTITIONS`] the
-    /// partitions are visited `budget` at a time until the budget is spent
-    /// or all were seen.
-    ///
-    /// `visit(partition, quota)` returns the items and whether the quota was
-    /// filled.
-    pub(crate) async fn sweep<T, F, Fut>(
-        start: usize,
-        budget: usize,
-        mut visit: F,
-    ) -> Result<Vec<T>, StoreError>
-    where
-        F: FnMut(usize, usize) -> Fut,
-        Fut: Future<Output = Result<(Vec<T>, bool), StoreError>>,
-    {
-        let mut out = Vec::new();
-        let mut unvisited: VecDeque<usize> =
-            (0..PARTITIONS).map(|i| (start + i) % PARTITIONS).collect();
-        let mut full: VecDeque<usize> = VecDeque::new();
-        for _ in 0..MAX_WAVES {
-            let remaining = budget.saturating_sub(out.len());
-            let source = if remaining == 0 {
-                break;
-            } else if !unvisited.is_empty() {
-                &mut unvisited
-            } else if !full.is_empty() {
-                &mut full
-            } else {
-                break;
-            };
-            let wave: Vec<usize> = source.drain(..remaining.min(source.len())).collect();
-            let quotas = split_budget(remaining, wave.len());
-            let calls = wave.iter().zip(quotas).map(|(&p, quota)| {
-                let call = visit(p, quota);
-                async move { call.await.map(|result| (p, result)) }
-            });
-            for (p, (items, filled)) in try_join_all(calls).await? {
-                out.extend(items);
-                if filled {
-                    full.push_back(p);
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Claims up to `quota` due deadlines of partition `p` (Cluster mode).
@@ -264,6 +278,32 @@ impl RedisStore {
             .eval("claim_due", &self.scripts.claim_all, &deadline_keys, &args)
             .await?;
         Ok((Self::claimed(flat), more == 1))
+    }
+
+    /// The cursor of a walk: `<partition>-<SCAN cursor>`.
+    fn parse_list_cursor(cursor: Option<&str>) -> Result<(usize, String), StoreError> {
+        let Some(c) = cursor else {
+            return Ok((0, "0".to_owned()));
+        };
+        let (p, scan) = c.split_once('-').ok_or(StoreError::InvalidCursor)?;
+        match (p.parse::<usize>(), scan.parse::<u64>()) {
+            (Ok(p), Ok(scan)) if p < PARTITIONS => Ok((p, scan.to_string())),
+            _ => Err(StoreError::InvalidCursor),
+        }
+    }
+
+    /// The `MATCH` pattern of a partition's state keys: its prefix with the
+    /// glob characters escaped, then `*`.
+    fn state_pattern(prefix: &str) -> String {
+        let mut out = String::with_capacity(prefix.len() + 1);
+        for c in prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('*');
+        out
     }
 
     /// The claims of a `member, state, ...` reply. A member that is not a
@@ -320,14 +360,11 @@ impl SessionStore for RedisStore {
         let keys = self.keys.partition(p);
         let state_key = self.keys.state(&state.id);
         let mut args = vec![state.version.to_string().into_bytes()];
-        args.extend(self.write_args(state, machine::next_deadline(state), events)?);
+        args.extend(self.write_args(state, machine::next_deadline(state), Vec::new(), events)?);
+        let mut script_keys = vec![state_key.as_str(), keys.deadlines.as_str()];
+        script_keys.extend(self.event_streams(keys));
         let created: i64 = self
-            .eval(
-                "create",
-                &self.scripts.create,
-                &[&state_key, &keys.deadlines, &keys.outbox],
-                &args,
-            )
+            .eval("create", &self.scripts.create, &script_keys, &args)
             .await?;
         if created == 1 {
             Ok(())
@@ -340,29 +377,67 @@ impl SessionStore for RedisStore {
         skip(self, commit),
         fields(session_id = %commit.state.id, expected_version = commit.expected_version, version = commit.state.version)
     )]
-    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: &Commit) -> Result<Option<RateDecision>, StoreError> {
         let state = &commit.state;
         let p = partition_of(&state.id);
         let keys = self.keys.partition(p);
         let state_key = self.keys.state(&state.id);
+        let rate_key = self.keys.rate(&state.id);
         let mut args = vec![
             commit.expected_version.to_string().into_bytes(),
             state.version.to_string().into_bytes(),
         ];
-        args.extend(self.write_args(state, commit.deadline, &commit.events)?);
-        let outcome: i64 = self
-            .eval(
-                "commit",
-                &self.scripts.commit,
-                &[&state_key, &keys.deadlines, &keys.outbox],
-                &args,
-            )
+        let rate_args = match commit.rate {
+            Some(check) => vec![
+                check.now_ms.to_string().into_bytes(),
+                check.limit.interval().to_string().into_bytes(),
+                check.limit.period_ms.to_string().into_bytes(),
+            ],
+            None => vec![Vec::new(), Vec::new(), Vec::new()],
+        };
+        args.extend(self.write_args(state, commit.deadline, rate_args, &commit.events)?);
+        // KEYS: state, deadlines, the rate key, then the event streams.
+        let mut script_keys = vec![
+            state_key.as_str(),
+            keys.deadlines.as_str(),
+            rate_key.as_str(),
+        ];
+        script_keys.extend(self.event_streams(keys));
+        let (outcome, detail): (i64, Option<Vec<u8>>) = self
+            .eval("commit", &self.scripts.commit, &script_keys, &args)
             .await?;
+        // The decision the headers report, from the TAT the script read
+        // (the same pure function the script's arithmetic follows).
+        let decision = |detail: Option<Vec<u8>>| -> Result<Option<RateDecision>, StoreError> {
+            let Some(check) = commit.rate else {
+                return Ok(None);
+            };
+            let tat = match detail {
+                Some(bytes) => Some(parse_tat(&String::from_utf8_lossy(&bytes))?),
+                None => None,
+            };
+            Ok(Some(gcra(tat, check.now_ms, check.limit).0))
+        };
         match outcome {
-            1 => Ok(()),
-            // 0: another writer got there first; -1: the session is gone
-            // (deleted or expired). The port reports both as a conflict.
-            _ => Err(StoreError::VersionConflict),
+            1 => decision(detail),
+            // Another writer got there first: the state stored now, so the
+            // caller decides again without a load.
+            0 => Err(StoreError::VersionConflict(
+                detail
+                    .map(|bytes| StateCodec::decode(&bytes).map(Box::new))
+                    .transpose()?,
+            )),
+            2 => match decision(detail)? {
+                Some(refused) => Err(StoreError::RateLimited(RateDecision {
+                    allowed: false,
+                    ..refused
+                })),
+                None => Err(StoreError::Other(
+                    "the commit script refused a rate check it was not given".into(),
+                )),
+            },
+            // -1: the session is gone (deleted or expired).
+            _ => Err(StoreError::VersionConflict(None)),
         }
     }
 
@@ -411,10 +486,64 @@ impl SessionStore for RedisStore {
             }
             return Ok(out);
         }
-        Self::sweep(start, limit, |p, quota| {
+        sweep(start, limit, |p, quota| {
             self.claim_partition(p, quota, now_ms, lease_until)
         })
         .await
+    }
+
+    /// A walk partition by partition, each with `SCAN ... MATCH` over its
+    /// state keys, run inside a script routed to the partition's node (so
+    /// the same code serves standalone, Sentinel and Cluster). Cost: each
+    /// partition's scan visits every key of the node that holds it (`MATCH`
+    /// filters after visiting), so a whole walk visits each node's keyspace
+    /// once per partition it holds: 64 passes over the keyspace on one
+    /// node. Each script call visits at most 800 keys; a page makes at
+    /// most 32 calls. A page may hold up to one `SCAN` batch (about 100)
+    /// more sessions than `limit`, and fewer (even none) when its calls ran
+    /// out before the walk did.
+    #[tracing::instrument(skip(self))]
+    async fn list(&self, cursor: Option<String>, limit: usize) -> Result<SessionPage, StoreError> {
+        let (mut p, mut scan) = Self::parse_list_cursor(cursor.as_deref())?;
+        let limit = limit.max(1);
+        let mut sessions = Vec::new();
+        for _ in 0..LIST_CALLS_PER_PAGE {
+            if p >= PARTITIONS || sessions.len() >= limit {
+                break;
+            }
+            let keys = self.keys.partition(p);
+            let (next, states): (String, Vec<Vec<u8>>) = self
+                .eval(
+                    "list",
+                    &self.scripts.list,
+                    &[&keys.deadlines],
+                    &[
+                        scan.clone().into_bytes(),
+                        Self::state_pattern(&keys.state_prefix).into_bytes(),
+                        LIST_SCAN_COUNT.to_string().into_bytes(),
+                        (limit - sessions.len()).to_string().into_bytes(),
+                        LIST_SCANS_PER_CALL.to_string().into_bytes(),
+                    ],
+                )
+                .await?;
+            for state in states {
+                match StateCodec::decode(&state) {
+                    Ok(s) => sessions.push(s),
+                    Err(e) => tracing::warn!(error = %e, "a stored state that does not decode"),
+                }
+            }
+            if next == "0" {
+                p += 1;
+                scan = "0".to_owned();
+            } else {
+                scan = next;
+            }
+        }
+        let next_cursor = (p < PARTITIONS).then(|| format!("{p}-{scan}"));
+        Ok(SessionPage {
+            sessions,
+            next_cursor,
+        })
     }
 
     #[tracing::instrument(skip(self))]
@@ -430,5 +559,27 @@ impl SessionStore for RedisStore {
         } else {
             Err(StoreError::Other(format!("unexpected PING reply {pong:?}")))
         }
+    }
+}
+
+/// The store is its own audit outbox (the shape the audit worker was wired
+/// with before the webhook feed existed).
+#[async_trait]
+impl Outbox for RedisStore {
+    async fn read(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after_ms: i64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.audit.read(consumer, max, reclaim_after_ms).await
+    }
+
+    async fn ack(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.audit.ack(ids).await
+    }
+
+    async fn backlog(&self, now_ms: i64) -> Result<(u64, i64), StoreError> {
+        self.audit.backlog(now_ms).await
     }
 }

@@ -1,16 +1,20 @@
 //! Smoke tests of the Cluster and Sentinel modes on servers of the test's
-//! own: the same scripts run through each kind of connection, and a
-//! failover to a promoted replica in both (Sentinel, Cluster).
+//! own: the same scripts (the session store's, the outboxes' and the webhook
+//! store's) run through each kind of connection, and a failover to a
+//! promoted replica in both (Sentinel, Cluster).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{OwnRedis, bumped, chess, claim_ids};
-use kairos_domain::{Clock, Commit, Outbox, SessionStore, StoreError};
+use kairos_domain::webhook::{Delivery, DeliveryRecord, Endpoint, WebhookId, new_secret};
+use kairos_domain::{Clock, Commit, Outbox, SessionStore, StoreError, WebhookStore};
 use store_redis::{PARTITIONS, RedisClock, RedisConfig, RedisMode, RedisStore};
 
-/// Create, commit, CAS conflict, claim, outbox round trip and clock on `store`.
+/// Create, commit, CAS conflict, claim, outbox and webhook feed round trips,
+/// the webhook store's scripts, a walk over every session and the clock on
+/// `store` (built with the webhook feed on).
 async fn exercise(store: &RedisStore) {
     let mut ids = Vec::new();
     // Enough sessions to land in many partitions (and so on every cluster node).
@@ -19,6 +23,7 @@ async fn exercise(store: &RedisStore) {
         store.create(&session, &[created]).await.expect("created");
         let next = bumped(&session);
         let commit = Commit {
+            rate: None,
             state: next.clone(),
             expected_version: 1,
             deadline: Some(2_000),
@@ -27,7 +32,7 @@ async fn exercise(store: &RedisStore) {
         store.commit(&commit).await.expect("commits");
         assert_eq!(
             store.commit(&commit).await,
-            Err(StoreError::VersionConflict)
+            Err(StoreError::VersionConflict(Some(Box::new(next.clone()))))
         );
         assert_eq!(store.load(session.id).await, Ok(Some(next)));
         ids.push(session.id);
@@ -45,14 +50,90 @@ async fn exercise(store: &RedisStore) {
         .await
         .expect("acks");
     assert_eq!(store.backlog(0).await.map(|(n, _)| n), Ok(0));
+    let hooks = store.webhook_outbox();
+    let entries = hooks.read("fanout", 1_000, 60_000).await.expect("reads");
+    assert_eq!(entries.len(), ids.len());
+    hooks
+        .ack(&entries.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+        .await
+        .expect("acks");
+    assert_eq!(hooks.backlog(0).await.map(|(n, _)| n), Ok(0));
+    exercise_webhooks(store).await;
     assert_eq!(store.delete(ids[0]).await, Ok(true));
     assert_eq!(store.ping().await, Ok(()));
+    // A walk over every session: each partition's SCAN reaches its node.
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list(cursor, 50).await.expect("lists");
+        listed.extend(page.sessions.iter().map(|s| s.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    listed.sort();
+    listed.dedup();
+    assert_eq!(listed, ids[1..], "every session but the deleted one");
 
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let (clock, _task) = RedisClock::connect(store.connection(), Duration::from_secs(60), stopped)
         .await
         .expect("clock");
     assert!(clock.now_ms() > 1_577_836_800_000, "epoch milliseconds");
+}
+
+/// Every webhook store operation once (their keys share the `{wh}` slot).
+async fn exercise_webhooks(store: &RedisStore) {
+    let w = store.webhook_store();
+    let e = Endpoint {
+        webhook_id: WebhookId::from_uuid(uuid::Uuid::new_v4()),
+        url: "https://receiver.example/hook".into(),
+        event_types: None,
+        description: None,
+        secret: new_secret([1; 32]),
+        created_at_ms: 1_000,
+        disabled: false,
+        disabled_reason: None,
+    };
+    w.create_endpoint(&e).await.expect("creates");
+    assert_eq!(w.list_endpoints().await, Ok(vec![e.clone()]));
+    let d = Delivery {
+        webhook_id: e.webhook_id,
+        event_id: uuid::Uuid::new_v4(),
+        body: "{}".into(),
+        attempt: 1,
+        due_at_ms: 1_000,
+        first_enqueued_at_ms: 1_000,
+    };
+    w.enqueue(&[d.clone(), d.clone()]).await.expect("enqueues");
+    assert_eq!(w.claim_due(1_000, 10, 1_000).await, Ok(vec![d.clone()]));
+    w.reschedule(e.webhook_id, d.event_id, 2, 5_000)
+        .await
+        .expect("reschedules");
+    assert_eq!(w.queue_stats(6_000).await, Ok((1, 5_000)));
+    assert_eq!(w.claim_due(5_000, 10, 1_000).await.map(|c| c.len()), Ok(1));
+    w.finish(e.webhook_id, d.event_id).await.expect("finishes");
+    assert_eq!(w.queue_stats(6_000).await, Ok((0, 0)));
+    let rec = DeliveryRecord {
+        event_id: d.event_id,
+        attempt: 2,
+        status_code: Some(204),
+        error: None,
+        sent_at_ms: 5_000,
+        latency_ms: 3,
+    };
+    w.record_delivery(e.webhook_id, &rec)
+        .await
+        .expect("records");
+    assert_eq!(w.deliveries(e.webhook_id, 10).await, Ok(vec![rec]));
+    w.enqueue(std::slice::from_ref(&d)).await.expect("enqueues");
+    w.disable_endpoint(e.webhook_id, "gone")
+        .await
+        .expect("disables");
+    assert_eq!(w.claim_due(i64::MAX / 2, 10, 1).await, Ok(vec![]));
+    assert_eq!(w.delete_endpoint(e.webhook_id).await, Ok(true));
+    assert_eq!(w.get_endpoint(e.webhook_id).await, Ok(None));
 }
 
 fn query<T: redis::FromRedisValue>(port: u16, cmd: &mut redis::Cmd) -> T {
@@ -120,7 +201,8 @@ async fn cluster_mode_runs_every_operation() {
     };
     let store = RedisStore::connect(&config)
         .await
-        .expect("connects to the cluster");
+        .expect("connects to the cluster")
+        .with_webhook_feed(true);
 
     exercise(&store).await;
 
@@ -143,7 +225,8 @@ async fn sentinel_mode_finds_the_primary_and_runs_every_operation() {
 
     let store = RedisStore::connect(&config)
         .await
-        .expect("connects through Sentinel");
+        .expect("connects through Sentinel")
+        .with_webhook_feed(true);
 
     exercise(&store).await;
     let sessions: Vec<String> = query(primary.port, redis::cmd("KEYS").arg("kairos:*:s:*"));
@@ -229,6 +312,7 @@ async fn sentinel_mode_follows_a_failover_to_the_promoted_replica() {
     let next = bumped(&session);
     store
         .commit(&Commit {
+            rate: None,
             state: next.clone(),
             expected_version: session.version,
             deadline: None,
@@ -314,6 +398,7 @@ async fn cluster_mode_follows_a_failover_to_the_promoted_replica() {
         let next = bumped(session);
         store
             .commit(&Commit {
+                rate: None,
                 state: next.clone(),
                 expected_version: session.version,
                 deadline: None,

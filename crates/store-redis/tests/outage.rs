@@ -66,6 +66,7 @@ async fn a_hung_redis_is_unavailable_meanwhile_and_serves_again_when_it_resumes(
     server.signal("STOP");
     let next = bumped(&session);
     let commit = Commit {
+        rate: None,
         state: next.clone(),
         expected_version: 1,
         deadline: None,
@@ -107,6 +108,7 @@ async fn a_restarted_redis_is_unavailable_meanwhile_then_serves_the_same_store_a
     server.stop();
     let next = bumped(&session);
     let commit = Commit {
+        rate: None,
         state: next.clone(),
         expected_version: 1,
         deadline: Some(5_000),

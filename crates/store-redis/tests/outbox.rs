@@ -25,6 +25,7 @@ async fn write_events(store: &RedisStore, n: usize) -> Vec<Event> {
         events.extend(decision.events.iter().cloned());
         store
             .commit(&Commit {
+                rate: None,
                 deadline: machine::next_deadline(&decision.state),
                 expected_version: session.version,
                 events: decision.events,
@@ -151,6 +152,7 @@ async fn with_the_outbox_off_nothing_is_written() {
         .expect("created");
     store
         .commit(&Commit {
+            rate: None,
             state: bumped(&session),
             expected_version: 1,
             deadline: None,

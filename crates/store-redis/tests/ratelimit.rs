@@ -3,7 +3,8 @@
 
 mod common;
 
-use kairos_domain::ratelimit::{Limit, RateLimiter, gcra};
+use kairos_domain::RateLimiter;
+use kairos_domain::ratelimit::{Limit, gcra};
 use store_redis::RedisRateLimiter;
 
 #[tokio::test]
@@ -43,4 +44,88 @@ async fn two_instances_share_one_budget_and_agree_with_the_pure_gcra() {
             .unwrap()
             .allowed
     );
+}
+
+/// The per-session switch limit folded into the commit script: on the same
+/// inputs (instants with gaps of every size, limits whose interval divides
+/// the period and limits whose does not) it decides as the pure GCRA, stores
+/// the TAT the pure GCRA computes, and a refused commit writes nothing.
+#[tokio::test]
+async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
+    use kairos_domain::{Commit, RateCheck, SessionStore, StoreError};
+    use redis::AsyncCommands;
+
+    let (store, config) = common::store().await;
+    let mut conn = common::raw(&common::redis_url()).await;
+    // Periods of a minute and more: the TAT key expires in real time at
+    // the end of its simulated budget, which a slow run must not reach.
+    let limits = [
+        Limit::per_minute(10),
+        Limit {
+            count: 7,
+            period_ms: 60_000,
+        },
+        Limit {
+            count: 3,
+            period_ms: 100_000,
+        },
+    ];
+    // Gaps between commits: bursts (0), less than, about and more than an
+    // interval, and a whole period.
+    let gaps = [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 999, 5_999, 6_000, 6_001, 0, 8_571, 0, 33_333, 1, 0,
+        60_000, 0, 0, 0, 17, 100_001,
+    ];
+    for limit in limits {
+        let (session, created) = common::chess(60_000, 1_000);
+        store.create(&session, &[created]).await.unwrap();
+        let rate_key = format!(
+            "{}{{p{:02}}}:rl:{}",
+            config.key_prefix,
+            store_redis::partition_of(&session.id),
+            session.id
+        );
+        let mut current = session.clone();
+        let mut tat: Option<i64> = None;
+        let mut now = 1_765_000_000_123_i64;
+        let (mut allowed, mut refused) = (0, 0);
+        for (i, gap) in gaps.iter().enumerate() {
+            now += gap;
+            let next = common::bumped(&current);
+            let got = store
+                .commit(&Commit {
+                    rate: Some(RateCheck { limit, now_ms: now }),
+                    expected_version: current.version,
+                    deadline: None,
+                    events: vec![],
+                    state: next.clone(),
+                })
+                .await;
+            let (want, next_tat) = gcra(tat, now, limit);
+            if want.allowed {
+                assert_eq!(got, Ok(Some(want)), "{limit:?}, commit {i}");
+                tat = Some(next_tat);
+                current = next;
+                allowed += 1;
+            } else {
+                assert_eq!(
+                    got,
+                    Err(StoreError::RateLimited(want)),
+                    "{limit:?}, commit {i}"
+                );
+                refused += 1;
+            }
+            assert_eq!(store.load(session.id).await, Ok(Some(current.clone())));
+            let stored: Option<String> = conn.get(&rate_key).await.unwrap();
+            assert_eq!(
+                stored.map(|s| s.parse::<i64>().unwrap()),
+                tat,
+                "{limit:?}, commit {i}"
+            );
+        }
+        assert!(
+            allowed > 0 && refused > 0,
+            "{limit:?}: {allowed} / {refused}"
+        );
+    }
 }

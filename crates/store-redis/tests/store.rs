@@ -1,5 +1,6 @@
 //! `RedisStore` as a `SessionStore` against a real Redis: round trips,
-//! compare-and-set, TTLs, the deadline index and deadline claims.
+//! compare-and-set, TTLs, the deadline index, deadline claims and the walk
+//! over every session (`list`).
 
 mod common;
 
@@ -54,6 +55,7 @@ async fn commit_applies_on_the_expected_version_only() {
     store.create(&session, &[created]).await.expect("created");
     let decision = machine::decide(&session, &Command::Start, None, 2_000).expect("starts");
     let started = Commit {
+        rate: None,
         deadline: machine::next_deadline(&decision.state),
         expected_version: session.version,
         events: decision.events,
@@ -82,7 +84,13 @@ async fn commit_applies_on_the_expected_version_only() {
     stale.deadline = Some(99_000);
     let replay = store.commit(&stale).await;
 
-    assert_eq!(replay, Err(StoreError::VersionConflict));
+    // The conflict carries the state stored now, so the caller needs no load.
+    assert_eq!(
+        replay,
+        Err(StoreError::VersionConflict(Some(Box::new(
+            started.state.clone()
+        ))))
+    );
     assert_eq!(
         store.load(session.id).await,
         Ok(Some(started.state.clone()))
@@ -105,6 +113,7 @@ async fn commit_on_a_missing_session_is_a_conflict_and_writes_nothing() {
     let (store, config) = store().await;
     let (session, created) = chess(60_000, 1_000);
     let commit = Commit {
+        rate: None,
         state: bumped(&session),
         expected_version: session.version,
         deadline: Some(5_000),
@@ -113,7 +122,7 @@ async fn commit_on_a_missing_session_is_a_conflict_and_writes_nothing() {
 
     assert_eq!(
         store.commit(&commit).await,
-        Err(StoreError::VersionConflict)
+        Err(StoreError::VersionConflict(None))
     );
 
     let keys = keys_of(&config, &session.id);
@@ -146,6 +155,7 @@ async fn ttl_is_set_on_create_renewed_on_commit_and_expiry_removes_the_session()
     let next = bumped(&session);
     store
         .commit(&Commit {
+            rate: None,
             state: next.clone(),
             expected_version: 1,
             deadline: None,
@@ -162,12 +172,16 @@ async fn ttl_is_set_on_create_renewed_on_commit_and_expiry_removes_the_session()
     tokio::time::sleep(Duration::from_millis(1_700)).await;
     assert_eq!(store.load(session.id).await, Ok(None), "expired by its TTL");
     let again = Commit {
+        rate: None,
         state: bumped(&next),
         expected_version: next.version,
         deadline: None,
         events: vec![],
     };
-    assert_eq!(store.commit(&again).await, Err(StoreError::VersionConflict));
+    assert_eq!(
+        store.commit(&again).await,
+        Err(StoreError::VersionConflict(None))
+    );
 }
 
 #[tokio::test]
@@ -184,6 +198,7 @@ async fn deadline_index_follows_commits_and_delete() {
     let v2 = bumped(&session);
     store
         .commit(&Commit {
+            rate: None,
             state: v2.clone(),
             expected_version: 1,
             deadline: Some(10_000),
@@ -195,6 +210,7 @@ async fn deadline_index_follows_commits_and_delete() {
     let v3 = bumped(&v2);
     store
         .commit(&Commit {
+            rate: None,
             state: v3.clone(),
             expected_version: 2,
             deadline: Some(25_000),
@@ -206,6 +222,7 @@ async fn deadline_index_follows_commits_and_delete() {
     let v4 = bumped(&v3);
     store
         .commit(&Commit {
+            rate: None,
             state: v4.clone(),
             expected_version: 3,
             deadline: None,
@@ -221,6 +238,7 @@ async fn deadline_index_follows_commits_and_delete() {
 
     store
         .commit(&Commit {
+            rate: None,
             state: bumped(&v4),
             expected_version: 4,
             deadline: Some(30_000),
@@ -242,6 +260,7 @@ async fn with_deadline(store: &RedisStore, deadline: i64) -> kairos_domain::Sess
     store.create(&session, &[created]).await.expect("created");
     store
         .commit(&Commit {
+            rate: None,
             state: bumped(&session),
             expected_version: 1,
             deadline: Some(deadline),
@@ -312,6 +331,7 @@ async fn claim_due_returns_every_due_session_even_past_one_reply_budget() {
         store.create(&session, &[created]).await.expect("created");
         store
             .commit(&Commit {
+                rate: None,
                 state: bumped(&session),
                 expected_version: 1,
                 deadline: Some(2_000),
@@ -370,6 +390,7 @@ async fn a_commit_after_a_claim_replaces_the_lease_with_the_true_deadline() {
     let v2 = bumped(&session);
     store
         .commit(&Commit {
+            rate: None,
             state: v2.clone(),
             expected_version: 1,
             deadline: Some(1_000),
@@ -384,6 +405,7 @@ async fn a_commit_after_a_claim_replaces_the_lease_with_the_true_deadline() {
 
     store
         .commit(&Commit {
+            rate: None,
             state: bumped(&v2),
             expected_version: 2,
             deadline: Some(3_000),
@@ -411,4 +433,53 @@ async fn a_commit_after_a_claim_replaces_the_lease_with_the_true_deadline() {
 async fn ping_answers() {
     let (store, _) = store().await;
     assert_eq!(store.ping().await, Ok(()));
+}
+
+/// Every session id a whole walk returns, pages of `limit`.
+async fn walk(store: &RedisStore, limit: usize) -> Vec<kairos_domain::SessionId> {
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10_000 {
+        let page = store.list(cursor, limit).await.expect("lists");
+        assert!(page.sessions.len() <= limit + 100, "one SCAN batch over");
+        ids.extend(page.sessions.iter().map(|s| s.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return ids,
+        }
+    }
+    panic!("the walk never ended");
+}
+
+#[tokio::test]
+async fn a_walk_returns_every_session_of_its_prefix_once() {
+    // Another deployment on the same server, under a key prefix of its own.
+    let (other, _) = store().await;
+    let (store, _) = store().await;
+    let mut ids = Vec::new();
+    for _ in 0..150 {
+        let (session, created) = chess(60_000, 1_000);
+        store.create(&session, &[created]).await.expect("created");
+        ids.push(session.id);
+    }
+    let (stranger, created) = chess(60_000, 1_000);
+    other.create(&stranger, &[created]).await.expect("created");
+
+    let mut seen = walk(&store, 7).await;
+
+    seen.sort_by_key(|id| *id.as_uuid());
+    seen.dedup();
+    ids.sort_by_key(|id| *id.as_uuid());
+    assert_eq!(seen, ids, "every session once, none of another prefix");
+    let first = store.list(None, 1).await.expect("lists");
+    assert_eq!(first.sessions.len(), 1, "{first:?}");
+    let loaded = store.load(first.sessions[0].id).await.expect("loads");
+    assert_eq!(loaded.as_ref(), Some(&first.sessions[0]));
+    for bad in ["", "x", "64-0", "3-", "-1", "3-abc"] {
+        assert_eq!(
+            store.list(Some(bad.to_owned()), 5).await,
+            Err(StoreError::InvalidCursor),
+            "{bad:?}"
+        );
+    }
 }

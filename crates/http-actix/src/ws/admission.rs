@@ -7,11 +7,14 @@
 //! from the error's wire code (`error::close_code`).
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use kairos_domain::SessionId;
+use std::collections::HashMap;
+
+use kairos_domain::{Actor, SessionId};
 
 use crate::error::{ApiError, Code, close_code};
 use crate::limits::{self, Kind};
-use crate::state::AppState;
+use crate::presence::Seat;
+use crate::state::{AppState, AuthMode};
 use crate::ws::connection::{Admitted, close_reason};
 use crate::ws::guards::Slot;
 use crate::ws::upgrade::{Handover, Takeover};
@@ -79,7 +82,11 @@ pub(crate) async fn accept(
     let tasks = slot.state.lifecycle.tasks().clone();
     let handover = match (admitted, actor, target) {
         (Ok(()), Ok((actor, until)), Ok(id)) => Handover::Open(Admitted {
-            slot,
+            slot: {
+                let mut slot = slot;
+                slot.seat = Some(Box::new(seat(req, &slot.state, &actor)));
+                slot
+            },
             id,
             actor,
             expires_ms: until.map_or(u64::MAX, ms_until),
@@ -97,6 +104,25 @@ pub(crate) async fn accept(
     // Every task is tracked: shutdown waits for its close frame.
     takeover.hand_over(handover, tasks);
     Ok(HttpResponse::from(response).map_into_boxed_body())
+}
+
+/// Who the socket is for presence: the token's `sub` and `pid`; with
+/// `AUTH_MODE=off` (no token) the `?user=` and `?participant_id=` of the
+/// query (contract section 9).
+fn seat(req: &HttpRequest, state: &AppState, actor: &Actor) -> Seat {
+    if matches!(state.settings.auth, AuthMode::Off) {
+        let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+            .map(web::Query::into_inner)
+            .unwrap_or_default();
+        return Seat::new(
+            query.get("user").cloned(),
+            query.get("participant_id").cloned(),
+        );
+    }
+    Seat::new(
+        actor.sub.clone(),
+        actor.pid.as_ref().map(|p| p.as_str().to_owned()),
+    )
 }
 
 /// Milliseconds from now until `until_s` (seconds since the Unix epoch, by

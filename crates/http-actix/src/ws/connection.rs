@@ -268,6 +268,16 @@ impl Connection {
             Ok(view) => view,
             Err(e) => return Err(connect_refusal(e)),
         };
+        if let Some(mut seat) = self.slot.seat.take() {
+            let state = self.slot.state.clone();
+            Box::pin(
+                state
+                    .presence
+                    .join(&state.service, &mut seat, self.id, &view),
+            )
+            .await;
+            self.slot.seat = Some(seat);
+        }
         let connected = wire::connected_message(self.id, self.now_ms());
         self.send(connected).await?;
         self.send_sync(view, true).await?;
@@ -374,6 +384,13 @@ impl Connection {
                     self.send_shared(&text).await?;
                 }
                 Ok(())
+            }
+            Frame::Event { sub, text } => {
+                let own = self.slot.seat.as_ref().is_some_and(|s| s.sub() == &*sub);
+                if own {
+                    return Ok(());
+                }
+                self.send_shared(&text).await
             }
             Frame::Deleted { text } => {
                 self.send_shared(&text).await?;

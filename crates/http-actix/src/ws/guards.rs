@@ -10,6 +10,7 @@ use actix_web::web;
 
 use crate::error::ApiError;
 use crate::places::Place;
+use crate::presence::Seat;
 use crate::state::AppState;
 
 /// One of the instance's `ws_max_connections` places, held for the life of
@@ -20,6 +21,9 @@ pub struct Slot {
     /// The place held under the token subject's per-user cap, if any
     /// (boxed: one pointer in every idle socket's task instead of two strings).
     place: Option<Box<Place>>,
+    /// Who the socket is for presence, and its entry once registered
+    /// (boxed for the same reason).
+    pub(crate) seat: Option<Box<Seat>>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -46,7 +50,11 @@ impl Slot {
                 )
             })?;
         state.metrics.ws_connections.inc();
-        Ok(Self { state, place: None })
+        Ok(Self {
+            state,
+            place: None,
+            seat: None,
+        })
     }
 
     /// Counts this socket against `sub`'s per-user cap; refuses past it.
@@ -62,6 +70,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(place) = self.place.take() {
             self.state.places.give_back(*place);
+        }
+        if let Some(seat) = self.seat.take() {
+            self.state.presence.leave(&self.state.service, *seat);
         }
         self.state.ws_connections.fetch_sub(1, Ordering::AcqRel);
         self.state.metrics.ws_connections.dec();

@@ -140,7 +140,11 @@ fn median(v: &mut [u128]) -> u128 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
-#[tokio::test]
+// Several threads: `pg.stop()` blocks its thread until PostgreSQL is down
+// (seconds on a loaded machine); on a single-threaded runtime every switch
+// task would stand still meanwhile, and pooled connections idle past the
+// server's keep-alive would be closed under the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_in_the_middle_of_5000_switches_loses_nothing() {
     let pg = OwnPostgres::start();
     let key_prefix = prefix();

@@ -1,6 +1,7 @@
 //! Several real `kairos-server` processes on one real Redis: updates reach
 //! clients on every instance, no update is lost under concurrency, a
-//! timeout fires exactly once, instances agree on "now" even when a host
+//! timeout fires exactly once (also when the instance holding its timer is
+//! SIGKILLed), instances agree on "now" even when a host
 //! clock is off, limits are shared, and a Redis restart is survived.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
@@ -281,6 +282,215 @@ async fn a_timeout_fires_exactly_once_and_reaches_clients_on_every_instance() {
         v["data"]["version"], 4,
         "a deadline was applied more than once"
     );
+}
+
+/// Host wall-clock ms: on one machine, the same clock Redis `TIME` reads.
+fn wall_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// A metric's value on the instance whose metrics port is `port`.
+async fn metric(http: &reqwest::Client, port: u16, name: &str) -> f64 {
+    let text = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Every session is created and started through one instance, so that its
+/// local timers hold every deadline; it is SIGKILLed before any falls due.
+/// The two survivors' sweeps apply each timeout exactly once, as of its
+/// deadline: one `participant_expired` and one `session_expired` per
+/// session in the audit trail, at the deadline the start answer implied,
+/// and every one counted by the survivors' sweep. Values, not timings.
+#[tokio::test]
+async fn the_timeouts_of_a_killed_instance_fire_once_on_the_survivors_as_of_their_deadlines() {
+    const N: usize = 100;
+    let db = procs::database_url();
+    let key_prefix = procs::prefix();
+    let mut nodes = Vec::new();
+    let mut metrics_ports = Vec::new();
+    for _ in 0..3 {
+        let metrics_port = procs::free_port();
+        nodes.push(
+            Instance::start(&[
+                ("REDIS_URL", redis_url()),
+                ("REDIS_KEY_PREFIX", key_prefix.clone()),
+                ("DATABASE_URL", db.clone()),
+                // Outbox entries the killed instance read and never
+                // acknowledged are taken over soon, not after 30 s.
+                ("AUDIT_RECLAIM_MS", "1000".into()),
+                ("METRICS_PORT", metrics_port.to_string()),
+            ])
+            .await,
+        );
+        metrics_ports.push(metrics_port);
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(32)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let holder = &nodes[0];
+
+    // Session k: white's clock of `lead + 10 k` ms, started at once. A
+    // machine so slow that the first deadline is near before the last
+    // start answers gets another try with a longer lead (the sessions of
+    // the failed try are deleted first, so nothing of them is left to fire).
+    let mut planned: Option<Vec<(String, i64)>> = None;
+    for attempt in 1..=4_i64 {
+        let lead = 3_000 * attempt;
+        let sessions: Vec<(String, i64)> = futures_util::stream::iter(0..N)
+            .map(|k| {
+                let http = &http;
+                async move {
+                    let bank = lead + 10 * i64::try_from(k).unwrap();
+                    let mut config = chess(bank, 0);
+                    config["participants"][1]["total_time_ms"] = json!(600_000);
+                    let id = create_session(http, holder.url("/v1/sessions"), None, config).await;
+                    let (status, body) =
+                        post(http, holder.url(&format!("/v1/sessions/{id}/start")), None).await;
+                    assert_eq!(status, 200, "start: {body}");
+                    let started = body["data"]["session_started_at_ms"].as_i64().unwrap();
+                    (id, started + bank)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let first = sessions.iter().map(|(_, d)| *d).min().unwrap();
+        if wall_ms() + 500 < first {
+            planned = Some(sessions);
+            break;
+        }
+        eprintln!("attempt {attempt}: the set-up took longer than {lead} ms; again");
+        for (id, _) in &sessions {
+            let res = http
+                .delete(holder.url(&format!("/v1/sessions/{id}")))
+                .send()
+                .await
+                .unwrap();
+            assert!(res.status().is_success(), "delete {id}: {}", res.status());
+        }
+    }
+    let sessions = planned.expect("a set-up that finished before its deadlines");
+    let first = sessions.iter().map(|(_, d)| *d).min().unwrap();
+
+    // The holder's timers hold every deadline; the others hold none.
+    assert_eq!(
+        metric(&http, metrics_ports[0], "kairos_timers_armed").await,
+        N as f64
+    );
+    // What the survivors applied so far (a failed try's sessions whose
+    // holder's timer lagged may have been swept): the baseline.
+    let mut swept_before = 0.0;
+    let mut fired_before = 0.0;
+    for &port in &metrics_ports[1..] {
+        assert_eq!(metric(&http, port, "kairos_timers_armed").await, 0.0);
+        swept_before += metric(&http, port, "kairos_timeouts_swept_total").await;
+        fired_before += metric(&http, port, "kairos_timeouts_fired_total").await;
+    }
+    nodes[0].kill();
+    let killed_at = wall_ms();
+    assert!(
+        killed_at < first,
+        "precondition: the holder died {} ms after the first deadline (the machine stalled)",
+        killed_at - first
+    );
+
+    // Per session: created (1), started (2), then one timeout commit (3)
+    // with the participant's and the session's expiry.
+    let list = sessions
+        .iter()
+        .map(|(id, _)| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let count_sql = format!("SELECT count(*) FROM sync_events WHERE session_id IN ({list})");
+    let give_up = StdInstant::now() + Duration::from_secs(60);
+    loop {
+        let n: usize = procs::psql(&db, &count_sql).parse().unwrap();
+        if n >= 4 * N || StdInstant::now() > give_up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A second firing would have to wait out a claim's lease (5 s): by now
+    // the sweeps have run many times over every deadline.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let rows = procs::psql(
+        &db,
+        &format!(
+            "SELECT session_id, version, event_type, at_ms, count(*) OVER (PARTITION BY event_id) \
+             FROM sync_events WHERE session_id IN ({list}) ORDER BY session_id, version, write_seq"
+        ),
+    );
+    let mut by_session: std::collections::BTreeMap<&str, Vec<(i64, &str, i64, i64)>> =
+        std::collections::BTreeMap::new();
+    for line in rows.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        by_session.entry(f[0]).or_default().push((
+            f[1].parse().unwrap(),
+            f[2],
+            f[3].parse().unwrap(),
+            f[4].parse().unwrap(),
+        ));
+    }
+    assert_eq!(by_session.len(), N);
+    for (id, deadline) in &sessions {
+        let got = &by_session[id.as_str()];
+        let kinds: Vec<(i64, &str)> = got.iter().map(|r| (r.0, r.1)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, "session_created"),
+                (2, "session_started"),
+                (3, "participant_expired"),
+                (3, "session_expired")
+            ],
+            "{id}"
+        );
+        assert!(got.iter().all(|r| r.3 == 1), "{id}: an event stored twice");
+        assert_eq!(got[2].2, *deadline, "{id}: the expiry as of its deadline");
+        assert_eq!(got[3].2, *deadline, "{id}");
+    }
+    // The survivors applied them all, by their sweep (the holder died
+    // before any was due), and agree with the trail.
+    let mut swept = 0.0;
+    let mut fired = 0.0;
+    for &port in &metrics_ports[1..] {
+        swept += metric(&http, port, "kairos_timeouts_swept_total").await;
+        fired += metric(&http, port, "kairos_timeouts_fired_total").await;
+    }
+    assert_eq!(
+        (swept - swept_before, fired - fired_before),
+        (N as f64, N as f64)
+    );
+    for (k, (id, deadline)) in sessions.iter().enumerate() {
+        let v: Value = http
+            .get(nodes[1 + k % 2].url(&format!("/v1/sessions/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"]["version"], 3, "{id}: {v}");
+        assert_eq!(v["data"]["status"], "expired", "{id}: {v}");
+        assert_eq!(v["data"]["session_completed_at_ms"], *deadline, "{id}: {v}");
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,25 @@
+//! # webhook-http
+//!
+//! The webhook sender of SyncKairos (contract section 9): an adapter that
+//! turns one queued delivery into one signed HTTP POST and its outcome. The
+//! workers that decide what to send and when (fan-out, retry schedule,
+//! disabling) live in the server and the domain (`kairos_domain::webhook`);
+//! this crate knows HTTP, TLS, DNS and HMAC, and nothing of the stores.
+//!
+//! # Layout
+//!
+//! - [`guard`]: the SSRF guard: [`UrlPolicy`], the address classes refused,
+//!   [`check_url`] for a URL about to be stored (scheme, host resolved,
+//!   every address public).
+//! - [`sign`]: the Standard Webhooks signature of one attempt.
+//! - [`sender`]: [`Sender`], one HTTP/1.1 connection per attempt (hyper,
+//!   rustls on ring) to an address the guard allows, resolved at send time;
+//!   10 s for everything, no redirects, no proxy; the answer mapped to
+//!   [`kairos_domain::webhook::AttemptOutcome`] (2xx, 410, `Retry-After`).
+
+pub mod guard;
+pub mod sender;
+pub mod sign;
+
+pub use guard::{UrlError, UrlPolicy, check_url};
+pub use sender::{BuildError, Message, SEND_TIMEOUT, Sender};
