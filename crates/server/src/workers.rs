@@ -328,8 +328,8 @@ pub struct AuditWorker {
 /// acknowledging) are taken over.
 ///
 /// With the outbox drained it does not poll: it waits for this instance's
-/// next commit (`nudge`), then [`AUDIT_GATHER`] more so that one read takes
-/// many commits' events, or at most [`AUDIT_IDLE_POLL`] for other
+/// next commit (`nudge`), then `AUDIT_GATHER` more so that one read takes
+/// many commits' events, or at most `AUDIT_IDLE_POLL` for other
 /// instances' leftovers.
 pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<bool>) {
     let AuditWorker {

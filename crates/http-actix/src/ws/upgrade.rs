@@ -10,7 +10,7 @@
 //! request still runs through the actix-web application, middleware and
 //! handlers included, so admission (origin, limits, token, per-user cap,
 //! 503s) is decided exactly as for any request; the WebSocket handler
-//! leaves a [`Handover`] in the request's [`Takeover`] cell. Then the
+//! leaves a `Handover` in the request's `Takeover` cell. Then the
 //! response head is written here, and on a 101 the raw TCP stream (with any
 //! bytes the client already sent after its handshake) becomes a
 //! tokio-tungstenite socket with small buffers; the HTTP/1 dispatcher and its
