@@ -4,8 +4,9 @@
 // live session with its clocks ticking as the SDK's time model says, that
 // the pause, resume, +1 min and cancel buttons do what they say, that a
 // missing or non-admin token is explained, that the token survives a reload
-// of the tab (sessionStorage), and that sections for endpoints this server
-// lacks (presence, webhooks) read "not available". A screenshot is kept as
+// of the tab (sessionStorage), and that each session's connections and the
+// webhook endpoints (one registered here, pointing nowhere, so its
+// deliveries fail) are shown. A screenshot is kept as
 // an artifact (and, with KAIROS_UPDATE_ADMIN_PNG=1, as docs/admin.png).
 //
 // It starts the server binary itself (KAIROS_SERVER_BIN, default
@@ -124,6 +125,10 @@ before(async () => {
     METRICS_PORT: String(metricsPort),
     JWT_SECRET: SECRET,
     RATE_LIMITS: 'off',
+    // The test's webhook endpoint is a closed loopback port.
+    WEBHOOK_ALLOW_HTTP: 'true',
+    WEBHOOK_ALLOW_PRIVATE: 'true',
+    WEBHOOK_RETRY_SCHEDULE_MS: '200,200,200',
     SHUTDOWN_DRAIN_SECONDS: '0',
     RUST_LOG: 'warn',
   };
@@ -175,6 +180,10 @@ after(async () => {
 
 describe('admin view in Chromium', { timeout: 180_000 }, () => {
   it('asks for a token, refuses a non-admin one, then lists every session with ticking clocks', { timeout: TEST_TIMEOUT }, async () => {
+    // An endpoint nothing listens on (a port just freed): every delivery
+    // of the events below fails.
+    const [closed] = await freePorts(1);
+    const hook = await api('POST', '/v1/webhooks', { url: `http://127.0.0.1:${closed}/hook`, description: 'nobody home' });
     const chess = await api('POST', '/v1/sessions', {
       sync_mode: 'per_participant',
       increment_ms: 2000,
@@ -194,7 +203,6 @@ describe('admin view in Chromium', { timeout: 180_000 }, () => {
     });
     const watch = await api('POST', '/v1/sessions', { sync_mode: 'count_up', participants: [{ participant_id: 'runner' }] });
     await api('POST', `/v1/sessions/${watch.session_id}/start`);
-
     const page = await openAdmin();
     await page.waitForSelector('body[data-auth=needed]');
     assert.match(await page.textContent('#notice'), /needs an admin token/);
@@ -222,10 +230,16 @@ describe('admin view in Chromium', { timeout: 180_000 }, () => {
     assert.equal(s.sessions[teams.session_id].status, 'pending');
     assert.deepEqual(s.sessions[teams.session_id].texts, { ada: '2:00', grace: '2:00' });
     assert.equal(s.sessions[watch.session_id].mode, 'count_up');
-    // Endpoints of the other parts of the admin view are not on this server.
-    assert.equal(c.presence, 'not available');
-    assert.equal(s.webhooks, 'unavailable');
-    assert.equal(await page.isVisible('#webhooks-unavailable'), true);
+    // Nobody is connected to the sessions; the endpoint is listed.
+    assert.equal(c.presence, '0 connections');
+    assert.deepEqual(s.webhooks, [hook.webhook_id]);
+    assert.equal(await page.isVisible('#webhooks-unavailable'), false);
+    await waitFor('a failed delivery on the page', async () => {
+      await page.reload();
+      await page.waitForSelector('body[data-auth=ok]');
+      return (await page.$$(`tr[data-webhook="${hook.webhook_id}"] li[data-ok=false]`)).length > 0;
+    }, 20_000, 250);
+    assert.match(await page.textContent(`tr[data-webhook="${hook.webhook_id}"]`), /nobody home/);
 
     // The clock ticks with the time model: what the page shows is the
     // server's view moved on by the server time that passed.
@@ -268,7 +282,11 @@ describe('admin view in Chromium', { timeout: 180_000 }, () => {
 
     await page.click(`${row} button[data-action=add_time]`);
     await waitFor('a minute more for p1', async () => (await api('GET', `/v1/sessions/${id}`)).participants[0].total_time_ms === 120_000);
-    const history = await api('GET', `/v1/sessions/${id}/events?limit=1`);
+    // The history is the audit trail, written just after the commit.
+    const history = await waitFor('time_added in the history', async () => {
+      const h = await api('GET', `/v1/sessions/${id}/events?limit=1`);
+      return h[0]?.event_type === 'time_added' ? h : null;
+    });
     assert.equal(history[0].event_type, 'time_added');
     assert.deepEqual(history[0].metadata, { ms: 60_000, reason: 'admin view' });
 
