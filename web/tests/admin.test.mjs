@@ -296,6 +296,8 @@ describe('admin view in Chromium', { timeout: 180_000 }, () => {
     await page.click(`${row} button[data-action=cancel]`);
     await waitFor('cancelled', async () => (await status()) === 'cancelled');
     assert.equal((await api('GET', `/v1/sessions/${id}`)).status, 'cancelled');
+    // The row is drawn on the next frame after the state changes.
+    await waitFor('the cancel button disabled', () => page.isDisabled(`${row} button[data-action=cancel]`));
     assert.equal(await page.isDisabled(`${row} button[data-action=cancel]`), true);
     await page.context().close();
   });
