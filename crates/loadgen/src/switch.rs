@@ -149,7 +149,7 @@ async fn closed_loop(
 /// A fixed rate: request `i` is due at `start + i / rate`, sent at once when
 /// due (or as soon as fewer than `max_in_flight` are outstanding), and its
 /// latency counts from when it was due.
-async fn open_loop(
+pub(crate) async fn open_loop(
     client: &reqwest::Client,
     urls: &Arc<Vec<Vec<Url>>>,
     rate: f64,

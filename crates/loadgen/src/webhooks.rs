@@ -22,13 +22,11 @@ use anyhow::{Context, Result, ensure};
 use kairos_client::{Client, NewWebhook, WebhookVerifier};
 use reqwest::Url;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 use crate::common::{
     CpuMeter, LONG_CLOCK_MS, Recorder, bounded_count, bounded_secs, http_client, http_targets,
     now_ms, prepare_sessions, session_config,
 };
-use crate::http_load::{self, Tally};
 
 /// Arguments of `webhooks`.
 #[derive(Debug, clap::Args)]
@@ -172,7 +170,9 @@ pub(crate) async fn run(args: Args) -> Result<String> {
 
     eprintln!("webhooks: open loop, {}/s for {duration:?}", args.rate);
     let cpu = CpuMeter::start();
-    let tally = open_loop(&http, &urls, args.rate, duration).await?;
+    let urls = Arc::new(vec![urls]);
+    let tally =
+        crate::switch::open_loop(&http, &urls, args.rate, 4096, Duration::ZERO, duration).await?;
     let expected = tally.ok;
     let drain_start = Instant::now();
     loop {
@@ -216,46 +216,4 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         r.insert("drain_s".to_owned(), json!(drained_s));
     }
     Ok(report.to_string())
-}
-
-/// The switch scenario's open loop, one target: request `i` is due at
-/// `start + i / rate` and its latency counts from then.
-async fn open_loop(
-    client: &reqwest::Client,
-    urls: &[Url],
-    rate: f64,
-    duration: Duration,
-) -> Result<Tally> {
-    let start = Instant::now();
-    let end = start + duration;
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let in_flight = Arc::new(Semaphore::new(4096));
-    let mut i: usize = 0;
-    loop {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        if due >= end {
-            break;
-        }
-        tokio::time::sleep_until(due.into()).await;
-        let permit = in_flight.clone().acquire_owned().await?;
-        let url = urls[i % urls.len()].clone();
-        let client = client.clone();
-        let tally = tally.clone();
-        tokio::spawn(async move {
-            let outcome = http_load::send(client.post(url)).await;
-            tally
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .add(outcome, due.elapsed());
-            drop(permit);
-        });
-        i += 1;
-    }
-    let _ = tokio::time::timeout(
-        crate::common::HTTP_TIMEOUT + Duration::from_secs(1),
-        in_flight.acquire_many(4096),
-    )
-    .await;
-    let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner));
-    Ok(tally)
 }
