@@ -547,9 +547,12 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
     pub async fn fire_claimed(&self, claimed: Claimed) -> Result<Vec<i64>, ServiceError> {
         let Claimed { id, state } = claimed;
         self.decide_and_commit(
-            // The claimed state first, then the store's; a session gone
-            // meanwhile has nothing due.
-            state.map(|s| Known::Fresh(Arc::new(s))),
+            // The claimed state first, else the instance's copy (a local
+            // timer fires on the state its own commit left: one round trip),
+            // then the store's; a session gone meanwhile has nothing due.
+            state
+                .map(|s| Known::Fresh(Arc::new(s)))
+                .or_else(|| self.cache.get(id).map(Known::Cached)),
             || async move {
                 match self.load_fresh(id).await? {
                     Some(state) => Ok(Continue(state)),

@@ -298,12 +298,17 @@ impl Application {
         }
         let bus = adapters.bus;
         // Every deadline this instance commits arms its local timer, and
-        // every commit nudges the audit worker (the outbox has news).
+        // every commit nudges the audit and webhook fan-out workers (their
+        // outboxes have news): neither polls.
         let timers = Arc::new(LocalTimers::new(worker_metrics.timers_armed.clone()));
         let audit_nudge = Arc::new(Notify::new());
-        let nudge = audit_nudge.clone();
+        let hooks_nudge = Arc::new(Notify::new());
+        let nudges = (audit_nudge.clone(), hooks_nudge.clone());
         let mut service = Service::new(adapters.store, bus.clone(), adapters.clock)
-            .with_deadline_observer(timers.observer(move || nudge.notify_one()))
+            .with_deadline_observer(timers.observer(move || {
+                nudges.0.notify_one();
+                nudges.1.notify_one();
+            }))
             .with_presence(adapters.presence, settings.presence_leave_delay_ms);
         if let Some((_, sink)) = &adapters.audit {
             service = service.with_audit(sink.clone());
@@ -313,6 +318,7 @@ impl Application {
             // the webhook feed itself.
             service = service.with_presence_observer(Arc::new(webhooks::PresenceFeed::new(
                 adapters.webhooks.0.clone(),
+                hooks_nudge.clone(),
             )));
         }
         let http = HttpSettings {
@@ -359,6 +365,7 @@ impl Application {
                 metrics: worker_metrics.clone(),
                 settings: settings.webhooks.clone(),
                 reclaim_after_ms: settings.audit_reclaim_ms,
+                nudge: hooks_nudge,
             })
         } else {
             None

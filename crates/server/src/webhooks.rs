@@ -19,7 +19,7 @@ use kairos_domain::webhook::{
     next_step,
 };
 use kairos_domain::{DynSessionService as Service, Event, Outbox, PresenceObserver, WebhookStore};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use webhook_http::{Message, SEND_TIMEOUT, Sender};
@@ -28,8 +28,16 @@ use crate::workers::WorkerMetrics;
 
 /// Events moved per batch from the hooks outbox into the queue.
 const FAN_OUT_BATCH: usize = 500;
-/// How often an idle worker looks for work.
-const POLL: Duration = Duration::from_millis(50);
+/// After a nudge (a commit of this instance), the fan-out waits this long
+/// so that one read takes the events of several commits.
+const FAN_OUT_GATHER: Duration = Duration::from_millis(5);
+/// With no nudge, the fan-out looks anyway after this long (the outbox
+/// reads every partition every few seconds, for other instances' leftovers).
+const FAN_OUT_IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often the delivery worker claims due deliveries when nothing was
+/// queued by this instance meanwhile (retries falling due, other
+/// instances' deliveries): a retry is sent at most this late.
+const POLL: Duration = Duration::from_millis(250);
 /// A claimed delivery is hidden from other instances this long: one send
 /// (at most [`SEND_TIMEOUT`]) and its bookkeeping fit in it. An instance
 /// killed mid-send has its deliveries sent by another after it.
@@ -84,11 +92,19 @@ pub struct FanOut {
     pub consumer: String,
     /// Take over entries another consumer leased this long ago without acknowledging.
     pub reclaim_after_ms: i64,
+    /// Notified after each commit of this instance (events wait in the feed).
+    pub nudge: Arc<Notify>,
+    /// Notified after deliveries were queued (the delivery worker's wake-up).
+    pub queued: Arc<Notify>,
 }
 
 /// Moves committed events from the hooks outbox into the delivery queue
 /// until `shutdown` turns true: one delivery per (endpoint that wants the
 /// event's type, event), queued, then the entries acknowledged.
+///
+/// It does not poll: after a batch that did not fill, it waits for this
+/// instance's next commit (`nudge`) and [`FAN_OUT_GATHER`] more, or at
+/// most [`FAN_OUT_IDLE_POLL`].
 pub async fn fan_out_worker(worker: FanOut, mut shutdown: watch::Receiver<bool>) {
     let FanOut {
         outbox,
@@ -97,13 +113,16 @@ pub async fn fan_out_worker(worker: FanOut, mut shutdown: watch::Receiver<bool>)
         metrics,
         consumer,
         reclaim_after_ms,
+        nudge,
+        queued,
     } = worker;
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let mut pause = POLL;
+        // `None`: drained; wait for a nudge.
+        let mut pause = None;
         match outbox
             .read(&consumer, FAN_OUT_BATCH, reclaim_after_ms)
             .await
@@ -118,9 +137,8 @@ pub async fn fan_out_worker(worker: FanOut, mut shutdown: watch::Receiver<bool>)
                     Err(e) => {
                         metrics.store_errors.inc();
                         tracing::warn!(error = %e, "listing webhook endpoints failed; retrying");
-                        pause = backoff;
+                        sleep_or_stop(backoff, &mut shutdown).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
-                        sleep_or_stop(pause, &mut shutdown).await;
                         continue;
                     }
                 };
@@ -133,17 +151,24 @@ pub async fn fan_out_worker(worker: FanOut, mut shutdown: watch::Receiver<bool>)
                 };
                 match enqueued {
                     Ok(()) => {
+                        if !deliveries.is_empty() {
+                            queued.notify_one();
+                        }
+                        let full = batch.len() >= FAN_OUT_BATCH;
                         let ids: Vec<String> = batch.into_iter().map(|e| e.id).collect();
                         if let Err(e) = outbox.ack(&ids).await {
                             tracing::warn!(error = %e, "acknowledging fanned-out events failed; they will be queued again (a no-op)");
                         }
                         backoff = Duration::from_millis(100);
-                        pause = Duration::ZERO;
+                        // A full batch may have left more behind.
+                        if full {
+                            pause = Some(Duration::ZERO);
+                        }
                     }
                     Err(e) => {
                         metrics.store_errors.inc();
                         tracing::warn!(error = %e, "queueing webhook deliveries failed; retrying");
-                        pause = backoff;
+                        pause = Some(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
@@ -152,12 +177,23 @@ pub async fn fan_out_worker(worker: FanOut, mut shutdown: watch::Receiver<bool>)
             Err(e) => {
                 metrics.store_errors.inc();
                 tracing::warn!(error = %e, "reading the hooks outbox failed");
-                pause = backoff;
+                pause = Some(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-        if !pause.is_zero() {
-            sleep_or_stop(pause, &mut shutdown).await;
+        match pause {
+            Some(pause) if pause.is_zero() => {}
+            Some(pause) => sleep_or_stop(pause, &mut shutdown).await,
+            None => {
+                let nudged = tokio::select! {
+                    () = nudge.notified() => true,
+                    () = tokio::time::sleep(FAN_OUT_IDLE_POLL) => false,
+                    _ = shutdown.changed() => false,
+                };
+                if nudged {
+                    sleep_or_stop(FAN_OUT_GATHER, &mut shutdown).await;
+                }
+            }
         }
     }
 }
@@ -210,6 +246,8 @@ pub struct Deliverer {
     pub concurrency: usize,
     /// Outcomes, queue depth and age, store errors.
     pub metrics: WorkerMetrics,
+    /// Notified when this instance queued deliveries: claim at once.
+    pub queued: Arc<Notify>,
 }
 
 /// Sends due deliveries until `shutdown` turns true: claims only as many
@@ -279,6 +317,7 @@ pub async fn delivery_worker(worker: Deliverer, mut shutdown: watch::Receiver<bo
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}
+            () = worker.queued.notified(), if room > 0 => next_poll = Instant::now(),
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     break;
@@ -432,12 +471,15 @@ impl Deliverer {
 #[derive(Clone)]
 pub struct PresenceFeed {
     store: Arc<dyn WebhookStore>,
+    /// The fan-out worker's wake-up.
+    nudge: Arc<Notify>,
 }
 
 impl PresenceFeed {
-    /// A feed into `store`'s webhook stream.
-    pub fn new(store: Arc<dyn WebhookStore>) -> Self {
-        Self { store }
+    /// A feed into `store`'s webhook stream; `nudge` wakes the fan-out
+    /// worker after each push.
+    pub fn new(store: Arc<dyn WebhookStore>, nudge: Arc<Notify>) -> Self {
+        Self { store, nudge }
     }
 }
 
@@ -449,10 +491,13 @@ impl std::fmt::Debug for PresenceFeed {
 
 impl PresenceObserver for PresenceFeed {
     fn observe(&self, event: &Event) {
-        let (store, event) = (self.store.clone(), event.clone());
+        let (store, event, nudge) = (self.store.clone(), event.clone(), self.nudge.clone());
         tokio::spawn(async move {
-            if let Err(e) = store.push_event(&event).await {
-                tracing::warn!(error = %e, event_id = %event.event_id, "cannot feed a presence event to the webhooks");
+            match store.push_event(&event).await {
+                Ok(()) => nudge.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, event_id = %event.event_id, "cannot feed a presence event to the webhooks");
+                }
             }
         });
     }
@@ -489,11 +534,15 @@ pub struct Workers {
     /// Hooks outbox entries another instance read and never acknowledged
     /// are taken over after this (`AUDIT_RECLAIM_MS`, as for the audit outbox).
     pub reclaim_after_ms: i64,
+    /// Notified after each commit of this instance and each presence event
+    /// fed (the fan-out worker's wake-up).
+    pub nudge: Arc<Notify>,
 }
 
 /// Starts the fan-out and the delivery worker in `set`; they return once
 /// `stop` turns true.
 pub fn spawn_workers(set: &mut JoinSet<()>, w: Workers, stop: &watch::Receiver<bool>) {
+    let queued = Arc::new(Notify::new());
     set.spawn(fan_out_worker(
         FanOut {
             outbox: w.outbox,
@@ -502,6 +551,8 @@ pub fn spawn_workers(set: &mut JoinSet<()>, w: Workers, stop: &watch::Receiver<b
             metrics: w.metrics.clone(),
             consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
             reclaim_after_ms: w.reclaim_after_ms,
+            nudge: w.nudge,
+            queued: queued.clone(),
         },
         stop.clone(),
     ));
@@ -513,6 +564,7 @@ pub fn spawn_workers(set: &mut JoinSet<()>, w: Workers, stop: &watch::Receiver<b
             schedule: w.settings.retry_schedule,
             concurrency: w.settings.concurrency,
             metrics: w.metrics,
+            queued,
         },
         stop.clone(),
     ));

@@ -299,6 +299,9 @@ const AUDIT_GATHER: Duration = Duration::from_millis(50);
 /// long anyway: for events of instances that died before writing them
 /// (taken over after `AUDIT_RECLAIM_MS`) and to refresh the backlog gauges.
 const AUDIT_IDLE_POLL: Duration = Duration::from_secs(5);
+/// The backlog gauges (a call per outbox partition) are measured at most
+/// this often while the worker is busy.
+const AUDIT_BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// What the audit worker drains, into what, and as whom.
 #[allow(missing_debug_implementations)] // Holds trait objects without Debug.
@@ -343,6 +346,7 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
         nudge,
     } = worker;
     let mut backoff = Duration::from_millis(100);
+    let mut next_backlog = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             return;
@@ -354,13 +358,19 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
                 let events: Vec<_> = batch.iter().map(|e| e.event.clone()).collect();
                 match audit.write(&events).await {
                     Ok(()) => {
+                        let full = batch.len() >= AUDIT_BATCH;
                         let ids: Vec<String> = batch.into_iter().map(|e| e.id).collect();
                         if let Err(e) = outbox.ack(&ids).await {
                             tracing::warn!(error = %e, "acknowledging audited events failed; they will be written again (idempotent)");
                         }
                         metrics.audit_written.inc_by(events.len() as u64);
                         backoff = Duration::from_millis(100);
-                        pause = Some(Duration::ZERO);
+                        // A full batch may have left more behind: read again
+                        // at once. Otherwise the outbox is drained up to the
+                        // read; the next commit's nudge says when to look.
+                        if full {
+                            pause = Some(Duration::ZERO);
+                        }
                     }
                     Err(e) => {
                         status.set(AuditHealth::Degraded);
@@ -377,7 +387,14 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
                 pause = Some(backoff);
             }
         }
-        if let Ok((len, age)) = outbox.backlog(service.now_ms()).await {
+        // Measured when due, and before waiting idle while the last
+        // measurement saw a backlog (so that the status turns OK at once).
+        let measure = tokio::time::Instant::now() >= next_backlog
+            || (pause.is_none() && metrics.audit_backlog.get() != 0);
+        if measure {
+            next_backlog = tokio::time::Instant::now() + AUDIT_BACKLOG_EVERY;
+        }
+        if measure && let Ok((len, age)) = outbox.backlog(service.now_ms()).await {
             metrics
                 .audit_backlog
                 .set(i64::try_from(len).unwrap_or(i64::MAX));

@@ -221,6 +221,24 @@ const MAX_WAVES: usize = PARTITIONS + 8;
 pub(crate) async fn sweep<T, F, Fut>(
     start: usize,
     budget: usize,
+    visit: F,
+) -> Result<Vec<T>, StoreError>
+where
+    F: FnMut(usize, usize) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, bool), StoreError>>,
+{
+    sweep_over(
+        (0..PARTITIONS).map(|i| (start + i) % PARTITIONS),
+        budget,
+        visit,
+    )
+    .await
+}
+
+/// [`sweep`] over the given partitions only, in the given order.
+pub(crate) async fn sweep_over<T, F, Fut>(
+    partitions: impl IntoIterator<Item = usize>,
+    budget: usize,
     mut visit: F,
 ) -> Result<Vec<T>, StoreError>
 where
@@ -228,8 +246,7 @@ where
     Fut: Future<Output = Result<(Vec<T>, bool), StoreError>>,
 {
     let mut out = Vec::new();
-    let mut unvisited: VecDeque<usize> =
-        (0..PARTITIONS).map(|i| (start + i) % PARTITIONS).collect();
+    let mut unvisited: VecDeque<usize> = partitions.into_iter().collect();
     let mut full: VecDeque<usize> = VecDeque::new();
     for _ in 0..MAX_WAVES {
         let remaining = budget.saturating_sub(out.len());

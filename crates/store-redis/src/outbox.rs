@@ -11,8 +11,9 @@
 //! exactly the events not yet handled and its length is the backlog.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
@@ -20,7 +21,7 @@ use kairos_domain::{Outbox, OutboxEntry, StoreError};
 
 use crate::codec::decode_event;
 use crate::conn::RedisConnection;
-use crate::keys::{Keys, PARTITIONS, PartitionKeys, sweep};
+use crate::keys::{Keys, PARTITIONS, PartitionKeys, sweep_over};
 use crate::scripts::Scripts;
 
 /// At most this many ids per `ACK` script call (Lua's `unpack` has a stack limit).
@@ -53,6 +54,93 @@ impl Feed {
     }
 }
 
+/// A reader visits every partition at least this often, for the entries
+/// this process did not write: those of an instance that died before
+/// reading them, and leased entries to take over. Between these full
+/// sweeps it reads only the partitions this process wrote to.
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+// One bit per partition in [`Written`].
+const _: () = assert!(PARTITIONS <= 64);
+
+/// Which partitions of one feed this process wrote to since its reader
+/// last looked (one bit each), and when the reader last visited them all.
+///
+/// The store marks a partition after each script call that may have
+/// appended to the feed there (its reply received, so the entry is in the
+/// stream); the reader takes the marks and reads only those partitions,
+/// so a drained outbox costs no Redis call and a busy one a call per
+/// partition written, not one per partition. Each instance drains what it
+/// wrote; the full sweep every [`FULL_SWEEP_EVERY`] catches the rest.
+#[derive(Debug)]
+pub(crate) struct Written {
+    bits: AtomicU64,
+    last_full: Mutex<Option<Instant>>,
+    /// [`FULL_SWEEP_EVERY`] unless set otherwise.
+    full_sweep_every: Mutex<Duration>,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Self {
+            bits: AtomicU64::new(0),
+            last_full: Mutex::new(None),
+            full_sweep_every: Mutex::new(FULL_SWEEP_EVERY),
+        }
+    }
+}
+
+impl Written {
+    /// Every read sweeps every partition when `every` is zero.
+    pub(crate) fn set_full_sweep_every(&self, every: Duration) {
+        *self
+            .full_sweep_every
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = every;
+    }
+
+    /// Partition `p` has (or may have) a new entry.
+    pub(crate) fn mark(&self, p: usize) {
+        self.bits.fetch_or(1 << (p % PARTITIONS), Ordering::AcqRel);
+    }
+
+    /// Takes the marks.
+    fn take(&self) -> u64 {
+        self.bits.swap(0, Ordering::AcqRel)
+    }
+
+    /// Puts marks back (their partitions may hold more).
+    fn restore(&self, mask: u64) {
+        self.bits.fetch_or(mask, Ordering::AcqRel);
+    }
+
+    /// Whether a full sweep is due at `now`; if so, it counts as done now.
+    fn full_sweep_due(&self, now: Instant) -> bool {
+        let every = *self
+            .full_sweep_every
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut last = self
+            .last_full
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let due = last.is_none_or(|at| now.duration_since(at) >= every);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
+    /// The next read sweeps every partition (the last one left some behind,
+    /// or failed).
+    fn want_full_sweep(&self) {
+        *self
+            .last_full
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
 /// An [`Outbox`] over one of the store's feeds. Cheap to build; shares the
 /// store's connection.
 pub struct RedisOutbox {
@@ -65,6 +153,8 @@ pub struct RedisOutbox {
     /// Where the next read starts its sweep, so that no partition is always
     /// served last.
     read_rotation: AtomicUsize,
+    /// The partitions this process wrote to, shared with the writer.
+    written: Arc<Written>,
 }
 
 impl std::fmt::Debug for RedisOutbox {
@@ -104,6 +194,7 @@ impl RedisOutbox {
         scripts: Arc<Scripts>,
         feed: Feed,
         enabled: bool,
+        written: Arc<Written>,
     ) -> Self {
         Self {
             conn,
@@ -112,6 +203,20 @@ impl RedisOutbox {
             feed,
             enabled,
             read_rotation: AtomicUsize::new(0),
+            written,
+        }
+    }
+
+    /// Every read visits every partition at least once per `every` (5 s by
+    /// default; zero: every read visits every partition).
+    pub(crate) fn set_full_sweep_every(&self, every: Duration) {
+        self.written.set_full_sweep_every(every);
+    }
+
+    /// Partition `p` has a new entry (see [`Written`]).
+    pub(crate) fn mark_written(&self, p: usize) {
+        if self.enabled {
+            self.written.mark(p);
         }
     }
 
@@ -198,10 +303,26 @@ impl Outbox for RedisOutbox {
             return Ok(Vec::new());
         }
         let start = self.read_rotation.fetch_add(1, Ordering::Relaxed) % PARTITIONS;
-        sweep(start, max, |p, quota| {
+        let full = self.written.full_sweep_due(Instant::now());
+        let marks = self.written.take();
+        let order = (0..PARTITIONS)
+            .map(|i| (start + i) % PARTITIONS)
+            .filter(|&p| full || marks & (1 << p) != 0);
+        let read = sweep_over(order, max, |p, quota| {
             self.read_partition(p, quota, consumer, reclaim_after_ms)
         })
-        .await
+        .await;
+        match &read {
+            // A full batch may have left entries behind: look again there.
+            Ok(entries) if entries.len() < max => {}
+            _ => {
+                self.written.restore(marks);
+                if full {
+                    self.written.want_full_sweep();
+                }
+            }
+        }
+        read
     }
 
     #[tracing::instrument(skip(self, ids), fields(feed = self.feed.group(), count = ids.len()))]

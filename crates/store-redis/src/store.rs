@@ -18,7 +18,7 @@ use crate::codec::{StateCodec, encode_event};
 use crate::config::RedisConfig;
 use crate::conn::RedisConnection;
 use crate::keys::{Keys, PARTITIONS, PartitionKeys, partition_of, sweep};
-use crate::outbox::{Feed, RedisOutbox};
+use crate::outbox::{Feed, RedisOutbox, Written};
 use crate::ratelimit::parse_tat;
 use crate::scripts::Scripts;
 use crate::webhooks::RedisWebhookStore;
@@ -40,6 +40,9 @@ pub struct RedisStore {
     /// Where the next deadline claim starts its sweep, so that no partition
     /// is always served last.
     claim_rotation: AtomicUsize,
+    /// The webhook streams' partitions this process wrote to, shared with
+    /// [`Self::webhook_outbox`] and [`Self::webhook_store`].
+    hooks_written: Arc<Written>,
     /// The key prefix, for the webhook keys.
     key_prefix: String,
 }
@@ -99,6 +102,7 @@ impl RedisStore {
                 scripts.clone(),
                 Feed::Audit,
                 config.outbox_enabled,
+                Arc::default(),
             ),
             conn,
             keys,
@@ -110,6 +114,7 @@ impl RedisStore {
             webhook_feed: false,
             codec: StateCodec::DEFAULT,
             claim_rotation: AtomicUsize::new(0),
+            hooks_written: Arc::default(),
             key_prefix: config.key_prefix.clone(),
         };
         store.preload_scripts().await?;
@@ -123,6 +128,19 @@ impl RedisStore {
     #[must_use]
     pub fn with_webhook_feed(mut self, on: bool) -> Self {
         self.webhook_feed = on;
+        self
+    }
+
+    /// How often the outbox readers (audit and webhook feeds) visit every
+    /// partition: between these full sweeps they read only the partitions
+    /// this process wrote to, so entries written by another process (one
+    /// that died before reading them) and leases to take over wait for the
+    /// next full sweep. 5 s by default; zero makes every read a full sweep
+    /// (tests of several consumers on one store).
+    #[must_use]
+    pub fn with_outbox_full_sweep_every(self, every: std::time::Duration) -> Self {
+        self.audit.set_full_sweep_every(every);
+        self.hooks_written.set_full_sweep_every(every);
         self
     }
 
@@ -140,6 +158,7 @@ impl RedisStore {
             self.scripts.clone(),
             Feed::Webhooks,
             self.webhook_feed,
+            self.hooks_written.clone(),
         )
     }
 
@@ -154,7 +173,17 @@ impl RedisStore {
             self.keys.clone(),
             self.scripts.clone(),
             self.webhook_feed,
+            self.hooks_written.clone(),
         )
+    }
+
+    /// A create or commit may have appended to partition `p`'s event
+    /// streams: their readers look there next.
+    fn mark_written(&self, p: usize) {
+        self.audit.mark_written(p);
+        if self.webhook_feed {
+            self.hooks_written.mark(p);
+        }
     }
 
     /// The connection, to share with [`crate::RedisClock`].
@@ -363,9 +392,12 @@ impl SessionStore for RedisStore {
         args.extend(self.write_args(state, machine::next_deadline(state), Vec::new(), events)?);
         let mut script_keys = vec![state_key.as_str(), keys.deadlines.as_str()];
         script_keys.extend(self.event_streams(keys));
-        let created: i64 = self
-            .eval("create", &self.scripts.create, &script_keys, &args)
-            .await?;
+        let created = self
+            .eval::<i64>("create", &self.scripts.create, &script_keys, &args)
+            .await;
+        // Marked whatever the reply: a call that timed out may have run.
+        self.mark_written(p);
+        let created = created?;
         if created == 1 {
             Ok(())
         } else {
@@ -403,9 +435,14 @@ impl SessionStore for RedisStore {
             rate_key.as_str(),
         ];
         script_keys.extend(self.event_streams(keys));
-        let (outcome, detail): (i64, Option<Vec<u8>>) = self
-            .eval("commit", &self.scripts.commit, &script_keys, &args)
-            .await?;
+        let reply = self
+            .eval::<(i64, Option<Vec<u8>>)>("commit", &self.scripts.commit, &script_keys, &args)
+            .await;
+        if !commit.events.is_empty() {
+            // Whatever the reply: a call that timed out may have run.
+            self.mark_written(p);
+        }
+        let (outcome, detail) = reply?;
         // The decision the headers report, from the TAT the script read
         // (the same pure function the script's arithmetic follows).
         let decision = |detail: Option<Vec<u8>>| -> Result<Option<RateDecision>, StoreError> {

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::codec::encode_event;
 use crate::conn::RedisConnection;
 use crate::keys::{Keys, WebhookKeys, partition_of};
+use crate::outbox::Written;
 use crate::scripts::Scripts;
 
 /// How many records each endpoint's delivery log keeps (contract section 9).
@@ -43,6 +44,8 @@ pub struct RedisWebhookStore {
     scripts: Arc<Scripts>,
     /// Whether `push_event` writes to the webhook streams (the store's feed is on).
     feed: bool,
+    /// The webhook streams' partitions this process wrote to.
+    written: Arc<Written>,
 }
 
 impl std::fmt::Debug for RedisWebhookStore {
@@ -79,6 +82,7 @@ impl RedisWebhookStore {
         partitions: Keys,
         scripts: Arc<Scripts>,
         feed: bool,
+        written: Arc<Written>,
     ) -> Self {
         Self {
             conn,
@@ -86,6 +90,7 @@ impl RedisWebhookStore {
             partitions,
             scripts,
             feed,
+            written,
         }
     }
 
@@ -387,12 +392,11 @@ impl WebhookStore for RedisWebhookStore {
         if !self.feed {
             return Ok(());
         }
-        let stream = &self
-            .partitions
-            .partition(partition_of(&event.session_id))
-            .hooks;
+        let p = partition_of(&event.session_id);
+        let stream = &self.partitions.partition(p).hooks;
         let payload = encode_event(event)?;
-        self.conn
+        let pushed = self
+            .conn
             .run("webhook push", |mut conn| {
                 let payload = &payload;
                 async move {
@@ -405,8 +409,9 @@ impl WebhookStore for RedisWebhookStore {
                         .await
                 }
             })
-            .await
-            .map(|_| ())
+            .await;
+        self.written.mark(p);
+        pushed.map(|_| ())
     }
 
     #[tracing::instrument(skip(self, rec), fields(webhook_id = %id, event_id = %rec.event_id))]

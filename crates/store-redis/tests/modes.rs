@@ -287,6 +287,13 @@ async fn sentinel_mode_follows_a_failover_to_the_promoted_replica() {
         master_name: "kairos-failover".into(),
         sentinels: vec![sentinel.url()],
     };
+    // Attached before the write (on a loaded machine the first sync can
+    // take longer than the WAIT below allows).
+    wait_until("the replica is in sync", || {
+        let info: String = query(replica.port, redis::cmd("INFO").arg("replication"));
+        info.contains("master_link_status:up")
+    })
+    .await;
     let store = RedisStore::connect(&config)
         .await
         .expect("connects through Sentinel");

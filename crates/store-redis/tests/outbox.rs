@@ -1,5 +1,6 @@
 //! `RedisStore` as an `Outbox` against a real Redis: read, lease, reclaim
-//! after idle, acknowledge, backlog, and the outbox switched off.
+//! after idle, acknowledge, backlog, reads between full sweeps, and the
+//! outbox switched off.
 
 mod common;
 
@@ -44,6 +45,9 @@ fn ids_of(events: impl IntoIterator<Item = Event>) -> BTreeSet<uuid::Uuid> {
 #[tokio::test]
 async fn entries_are_leased_acknowledged_and_reclaimed_after_idle() {
     let (store, _) = store().await;
+    // Every read visits every partition (see the test below for the reads
+    // between full sweeps): the leases are the subject here.
+    let store = store.with_outbox_full_sweep_every(Duration::ZERO);
     let written = write_events(&store, 3).await;
 
     // A first consumer takes everything; a second finds nothing free.
@@ -92,6 +96,68 @@ async fn entries_are_leased_acknowledged_and_reclaimed_after_idle() {
         "acknowledged entries never return"
     );
     assert_eq!(store.backlog(0).await, Ok((0, 0)));
+}
+
+/// Between full sweeps a reader visits only the partitions its own process
+/// wrote to: it sees its own entries at once, costs no call when it wrote
+/// nothing, and finds another process's entries (one that died before
+/// reading them) at the next full sweep.
+#[tokio::test]
+async fn reads_visit_what_this_process_wrote_and_everything_at_each_full_sweep() {
+    let (writer, config) = store().await;
+    let every = Duration::from_millis(400);
+    let writer = writer.with_outbox_full_sweep_every(every);
+    let other = RedisStore::connect(&config)
+        .await
+        .expect("connects")
+        .with_outbox_full_sweep_every(every);
+    // The first read of each is a full sweep; both find nothing.
+    assert_eq!(writer.read("a", 100, 60_000).await, Ok(vec![]));
+    assert_eq!(other.read("b", 100, 60_000).await, Ok(vec![]));
+
+    let mine = write_events(&writer, 3).await;
+    // Its own writes, at once.
+    let read = writer.read("a", 100, 60_000).await.expect("reads");
+    assert_eq!(ids_of(read.iter().map(|e| e.event.clone())), ids_of(mine));
+    writer
+        .ack(&read.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+        .await
+        .expect("acks");
+
+    // Another process's entries wait for the reader's next full sweep.
+    let theirs = write_events(&other, 2).await;
+    assert_eq!(writer.read("a", 100, 60_000).await, Ok(vec![]));
+    tokio::time::sleep(every + Duration::from_millis(100)).await;
+    let swept = writer.read("a", 100, 60_000).await.expect("reads");
+    assert_eq!(
+        ids_of(swept.iter().map(|e| e.event.clone())),
+        ids_of(theirs)
+    );
+    // `other` never read them: nothing left for it.
+    writer
+        .ack(&swept.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+        .await
+        .expect("acks");
+    tokio::time::sleep(every + Duration::from_millis(100)).await;
+    assert_eq!(other.read("b", 100, 0).await, Ok(vec![]));
+    assert_eq!(writer.backlog(0).await, Ok((0, 0)));
+}
+
+/// A batch that fills leaves its partitions marked: the next read goes on
+/// there without waiting for a full sweep.
+#[tokio::test]
+async fn a_full_batch_leaves_the_rest_for_the_next_read() {
+    let (store, _) = store().await;
+    let store = store.with_outbox_full_sweep_every(Duration::from_secs(3_600));
+    assert_eq!(store.read("w", 10, 60_000).await, Ok(vec![]));
+    let written = write_events(&store, 10).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let batch = store.read("w", 7, 60_000).await.expect("reads");
+        seen.extend(batch);
+    }
+    assert_eq!(seen.len(), 20);
+    assert_eq!(ids_of(seen.into_iter().map(|e| e.event)), ids_of(written));
 }
 
 #[tokio::test]

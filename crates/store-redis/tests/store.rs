@@ -471,10 +471,14 @@ async fn a_walk_returns_every_session_of_its_prefix_once() {
     seen.dedup();
     ids.sort_by_key(|id| *id.as_uuid());
     assert_eq!(seen, ids, "every session once, none of another prefix");
+    // `limit` plus what one SCAN batch adds (two sessions of one partition
+    // may come in the same batch), each as `load` reads it.
     let first = store.list(None, 1).await.expect("lists");
-    assert_eq!(first.sessions.len(), 1, "{first:?}");
-    let loaded = store.load(first.sessions[0].id).await.expect("loads");
-    assert_eq!(loaded.as_ref(), Some(&first.sessions[0]));
+    assert!((1..=1 + 100).contains(&first.sessions.len()), "{first:?}");
+    for session in &first.sessions {
+        let loaded = store.load(session.id).await.expect("loads");
+        assert_eq!(loaded.as_ref(), Some(session));
+    }
     for bad in ["", "x", "64-0", "3-", "-1", "3-abc"] {
         assert_eq!(
             store.list(Some(bad.to_owned()), 5).await,
