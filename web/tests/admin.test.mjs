@@ -6,8 +6,10 @@
 // missing or non-admin token is explained, that the token survives a reload
 // of the tab (sessionStorage), and that each session's connections and the
 // webhook endpoints (one registered here, pointing nowhere, so its
-// deliveries fail) are shown. A screenshot is kept as
-// an artifact (and, with KAIROS_UPDATE_ADMIN_PNG=1, as docs/admin.png).
+// deliveries fail) are shown. A screenshot (two players connected to a
+// game, an endpoint whose deliveries a receiver in this test accepts) is
+// kept as an artifact (and, with KAIROS_UPDATE_ADMIN_PNG=1, as
+// docs/admin.png: the command is in docs/api.md).
 //
 // It starts the server binary itself (KAIROS_SERVER_BIN, default
 // target/debug/kairos-server) with tokens on (JWT_SECRET), on free loopback
@@ -19,6 +21,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { existsSync, mkdirSync, copyFileSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -69,11 +72,11 @@ async function waitFor(what, fn, timeoutMs = 10_000, everyMs = 25) {
   }
 }
 
-/** An HS256 JWT signed with the test secret, valid for an hour. */
-function token(role, sub) {
+/** An HS256 JWT signed with the test secret, valid for an hour (`claims`: `sid`, `pid`). */
+function token(role, sub, claims = {}) {
   const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
   const head = b64({ alg: 'HS256', typ: 'JWT' });
-  const body = b64({ sub, role, exp: Math.floor(Date.now() / 1000) + 3600 });
+  const body = b64({ sub, role, ...claims, exp: Math.floor(Date.now() / 1000) + 3600 });
   const sig = createHmac('sha256', SECRET).update(`${head}.${body}`).digest('base64url');
   return `${head}.${body}.${sig}`;
 }
@@ -88,6 +91,11 @@ async function api(method, urlPath, body, bearer = ADMIN) {
   const json = await res.json().catch(() => null);
   assert.ok(res.ok, `${method} ${urlPath}: ${res.status} ${JSON.stringify(json)}`);
   return json.data;
+}
+
+/** The WebSocket URL of session `id` on the test server, with `bearer`. */
+function socketUrl(id, bearer) {
+  return `${baseUrl.replace(/^http/, 'ws')}/ws?sessionId=${id}&token=${encodeURIComponent(bearer)}`;
 }
 
 async function openAdmin() {
@@ -305,6 +313,21 @@ describe('admin view in Chromium', { timeout: 180_000 }, () => {
   });
 
   it('looks right (screenshot in target/browser-artifacts/admin.png)', { timeout: TEST_TIMEOUT }, async () => {
+    // The app's backend: a receiver on loopback that accepts every delivery.
+    const received = [];
+    const receiver = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        received.push(req.headers['webhook-id']);
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    const backend = await api('POST', '/v1/webhooks', {
+      url: `http://127.0.0.1:${receiver.address().port}/kairos`,
+      event_types: ['session_started', 'cycle_switched', 'session_completed'],
+      description: 'app backend',
+    });
     const game = await api('POST', '/v1/sessions', {
       sync_mode: 'per_participant',
       increment_ms: 30_000,
@@ -320,9 +343,28 @@ describe('admin view in Chromium', { timeout: 180_000 }, () => {
       total_time_ms: 1_200_000,
       participants: [{ participant_id: 'speaker-1' }, { participant_id: 'speaker-2' }],
     });
+    await waitFor('two deliveries to the backend', async () => {
+      const log = await api('GET', `/v1/webhooks/${backend.webhook_id}/deliveries?limit=5`);
+      return log.length >= 2 && log.every((d) => d.status_code === 204);
+    }, 20_000, 100);
     const page = await openAdmin();
+    // Both players watch the game (presence: the token's sub and pid).
+    const sockets = [['magnus', 'carlsen'], ['hikaru', 'nakamura']].map(([sub, pid]) => socketUrl(
+      game.session_id, token('player', sub, { sid: game.session_id, pid })));
+    await page.evaluate((urls) => Promise.all(urls.map((url) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      window.testSockets = [...(window.testSockets || []), ws];
+      ws.onmessage = () => resolve();
+      ws.onerror = () => reject(new Error(`socket to ${url} failed`));
+    }))), sockets);
     await useToken(page, ADMIN);
     await page.waitForSelector(`tr[data-session="${game.session_id}"]`);
+    await waitFor('both players shown as connected', async () => {
+      const text = await page.textContent(`tr[data-session="${game.session_id}"]`);
+      return /2 connections/.test(text) && /magnus \(carlsen\)/.test(text) && /hikaru \(nakamura\)/.test(text);
+    }, 10_000, 100);
+    await waitFor('the backend\'s deliveries shown', async () => (
+      await page.$$(`tr[data-webhook="${backend.webhook_id}"] li[data-ok=true]`)).length >= 2, 10_000, 100);
     await sleep(1200);
     const active = await page.$eval(`tr[data-session="${game.session_id}"] .clock[data-participant=nakamura]`, (el) => el.dataset.running);
     assert.equal(active, 'true', 'the running clock is marked');
@@ -331,6 +373,8 @@ describe('admin view in Chromium', { timeout: 180_000 }, () => {
     await page.screenshot({ path: file, fullPage: true });
     if (process.env.KAIROS_UPDATE_ADMIN_PNG === '1') copyFileSync(file, path.join(ROOT, 'docs', 'admin.png'));
     await page.context().close();
+    await new Promise((resolve) => receiver.close(resolve));
+    assert.ok(received.length >= 2, `the backend got ${received.length} deliveries`);
   });
 
   it('raised no errors in any page', () => {

@@ -4,10 +4,21 @@
 // detection, reconnects, command outcomes); both are checked here without a
 // server or a browser: simulated networks with chosen delays and jitter for
 // the offset estimator, fixed session views for the display math, and a fake
-// WebSocket with a fake clock and timers for the client. Run: node --test.
+// WebSocket with a fake clock and timers for the client. The last part
+// ("against the real server") starts kairos-server (KAIROS_SERVER_BIN,
+// default target/debug/kairos-server; AUTH_MODE=off, free loopback ports)
+// and drives presence, joins and leaves through the SDK over real sockets.
+// Run: cargo xtask test -p server --test integration -- web (which runs
+// every web test), or: cargo build --bin kairos-server && cd web && npm ci &&
+// node --test tests/sdk.test.mjs
 
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 
 import {
   KairosClient,
@@ -15,6 +26,9 @@ import {
   OffsetEstimator,
   computeDisplay,
   formatMs,
+  getPresence,
+  joinParticipant,
+  leaveParticipant,
 } from '../../crates/http-actix/static/kairos.js';
 
 // ---------------------------------------------------------------------------
@@ -1232,5 +1246,215 @@ describe('KairosClient time controls', () => {
     ws().deliver({ type: 'EVENT', sessionId: SID, timestamp: 4, event: { ...warning, time_remaining_ms: 5000 } });
     assert.equal(seen.length, 3, 'the unsubscribed listener is not called again');
     client.close();
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Against the real server: presence, joins and leaves through the SDK.
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const SERVER_BIN = path.resolve(ROOT, process.env.KAIROS_SERVER_BIN || 'target/debug/kairos-server');
+
+/**
+ * A browser-like WebSocket for node: node 22 has one built in; node 20 only
+ * behind a flag, so the `ws` that playwright-core (our one dev dependency)
+ * bundles stands in (same constructor, `readyState`, `on*` handlers, text
+ * frames as strings).
+ */
+async function nodeWebSocket() {
+  if (globalThis.WebSocket) return globalThis.WebSocket;
+  const bundle = await import('playwright-core/lib/utilsBundle');
+  return (bundle.default ?? bundle).ws;
+}
+
+async function waitUntil(what, fn, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${last})`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+describe('KairosClient against the real server', { timeout: 60_000 }, () => {
+  let server;
+  let serverLog = '';
+  let baseUrl;
+  let WS;
+  const clients = [];
+
+  before(async () => {
+    assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run cargo build --bin kairos-server, or set KAIROS_SERVER_BIN`);
+    WS = await nodeWebSocket();
+    const sockets = await Promise.all([0, 1].map(() => new Promise((resolve, reject) => {
+      const s = net.createServer();
+      s.once('error', reject);
+      s.listen(0, '127.0.0.1', () => resolve(s));
+    })));
+    const [port, metricsPort] = sockets.map((s) => s.address().port);
+    await Promise.all(sockets.map((s) => new Promise((resolve) => s.close(resolve))));
+    baseUrl = `http://127.0.0.1:${port}`;
+    const env = {
+      ...process.env,
+      BIND_ADDR: '127.0.0.1',
+      PORT: String(port),
+      METRICS_PORT: String(metricsPort),
+      AUTH_MODE: 'off',
+      RATE_LIMITS: 'off',
+      // presence_left as soon as the last socket closes.
+      PRESENCE_LEAVE_DELAY_MS: '0',
+      SHUTDOWN_DRAIN_SECONDS: '0',
+      RUST_LOG: 'warn',
+    };
+    for (const v of ['REDIS_URL', 'REDIS_MODE', 'DATABASE_URL', 'JWT_SECRET', 'ALLOWED_ORIGINS']) delete env[v];
+    server = spawn(SERVER_BIN, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    process.once('exit', () => {
+      if (server.exitCode === null) process.kill(server.pid, 'SIGKILL');
+    });
+    server.stdout.on('data', (d) => {
+      serverLog += d;
+    });
+    server.stderr.on('data', (d) => {
+      serverLog += d;
+    });
+    const exited = new Promise((resolve) => server.once('exit', resolve));
+    await Promise.race([
+      waitUntil('the server to be ready', async () => (await fetch(`${baseUrl}/ready`)).ok, 20_000),
+      exited.then((code) => {
+        throw new Error(`the server exited (${code}) before it was ready:\n${serverLog}`);
+      }),
+    ]);
+  });
+
+  after(async () => {
+    for (const c of clients) c.close();
+    if (server && server.exitCode === null) {
+      const gone = new Promise((resolve) => server.once('exit', resolve));
+      process.kill(server.pid, 'SIGTERM');
+      await gone;
+    }
+  });
+
+  /** A client of `sessionId` whose socket says it is `user` (auth off: `?user=`), open. */
+  async function open(sessionId, user, participantId) {
+    let wsUrl = `${KairosClient.socketUrl(baseUrl, sessionId)}&user=${user}`;
+    if (participantId) wsUrl += `&participant_id=${participantId}`;
+    const client = new KairosClient({ sessionId, baseUrl, wsUrl, WebSocket: WS });
+    clients.push(client);
+    await waitUntil(`${user}'s socket`, () => client.getSnapshot().connection === 'open' && client.getSnapshot().version > 0);
+    return client;
+  }
+
+  async function chess() {
+    const view = await fetch(`${baseUrl}/v1/sessions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        sync_mode: 'per_participant',
+        participants: [
+          { participant_id: 'white', total_time_ms: 300_000 },
+          { participant_id: 'black', total_time_ms: 300_000 },
+        ],
+      }),
+    }).then((r) => r.json());
+    return view.data.session_id;
+  }
+
+  it('counts presence once a socket is open, and tells the others who came and went', async () => {
+    const sid = await chess();
+    assert.deepEqual(await getPresence(sid, { baseUrl }), { connections: 0, users: [] });
+
+    const ann = await open(sid, 'ann', 'white');
+    const p1 = await waitUntil('ann counted', async () => {
+      const p = await ann.presence();
+      return p.connections === 1 ? p : null;
+    });
+    assert.equal(p1.users.length, 1);
+    assert.equal(p1.users[0].sub, 'ann');
+    assert.equal(p1.users[0].participant_id, 'white');
+    assert.equal(p1.users[0].connections, 1);
+    assert.ok(Number.isInteger(p1.users[0].since_ms));
+
+    const joined = [];
+    const left = [];
+    ann.on('presence_joined', (e) => joined.push([e.metadata.sub, e.participant_id, e.version]));
+    ann.on('presence_left', (e) => left.push([e.metadata.sub, e.participant_id, e.version]));
+    const bob = await open(sid, 'bob', 'black');
+    await waitUntil('presence_joined for bob', () => joined.length === 1);
+    assert.deepEqual(joined, [['bob', 'black', 0]]);
+    const p2 = await getPresence(sid, { baseUrl });
+    assert.equal(p2.connections, 2);
+    assert.deepEqual(p2.users.map((u) => [u.sub, u.participant_id, u.connections]).sort(), [
+      ['ann', 'white', 1],
+      ['bob', 'black', 1],
+    ]);
+
+    bob.close();
+    await waitUntil('presence_left for bob', () => left.length === 1);
+    assert.deepEqual(left, [['bob', 'black', 0]]);
+    const p3 = await ann.presence();
+    assert.equal(p3.connections, 1);
+    assert.deepEqual(p3.users.map((u) => u.sub), ['ann']);
+    assert.deepEqual(joined, [['bob', 'black', 0]], 'no presence event about ann reached ann');
+  });
+
+  it('joins and leaves change the rotation, with their events; an existing id is PARTICIPANT_EXISTS', async () => {
+    const sid = await chess();
+    const client = await open(sid, 'arbiter');
+    const events = [];
+    client.on('participant_joined', (e) => events.push(['joined', e.participant_id, e.metadata.index]));
+    client.on('participant_left', (e) => events.push(['left', e.participant_id, e.metadata.next_participant_id ?? null]));
+    const started = await client.start();
+    assert.equal(started.active_participant_id, 'white');
+
+    const afterJoin = await client.join({ participant_id: 'dave', participant_index: 1, total_time_ms: 60_000 });
+    assert.deepEqual(afterJoin.participants.map((p) => [p.participant_id, p.participant_index]), [
+      ['white', 0],
+      ['dave', 1],
+      ['black', 2],
+    ]);
+    assert.equal(afterJoin.active_participant_id, 'white', 'the running turn goes on');
+    assert.equal(afterJoin.version, started.version + 1);
+    assert.equal(client.getSnapshot().version, afterJoin.version, 'the client applied the view');
+
+    await assert.rejects(client.join({ participant_id: 'dave', total_time_ms: 60_000 }), (err) => {
+      assert.ok(err instanceof KairosError);
+      assert.equal(err.code, 'PARTICIPANT_EXISTS');
+      assert.equal(err.details.participant_id, 'dave');
+      return true;
+    });
+    await assert.rejects(joinParticipant(sid, { participant_id: 'black', total_time_ms: 60_000 }, { baseUrl }), (err) => {
+      assert.ok(err instanceof KairosError);
+      assert.equal(err.code, 'PARTICIPANT_EXISTS');
+      return true;
+    });
+
+    // White leaves on its own turn: dave, next in the rotation, plays.
+    const afterLeave = await client.leave('white', { expectedVersion: afterJoin.version });
+    assert.equal(afterLeave.active_participant_id, 'dave');
+    assert.deepEqual(afterLeave.participants.map((p) => [p.participant_id, p.participant_index]), [
+      ['dave', 0],
+      ['black', 1],
+    ]);
+    assert.equal(afterLeave.version, afterJoin.version + 1);
+
+    // Without a client: black leaves while waiting; the turn goes on.
+    const last = await leaveParticipant(sid, 'black', { baseUrl });
+    assert.equal(last.active_participant_id, 'dave');
+    assert.deepEqual(last.participants.map((p) => p.participant_id), ['dave']);
+    await assert.rejects(client.leave('black'), (err) => err instanceof KairosError && err.code === 'VALIDATION_ERROR');
+
+    await waitUntil('three events', () => events.length === 3);
+    assert.deepEqual(events, [
+      ['joined', 'dave', 1],
+      ['left', 'white', 'dave'],
+      ['left', 'black', null],
+    ]);
   });
 });

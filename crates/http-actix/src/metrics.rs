@@ -25,6 +25,10 @@ pub struct Metrics {
     pub switch_latency: Histogram,
     /// Open WebSocket connections.
     pub ws_connections: IntGauge,
+    /// This instance's WebSockets registered in presence (contract section 9).
+    pub presence_connections: IntGauge,
+    /// Distinct (session, user) pairs among those connections.
+    pub presence_users: IntGauge,
     /// WebSocket messages sent to clients.
     pub ws_messages_sent: IntCounter,
     /// Primary store errors (unreachable, timeouts, corrupt data), counted
@@ -86,6 +90,14 @@ impl Metrics {
                 "Switch latency: decide, commit and publish",
             ),
             ws_connections: gauge("kairos_ws_connections", "Open WebSocket connections"),
+            presence_connections: gauge(
+                "kairos_presence_connections",
+                "WebSockets this instance registered in presence",
+            ),
+            presence_users: gauge(
+                "kairos_presence_users",
+                "Distinct users per session among this instance's presence connections",
+            ),
             ws_messages_sent: counter(
                 "kairos_ws_messages_sent_total",
                 "WebSocket messages sent to clients",

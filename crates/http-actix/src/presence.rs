@@ -9,6 +9,9 @@
 //! A socket is not sent presence events about its own user (the hub tags
 //! each with its `sub`): a user is not told of its own arrival.
 //!
+//! This instance's own counts (connections, and distinct users per
+//! session) are reported as gauges ([`LocalPresence::report_to`]).
+//!
 //! Presence is counted, never enforced: a registry that cannot be reached
 //! costs the socket its seat (it is not counted, and so can never pause a
 //! session by its absence), not its connection.
@@ -24,6 +27,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use kairos_domain::DynSessionService as Service;
+use prometheus::IntGauge;
 
 /// How often this instance renews its connections' entries: a third of
 /// the lease, so two renewals may fail before a live entry could lapse.
@@ -56,9 +60,51 @@ impl Seat {
     }
 }
 
+/// What this instance holds: its connections by id (with their session
+/// and user), the number of them per (session, user), and the gauges that
+/// report both counts (`kairos_presence_connections`, `kairos_presence_users`).
+#[derive(Default)]
+struct Held {
+    connections: HashMap<String, (SessionId, String)>,
+    users: HashMap<(SessionId, String), usize>,
+    gauges: Option<(IntGauge, IntGauge)>,
+}
+
+impl Held {
+    fn insert(&mut self, id: String, session_id: SessionId, sub: &str) {
+        if self
+            .connections
+            .insert(id, (session_id, sub.to_owned()))
+            .is_none()
+        {
+            *self.users.entry((session_id, sub.to_owned())).or_default() += 1;
+        }
+        self.report();
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(user) = self.connections.remove(id)
+            && let Some(n) = self.users.get_mut(&user)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.users.remove(&user);
+            }
+        }
+        self.report();
+    }
+
+    fn report(&self) {
+        if let Some((connections, users)) = &self.gauges {
+            connections.set(i64::try_from(self.connections.len()).unwrap_or(i64::MAX));
+            users.set(i64::try_from(self.users.len()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 /// The registered connections of this instance, by connection id.
 pub struct LocalPresence {
-    held: Mutex<HashMap<String, SessionId>>,
+    held: Mutex<Held>,
     /// Makes connection ids unique across instances.
     instance: String,
     next: AtomicU64,
@@ -78,7 +124,7 @@ impl LocalPresence {
     /// No connection yet; leaves are spawned on `tasks`.
     pub fn new(tasks: TaskTracker) -> Self {
         Self {
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Held::default()),
             instance: uuid::Uuid::new_v4().simple().to_string(),
             next: AtomicU64::new(0),
             tasks,
@@ -86,8 +132,17 @@ impl LocalPresence {
     }
 
     /// A poisoned lock only means a panic while editing a map of ids.
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, SessionId>> {
+    fn lock(&self) -> MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reports this instance's registered connections in `connections` and
+    /// its distinct (session, user) pairs in `users`, from now on (set at
+    /// once to the current counts).
+    pub fn report_to(&self, connections: IntGauge, users: IntGauge) {
+        let mut held = self.lock();
+        held.gauges = Some((connections, users));
+        held.report();
     }
 
     /// Registers `seat` on `session_id` (whose view the socket was just
@@ -114,7 +169,7 @@ impl LocalPresence {
             self.next.fetch_add(1, Ordering::Relaxed)
         );
         // Held before the call, so that a renewal meanwhile covers it.
-        self.lock().insert(id.clone(), session_id);
+        self.lock().insert(id.clone(), session_id, &seat.sub);
         match service
             .presence_join(session_id, &id, &seat.sub, participant)
             .await
@@ -147,8 +202,9 @@ impl LocalPresence {
     /// Every registered connection of this instance.
     pub fn held(&self) -> Vec<(SessionId, String)> {
         self.lock()
+            .connections
             .iter()
-            .map(|(id, session)| (*session, id.clone()))
+            .map(|(id, (session, _))| (*session, id.clone()))
             .collect()
     }
 }

@@ -219,12 +219,18 @@ impl AppState {
         settings: HttpSettings,
     ) -> Self {
         let lifecycle = Arc::new(Lifecycle::new());
+        let metrics = Metrics::new();
+        let presence = LocalPresence::new(lifecycle.tasks().clone());
+        presence.report_to(
+            metrics.presence_connections.clone(),
+            metrics.presence_users.clone(),
+        );
         Self {
             hub: Hub::new(service.clone(), bus, lifecycle.tasks().clone()),
-            presence: LocalPresence::new(lifecycle.tasks().clone()),
+            presence,
             service,
             audit_health: Arc::new(|| AuditHealth::Disabled),
-            metrics: Metrics::new(),
+            metrics,
             settings,
             lifecycle,
             ws_connections: AtomicUsize::new(0),
@@ -244,6 +250,10 @@ impl AppState {
     /// Records into `metrics` (e.g. a registry the workers share).
     #[must_use]
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.presence.report_to(
+            metrics.presence_connections.clone(),
+            metrics.presence_users.clone(),
+        );
         self.metrics = metrics;
         self
     }

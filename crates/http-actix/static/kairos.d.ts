@@ -128,6 +128,63 @@ export interface SessionEvent {
   metadata: Record<string, unknown>;
 }
 
+/** **(ext)** `participant_joined`: `participant_id` joined a live session at `metadata.index`. */
+export interface ParticipantJoinedEvent extends SessionEvent {
+  event_type: 'participant_joined';
+  participant_id: string;
+  metadata: { index: number; [extra: string]: unknown };
+}
+
+/**
+ * **(ext)** `participant_left`: `participant_id` left. When its turn was on,
+ * `time_elapsed_ms` is the time charged and `metadata.next_participant_id`
+ * whose turn began (absent when nobody eligible was left: `session_completed`
+ * follows in the same version).
+ */
+export interface ParticipantLeftEvent extends SessionEvent {
+  event_type: 'participant_left';
+  participant_id: string;
+  metadata: { next_participant_id?: string; [extra: string]: unknown };
+}
+
+/**
+ * **(ext)** `presence_joined` (a user's first connection) and `presence_left`
+ * (their last one closed and they did not come back within the leave delay;
+ * `at_ms` is when it closed). Not state changes: `version` is 0.
+ * `participant_id` is set when the connection names a participant.
+ */
+export interface PresenceEvent extends SessionEvent {
+  event_type: 'presence_joined' | 'presence_left';
+  version: 0;
+  metadata: { sub: string; [extra: string]: unknown };
+}
+
+/** **(ext)** One user connected to a session (`GET /v1/sessions/{id}/presence`). */
+export interface PresenceUser {
+  /** The token's `sub` (with auth off: the socket's `?user=`), or `anonymous`. */
+  sub: string;
+  participant_id: string | null;
+  connections: number;
+  since_ms: number;
+}
+
+/** **(ext)** `GET /v1/sessions/{id}/presence`: the session's sockets over every instance. */
+export interface Presence {
+  connections: number;
+  users: PresenceUser[];
+}
+
+/** **(ext)** A participant object of the config, as `join` takes it. */
+export interface JoiningParticipant {
+  participant_id: string;
+  /** Where in the rotation (those at or after it move up); left out: the end. */
+  participant_index?: number;
+  /** Required in per_participant (1000..=86400000). */
+  total_time_ms?: number;
+  /** Required in per_group: one of the session's groups. */
+  group_id?: string;
+}
+
 /** A participant as displayed at some server instant. */
 export interface DisplayedParticipant extends ParticipantView {
   /** Whether this participant's clock is moving at that instant. */
@@ -360,12 +417,21 @@ export declare class KairosClient {
   ): Promise<SessionView>;
   /** **(ext)** Server `EVENT`s: `warning` (time_warning), `time_added`, or `event` (all). Returns the unsubscribe function. */
   on(name: 'warning', listener: (event: TimeWarningEvent) => void): () => void;
+  on(name: 'participant_joined', listener: (event: ParticipantJoinedEvent) => void): () => void;
+  on(name: 'participant_left', listener: (event: ParticipantLeftEvent) => void): () => void;
+  on(name: 'presence_joined' | 'presence_left', listener: (event: PresenceEvent) => void): () => void;
   on(name: 'time_added' | 'event', listener: (event: SessionEvent) => void): () => void;
   pause(options?: { expectedVersion?: number }): Promise<SessionView>;
   resume(options?: { expectedVersion?: number }): Promise<SessionView>;
   /** Over REST (the socket has no START / COMPLETE). */
   start(options?: { expectedVersion?: number }): Promise<SessionView>;
   complete(options?: { expectedVersion?: number }): Promise<SessionView>;
+  /** **(ext)** REST `GET .../presence`: connections and users over every instance. */
+  presence(): Promise<Presence>;
+  /** **(ext)** REST `POST .../participants` (owner or admin); an id already there rejects with `PARTICIPANT_EXISTS`. */
+  join(participant: JoiningParticipant, options?: { expectedVersion?: number }): Promise<SessionView>;
+  /** **(ext)** REST `DELETE .../participants/{participantId}` (owner or admin). */
+  leave(participantId: string, options?: { expectedVersion?: number }): Promise<SessionView>;
 }
 
 /** Every clock of `state` at `serverNow` (server ms); a pure function. */
@@ -391,3 +457,13 @@ export interface RestOptions {
 export declare function createSession(config: Record<string, unknown>, options?: RestOptions): Promise<SessionView>;
 /** `GET /v1/sessions/{id}`. */
 export declare function getSession(sessionId: string, options?: RestOptions): Promise<SessionView>;
+/** **(ext)** `GET /v1/sessions/{id}/presence`. */
+export declare function getPresence(sessionId: string, options?: RestOptions): Promise<Presence>;
+/** **(ext)** `POST /v1/sessions/{id}/participants`; resolves with the view. */
+export declare function joinParticipant(
+  sessionId: string,
+  participant: JoiningParticipant & { expected_version?: number },
+  options?: RestOptions,
+): Promise<SessionView>;
+/** **(ext)** `DELETE /v1/sessions/{id}/participants/{participantId}`; resolves with the view. */
+export declare function leaveParticipant(sessionId: string, participantId: string, options?: RestOptions): Promise<SessionView>;

@@ -377,6 +377,15 @@ const DEFAULTS = {
 /** The largest `lag_ms` a switch may carry (docs/protocol.md, lag compensation). */
 const MAX_LAG_MS = 10_000;
 
+// The EVENT types `on()` also offers by their own name (`warning` is time_warning's).
+const NAMED_EVENTS = new Set([
+  'time_added',
+  'participant_joined',
+  'participant_left',
+  'presence_joined',
+  'presence_left',
+]);
+
 /** Close codes after which reconnecting cannot help. */
 const FATAL_CLOSES = {
   4404: 'SESSION_NOT_FOUND',
@@ -929,8 +938,10 @@ export class KairosClient {
   /**
    * Calls `listener(event)` for every server `EVENT` of kind `name`:
    * `warning` (the `time_warning` events: `participant_id` or `group_id`,
-   * `time_remaining_ms` = the threshold, `at_ms`), `time_added`, or `event`
-   * (all of them). Returns the unsubscribe function.
+   * `time_remaining_ms` = the threshold, `at_ms`), `time_added`,
+   * `participant_joined`, `participant_left`, `presence_joined`,
+   * `presence_left` (the events of that `event_type`), or `event` (all of
+   * them). Returns the unsubscribe function.
    */
   on(name, listener) {
     let set = this._eventListeners.get(name);
@@ -963,7 +974,7 @@ export class KairosClient {
     if (!event || typeof event !== 'object') return;
     this._emit('event', event);
     if (event.event_type === 'time_warning') this._emit('warning', event);
-    else if (event.event_type === 'time_added') this._emit('time_added', event);
+    else if (NAMED_EVENTS.has(event.event_type)) this._emit(event.event_type, event);
   }
 
   /** Pauses the session. */
@@ -986,11 +997,55 @@ export class KairosClient {
     return this._rest('complete', expectedVersion);
   }
 
+  /**
+   * **(ext)** `GET /v1/sessions/{id}/presence`: who is connected to the
+   * session's sockets over every instance, `{connections, users: [{sub,
+   * participant_id, connections, since_ms}]}`.
+   */
+  async presence() {
+    return request(this._fetch, this.baseUrl, await this._restToken(), 'GET', `${this._sessionPath()}/presence`);
+  }
+
+  /**
+   * **(ext)** `POST /v1/sessions/{id}/participants` (owner or admin): one
+   * participant object of the config (`participant_id`, and
+   * `participant_index`, `total_time_ms`, `group_id` as the mode needs)
+   * joins the live session; resolves with the view. An id already in the
+   * session rejects with `PARTICIPANT_EXISTS`.
+   */
+  async join(participant, { expectedVersion } = {}) {
+    const body = { ...(participant || {}) };
+    if (expectedVersion !== undefined) body.expected_version = expectedVersion;
+    return this._restView('POST', `${this._sessionPath()}/participants`, body);
+  }
+
+  /**
+   * **(ext)** `DELETE /v1/sessions/{id}/participants/{participantId}` (owner
+   * or admin): the participant leaves; if its turn was on, the next eligible
+   * one plays from that instant. Resolves with the view.
+   */
+  async leave(participantId, { expectedVersion } = {}) {
+    const body = expectedVersion === undefined ? undefined : { expected_version: expectedVersion };
+    const path = `${this._sessionPath()}/participants/${encodeURIComponent(participantId)}`;
+    return this._restView('DELETE', path, body);
+  }
+
   async _rest(name, expectedVersion) {
     const body = expectedVersion === undefined ? {} : { expected_version: expectedVersion };
-    // The token of the latest connect (or setToken); with getToken and none yet, a fresh one.
-    const token = this.token ?? (this._getToken ? await this._getToken() : null);
-    const view = await request(this._fetch, this.baseUrl, token, 'POST', `/v1/sessions/${this.sessionId}/${name}`, body);
+    return this._restView('POST', `${this._sessionPath()}/${name}`, body);
+  }
+
+  _sessionPath() {
+    return `/v1/sessions/${encodeURIComponent(this.sessionId)}`;
+  }
+
+  /** The token of the latest connect (or setToken); with getToken and none yet, a fresh one. */
+  async _restToken() {
+    return this.token ?? (this._getToken ? await this._getToken() : null);
+  }
+
+  async _restView(method, path, body) {
+    const view = await request(this._fetch, this.baseUrl, await this._restToken(), method, path, body);
     // The socket brings the same view; applying it now saves a round trip.
     this._applyState(view);
     return view;
@@ -1087,6 +1142,25 @@ async function request(fetchFn, baseUrl, token, method, path, body) {
 export function createSession(config, { baseUrl = defaultBaseUrl(), token, fetch: fetchFn } = {}) {
   const f = fetchFn ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : null);
   return request(f, baseUrl, token, 'POST', '/v1/sessions', config);
+}
+
+/** **(ext)** `GET /v1/sessions/{id}/presence`: resolves with `{connections, users}`. */
+export function getPresence(sessionId, { baseUrl = defaultBaseUrl(), token, fetch: fetchFn } = {}) {
+  const f = fetchFn ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : null);
+  return request(f, baseUrl, token, 'GET', `/v1/sessions/${encodeURIComponent(sessionId)}/presence`);
+}
+
+/** **(ext)** `POST /v1/sessions/{id}/participants`: `participant` joins; resolves with the view. */
+export function joinParticipant(sessionId, participant, { baseUrl = defaultBaseUrl(), token, fetch: fetchFn } = {}) {
+  const f = fetchFn ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : null);
+  return request(f, baseUrl, token, 'POST', `/v1/sessions/${encodeURIComponent(sessionId)}/participants`, participant);
+}
+
+/** **(ext)** `DELETE /v1/sessions/{id}/participants/{participantId}`: resolves with the view. */
+export function leaveParticipant(sessionId, participantId, { baseUrl = defaultBaseUrl(), token, fetch: fetchFn } = {}) {
+  const f = fetchFn ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : null);
+  const path = `/v1/sessions/${encodeURIComponent(sessionId)}/participants/${encodeURIComponent(participantId)}`;
+  return request(f, baseUrl, token, 'DELETE', path);
 }
 
 /** `GET /v1/sessions/{id}`: resolves with the session's view. */

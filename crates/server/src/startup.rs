@@ -485,6 +485,7 @@ impl Application {
         });
         workers.spawn(workers::presence_worker(
             state.service.clone(),
+            worker_metrics.clone(),
             stop_rx.clone(),
         ));
         if let Some(bus) = bus_stats {

@@ -82,6 +82,11 @@ pub struct WorkerMetrics {
     pub webhook_queue_depth: IntGauge,
     /// How long ago the oldest queued webhook delivery's event was committed.
     pub webhook_oldest_undelivered_seconds: IntGauge,
+    /// `presence_left` events this instance sent (leaves it claimed and fired).
+    pub presence_left: IntCounter,
+    /// Sessions this instance paused because their active participant was
+    /// disconnected (`auto_pause_on_disconnect_ms`).
+    pub presence_auto_pauses: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -154,6 +159,14 @@ impl WorkerMetrics {
             webhook_oldest_undelivered_seconds: gauge(
                 "kairos_webhook_oldest_undelivered_seconds",
                 "Age of the oldest queued webhook delivery's event",
+            )?,
+            presence_left: counter(
+                "kairos_presence_left_total",
+                "presence_left events this instance sent",
+            )?,
+            presence_auto_pauses: counter(
+                "kairos_presence_auto_pauses_total",
+                "Sessions this instance paused because the active participant disconnected",
             )?,
         })
     }
@@ -446,7 +459,11 @@ const PRESENCE_CLAIM_LEASE_MS: i64 = 5_000;
 /// gone for its `auto_pause_on_disconnect_ms` (through the service's
 /// compare-and-set, so two instances checking one absence commit once).
 /// Any instance runs it; the claims' leases share the work.
-pub async fn presence_worker(service: Service, mut shutdown: watch::Receiver<bool>) {
+pub async fn presence_worker(
+    service: Service,
+    metrics: WorkerMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut failing = false;
     loop {
         if *shutdown.borrow() {
@@ -461,8 +478,9 @@ pub async fn presence_worker(service: Service, mut shutdown: watch::Receiver<boo
             Ok(leaves) => {
                 full |= leaves.len() == PRESENCE_BATCH;
                 for leave in leaves {
-                    if let Err(e) = service.fire_presence_leave(leave).await {
-                        errors.push(e);
+                    match service.fire_presence_leave(leave).await {
+                        Ok(()) => metrics.presence_left.inc(),
+                        Err(e) => errors.push(e),
                     }
                 }
             }
@@ -478,6 +496,7 @@ pub async fn presence_worker(service: Service, mut shutdown: watch::Receiver<boo
                     let session_id = absence.session_id;
                     match service.fire_absence(absence).await {
                         Ok(AbsenceCheck::Paused { at_ms }) => {
+                            metrics.presence_auto_pauses.inc();
                             tracing::info!(%session_id, at_ms, "session paused: its active participant disconnected");
                         }
                         Ok(_) => {}

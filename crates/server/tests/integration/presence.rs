@@ -6,8 +6,10 @@
 //! within the 30 s lease and their users get `presence_left`; and
 //! `auto_pause_on_disconnect_ms` pauses a session exactly once, as of its
 //! instant, with one of three instances killed meanwhile (counted in the
-//! audit trail on PostgreSQL). Values are asserted, not timings: instants
-//! come from the server's own messages.
+//! audit trail on PostgreSQL). One instance's presence metrics (its
+//! connections and users, the leaves and auto-pauses it fired) follow its
+//! sockets. Values are asserted, not timings: instants come from the
+//! server's own messages.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
 use std::collections::BTreeSet;
@@ -470,4 +472,102 @@ async fn an_absent_active_player_pauses_the_session_exactly_once_as_of_its_insta
         .unwrap();
     assert_eq!(view["data"]["version"], 5);
     assert_eq!(view["data"]["status"], "paused");
+}
+
+/// The presence metrics of one instance (embedded store, leave delay 0):
+/// `kairos_presence_connections` and `kairos_presence_users` follow the
+/// sockets it registered, `kairos_presence_left_total` counts the
+/// `presence_left` it sent and `kairos_presence_auto_pauses_total` the
+/// sessions it paused for an absent active player.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_presence_metrics_count_this_instances_connections_users_leaves_and_auto_pauses() {
+    use crate::common::{spawn_with, test_settings};
+
+    let mut settings = test_settings();
+    settings.presence_leave_delay_ms = 0;
+    let app = spawn_with(settings).await;
+    let http = reqwest::Client::new();
+    let metrics_url = format!("http://{}/metrics", app.metrics_addr);
+    let wait_for = |want: [i64; 4], what: &'static str| {
+        let (http, url) = (http.clone(), metrics_url.clone());
+        async move { wait_for_presence_metrics(&http, &url, want, what).await }
+    };
+    assert_eq!(presence_metrics(&http, &metrics_url).await, [0, 0, 0, 0]);
+
+    let mut config = chess(600_000, 0);
+    config["auto_pause_on_disconnect_ms"] = json!(1_000);
+    let game = create_session(&http, app.url("/v1/sessions"), None, config).await;
+    let (status, body) = post(&http, app.url(&format!("/v1/sessions/{game}/start")), None).await;
+    assert_eq!(status, 200, "{body}");
+    let other = create_session(&http, app.url("/v1/sessions"), None, chess(600_000, 0)).await;
+
+    // ann (white, to play) twice and bob (black) on the game, ann on the other.
+    let ws = |id: &str, query: &str| format!("/ws?sessionId={id}&{query}");
+    let mut sockets = Vec::new();
+    for (id, query) in [
+        (&game, "user=ann&participant_id=white"),
+        (&game, "user=ann&participant_id=white"),
+        (&game, "user=bob&participant_id=black"),
+        (&other, "user=ann"),
+    ] {
+        let (socket, _) = connect_async(app.ws_url(&ws(id, query))).await.expect("ws");
+        sockets.push(socket);
+    }
+    wait_for([4, 3, 0, 0], "four sockets of three users").await;
+    let mut sockets = sockets.into_iter();
+    let (ann1, ann2, bob, ann_other) = (
+        sockets.next().unwrap(),
+        sockets.next().unwrap(),
+        sockets.next().unwrap(),
+        sockets.next().unwrap(),
+    );
+
+    close(ann1).await;
+    wait_for([3, 3, 0, 0], "ann still has a socket on the game").await;
+    close(bob).await;
+    wait_for([2, 2, 1, 0], "bob gone: one presence_left").await;
+    // White, to play, drops: presence_left, then the auto-pause, once.
+    close(ann2).await;
+    wait_for([1, 1, 2, 1], "white gone: the game paused").await;
+    let (status, view) = app.call("GET", &format!("/v1/sessions/{game}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["data"]["status"], "paused");
+    close(ann_other).await;
+    wait_for([0, 0, 3, 1], "nobody left").await;
+}
+
+/// The presence metrics an instance serves at `url`.
+const PRESENCE_METRICS: [&str; 4] = [
+    "kairos_presence_connections",
+    "kairos_presence_users",
+    "kairos_presence_left_total",
+    "kairos_presence_auto_pauses_total",
+];
+
+/// The values of [`PRESENCE_METRICS`] at `url` (a `/metrics` URL).
+async fn presence_metrics(http: &reqwest::Client, url: &str) -> [i64; 4] {
+    let text = http.get(url).send().await.unwrap().text().await.unwrap();
+    PRESENCE_METRICS.map(|name| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+            .parse::<i64>()
+            .unwrap()
+    })
+}
+
+/// Polls [`presence_metrics`] until they are `want` (30 s at most).
+async fn wait_for_presence_metrics(http: &reqwest::Client, url: &str, want: [i64; 4], what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = presence_metrics(http, url).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {PRESENCE_METRICS:?} = {now:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

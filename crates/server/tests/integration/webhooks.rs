@@ -5,7 +5,9 @@
 //! least once across a receiver that fails for a while and across an
 //! instance killed with SIGKILL mid-delivery; 410 disables; a shortened
 //! retry schedule is followed attempt by attempt (read from the delivery
-//! log, not from timings); the SSRF guard refuses private addresses.
+//! log, not from timings); the SSRF guard refuses private addresses; every
+//! `/v1/webhooks` endpoint answers 403 `FORBIDDEN` to a token that is not an
+//! unscoped admin.
 
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
@@ -779,4 +781,75 @@ async fn an_instance_killed_mid_delivery_is_taken_over() {
         log.iter().filter(|r| r["status_code"] == 200).count() >= 2,
         "{log:?}"
     );
+}
+
+/// Every `/v1/webhooks` endpoint is for admins: with tokens on, a host, a
+/// player, a viewer and an admin token scoped to one session all get 403
+/// `FORBIDDEN` in the contract's error format (no token: 401), and nothing
+/// they asked for happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_manage_webhooks() {
+    use crate::common::{secured_settings, spawn_with, token};
+
+    let mut settings = secured_settings();
+    settings.webhooks.allow_http = true;
+    settings.webhooks.allow_private = true;
+    let app = spawn_with(settings).await;
+    let admin = token("admin", "ops", None, None);
+    let hook = json!({"url": "http://127.0.0.1:9/hook", "description": "admin's"});
+    let (status, created) = app
+        .call_as(Some(&admin), "POST", "/v1/webhooks", Some(hook.clone()))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["data"]["webhook_id"].as_str().unwrap().to_owned();
+
+    let some_session = uuid::Uuid::new_v4().to_string();
+    let others = [
+        ("host", token("host", "alice", None, None)),
+        ("player", token("player", "bob", None, Some("white"))),
+        ("viewer", token("viewer", "carol", None, None)),
+        (
+            "admin of one session",
+            token("admin", "ops", Some(&some_session), None),
+        ),
+    ];
+    let one = format!("/v1/webhooks/{id}");
+    let log = format!("/v1/webhooks/{id}/deliveries?limit=5");
+    let calls: [(&str, &str, Option<Value>); 5] = [
+        ("POST", "/v1/webhooks", Some(hook.clone())),
+        ("GET", "/v1/webhooks", None),
+        ("GET", &one, None),
+        ("DELETE", &one, None),
+        ("GET", &log, None),
+    ];
+    for (who, t) in &others {
+        for (method, path, body) in &calls {
+            let (status, body) = app.call_as(Some(t), method, path, body.clone()).await;
+            assert_eq!(status, 403, "{who}: {method} {path}: {body}");
+            assert_eq!(
+                body["error"]["code"], "FORBIDDEN",
+                "{who}: {method} {path}: {body}"
+            );
+            assert!(
+                body["error"]["message"].as_str().unwrap().contains("admin"),
+                "{who}: {method} {path}: {body}"
+            );
+        }
+    }
+    for (method, path, body) in &calls {
+        let (status, body) = app.call_as(None, method, path, body.clone()).await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{method} {path}");
+    }
+
+    // Nothing was registered or deleted: the admin's endpoint is the only one.
+    let (status, list) = app.call_as(Some(&admin), "GET", "/v1/webhooks", None).await;
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["webhook_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
 }
