@@ -2,7 +2,9 @@
 //! server on 127.0.0.1 inside the test that counts the connections it
 //! accepts and the requests it reads. Deliveries to one endpoint share one
 //! kept-alive connection; a receiver that closes its connections after each
-//! answer still gets every delivery, each once; a hung receiver still ends
+//! answer still gets every delivery, each once; one that closes a kept-alive
+//! connection under a request gets it again on a new connection within the
+//! same attempt; a hung receiver still ends
 //! the attempt at the sender's timeout; the guard still refuses private
 //! addresses when they are not allowed.
 
@@ -37,13 +39,18 @@ enum Mode {
     Hang,
     /// Sends a head announcing a body that never comes.
     HangInBody,
+    /// Answers the first request of each connection, then reads the second
+    /// and closes without answering (its keep-alive ran out just then).
+    DropSecond,
 }
 
 #[derive(Default)]
 struct Seen {
     accepted: AtomicUsize,
-    /// The `webhook-id` of every request read, in order.
+    /// The `webhook-id` of every request answered, in order.
     ids: Mutex<Vec<String>>,
+    /// The `webhook-id` of every request read and left unanswered.
+    dropped: Mutex<Vec<String>>,
 }
 
 async fn receiver(mode: Mode) -> (u16, Arc<Seen>) {
@@ -64,6 +71,7 @@ async fn receiver(mode: Mode) -> (u16, Arc<Seen>) {
 /// Reads requests off one connection and answers them as `mode` says.
 async fn serve(mut socket: TcpStream, mode: Mode, seen: Arc<Seen>) {
     let mut buf = Vec::new();
+    let mut served = 0;
     loop {
         let Some((head, body_len)) = read_head(&mut socket, &mut buf).await else {
             return;
@@ -82,9 +90,18 @@ async fn serve(mut socket: TcpStream, mode: Mode, seen: Arc<Seen>) {
             .find_map(|l| l.strip_prefix("webhook-id: "))
             .unwrap_or("")
             .to_owned();
-        seen.ids.lock().await.push(id);
+        served += 1;
+        if mode == Mode::DropSecond && served == 2 {
+            seen.dropped.lock().await.push(id);
+            return;
+        }
+        if mode != Mode::Hang {
+            seen.ids.lock().await.push(id);
+        } else {
+            seen.dropped.lock().await.push(id);
+        }
         let answer: &[u8] = match mode {
-            Mode::KeepAlive => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Mode::KeepAlive | Mode::DropSecond => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
             Mode::CloseSilently => b"HTTP/1.1 204 No Content\r\n\r\n",
             Mode::CloseHeader => b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n",
             Mode::Hang => {
@@ -204,6 +221,22 @@ async fn a_receiver_closing_after_each_answer_gets_every_delivery_once() {
 }
 
 #[tokio::test]
+async fn a_kept_alive_connection_closed_under_a_request_is_retried_once_on_a_new_one() {
+    let sender = Sender::new(LOCAL).unwrap();
+    let (port, seen) = receiver(Mode::DropSecond).await;
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    // evt_1 and evt_3 go over a reused connection that the receiver closes
+    // after reading them: each is sent again on a new connection, within
+    // the same attempt, and the attempt succeeds.
+    let outcomes = send_many(&sender, &url, 5).await;
+    assert_eq!(outcomes, vec![AttemptOutcome::Delivered { status: 200 }; 5]);
+    assert_eq!(*seen.ids.lock().await, ids(5));
+    assert_eq!(*seen.dropped.lock().await, vec!["evt_1", "evt_3"]);
+    // Pooled: evt_0, evt_2, evt_4; fresh for the second tries: evt_1, evt_3.
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
 async fn a_hung_receiver_still_times_out() {
     let sender = Sender::new(LOCAL)
         .unwrap()
@@ -224,7 +257,7 @@ async fn a_hung_receiver_still_times_out() {
         AttemptOutcome::Failed { status: None, .. }
     ));
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
-    assert_eq!(*seen.ids.lock().await, vec!["evt_hung", "evt_hung_2"]);
+    assert_eq!(*seen.dropped.lock().await, vec!["evt_hung", "evt_hung_2"]);
 
     // An answer whose body never ends: the status counts, the connection
     // is given up at the deadline and not reused.
