@@ -43,8 +43,12 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_RETRY_AFTER_MS: i64 = 24 * 3_600_000;
 /// An idle pooled connection unused this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most idle connections kept per origin (scheme, host, port).
-pub const MAX_IDLE_PER_ORIGIN: usize = 32;
+/// The most idle connections kept per origin (scheme, host, port): the
+/// default `WEBHOOK_CONCURRENCY`, so that at the default settings no
+/// connection is ever closed for being one too many (sends in flight, and
+/// so connections in use, never exceed it), even when a whole batch of
+/// sends to one endpoint ends at once.
+pub const MAX_IDLE_PER_ORIGIN: usize = 64;
 /// An answer's body longer than this is not read: its connection is closed
 /// instead of reused.
 pub const MAX_DRAINED_BODY: usize = 64 * 1024;
