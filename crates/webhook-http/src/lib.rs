@@ -12,14 +12,18 @@
 //!   [`check_url`] for a URL about to be stored (scheme, host resolved,
 //!   every address public).
 //! - [`sign`]: the Standard Webhooks signature of one attempt.
-//! - [`sender`]: [`Sender`], one HTTP/1.1 connection per attempt (hyper,
-//!   rustls on ring) to an address the guard allows, resolved at send time;
-//!   10 s for everything, no redirects, no proxy; the answer mapped to
+//! - [`sender`]: [`Sender`], attempts over a bounded pool of kept-alive
+//!   HTTP/1.1 connections per origin (hyper-util, rustls on ring); 10 s for
+//!   everything, no redirects, no proxy; the answer mapped to
 //!   [`kairos_domain::webhook::AttemptOutcome`] (2xx, 410, `Retry-After`).
+//! - [`connect`]: the pool's connector: every new connection goes to an
+//!   address the guard allows, resolved when it is opened (DNS rebinding
+//!   reaches nothing).
 
+pub mod connect;
 pub mod guard;
 pub mod sender;
 pub mod sign;
 
 pub use guard::{UrlError, UrlPolicy, check_url};
-pub use sender::{BuildError, Message, SEND_TIMEOUT, Sender};
+pub use sender::{BuildError, IDLE_TIMEOUT, MAX_IDLE_PER_ORIGIN, Message, SEND_TIMEOUT, Sender};

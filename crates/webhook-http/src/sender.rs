@@ -1,35 +1,57 @@
 //! One delivery attempt: sign, POST, and turn what happened into the
 //! domain's [`AttemptOutcome`] (contract section 9).
 //!
-//! Each attempt opens one HTTP/1.1 connection (hyper) to an address the
-//! [`UrlPolicy`] allows, resolved here rather than by a client library, so
-//! whatever the name resolves to at send time the connection goes to a
-//! checked address (DNS rebinding reaches nothing). No redirect is
-//! followed (a 3xx is a failure), no proxy is used, and the whole attempt,
-//! connection and TLS included, gives up after [`SEND_TIMEOUT`]. TLS is
-//! rustls on the ring provider with the web's public roots. The response's
-//! body is never read.
+//! Attempts go through a pool of kept-alive HTTP/1.1 connections (hyper-util's
+//! pooled client), one pool per origin (scheme, host, port): a connection
+//! that answered is reused by the next attempt to that origin, so a busy
+//! endpoint costs no TCP or TLS handshake per delivery. The pool is bounded:
+//! at most [`MAX_IDLE_PER_ORIGIN`] idle connections per origin, each closed
+//! after [`IDLE_TIMEOUT`] unused, so an endpoint that went away holds
+//! nothing. New connections are opened by [`crate::connect::Connector`],
+//! which resolves the host itself and connects only to addresses the
+//! [`UrlPolicy`] allows (DNS rebinding reaches nothing). When an attempt
+//! fails on a reused connection before any answer (the receiver closed it
+//! while idle), it is made once more on a fresh connection within the same
+//! deadline. No redirect is followed (a 3xx is a failure), no proxy is
+//! used, and the whole attempt, connection, TLS and reading the answer
+//! included, gives up after [`SEND_TIMEOUT`]. TLS is rustls on the ring
+//! provider with the web's public roots. The answer's body is read (up to
+//! [`MAX_DRAINED_BODY`]) only so that the connection can be reused.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HOST, HeaderMap, RETRY_AFTER, USER_AGENT};
-use hyper_util::rt::TokioIo;
+use hyper::http::Extensions;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::capture_connection;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kairos_domain::webhook::AttemptOutcome;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
-use url::{Host, Position, Url};
+use tokio::time::Instant;
+use url::Position;
 
-use crate::guard::{self, UrlPolicy, allowed, forbidden_kind};
+use crate::connect::{ConnectError, Connector, Uses};
+use crate::guard::{self, UrlPolicy};
 use crate::sign::signature;
 
 /// A 2xx within this long is a success; anything slower is a failure.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `Retry-After` honoured (the contract's last interval).
 pub const MAX_RETRY_AFTER_MS: i64 = 24 * 3_600_000;
+/// An idle pooled connection unused this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most idle connections kept per origin (scheme, host, port): the
+/// default `WEBHOOK_CONCURRENCY`, so that at the default settings no
+/// connection is ever closed for being one too many (sends in flight, and
+/// so connections in use, never exceed it), even when a whole batch of
+/// sends to one endpoint ends at once.
+pub const MAX_IDLE_PER_ORIGIN: usize = 64;
+/// An answer's body longer than this is not read: its connection is closed
+/// instead of reused.
+pub const MAX_DRAINED_BODY: usize = 64 * 1024;
 /// The `user-agent` of every attempt.
 const AGENT: &str = concat!("SyncKairos-Webhooks/", env!("CARGO_PKG_VERSION"));
 
@@ -53,19 +75,33 @@ pub struct Message<'a> {
     pub now_ms: i64,
 }
 
-/// Sends webhooks; cheap to clone.
+type HttpClient = Client<Connector, Full<Bytes>>;
+
+/// Sends webhooks; cheap to clone (the clones share one connection pool).
 #[derive(Clone)]
 pub struct Sender {
-    tls: tokio_rustls::TlsConnector,
+    /// Keeps connections alive and reuses them.
+    pooled: HttpClient,
+    /// Keeps nothing: the second try after a reused connection failed.
+    fresh: HttpClient,
     policy: UrlPolicy,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sender")
             .field("policy", &self.policy)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// Why one request got no answer, and whether it went over a connection
+/// that had carried a request before.
+struct Failure {
+    error: String,
+    reused: bool,
 }
 
 impl Sender {
@@ -80,10 +116,32 @@ impl Sender {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Self {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        let connector = Connector {
             policy,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        };
+        let pooled = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IDLE_PER_ORIGIN)
+            .pool_timer(TokioTimer::new())
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        Ok(Self {
+            pooled,
+            fresh,
+            policy,
+            timeout: SEND_TIMEOUT,
         })
+    }
+
+    /// The same sender giving up on an attempt after `timeout` instead of
+    /// [`SEND_TIMEOUT`] (tests).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The policy this sender enforces.
@@ -99,7 +157,8 @@ impl Sender {
             error,
             retry_after_ms: None,
         };
-        let (url, port) = match guard::parse_url(message.url, self.policy) {
+        let deadline = Instant::now() + self.timeout;
+        let (url, _port) = match guard::parse_url(message.url, self.policy) {
             Ok(checked) => checked,
             Err(e) => return failed(format!("url refused: {e}")),
         };
@@ -113,128 +172,123 @@ impl Sender {
             Ok(s) => s,
             Err(e) => return failed(e.to_string()),
         };
-        let request = hyper::Request::post(&url[Position::BeforePath..Position::AfterQuery])
-            .header(HOST, &url[Position::BeforeHost..Position::AfterPort])
-            .header(USER_AGENT, AGENT)
-            .header(CONTENT_TYPE, "application/json")
-            .header("webhook-id", message.webhook_id)
-            .header("webhook-timestamp", timestamp_s.to_string())
-            .header("webhook-signature", signature)
-            .body(Full::new(Bytes::copy_from_slice(message.body.as_bytes())));
-        let request = match request {
+        // The origin and the path: no user info, no fragment.
+        let uri = format!(
+            "{}://{}{}",
+            url.scheme(),
+            &url[Position::BeforeHost..Position::AfterPort],
+            &url[Position::BeforePath..Position::AfterQuery]
+        );
+        let body = Bytes::copy_from_slice(message.body.as_bytes());
+        let request = || {
+            hyper::Request::post(uri.as_str())
+                .header(HOST, &url[Position::BeforeHost..Position::AfterPort])
+                .header(USER_AGENT, AGENT)
+                .header(CONTENT_TYPE, "application/json")
+                .header("webhook-id", message.webhook_id)
+                .header("webhook-timestamp", timestamp_s.to_string())
+                .header("webhook-signature", signature.as_str())
+                .body(Full::new(body.clone()))
+        };
+        let first = match request() {
             Ok(r) => r,
             Err(e) => return failed(format!("cannot build the request: {e}")),
         };
-        match tokio::time::timeout(SEND_TIMEOUT, self.post(&url, port, request)).await {
-            Ok(Ok(headers)) => {
-                let (status, headers) = headers;
+        let answered = tokio::time::timeout_at(deadline, async {
+            match exchange(&self.pooled, first).await {
+                // The receiver closed a kept-alive connection before
+                // answering: once more on a new connection.
+                Err(Failure { reused: true, .. }) => match request() {
+                    Ok(again) => exchange(&self.fresh, again).await,
+                    Err(e) => Err(Failure {
+                        error: format!("cannot build the request: {e}"),
+                        reused: false,
+                    }),
+                },
+                other => other,
+            }
+        })
+        .await;
+        match answered {
+            Ok(Ok((status, headers, body))) => {
+                // Read what is left so that the connection can be reused;
+                // the answer is known already, so this only bounds the wait.
+                let _ = tokio::time::timeout_at(deadline, drain(body)).await;
                 let retry_after_ms = retry_after_ms(&headers, message.now_ms);
                 // 2xx delivered, 410 gone, anything else (a redirect
                 // included) a failure to retry.
                 AttemptOutcome::from_status(status, retry_after_ms)
             }
-            Ok(Err(error)) => failed(error),
-            Err(_) => failed(format!("timed out after {} s", SEND_TIMEOUT.as_secs())),
-        }
-    }
-
-    /// Connects to an allowed address of the URL's host and sends `request`;
-    /// the answer's status and headers.
-    async fn post(
-        &self,
-        url: &Url,
-        port: u16,
-        request: hyper::Request<Full<Bytes>>,
-    ) -> Result<(u16, HeaderMap), String> {
-        let (addrs, server_name) = match url.host() {
-            Some(Host::Ipv4(ip)) => (
-                vec![SocketAddr::new(ip.into(), port)],
-                ServerName::IpAddress(std::net::IpAddr::V4(ip).into()),
-            ),
-            Some(Host::Ipv6(ip)) => (
-                vec![SocketAddr::new(ip.into(), port)],
-                ServerName::IpAddress(std::net::IpAddr::V6(ip).into()),
-            ),
-            Some(Host::Domain(name)) => {
-                let resolved = guard::resolve(name, port)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let kept: Vec<SocketAddr> = resolved
-                    .iter()
-                    .copied()
-                    .filter(|a| allowed(a.ip(), self.policy))
-                    .collect();
-                if kept.is_empty() {
-                    let first = resolved[0].ip();
-                    return Err(guard::UrlError::Forbidden {
-                        addr: first,
-                        kind: forbidden_kind(first).unwrap_or("refused"),
-                    }
-                    .to_string());
-                }
-                let name = ServerName::try_from(name.to_owned())
-                    .map_err(|e| format!("not a TLS server name: {e}"))?;
-                (kept, name)
-            }
-            None => return Err("the url has no host".to_owned()),
-        };
-        let stream = connect(&addrs).await?;
-        if url.scheme() == "https" {
-            let tls = self
-                .tls
-                .connect(server_name, stream)
-                .await
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
-            exchange(TokioIo::new(tls), request).await
-        } else {
-            exchange(TokioIo::new(stream), request).await
+            Ok(Err(failure)) => failed(failure.error),
+            Err(_) => failed(timed_out(self.timeout)),
         }
     }
 }
 
-/// The first of `addrs` that accepts a connection.
-async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, String> {
-    let mut last = String::from("no address");
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
-            Err(e) => last = format!("connection to {addr} failed: {e}"),
-        }
+/// "timed out after 10 s" (or ms when under a second).
+fn timed_out(timeout: Duration) -> String {
+    if timeout.subsec_nanos() == 0 {
+        format!("timed out after {} s", timeout.as_secs())
+    } else {
+        format!("timed out after {} ms", timeout.as_millis())
     }
-    Err(last)
 }
 
-/// One request over a fresh HTTP/1.1 connection; the answer's head.
-async fn exchange<T>(
-    io: T,
-    request: hyper::Request<Full<Bytes>>,
-) -> Result<(u16, HeaderMap), String>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    let mut connection = std::pin::pin!(connection);
-    let mut send = std::pin::pin!(sender.send_request(request));
-    // The connection is driven until the answer's head arrives; when it
-    // ends first (the receiver answered and closed), the answer is ready.
-    let response = tokio::select! {
-        biased;
-        response = &mut send => response,
-        ended = &mut connection => {
-            ended.map_err(|e| format!("connection failed: {e}"))?;
-            (&mut send).await
+/// One request through `client`; the answer's status, headers and body.
+async fn exchange(
+    client: &HttpClient,
+    mut request: hyper::Request<Full<Bytes>>,
+) -> Result<(u16, HeaderMap, Incoming), Failure> {
+    let captured = capture_connection(&mut request);
+    let result = client.request(request).await;
+    // Whether the connection it went over had carried a request before.
+    let reused = captured.connection_metadata().as_ref().is_some_and(|c| {
+        let mut extras = Extensions::new();
+        c.get_extras(&mut extras);
+        extras.get::<Uses>().is_some_and(|uses| uses.mark() > 0)
+    });
+    match result {
+        Ok(response) => {
+            let (head, body) = response.into_parts();
+            Ok((head.status.as_u16(), head.headers, body))
+        }
+        Err(e) => Err(Failure {
+            error: describe(&e),
+            reused: reused && !e.is_connect(),
+        }),
+    }
+}
+
+/// An error of the pooled client as one line: the connector's own message
+/// for a connection that could not be opened, else what hyper says.
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let mut source = std::error::Error::source(error);
+    let mut parts = Vec::new();
+    while let Some(e) = source {
+        if let Some(c) = e.downcast_ref::<ConnectError>() {
+            return c.0.clone();
+        }
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    if parts.is_empty() {
+        parts.push(error.to_string());
+    }
+    format!("request failed: {}", parts.join(": "))
+}
+
+/// Reads an answer's body to its end, or stops (and the connection is
+/// closed rather than reused) past [`MAX_DRAINED_BODY`] or at an error.
+async fn drain(mut body: Incoming) {
+    let mut read = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            read += data.len();
+            if read > MAX_DRAINED_BODY {
+                return;
+            }
         }
     }
-    .map_err(|e| format!("request failed: {e}"))?;
-    // The body is never read: dropping the response and the connection
-    // closes it.
-    let (head, _) = response.into_parts();
-    Ok((head.status.as_u16(), head.headers))
 }
 
 /// `Retry-After` as ms from now: delay-seconds or an HTTP date, capped at
