@@ -25,17 +25,20 @@
 //!   (seats, leaves, renewals).
 //! - [`metrics`]: the transport's Prometheus metrics and the registry `/metrics` renders.
 //! - [`hub`]: one bus subscription per watched session, shared by its local sockets.
+//! - [`pulse`]: the instance's WebSocket heartbeat (one timer for every
+//!   socket) and the sockets' shutdown call.
 //! - [`state`]: [`AppState`], settings, lifecycle (ready flag, shutdown
 //!   broadcast, tracked tasks), and the command path both transports share.
 //! - [`middleware`]: request ids, request logging and HTTP metrics.
 //! - [`rest`]: the REST endpoints.
 //! - [`webhooks`]: `/v1/webhooks`, the admin's webhook endpoints and their
 //!   delivery logs.
-//! - [`ws`]: the WebSocket endpoint, in four parts: [`ws::admission`] (the
+//! - [`ws`]: the WebSocket endpoint, in five parts: [`ws::admission`] (the
 //!   handshake and its refusals), [`ws::connection`] (one socket's task: its
 //!   loop and commands), [`ws::guards`] (slot, version gate, rate window),
 //!   [`ws::upgrade`] (the HTTP/1 server's upgrade service, which hands the
-//!   TCP stream to the socket's task).
+//!   TCP stream to the socket's task), [`ws::socket`] (the WebSocket over
+//!   that stream).
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
 //! - [`web`]: the demo page (`/`), the admin view (`/admin`) and the browser
 //!   SDK (`/sdk/kairos.js`).
@@ -51,6 +54,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod places;
 pub mod presence;
+pub mod pulse;
 pub mod rest;
 pub mod schemas;
 pub mod state;

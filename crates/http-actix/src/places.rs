@@ -44,8 +44,9 @@ impl Drop for Pending<'_> {
 
 /// The places of this instance's sockets, per token subject.
 pub struct UserPlaces {
-    /// Holder ids of this instance's sockets, per subject.
-    held: Mutex<HashMap<String, Vec<String>>>,
+    /// This instance's sockets, per subject, by the number of their holder
+    /// id (`<instance>:<number>`; 8 bytes a socket instead of a string).
+    held: Mutex<HashMap<Box<str>, Vec<u64>>>,
     shared: Option<Arc<dyn PlaceRegistry>>,
     /// Makes holder ids unique across instances.
     instance: String,
@@ -66,8 +67,9 @@ impl std::fmt::Debug for UserPlaces {
 /// One socket's place, given back with [`UserPlaces::give_back`].
 #[derive(Debug)]
 pub struct Place {
-    sub: String,
-    holder: String,
+    sub: Box<str>,
+    /// The number of its holder id ([`UserPlaces::holder_id`]).
+    holder: u64,
 }
 
 impl UserPlaces {
@@ -97,7 +99,7 @@ impl UserPlaces {
         self.shared.is_some()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Vec<u64>>> {
         // A poisoned lock only means a panic while editing a Vec of ids.
         self.held
             .lock()
@@ -113,18 +115,14 @@ impl UserPlaces {
                 format!("at most {max} WebSockets per user"),
             )
         };
-        let holder = format!(
-            "{}:{}",
-            self.instance,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
+        let holder = self.next.fetch_add(1, Ordering::Relaxed);
         {
             let mut held = self.lock();
-            let mine = held.entry(sub.to_owned()).or_default();
+            let mine = held.entry(sub.into()).or_default();
             if mine.len() >= max {
                 return Err(refused());
             }
-            mine.push(holder.clone());
+            mine.push(holder);
         }
         // From here the place is given back unless kept, also when the
         // handshake is dropped while the registry is asked (the client went
@@ -132,14 +130,20 @@ impl UserPlaces {
         let mut pending = Pending {
             places: self,
             place: Some(Place {
-                sub: sub.to_owned(),
+                sub: sub.into(),
                 holder,
             }),
         };
         if let (Some(shared), Some(place)) = (&self.shared, &pending.place) {
             let max = u32::try_from(max).unwrap_or(u32::MAX);
             match shared
-                .acquire(&place.sub, &place.holder, max, now_ms, LEASE_MS)
+                .acquire(
+                    &place.sub,
+                    &self.holder_id(place.holder),
+                    max,
+                    now_ms,
+                    LEASE_MS,
+                )
                 .await
             {
                 Ok(true) => {}
@@ -157,6 +161,11 @@ impl UserPlaces {
             .place
             .take()
             .ok_or_else(|| ApiError::new(Code::InternalError, "place lost"))
+    }
+
+    /// The holder id of the place numbered `n`, unique across instances.
+    fn holder_id(&self, n: u64) -> String {
+        format!("{}:{n}", self.instance)
     }
 
     /// Drops `place` from this instance's count.
@@ -179,8 +188,9 @@ impl UserPlaces {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let shared = Arc::clone(shared);
+            let holder = self.holder_id(place.holder);
             runtime.spawn(self.tasks.track_future(async move {
-                if let Err(e) = shared.release(&place.sub, &place.holder).await {
+                if let Err(e) = shared.release(&place.sub, &holder).await {
                     tracing::debug!(error = %e, "place not released; it lapses with its lease");
                 }
             }));
@@ -191,7 +201,11 @@ impl UserPlaces {
     pub fn held(&self) -> Vec<(String, String)> {
         self.lock()
             .iter()
-            .flat_map(|(sub, holders)| holders.iter().map(|h| (sub.clone(), h.clone())))
+            .flat_map(|(sub, holders)| {
+                holders
+                    .iter()
+                    .map(|&h| (sub.to_string(), self.holder_id(h)))
+            })
             .collect()
     }
 
@@ -328,7 +342,7 @@ mod tests {
 
         *full.answer.lock().unwrap() = Ok(true);
         let place = places.take("bob", 5, 0).await.unwrap();
-        let holder = place.holder.clone();
+        let holder = places.holder_id(place.holder);
         places.renew(1_000).await.unwrap();
         assert_eq!(
             *full.renewed.lock().unwrap(),

@@ -34,17 +34,21 @@ use prometheus::IntGauge;
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 
 /// Who a socket is, as presence counts it; and its entry once registered.
+/// Kept compact (one of these lives in every socket): the anonymous user
+/// costs no string, and the entry is the instance-local number of the
+/// connection id (the id is that number after the instance's prefix).
 #[derive(Debug)]
 pub struct Seat {
-    sub: String,
-    participant: Option<String>,
-    joined: Option<(SessionId, String)>,
+    /// The user; `None` for [`ANONYMOUS`].
+    sub: Option<Box<str>>,
+    participant: Option<Box<str>>,
+    joined: Option<(SessionId, u64)>,
 }
 
 impl Seat {
     /// The user.
     pub fn sub(&self) -> &str {
-        &self.sub
+        self.sub.as_deref().unwrap_or(ANONYMOUS)
     }
 
     /// The user `sub` (or [`ANONYMOUS`]), playing as `participant` if that
@@ -52,48 +56,46 @@ impl Seat {
     pub fn new(sub: Option<String>, participant: Option<String>) -> Self {
         Self {
             sub: sub
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| ANONYMOUS.to_owned()),
-            participant,
+                .filter(|s| !s.is_empty() && s != ANONYMOUS)
+                .map(String::into_boxed_str),
+            participant: participant.map(String::into_boxed_str),
             joined: None,
         }
     }
 }
 
-/// What this instance holds: its connections by id (with their session
-/// and user), the number of them per (session, user), and the gauges that
-/// report both counts (`kairos_presence_connections`, `kairos_presence_users`).
+/// What this instance holds: its connections by the number in their
+/// connection id (`<instance>:<number>`; a number and a session id an entry
+/// instead of a string per connection), the number of them per (session,
+/// user), and the gauges that report both counts
+/// (`kairos_presence_connections`, `kairos_presence_users`).
 #[derive(Default)]
 struct Held {
-    connections: HashMap<String, (SessionId, String)>,
-    users: HashMap<(SessionId, String), usize>,
+    connections: HashMap<u64, SessionId>,
+    users: HashMap<(SessionId, Box<str>), usize>,
     gauges: Option<(IntGauge, IntGauge)>,
 }
 
 impl Held {
-    fn insert(&mut self, id: String, session_id: SessionId, sub: &str) {
-        if self
-            .connections
-            .insert(id, (session_id, sub.to_owned()))
-            .is_none()
-        {
-            *self.users.entry((session_id, sub.to_owned())).or_default() += 1;
+    fn insert(&mut self, n: u64, session_id: SessionId, sub: &str) {
+        if self.connections.insert(n, session_id).is_none() {
+            *self.users.entry((session_id, sub.into())).or_default() += 1;
         }
         self.report();
     }
 
-    fn remove(&mut self, id: &str) {
-        if let Some(user) = self.connections.remove(id)
-            && let Some(n) = self.users.get_mut(&user)
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.users.remove(&user);
+    fn remove(&mut self, n: u64, sub: &str) {
+        if let Some(session_id) = self.connections.remove(&n) {
+            let user = (session_id, Box::<str>::from(sub));
+            if let Some(count) = self.users.get_mut(&user) {
+                *count -= 1;
+                if *count == 0 {
+                    self.users.remove(&user);
+                }
             }
         }
         self.report();
     }
-
     fn report(&self) {
         if let Some((connections, users)) = &self.gauges {
             connections.set(i64::try_from(self.connections.len()).unwrap_or(i64::MAX));
@@ -136,6 +138,11 @@ impl LocalPresence {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The connection id of the entry numbered `n`, unique across instances.
+    fn connection_id(&self, n: u64) -> String {
+        format!("{}:{n}", self.instance)
+    }
+
     /// Reports this instance's registered connections in `connections` and
     /// its distinct (session, user) pairs in `users`, from now on (set at
     /// once to the current counts).
@@ -163,20 +170,17 @@ impl LocalPresence {
             .as_deref()
             .and_then(|p| ParticipantId::parse(p).ok())
             .filter(|p| view.participants.iter().any(|v| &v.participant_id == p));
-        let id = format!(
-            "{}:{}",
-            self.instance,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = self.connection_id(n);
         // Held before the call, so that a renewal meanwhile covers it.
-        self.lock().insert(id.clone(), session_id, &seat.sub);
+        self.lock().insert(n, session_id, seat.sub());
         match service
-            .presence_join(session_id, &id, &seat.sub, participant)
+            .presence_join(session_id, &id, seat.sub(), participant)
             .await
         {
-            Ok(_) => seat.joined = Some((session_id, id)),
+            Ok(_) => seat.joined = Some((session_id, n)),
             Err(e) => {
-                self.lock().remove(&id);
+                self.lock().remove(n, seat.sub());
                 tracing::warn!(%session_id, error = %e, "connection not counted in presence");
             }
         }
@@ -185,10 +189,11 @@ impl LocalPresence {
     /// Removes `seat`'s entry, by a task of its own (a socket's end never
     /// waits for Redis; a lost leave lapses with its lease and is swept).
     pub fn leave(&self, service: &Service, seat: Seat) {
-        let Some((session_id, id)) = seat.joined else {
+        let Some((session_id, n)) = seat.joined else {
             return;
         };
-        self.lock().remove(&id);
+        self.lock().remove(n, seat.sub());
+        let id = self.connection_id(n);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let service = service.clone();
             runtime.spawn(self.tasks.track_future(async move {
@@ -204,7 +209,7 @@ impl LocalPresence {
         self.lock()
             .connections
             .iter()
-            .map(|(id, (session, _))| (*session, id.clone()))
+            .map(|(&n, session)| (*session, self.connection_id(n)))
             .collect()
     }
 }

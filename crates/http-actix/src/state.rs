@@ -25,6 +25,7 @@ use crate::limits::{Kind, Limiter};
 use crate::metrics::Metrics;
 use crate::places::UserPlaces;
 use crate::presence::LocalPresence;
+use crate::pulse::{Beat, Pulse};
 
 /// The service as the transport holds it: adapters chosen at start-up.
 pub type Service = kairos_domain::DynSessionService;
@@ -79,6 +80,8 @@ pub struct Lifecycle {
     ready: AtomicBool,
     draining: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
+    /// The sockets' heartbeat, which also carries the call to close.
+    pulse: Arc<Pulse>,
     started: Instant,
     tasks: TaskTracker,
 }
@@ -90,6 +93,7 @@ impl Lifecycle {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             shutdown_tx: watch::channel(false).0,
+            pulse: Arc::default(),
             started: Instant::now(),
             tasks: TaskTracker::new(),
         }
@@ -108,6 +112,7 @@ impl Lifecycle {
     /// Tells every WebSocket to close with 1001 (going away).
     pub fn close_sockets(&self) {
         self.shutdown_tx.send_replace(true);
+        self.pulse.close();
     }
 
     /// Tells every WebSocket to close with 1001, then waits until every
@@ -140,6 +145,12 @@ impl Lifecycle {
     /// A receiver that turns `true` when sockets must close.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown_tx.subscribe()
+    }
+
+    /// The sockets' heartbeat every `period`, which also says when they
+    /// must close (see [`crate::pulse`]).
+    pub fn heartbeat(&self, period: Duration) -> watch::Receiver<Beat> {
+        self.pulse.subscribe(period)
     }
 
     /// Seconds since start.

@@ -2,7 +2,7 @@
 //! task owns: its place among the instance's connections ([`Slot`]), the
 //! version order of what it sends ([`VersionGate`]) and the client's
 //! message rate ([`RateWindow`]). (Fragmented messages are reassembled,
-//! within the same 10 KiB, by tokio-tungstenite: `ws::upgrade`.)
+//! within the same 10 KiB, by tungstenite: `ws::upgrade`.)
 
 use std::sync::atomic::Ordering;
 

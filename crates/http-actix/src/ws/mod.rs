@@ -32,13 +32,16 @@
 //! - [`upgrade`]: where a socket leaves actix-http: the HTTP/1 server's
 //!   upgrade service runs the handshake through the application, writes
 //!   the 101 and hands the TCP stream to the socket's task
-//!   (tokio-tungstenite), so no HTTP/1 buffers stay with an idle socket.
+//!   (tungstenite, `socket`), so no HTTP/1 buffers stay with an idle socket.
+//! - [`socket`]: the WebSocket over the TCP stream (tungstenite's protocol,
+//!   the stream's own readiness for waking, no waker `Arc`s).
 //!
 //! The messages themselves (types, parser, encoders) are `wire`'s.
 
 pub mod admission;
 pub mod connection;
 pub mod guards;
+pub mod socket;
 pub mod upgrade;
 
 use std::collections::HashMap;

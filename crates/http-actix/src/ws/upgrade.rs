@@ -13,7 +13,7 @@
 //! leaves a `Handover` in the request's `Takeover` cell. Then the
 //! response head is written here, and on a 101 the raw TCP stream (with any
 //! bytes the client already sent after its handshake) becomes a
-//! tokio-tungstenite socket with small buffers; the HTTP/1 dispatcher and its
+//! tungstenite socket (`ws::socket`) with small buffers; the HTTP/1 dispatcher and its
 //! buffers are dropped. Any other answer (a refusal before the upgrade, a
 //! 404, a `CONNECT`) is written whole and the connection closed, since the
 //! dispatcher cannot take it back.
@@ -29,14 +29,14 @@ use actix_web::HttpMessage;
 use actix_web::web::Bytes;
 use futures_util::SinkExt;
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::task::TaskTracker;
 
 use crate::wire::MAX_MESSAGE_BYTES;
 use crate::ws::connection::{Admitted, close};
 use crate::ws::guards::Slot;
+use crate::ws::socket::Socket;
 
 /// What the WebSocket handler decided for an upgraded connection.
 #[derive(Debug)]
@@ -65,10 +65,12 @@ impl Takeover {
     }
 }
 
-/// The read buffer of an idle socket, bytes. tokio-tungstenite allocates it
-/// up front and keeps it; a client message (small JSON) fits, a larger one
-/// grows it only while it is being read.
-const READ_BUFFER: usize = 128;
+/// The read buffer of an idle socket, bytes. tungstenite allocates it up
+/// front and keeps it, and reads at most this much per syscall: a pong or a
+/// frame header fits, a client message (small JSON) takes a few reads into
+/// room reserved for its whole length. (At 128 it cost every idle socket
+/// 96 bytes more.)
+const READ_BUFFER: usize = 32;
 
 /// The protocol limits of every socket: frames and messages up to 10 KiB
 /// (1009 beyond), nothing buffered before a write.
@@ -111,13 +113,7 @@ where
                 .send(h1::Message::Item((head, BodySize::None)))
                 .await?;
             let parts = framed.into_parts();
-            let socket = WebSocketStream::from_partially_read(
-                parts.io,
-                parts.read_buf.to_vec(),
-                Role::Server,
-                Some(socket_config()),
-            )
-            .await;
+            let socket = Socket::new(parts.io, parts.read_buf.to_vec(), socket_config());
             // The dispatcher's buffers go with `parts`.
             drop((parts.read_buf, parts.write_buf));
             match handover {
