@@ -20,7 +20,10 @@
 //! - [`webhooks`]: the webhook fan-out (hooks outbox to delivery queue) and
 //!   the delivery loop (claim, send, retry or disable, log).
 //! - [`token`]: `kairos-server token`, minting tokens from `JWT_SECRET`.
+//! - [`background`]: the thread at lower CPU priority where the audit and
+//!   webhook workers run, so that the hot path gets the cores first.
 
+pub mod background;
 pub mod config;
 pub mod startup;
 pub mod telemetry;

@@ -454,23 +454,28 @@ impl Application {
             },
             stop_rx.clone(),
         ));
+        // The outbox drains and webhook sends yield the cores to the hot path.
+        let background = crate::background::Background::start()?;
         if let Some((outbox, sink)) = audit {
-            workers.spawn(workers::audit_worker(
-                workers::AuditWorker {
-                    outbox,
-                    audit: sink,
-                    service: state.service.clone(),
-                    metrics: worker_metrics.clone(),
-                    status: audit_status,
-                    consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
-                    reclaim_after_ms: settings.audit_reclaim_ms,
-                    nudge: audit_nudge,
-                },
-                stop_rx.clone(),
-            ));
+            workers.spawn_on(
+                workers::audit_worker(
+                    workers::AuditWorker {
+                        outbox,
+                        audit: sink,
+                        service: state.service.clone(),
+                        metrics: worker_metrics.clone(),
+                        status: audit_status,
+                        consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
+                        reclaim_after_ms: settings.audit_reclaim_ms,
+                        nudge: audit_nudge,
+                    },
+                    stop_rx.clone(),
+                ),
+                background.handle(),
+            );
         }
         if let Some(w) = webhooks {
-            webhooks::spawn_workers(&mut workers, w, &stop_rx);
+            webhooks::spawn_workers(&mut workers, w, &stop_rx, background.handle());
         }
         let places = state.clone();
         let stop = stop_rx.clone();
@@ -556,6 +561,7 @@ impl Application {
         while servers.join_next().await.is_some() {}
         let _ = stop_tx.send(true);
         while workers.join_next().await.is_some() {}
+        background.stop().await;
         let _ = adapters_stop.send(true);
         while adapter_tasks.join_next().await.is_some() {}
         tracing::info!("stopped");

@@ -30,7 +30,7 @@ use crate::workers::WorkerMetrics;
 const FAN_OUT_BATCH: usize = 500;
 /// After a nudge (a commit of this instance), the fan-out waits this long
 /// so that one read takes the events of several commits.
-const FAN_OUT_GATHER: Duration = Duration::from_millis(5);
+const FAN_OUT_GATHER: Duration = Duration::from_millis(20);
 /// With no nudge, the fan-out looks anyway after this long (the outbox
 /// reads every partition every few seconds, for other instances' leftovers).
 const FAN_OUT_IDLE_POLL: Duration = Duration::from_secs(1);
@@ -539,35 +539,46 @@ pub struct Workers {
     pub nudge: Arc<Notify>,
 }
 
-/// Starts the fan-out and the delivery worker in `set`; they return once
-/// `stop` turns true.
-pub fn spawn_workers(set: &mut JoinSet<()>, w: Workers, stop: &watch::Receiver<bool>) {
+/// Starts the fan-out and the delivery worker in `set`, on the runtime of
+/// `on` (the background one); they return once `stop` turns true.
+pub fn spawn_workers(
+    set: &mut JoinSet<()>,
+    w: Workers,
+    stop: &watch::Receiver<bool>,
+    on: &tokio::runtime::Handle,
+) {
     let queued = Arc::new(Notify::new());
-    set.spawn(fan_out_worker(
-        FanOut {
-            outbox: w.outbox,
-            store: w.store.clone(),
-            service: w.service.clone(),
-            metrics: w.metrics.clone(),
-            consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
-            reclaim_after_ms: w.reclaim_after_ms,
-            nudge: w.nudge,
-            queued: queued.clone(),
-        },
-        stop.clone(),
-    ));
-    set.spawn(delivery_worker(
-        Deliverer {
-            store: w.store,
-            sender: w.sender,
-            service: w.service,
-            schedule: w.settings.retry_schedule,
-            concurrency: w.settings.concurrency,
-            metrics: w.metrics,
-            queued,
-        },
-        stop.clone(),
-    ));
+    set.spawn_on(
+        fan_out_worker(
+            FanOut {
+                outbox: w.outbox,
+                store: w.store.clone(),
+                service: w.service.clone(),
+                metrics: w.metrics.clone(),
+                consumer: format!("kairos-{}", uuid::Uuid::new_v4().simple()),
+                reclaim_after_ms: w.reclaim_after_ms,
+                nudge: w.nudge,
+                queued: queued.clone(),
+            },
+            stop.clone(),
+        ),
+        on,
+    );
+    set.spawn_on(
+        delivery_worker(
+            Deliverer {
+                store: w.store,
+                sender: w.sender,
+                service: w.service,
+                schedule: w.settings.retry_schedule,
+                concurrency: w.settings.concurrency,
+                metrics: w.metrics,
+                queued,
+            },
+            stop.clone(),
+        ),
+        on,
+    );
 }
 
 /// A uniform draw in [-1, 1] for the retry jitter, from the random bits of
