@@ -11,8 +11,13 @@
 //! A socket's first beat comes within one period of its connect instead of
 //! exactly one period after it; a silent client is still closed at most
 //! one period after its timeout, as before.
+//!
+//! The sockets are spread over [`BUCKETS`] channels that beat in turn,
+//! `period / BUCKETS` apart: one beat wakes a sixteenth of the sockets, so
+//! 10,000 sockets never send their pings in the same instant (a burst that
+//! delayed every other write on the instance by up to 100 ms).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -28,10 +33,16 @@ pub struct Beat {
     pub closing: bool,
 }
 
+/// Channels the sockets are spread over, beating in turn.
+pub const BUCKETS: usize = 16;
+
 /// The heartbeat of one instance's sockets (held by its `Lifecycle`).
 #[derive(Debug)]
 pub struct Pulse {
-    tx: watch::Sender<Beat>,
+    /// One channel per bucket.
+    txs: Vec<watch::Sender<Beat>>,
+    /// The bucket the next socket joins.
+    next: AtomicUsize,
     /// Whether the timer task runs (started by the first socket).
     started: AtomicBool,
 }
@@ -39,7 +50,10 @@ pub struct Pulse {
 impl Default for Pulse {
     fn default() -> Self {
         Self {
-            tx: watch::channel(Beat::default()).0,
+            txs: (0..BUCKETS)
+                .map(|_| watch::channel(Beat::default()).0)
+                .collect(),
+            next: AtomicUsize::new(0),
             started: AtomicBool::new(false),
         }
     }
@@ -48,25 +62,29 @@ impl Default for Pulse {
 impl Pulse {
     /// A receiver of the beats, every `period` (the first socket's call
     /// starts the timer on its runtime; it stops once sockets must close or
-    /// the pulse is dropped).
+    /// the pulse is dropped). Sockets join the buckets in turn.
     pub fn subscribe(self: &Arc<Self>, period: Duration) -> watch::Receiver<Beat> {
-        let rx = self.tx.subscribe();
+        let bucket = self.next.fetch_add(1, Ordering::Relaxed) % BUCKETS;
+        let rx = self.txs[bucket].subscribe();
         if !self.started.swap(true, Ordering::AcqRel)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let weak: Weak<Self> = Arc::downgrade(self);
+            // `BUCKETS` is 16: the cast cannot truncate.
+            let step = (period / BUCKETS as u32).max(Duration::from_millis(1));
             runtime.spawn(async move {
-                let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+                let mut ticker = tokio::time::interval_at(Instant::now() + step, step);
                 ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                let mut turn = 0usize;
                 loop {
                     ticker.tick().await;
                     let Some(pulse) = weak.upgrade() else { return };
-                    if pulse.tx.borrow().closing {
+                    let tx = &pulse.txs[turn % BUCKETS];
+                    if tx.borrow().closing {
                         return;
                     }
-                    pulse
-                        .tx
-                        .send_modify(|beat| beat.count = beat.count.wrapping_add(1));
+                    tx.send_modify(|beat| beat.count = beat.count.wrapping_add(1));
+                    turn = turn.wrapping_add(1);
                 }
             });
         }
@@ -75,6 +93,40 @@ impl Pulse {
 
     /// Tells every socket to close.
     pub fn close(&self) {
-        self.tx.send_modify(|beat| beat.closing = true);
+        for tx in &self.txs {
+            tx.send_modify(|beat| beat.closing = true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each bucket beats once per period, in turn: over one period every
+    /// socket gets exactly one beat, and the sockets of one beat are a
+    /// sixteenth of them.
+    #[tokio::test(start_paused = true)]
+    async fn sockets_are_spread_over_buckets_that_beat_in_turn() {
+        let pulse = Arc::new(Pulse::default());
+        let period = Duration::from_millis(1_600);
+        let mut rxs: Vec<_> = (0..32).map(|_| pulse.subscribe(period)).collect();
+        for rx in &mut rxs {
+            rx.borrow_and_update();
+        }
+        // One step: only the first bucket (sockets 0 and 16) has beaten.
+        tokio::time::sleep(Duration::from_millis(101)).await;
+        let changed: Vec<usize> = rxs
+            .iter()
+            .enumerate()
+            .filter(|(_, rx)| rx.has_changed().unwrap_or(false))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(changed, vec![0, 16]);
+        // A whole period: every socket once.
+        tokio::time::sleep(period - Duration::from_millis(100)).await;
+        assert!(rxs.iter().all(|rx| rx.borrow().count == 1));
+        pulse.close();
+        assert!(rxs.iter().all(|rx| rx.borrow().closing));
     }
 }
