@@ -103,8 +103,8 @@ pub struct FanOut {
 /// event's type, event), queued, then the entries acknowledged.
 ///
 /// It does not poll: after a batch that did not fill, it waits for this
-/// instance's next commit (`nudge`) and [`FAN_OUT_GATHER`] more, or at
-/// most [`FAN_OUT_IDLE_POLL`].
+/// instance's next commit (`nudge`) and `FAN_OUT_GATHER` (20 ms) more, or at
+/// most `FAN_OUT_IDLE_POLL` (1 s).
 pub async fn fan_out_worker(worker: FanOut, mut shutdown: watch::Receiver<bool>) {
     let FanOut {
         outbox,

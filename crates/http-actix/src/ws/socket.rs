@@ -8,9 +8,9 @@
 //! allocations less per idle socket (see docs/performance.md, "Where an
 //! idle socket's bytes go").
 //!
-//! tungstenite reads and writes through [`Io`], which never waits: it tries
+//! tungstenite reads and writes through `Io`, which never waits: it tries
 //! the syscall and reports `WouldBlock` when the stream is not ready,
-//! noting which direction blocked; [`Socket::drive`] then registers the
+//! noting which direction blocked; `Socket::drive` then registers the
 //! task for that direction's readiness and tries again when it comes.
 
 use std::future::poll_fn;
