@@ -181,20 +181,14 @@ pub async fn fan_out_worker(worker: FanOut, mut shutdown: watch::Receiver<bool>)
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-        match pause {
-            Some(pause) if pause.is_zero() => {}
-            Some(pause) => sleep_or_stop(pause, &mut shutdown).await,
-            None => {
-                let nudged = tokio::select! {
-                    () = nudge.notified() => true,
-                    () = tokio::time::sleep(FAN_OUT_IDLE_POLL) => false,
-                    _ = shutdown.changed() => false,
-                };
-                if nudged {
-                    sleep_or_stop(FAN_OUT_GATHER, &mut shutdown).await;
-                }
-            }
-        }
+        crate::workers::pause_or_nudge(
+            pause,
+            &nudge,
+            FAN_OUT_IDLE_POLL,
+            FAN_OUT_GATHER,
+            &mut shutdown,
+        )
+        .await;
     }
 }
 

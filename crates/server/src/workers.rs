@@ -418,28 +418,40 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
                 status.set(AuditHealth::Degraded);
             }
         }
-        match pause {
-            Some(pause) if pause.is_zero() => {}
-            Some(pause) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.changed() => {}
-                }
+        pause_or_nudge(pause, &nudge, AUDIT_IDLE_POLL, AUDIT_GATHER, &mut shutdown).await;
+    }
+}
+
+/// An outbox worker's wait between reads (the audit worker's and the
+/// webhook fan-out's): `Some(pause)`, that long (zero: none); `None` (the
+/// outbox drained), until `nudge` (a commit of this instance) and then
+/// `gather` more, so that one read takes many commits' events, or at most
+/// `idle`. Any wait ends early when `shutdown` changes.
+pub(crate) async fn pause_or_nudge(
+    pause: Option<Duration>,
+    nudge: &Notify,
+    idle: Duration,
+    gather: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let wait = match pause {
+        Some(pause) if pause.is_zero() => return,
+        Some(pause) => pause,
+        None => {
+            let nudged = tokio::select! {
+                () = nudge.notified() => true,
+                () = tokio::time::sleep(idle) => false,
+                _ = shutdown.changed() => false,
+            };
+            if !nudged {
+                return;
             }
-            None => {
-                let nudged = tokio::select! {
-                    () = nudge.notified() => true,
-                    () = tokio::time::sleep(AUDIT_IDLE_POLL) => false,
-                    _ = shutdown.changed() => false,
-                };
-                if nudged {
-                    tokio::select! {
-                        () = tokio::time::sleep(AUDIT_GATHER) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                }
-            }
+            gather
         }
+    };
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        _ = shutdown.changed() => {}
     }
 }
 
