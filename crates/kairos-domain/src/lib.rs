@@ -103,8 +103,8 @@ pub use ports::{
 pub use presence::{Absence, PendingLeave, PresenceConnection, PresenceSnapshot, PresenceUser};
 pub use ratelimit::{Limit, RateDecision};
 pub use service::{
-    AbsenceCheck, AuditHealth, DeadlineObserver, DynSessionService, Executed, Health, ServiceError,
-    SessionService, Snapshot,
+    AbsenceCheck, AuditHealth, DeadlineObserver, DynSessionService, Executed, Health,
+    PresenceDueObserver, ServiceError, SessionService, Snapshot,
 };
 pub use session::{
     DelayMode, Group, Participant, Session, Stage, Status, SyncMode, TimeoutAction, TimeoutKind,

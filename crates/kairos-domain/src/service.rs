@@ -104,6 +104,14 @@ pub enum AuditHealth {
 /// not block (it runs on the request path, after the commit).
 pub type DeadlineObserver = Arc<dyn Fn(SessionId, Option<i64>) + Send + Sync>;
 
+/// Told the instant at which presence work this service scheduled falls
+/// due, in the clock's milliseconds: when a connection closes, its
+/// participant's absence (checked at once) and, when it was its user's
+/// last, the user's `presence_left` (after the leave delay). The server's
+/// presence worker sleeps until the earliest of them instead of polling;
+/// it must be quick and must not block (it runs on the caller's path).
+pub type PresenceDueObserver = Arc<dyn Fn(i64) + Send + Sync>;
+
 /// The service over trait-object ports, as the server wires it (adapters
 /// chosen at start-up) and as the transport and the workers hold it.
 pub type DynSessionService = SessionService<dyn SessionStore, dyn EventBus, dyn Clock>;

@@ -61,6 +61,8 @@ pub struct Application {
     worker_metrics: WorkerMetrics,
     /// The deadlines this instance committed, fired by its timer task.
     timers: Arc<LocalTimers>,
+    /// Presence work this instance scheduled, for the presence worker.
+    presence_schedule: Arc<workers::DueSchedule>,
     /// Nudged after each commit, for the audit worker.
     audit_nudge: Arc<Notify>,
     /// The webhook workers, when `WEBHOOKS=on`.
@@ -118,7 +120,8 @@ async fn redis_adapters(
     let store = RedisStore::connect(&config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Redis at {target}: {e}"))?
-        .with_webhook_feed(settings.webhooks.enabled);
+        .with_webhook_feed(settings.webhooks.enabled)
+        .with_outbox_full_sweep_every(workers::outbox_sweep(settings.audit_reclaim_ms));
     let (clock, refresh) = RedisClock::connect_with_skew(
         store.connection(),
         CLOCK_REFRESH,
@@ -301,6 +304,9 @@ impl Application {
         // every commit nudges the audit and webhook fan-out workers (their
         // outboxes have news): neither polls.
         let timers = Arc::new(LocalTimers::new(worker_metrics.timers_armed.clone()));
+        // The presence worker sleeps until the leaves and absence checks
+        // this instance schedules fall due.
+        let presence_schedule = Arc::new(workers::DueSchedule::default());
         let audit_nudge = Arc::new(Notify::new());
         let hooks_nudge = Arc::new(Notify::new());
         let nudges = (audit_nudge.clone(), hooks_nudge.clone());
@@ -309,7 +315,8 @@ impl Application {
                 nudges.0.notify_one();
                 nudges.1.notify_one();
             }))
-            .with_presence(adapters.presence, settings.presence_leave_delay_ms);
+            .with_presence(adapters.presence, settings.presence_leave_delay_ms)
+            .with_presence_due_observer(presence_schedule.observer());
         if let Some((_, sink)) = &adapters.audit {
             service = service.with_audit(sink.clone());
         }
@@ -385,6 +392,7 @@ impl Application {
             bus_stats,
             worker_metrics,
             timers,
+            presence_schedule,
             audit_nudge,
             webhooks,
         })
@@ -433,6 +441,7 @@ impl Application {
             bus_stats,
             worker_metrics,
             timers,
+            presence_schedule,
             audit_nudge,
             webhooks,
             ..
@@ -491,6 +500,7 @@ impl Application {
         workers.spawn(workers::presence_worker(
             state.service.clone(),
             worker_metrics.clone(),
+            presence_schedule,
             stop_rx.clone(),
         ));
         if let Some(bus) = bus_stats {

@@ -24,26 +24,34 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use webhook_http::{Message, SEND_TIMEOUT, Sender};
 
-use crate::workers::WorkerMetrics;
+use crate::workers::{DueSchedule, WorkerMetrics};
 
 /// Events moved per batch from the hooks outbox into the queue.
 const FAN_OUT_BATCH: usize = 500;
 /// After a nudge (a commit of this instance), the fan-out waits this long
 /// so that one read takes the events of several commits.
 const FAN_OUT_GATHER: Duration = Duration::from_millis(20);
-/// With no nudge, the fan-out looks anyway after this long (the outbox
-/// reads every partition every few seconds, for other instances' leftovers).
+/// With no nudge, the fan-out looks anyway after this long (a read visits
+/// every partition when the store's full sweep is due, for other
+/// instances' leftovers; otherwise only partitions this instance wrote).
 const FAN_OUT_IDLE_POLL: Duration = Duration::from_secs(1);
-/// How often the delivery worker claims due deliveries when nothing was
-/// queued by this instance meanwhile (retries falling due, other
-/// instances' deliveries): a retry is sent at most this late.
-const POLL: Duration = Duration::from_millis(250);
+/// How often the delivery worker claims due deliveries when nothing it
+/// knows of falls due (this instance's queued deliveries and its own
+/// retries wake it when due): other instances' deliveries and retries
+/// (one that died, after its lease) are sent at most this late.
+const POLL: Duration = Duration::from_secs(2);
+/// While claiming fails, the first retry comes after this long (doubling
+/// to 2 s).
+const RETRY: Duration = Duration::from_millis(250);
 /// A claimed delivery is hidden from other instances this long: one send
 /// (at most [`SEND_TIMEOUT`]) and its bookkeeping fit in it. An instance
 /// killed mid-send has its deliveries sent by another after it.
 pub const LEASE_MS: i64 = 15_000;
-/// How often the queue's depth and age are measured.
+/// How often the queue's depth and age are measured while it holds
+/// something (and within this long after this instance queued deliveries).
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// How often they are measured while the queue is empty.
+const STATS_IDLE_EVERY: Duration = Duration::from_secs(5);
 /// On shutdown, sends in flight get this long to finish; the rest are
 /// dropped and, their lease expired, sent again by another instance.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -242,6 +250,8 @@ pub struct Deliverer {
     pub metrics: WorkerMetrics,
     /// Notified when this instance queued deliveries: claim at once.
     pub queued: Arc<Notify>,
+    /// The retries this worker's attempts scheduled: claim when one is due.
+    pub retries: Arc<DueSchedule>,
 }
 
 /// Sends due deliveries until `shutdown` turns true: claims only as many
@@ -255,15 +265,15 @@ pub async fn delivery_worker(worker: Deliverer, mut shutdown: watch::Receiver<bo
     let mut next_poll = Instant::now();
     let mut next_stats = Instant::now();
     let mut failing = false;
-    let mut pause = POLL;
+    let mut pause = RETRY;
     loop {
         if *shutdown.borrow() {
             break;
         }
         let now = Instant::now();
         if now >= next_stats {
-            next_stats = now + STATS_EVERY;
-            worker.stats().await;
+            let busy = worker.stats().await;
+            next_stats = now + if busy { STATS_EVERY } else { STATS_IDLE_EVERY };
         }
         let room = concurrency.saturating_sub(running.len());
         if room > 0 && now >= next_poll {
@@ -273,16 +283,19 @@ pub async fn delivery_worker(worker: Deliverer, mut shutdown: watch::Receiver<bo
                     if failing {
                         tracing::info!("claiming webhook deliveries works again");
                         failing = false;
-                        pause = POLL;
+                        pause = RETRY;
                     }
                     let full = due.len() == room;
                     for delivery in due {
                         running.spawn(Arc::clone(&worker).attempt(delivery));
                     }
+                    // The retries due by `now_ms` were claimed (or are
+                    // another instance's now); sleep until the next one.
+                    let next_retry = worker.retries.settle(now_ms);
                     next_poll = if full {
                         Instant::now()
                     } else {
-                        Instant::now() + POLL
+                        (Instant::now() + POLL).min(worker.instant_of(next_retry))
                     };
                 }
                 Err(e) => {
@@ -311,7 +324,13 @@ pub async fn delivery_worker(worker: Deliverer, mut shutdown: watch::Receiver<bo
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}
-            () = worker.queued.notified(), if room > 0 => next_poll = Instant::now(),
+            () = worker.queued.notified(), if room > 0 => {
+                next_poll = Instant::now();
+                next_stats = next_stats.min(Instant::now() + STATS_EVERY);
+            }
+            () = worker.retries.earlier() => {
+                next_poll = next_poll.min(worker.instant_of(worker.retries.next()));
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     break;
@@ -334,8 +353,9 @@ pub async fn delivery_worker(worker: Deliverer, mut shutdown: watch::Receiver<bo
 }
 
 impl Deliverer {
-    /// Copies the queue's depth and age into the gauges.
-    async fn stats(&self) {
+    /// Copies the queue's depth and age into the gauges; returns whether
+    /// the queue holds anything (or could not be read).
+    async fn stats(&self) -> bool {
         match self.store.queue_stats(self.service.now_ms()).await {
             Ok((depth, age_ms)) => {
                 self.metrics
@@ -344,12 +364,24 @@ impl Deliverer {
                 self.metrics
                     .webhook_oldest_undelivered_seconds
                     .set(age_ms.max(0) / 1000);
+                depth > 0
             }
             Err(e) => {
                 self.metrics.store_errors.inc();
                 tracing::debug!(error = %e, "reading the webhook queue's stats failed");
+                true
             }
         }
+    }
+
+    /// The local instant of a service-clock instant (never before it: the
+    /// runtime's timer rounds up), or far off for `None`.
+    fn instant_of(&self, at_ms: Option<i64>) -> Instant {
+        let now = Instant::now();
+        at_ms.map_or(now + POLL, |at| {
+            let ms = u64::try_from(at.saturating_sub(self.service.now_ms())).unwrap_or(0);
+            now + Duration::from_millis(ms)
+        })
     }
 
     /// One attempt of one claimed delivery, and what follows it. A store
@@ -419,9 +451,14 @@ impl Deliverer {
             NextStep::RetryAt(due_at_ms) => {
                 self.count(Outcome::Failed);
                 tracing::debug!(webhook_id = %id, %event_id, attempt = delivery.attempt, error = ?record.error, status = ?record.status_code, "webhook attempt failed; retrying");
-                self.store
+                let rescheduled = self
+                    .store
                     .reschedule(id, event_id, delivery.attempt.saturating_add(1), due_at_ms)
-                    .await
+                    .await;
+                if rescheduled.is_ok() {
+                    self.retries.add(due_at_ms);
+                }
+                rescheduled
             }
             NextStep::Disable(reason) => {
                 self.count(if outcome == AttemptOutcome::Gone {
@@ -568,6 +605,7 @@ pub fn spawn_workers(
                 concurrency: w.settings.concurrency,
                 metrics: w.metrics,
                 queued,
+                retries: Arc::new(DueSchedule::default()),
             },
             stop.clone(),
         ),

@@ -306,12 +306,24 @@ impl AuditStatus {
 /// Events moved per batch from the outbox to the audit trail.
 const AUDIT_BATCH: usize = 500;
 /// After a nudge, the audit worker waits this long so that one read takes
-/// the events of many commits (a read visits every outbox partition).
+/// the events of many commits (a read visits every outbox partition this
+/// instance wrote to since the last).
 const AUDIT_GATHER: Duration = Duration::from_millis(50);
-/// With nothing read and no nudge, the audit worker looks again after this
-/// long anyway: for events of instances that died before writing them
-/// (taken over after `AUDIT_RECLAIM_MS`) and to refresh the backlog gauges.
-const AUDIT_IDLE_POLL: Duration = Duration::from_secs(5);
+/// The longest time between two full sweeps of the outbox
+/// ([`outbox_sweep`]).
+const OUTBOX_SWEEP_MAX: Duration = Duration::from_secs(15);
+
+/// How often an outbox reader visits every partition (the store's full
+/// sweep: entries of an instance that died before reading them, and
+/// leases older than `AUDIT_RECLAIM_MS` to take over), and so how often
+/// the idle audit worker looks anyway and refreshes the backlog gauges:
+/// half the reclaim time, at most 15 s. A dead instance's events are
+/// taken over within 1.5 times `AUDIT_RECLAIM_MS` (45 s by default) while
+/// an idle instance visits the 64 partitions four times a minute.
+pub fn outbox_sweep(reclaim_after_ms: i64) -> Duration {
+    let half = u64::try_from(reclaim_after_ms / 2).unwrap_or(0);
+    Duration::from_millis(half).clamp(Duration::from_millis(100), OUTBOX_SWEEP_MAX)
+}
 /// The backlog gauges (a call per outbox partition) are measured at most
 /// this often while the worker is busy.
 const AUDIT_BACKLOG_EVERY: Duration = Duration::from_secs(1);
@@ -345,7 +357,7 @@ pub struct AuditWorker {
 ///
 /// With the outbox drained it does not poll: it waits for this instance's
 /// next commit (`nudge`), then `AUDIT_GATHER` more so that one read takes
-/// many commits' events, or at most `AUDIT_IDLE_POLL` for other
+/// many commits' events, or at most [`outbox_sweep`] for other
 /// instances' leftovers.
 pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<bool>) {
     let AuditWorker {
@@ -358,6 +370,10 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
         reclaim_after_ms,
         nudge,
     } = worker;
+    // With nothing read and no nudge, look again anyway when the store's
+    // next full sweep is due (another instance's leftovers), and refresh
+    // the backlog gauges then.
+    let idle_poll = outbox_sweep(reclaim_after_ms);
     let mut backoff = Duration::from_millis(100);
     let mut next_backlog = tokio::time::Instant::now();
     loop {
@@ -418,7 +434,7 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
                 status.set(AuditHealth::Degraded);
             }
         }
-        pause_or_nudge(pause, &nudge, AUDIT_IDLE_POLL, AUDIT_GATHER, &mut shutdown).await;
+        pause_or_nudge(pause, &nudge, idle_poll, AUDIT_GATHER, &mut shutdown).await;
     }
 }
 
@@ -455,15 +471,83 @@ pub(crate) async fn pause_or_nudge(
     }
 }
 
-/// How often the presence worker looks for due leaves and absences. A
-/// leave's `presence_left` and an auto-pause's commit come at most this
-/// late (the pause itself is as of its own instant, whenever committed).
-pub const PRESENCE_POLL: Duration = Duration::from_millis(100);
+/// With nothing due that this instance scheduled, the presence worker
+/// looks anyway after this long: for the leaves and absences of other
+/// instances (one that died, or scheduled them and failed to fire them)
+/// and for lapsed connections. Those come at most this late; the ones this
+/// instance scheduled come when due.
+pub const PRESENCE_IDLE_POLL: Duration = Duration::from_secs(1);
+/// While the registry fails, the worker tries again this often.
+const PRESENCE_RETRY: Duration = Duration::from_millis(100);
 /// Leaves (and, apart, absences) claimed per poll.
 const PRESENCE_BATCH: usize = 256;
 /// A claimed leave or absence is hidden from other instances this long;
 /// if its claimer dies, another instance takes it after the lease.
 const PRESENCE_CLAIM_LEASE_MS: i64 = 5_000;
+
+/// The instants at which work this instance scheduled falls due, in the
+/// service clock's ms, and its worker's wake-up: the worker sleeps until
+/// the earliest instead of polling. The presence worker's (a closed
+/// connection's absence check and leave, an absence's next check) and the
+/// webhook delivery worker's (the retries its attempts scheduled).
+#[derive(Debug, Default)]
+pub struct DueSchedule {
+    due: std::sync::Mutex<std::collections::BinaryHeap<std::cmp::Reverse<i64>>>,
+    wake: Notify,
+}
+
+impl DueSchedule {
+    /// Work falls due at `at_ms`: the worker looks then (at once if due).
+    pub fn add(&self, at_ms: i64) {
+        let mut due = self.due();
+        let earlier = due
+            .peek()
+            .is_none_or(|std::cmp::Reverse(first)| at_ms < *first);
+        due.push(std::cmp::Reverse(at_ms));
+        drop(due);
+        if earlier {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The observer to give the service ([`kairos_domain::PresenceDueObserver`]).
+    pub fn observer(self: &Arc<Self>) -> kairos_domain::PresenceDueObserver {
+        let schedule = self.clone();
+        Arc::new(move |at_ms| schedule.add(at_ms))
+    }
+
+    /// The earliest instant.
+    pub(crate) fn next(&self) -> Option<i64> {
+        self.due().peek().map(|std::cmp::Reverse(first)| *first)
+    }
+
+    /// Waits for an instant earlier than every other to be added.
+    pub(crate) async fn earlier(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Drops the instants at or before `now_ms` (the claims made as of
+    /// `now_ms` covered them) and returns the earliest left.
+    pub(crate) fn settle(&self, now_ms: i64) -> Option<i64> {
+        let mut due = self.due();
+        while due
+            .peek()
+            .is_some_and(|std::cmp::Reverse(first)| *first <= now_ms)
+        {
+            due.pop();
+        }
+        due.peek().map(|std::cmp::Reverse(first)| *first)
+    }
+
+    fn due(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BinaryHeap<std::cmp::Reverse<i64>>> {
+        // Every operation leaves the heap valid before it could panic.
+        self.due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Until `shutdown` turns true: sweeps the presence entries of dead
 /// instances, sends `presence_left` for the leaves due, and checks the
@@ -471,9 +555,13 @@ const PRESENCE_CLAIM_LEASE_MS: i64 = 5_000;
 /// gone for its `auto_pause_on_disconnect_ms` (through the service's
 /// compare-and-set, so two instances checking one absence commit once).
 /// Any instance runs it; the claims' leases share the work.
+///
+/// It does not poll: it sleeps until the earliest instant in `schedule`
+/// (work this instance scheduled), or [`PRESENCE_IDLE_POLL`] for the rest.
 pub async fn presence_worker(
     service: Service,
     metrics: WorkerMetrics,
+    schedule: Arc<DueSchedule>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut failing = false;
@@ -481,6 +569,9 @@ pub async fn presence_worker(
         if *shutdown.borrow() {
             return;
         }
+        // Read before claiming: what is due by now is claimed below (the
+        // claims read the clock again, later).
+        let now_ms = service.now_ms();
         let mut full = false;
         let mut errors = Vec::new();
         match service
@@ -511,7 +602,8 @@ pub async fn presence_worker(
                             metrics.presence_auto_pauses.inc();
                             tracing::info!(%session_id, at_ms, "session paused: its active participant disconnected");
                         }
-                        Ok(_) => {}
+                        Ok(AbsenceCheck::Waiting { next_check_ms }) => schedule.add(next_check_ms),
+                        Ok(AbsenceCheck::Dropped) => {}
                         Err(e) => errors.push(e),
                     }
                 }
@@ -527,13 +619,23 @@ pub async fn presence_worker(
             Some(_) => {}
             None => failing = false,
         }
-        let pause = if full && !failing {
+        let next = schedule.settle(now_ms);
+        let pause = if failing {
+            PRESENCE_RETRY
+        } else if full {
             Duration::ZERO
         } else {
-            PRESENCE_POLL
+            next.map_or(PRESENCE_IDLE_POLL, |at| {
+                let ms = u64::try_from(at.saturating_sub(service.now_ms())).unwrap_or(0);
+                Duration::from_millis(ms).min(PRESENCE_IDLE_POLL)
+            })
         };
+        if pause.is_zero() {
+            continue;
+        }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
+            () = schedule.earlier() => {}
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     return;
@@ -655,5 +757,171 @@ mod tests {
             // created 1, started 2, expired 3: applied once.
             assert_eq!(view.version, 3, "{id}");
         }
+    }
+
+    /// The service's clock following tokio's (paused) time.
+    struct TokioClock(Instant);
+
+    impl kairos_domain::Clock for TokioClock {
+        fn now_ms(&self) -> i64 {
+            1_000_000 + i64::try_from(self.0.elapsed().as_millis()).expect("in range")
+        }
+    }
+
+    /// The in-memory registry, counting the worker's claims of leaves.
+    struct Counting {
+        inner: adapter_memory::MemoryPresence,
+        claims: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl kairos_domain::PresenceRegistry for Counting {
+        async fn join(
+            &self,
+            connection: &kairos_domain::PresenceConnection,
+            now_ms: i64,
+            lease_ms: i64,
+        ) -> Result<bool, kairos_domain::StoreError> {
+            self.inner.join(connection, now_ms, lease_ms).await
+        }
+        async fn leave(
+            &self,
+            session_id: SessionId,
+            connection_id: &str,
+            now_ms: i64,
+            leave_delay_ms: i64,
+        ) -> Result<bool, kairos_domain::StoreError> {
+            self.inner
+                .leave(session_id, connection_id, now_ms, leave_delay_ms)
+                .await
+        }
+        async fn renew(
+            &self,
+            connections: &[(SessionId, String)],
+            now_ms: i64,
+            lease_ms: i64,
+        ) -> Result<(), kairos_domain::StoreError> {
+            self.inner.renew(connections, now_ms, lease_ms).await
+        }
+        async fn snapshot(
+            &self,
+            session_id: SessionId,
+            now_ms: i64,
+        ) -> Result<kairos_domain::PresenceSnapshot, kairos_domain::StoreError> {
+            self.inner.snapshot(session_id, now_ms).await
+        }
+        async fn claim_due_leaves(
+            &self,
+            now_ms: i64,
+            limit: usize,
+            lease_ms: i64,
+            leave_delay_ms: i64,
+        ) -> Result<Vec<kairos_domain::PendingLeave>, kairos_domain::StoreError> {
+            self.claims.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .claim_due_leaves(now_ms, limit, lease_ms, leave_delay_ms)
+                .await
+        }
+        async fn finish_leave(
+            &self,
+            leave: &kairos_domain::PendingLeave,
+        ) -> Result<(), kairos_domain::StoreError> {
+            self.inner.finish_leave(leave).await
+        }
+        async fn claim_due_absences(
+            &self,
+            now_ms: i64,
+            limit: usize,
+            lease_ms: i64,
+        ) -> Result<Vec<kairos_domain::Absence>, kairos_domain::StoreError> {
+            self.inner.claim_due_absences(now_ms, limit, lease_ms).await
+        }
+        async fn reschedule_absence(
+            &self,
+            absence: &kairos_domain::Absence,
+            next_check_ms: Option<i64>,
+        ) -> Result<(), kairos_domain::StoreError> {
+            self.inner.reschedule_absence(absence, next_check_ms).await
+        }
+    }
+
+    /// The presence worker does not poll: a leave this instance scheduled
+    /// is sent when it falls due (not up to a poll period later), and with
+    /// nothing scheduled the worker claims once per `PRESENCE_IDLE_POLL`.
+    /// Tokio's time is paused (it jumps to the next timer), so the instants
+    /// are exact, not measured.
+    #[tokio::test(start_paused = true)]
+    async fn the_presence_worker_wakes_when_a_leave_is_due_and_otherwise_once_a_second() {
+        const DELAY_MS: i64 = 3_000;
+        let registry = Arc::new(Counting {
+            inner: adapter_memory::MemoryPresence::new(),
+            claims: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let schedule = Arc::new(DueSchedule::default());
+        let service = Service::new(
+            Arc::new(MemoryStore::new(Duration::from_secs(60))),
+            Arc::new(MemoryBus::new()),
+            Arc::new(TokioClock(Instant::now())),
+        )
+        .with_presence(registry.clone(), DELAY_MS)
+        .with_presence_due_observer(schedule.observer());
+        let registry_metrics = Registry::new();
+        let store_errors = IntCounter::new("kairos_store_errors_total", "Primary store errors")
+            .expect("a valid metric");
+        let metrics =
+            WorkerMetrics::register(&registry_metrics, store_errors).expect("registered once");
+        let (stop, stopped) = watch::channel(false);
+        let worker = tokio::spawn(presence_worker(
+            service.clone(),
+            metrics.clone(),
+            schedule.clone(),
+            stopped,
+        ));
+
+        // Idle for 10 s: the first claim at start, then one a second.
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(registry.claims.load(Ordering::Relaxed), 11);
+
+        let session = SessionId::from_uuid(uuid::Uuid::new_v4());
+        assert!(
+            service
+                .presence_join(session, "c1", "alice", None)
+                .await
+                .expect("joined")
+        );
+        let left_at = Instant::now();
+        assert!(service.presence_leave(session, "c1").await.expect("left"));
+        // Due at `left_at + DELAY_MS`, which is not on the one-second grid
+        // of the idle claims (left at 10.5 s): sent then, not later.
+        tokio::time::sleep_until(left_at + Duration::from_millis(DELAY_MS as u64 - 2)).await;
+        assert_eq!(metrics.presence_left.get(), 0, "not before it is due");
+        tokio::time::sleep_until(left_at + Duration::from_millis(DELAY_MS as u64 + 2)).await;
+        assert_eq!(metrics.presence_left.get(), 1, "sent when due");
+
+        stop.send(true).expect("worker listening");
+        worker.await.expect("no panic");
+    }
+
+    #[test]
+    fn the_outbox_sweep_is_half_the_reclaim_time_within_bounds() {
+        assert_eq!(outbox_sweep(30_000), Duration::from_secs(15));
+        assert_eq!(outbox_sweep(60_000), Duration::from_secs(15));
+        assert_eq!(outbox_sweep(1_000), Duration::from_millis(500));
+        assert_eq!(outbox_sweep(10), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_due_schedule_keeps_the_instants_after_the_last_claim() {
+        let schedule = DueSchedule::default();
+        assert_eq!(schedule.next(), None);
+        schedule.add(300);
+        schedule.add(100);
+        schedule.add(200);
+        schedule.add(100);
+        assert_eq!(schedule.next(), Some(100));
+        assert_eq!(schedule.settle(99), Some(100));
+        assert_eq!(schedule.settle(200), Some(300));
+        assert_eq!(schedule.settle(300), None);
+        assert_eq!(schedule.next(), None);
     }
 }

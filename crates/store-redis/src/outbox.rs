@@ -58,7 +58,7 @@ impl Feed {
 /// this process did not write: those of an instance that died before
 /// reading them, and leased entries to take over. Between these full
 /// sweeps it reads only the partitions this process wrote to.
-const FULL_SWEEP_EVERY: Duration = Duration::from_secs(5);
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(15);
 
 // One bit per partition in [`Written`].
 const _: () = assert!(PARTITIONS <= 64);

@@ -135,7 +135,7 @@ impl RedisStore {
     /// partition: between these full sweeps they read only the partitions
     /// this process wrote to, so entries written by another process (one
     /// that died before reading them) and leases to take over wait for the
-    /// next full sweep. 5 s by default; zero makes every read a full sweep
+    /// next full sweep. 15 s by default; zero makes every read a full sweep
     /// (tests of several consumers on one store).
     #[must_use]
     pub fn with_outbox_full_sweep_every(self, every: std::time::Duration) -> Self {

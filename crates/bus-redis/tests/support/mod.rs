@@ -165,10 +165,24 @@ pub(crate) fn channel(id: SessionId) -> String {
 
 /// A free loopback port (bound, read back, released).
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    // A port is handed out once per test process: a server stopped by one
+    // test frees its port, and a test starting a server right then could
+    // otherwise get the same port, and a client still aiming at the old
+    // server would reach the new one.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("binds port 0")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A `redis-server` this test started; killed (by pid) and its directory

@@ -21,7 +21,7 @@ use crate::presence::{
 };
 use crate::session::Session;
 
-use super::{ServiceError, SessionService};
+use super::{PresenceDueObserver, ServiceError, SessionService};
 
 /// The service's presence parts: the registry (none: presence is off and
 /// every call but [`SessionService::presence`] does nothing), the leave
@@ -31,6 +31,7 @@ pub(super) struct Presence {
     registry: Option<Arc<dyn PresenceRegistry>>,
     leave_delay_ms: i64,
     observer: Option<Arc<dyn PresenceObserver>>,
+    due: Option<PresenceDueObserver>,
 }
 
 impl Default for Presence {
@@ -39,6 +40,7 @@ impl Default for Presence {
             registry: None,
             leave_delay_ms: DEFAULT_LEAVE_DELAY_MS,
             observer: None,
+            due: None,
         }
     }
 }
@@ -96,6 +98,14 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
     #[must_use]
     pub fn with_presence_observer(mut self, observer: Arc<dyn PresenceObserver>) -> Self {
         self.presence.observer = Some(observer);
+        self
+    }
+
+    /// The same service telling `observer` when the presence work it
+    /// schedules falls due (see [`PresenceDueObserver`]).
+    #[must_use]
+    pub fn with_presence_due_observer(mut self, observer: PresenceDueObserver) -> Self {
+        self.presence.due = Some(observer);
         self
     }
 
@@ -178,9 +188,19 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
             return Ok(false);
         };
         let now = self.clock.now_ms();
-        Ok(registry
-            .leave(session_id, connection_id, now, self.presence.leave_delay_ms)
-            .await?)
+        let delay = self.presence.leave_delay_ms;
+        let last = registry
+            .leave(session_id, connection_id, now, delay)
+            .await?;
+        if let Some(due) = &self.presence.due {
+            // The participant's absence, if this was its last connection,
+            // is checked at once; the user's leave follows after the delay.
+            due(now);
+            if last {
+                due(now.saturating_add(delay));
+            }
+        }
+        Ok(last)
     }
 
     /// Extends the leases of this instance's connections.
