@@ -76,6 +76,8 @@ pub use state::{
 
 /// Registers every route of the public API on `cfg`.
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    // The hot path first: every pattern tried before it costs a regex run.
+    rest::configure_switch(cfg);
     // Before the REST routes: `/v1/sessions/{id}/{command}` would match it too.
     cfg.route("/ws", actix_web::web::get().to(ws::ws_query))
         .route(

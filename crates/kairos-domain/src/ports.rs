@@ -188,7 +188,9 @@ pub trait Outbox: Send + Sync + 'static {
     /// Returns up to `max` entries not yet acknowledged and not leased to
     /// another consumer, leasing them to `consumer`. Entries leased to a
     /// consumer that did not acknowledge them within `reclaim_after_ms` MUST
-    /// be returned again (to any consumer).
+    /// be returned again (to any consumer), by a later read if not by this
+    /// one (an adapter may look for them on some reads only, e.g. Redis's
+    /// full sweeps).
     async fn read(
         &self,
         consumer: &str,

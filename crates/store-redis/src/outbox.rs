@@ -229,34 +229,54 @@ impl RedisOutbox {
         self.feed.stream(self.keys.partition(p))
     }
 
-    /// Reads up to `quota` entries of partition `p` for `consumer`.
-    async fn read_partition(
+    /// Reads up to `quota` entries for `consumer` from `partitions`, in
+    /// that order, in one script call (their keys must be on one node:
+    /// one partition in Cluster), taking over entries other consumers left
+    /// unacknowledged for `reclaim_after_ms` first when `reclaim`. Returns
+    /// the entries and whether the quota was reached.
+    async fn read_partitions(
         &self,
-        p: usize,
+        partitions: &[usize],
         quota: usize,
         consumer: &str,
         reclaim_after_ms: i64,
+        reclaim: bool,
     ) -> Result<(Vec<OutboxEntry>, bool), StoreError> {
+        if partitions.is_empty() || quota == 0 {
+            return Ok((Vec::new(), false));
+        }
+        let keys: Vec<&str> = partitions.iter().map(|&p| self.stream(p)).collect();
         let flat: Vec<Vec<u8>> = self
             .conn
             .eval(
                 "outbox read",
                 &self.scripts.read,
-                &[self.stream(p)],
+                &keys,
                 &[
                     self.feed.group().as_bytes().to_vec(),
                     consumer.as_bytes().to_vec(),
                     reclaim_after_ms.max(0).to_string().into_bytes(),
                     quota.to_string().into_bytes(),
+                    if reclaim {
+                        b"1".to_vec()
+                    } else {
+                        b"0".to_vec()
+                    },
                 ],
             )
             .await?;
-        let filled = flat.len() / 2 >= quota;
-        let mut entries = Vec::with_capacity(flat.len() / 2);
+        let filled = flat.len() / 3 >= quota;
+        let mut entries = Vec::with_capacity(flat.len() / 3);
         let mut poisoned = Vec::new();
-        for pair in flat.chunks_exact(2) {
-            let stream_id = String::from_utf8_lossy(&pair[0]).into_owned();
-            match decode_event(&pair[1]) {
+        for triple in flat.chunks_exact(3) {
+            let p = std::str::from_utf8(&triple[0])
+                .ok()
+                .and_then(|k| k.parse::<usize>().ok())
+                .and_then(|k| partitions.get(k.checked_sub(1)?))
+                .copied()
+                .ok_or_else(|| StoreError::Other("an outbox read named no partition".into()))?;
+            let stream_id = String::from_utf8_lossy(&triple[1]).into_owned();
+            match decode_event(&triple[2]) {
                 Ok(event) => entries.push(OutboxEntry {
                     id: entry_id(p, &stream_id),
                     event,
@@ -275,18 +295,38 @@ impl RedisOutbox {
         Ok((entries, filled))
     }
 
-    /// One partition's (length, oldest entry's ms).
-    async fn backlog_partition(&self, p: usize) -> Result<(u64, Option<i64>), StoreError> {
-        let (len, oldest): (u64, String) = self
+    /// The (length, oldest entry's ms) of each of `partitions`, in one
+    /// script call (keys on one node).
+    async fn backlog_partitions(
+        &self,
+        partitions: &[usize],
+    ) -> Result<Vec<(u64, Option<i64>)>, StoreError> {
+        let keys: Vec<&str> = partitions.iter().map(|&p| self.stream(p)).collect();
+        let flat: Vec<redis::Value> = self
             .conn
-            .eval(
-                "outbox backlog",
-                &self.scripts.backlog,
-                &[self.stream(p)],
-                &[],
-            )
+            .eval("outbox backlog", &self.scripts.backlog, &keys, &[])
             .await?;
-        Ok((len, stream_id_ms(&oldest)))
+        flat.chunks_exact(2)
+            .map(|pair| {
+                let len: u64 = redis::from_redis_value(pair[0].clone())
+                    .map_err(|_| StoreError::Other("an outbox backlog without a length".into()))?;
+                let oldest: String = redis::from_redis_value(pair[1].clone())
+                    .map_err(|_| StoreError::Other("an outbox backlog without an id".into()))?;
+                Ok((len, stream_id_ms(&oldest)))
+            })
+            .collect()
+    }
+
+    /// The groups of partitions one script call may visit together: all of
+    /// them in standalone and Sentinel (one server), one each in Cluster.
+    fn call_groups(&self, partitions: Vec<usize>) -> Vec<Vec<usize>> {
+        if self.conn.is_cluster() {
+            partitions.into_iter().map(|p| vec![p]).collect()
+        } else if partitions.is_empty() {
+            Vec::new()
+        } else {
+            vec![partitions]
+        }
     }
 }
 
@@ -308,10 +348,23 @@ impl Outbox for RedisOutbox {
         let order = (0..PARTITIONS)
             .map(|i| (start + i) % PARTITIONS)
             .filter(|&p| full || marks & (1 << p) != 0);
-        let read = sweep_over(order, max, |p, quota| {
-            self.read_partition(p, quota, consumer, reclaim_after_ms)
-        })
-        .await;
+        // Leases are taken over at the full sweeps only: an entry can only
+        // be left unacknowledged that long by a consumer that died (or
+        // failed to write it), and the sweeps come at least as often as
+        // the reclaim time asks (the server sets them to half of it).
+        let read = if self.conn.is_cluster() {
+            sweep_over(order, max, |p, quota| async move {
+                self.read_partitions(&[p], quota, consumer, reclaim_after_ms, full)
+                    .await
+            })
+            .await
+        } else {
+            // One server: one call visits them all, in the rotated order.
+            let order: Vec<usize> = order.collect();
+            self.read_partitions(&order, max, consumer, reclaim_after_ms, full)
+                .await
+                .map(|(entries, _)| entries)
+        };
         match &read {
             // A full batch may have left entries behind: look again there.
             Ok(entries) if entries.len() < max => {}
@@ -339,19 +392,42 @@ impl Outbox for RedisOutbox {
                 }
             }
         }
-        let calls = by_partition.iter().flat_map(|(&p, stream_ids)| {
-            stream_ids.chunks(ACK_CHUNK).map(move |chunk| {
-                let mut args = Vec::with_capacity(chunk.len() + 1);
-                args.push(self.feed.group().as_bytes().to_vec());
-                args.extend(chunk.iter().cloned());
-                async move {
-                    self.conn
-                        .eval::<i64>("outbox ack", &self.scripts.ack, &[self.stream(p)], &args)
-                        .await
+        // One call per group of partitions on one node, at most
+        // `ACK_CHUNK` ids each.
+        let mut calls: Vec<(Vec<usize>, Vec<Vec<u8>>)> = Vec::new();
+        for group in self.call_groups(by_partition.keys().copied().collect()) {
+            let mut keys = Vec::new();
+            let mut args = vec![self.feed.group().as_bytes().to_vec()];
+            for p in group {
+                for chunk in by_partition[&p].chunks(ACK_CHUNK) {
+                    if args.len() + chunk.len() > ACK_CHUNK && !keys.is_empty() {
+                        calls.push((
+                            std::mem::take(&mut keys),
+                            std::mem::replace(
+                                &mut args,
+                                vec![self.feed.group().as_bytes().to_vec()],
+                            ),
+                        ));
+                    }
+                    keys.push(p);
+                    args.push(chunk.len().to_string().into_bytes());
+                    args.extend(chunk.iter().cloned());
                 }
-            })
-        });
-        try_join_all(calls).await.map(|_| ())
+            }
+            if !keys.is_empty() {
+                calls.push((keys, args));
+            }
+        }
+        try_join_all(calls.iter().map(|(partitions, args)| {
+            let keys: Vec<&str> = partitions.iter().map(|&p| self.stream(p)).collect();
+            async move {
+                self.conn
+                    .eval::<i64>("outbox ack", &self.scripts.ack, &keys, args)
+                    .await
+            }
+        }))
+        .await
+        .map(|_| ())
     }
 
     #[tracing::instrument(skip(self), fields(feed = self.feed.group()))]
@@ -359,7 +435,13 @@ impl Outbox for RedisOutbox {
         if !self.enabled {
             return Ok((0, 0));
         }
-        let parts = try_join_all((0..PARTITIONS).map(|p| self.backlog_partition(p))).await?;
+        let groups = self.call_groups((0..PARTITIONS).collect());
+        let parts: Vec<(u64, Option<i64>)> =
+            try_join_all(groups.iter().map(|g| self.backlog_partitions(g)))
+                .await?
+                .into_iter()
+                .flatten()
+                .collect();
         let count = parts.iter().map(|(len, _)| len).sum();
         let oldest = parts.iter().filter_map(|(_, ms)| *ms).min();
         let age = oldest.map_or(0, |ms| now_ms.saturating_sub(ms).max(0));

@@ -47,13 +47,38 @@ end
 }
 pub(crate) use gcra_lua;
 
+/// The last of a write's event streams to append to, `KEYS[first..last]`
+/// being the streams: with the gate flag `1`, the last key is the webhook
+/// endpoints' hash, not a stream, and the stream before it (the webhook
+/// feed) is written only while an endpoint exists (one server only: the
+/// hash is in another slot).
+macro_rules! streams_lua {
+    () => {
+        r"
+local function last_stream(gated)
+  if gated ~= '1' then
+    return #KEYS
+  end
+  if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+    return #KEYS - 1
+  end
+  return #KEYS - 2
+end
+"
+    };
+}
+
 /// Creates a session unless its key exists.
 ///
 /// KEYS: state, deadlines, then the streams the events go to (none, the
-/// outbox, the webhook feed, or both). ARGV: version, encoded state, ttl ms,
-/// deadline score or `""`, member (session uuid), then one encoded event per
+/// outbox, the webhook feed, or both), then with the gate the webhook
+/// endpoints' hash. ARGV: version, encoded state, ttl ms, deadline score or
+/// `""`, member (session uuid), the webhook feed's gate (`1`: write the feed
+/// only while an endpoint exists; `""`: always), then one encoded event per
 /// argument. Returns 1 when created, 0 when the key exists.
-const CREATE: &str = r"
+const CREATE: &str = concat!(
+    streams_lua!(),
+    r"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -64,20 +89,23 @@ if ARGV[4] == '' then
 else
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 end
-for k = 3, #KEYS do
-  for i = 6, #ARGV do
+for k = 3, last_stream(ARGV[6]) do
+  for i = 7, #ARGV do
     redis.call('XADD', KEYS[k], '*', 'e', ARGV[i])
   end
 end
 return 1
-";
+"
+);
 
 /// Compare-and-set commit, with the session's rate check folded in.
 ///
 /// KEYS: state, deadlines, rate (the session's GCRA TAT, same hash tag),
-/// then the streams the events go to (as in [`CREATE`]). ARGV: expected version, new version, encoded state, ttl ms,
+/// then the streams the events go to and the gate's key (as in
+/// [`CREATE`]). ARGV: expected version, new version, encoded state, ttl ms,
 /// deadline score or `""`, member, rate check's now ms or `""` (no check),
-/// its interval ms, its burst ms, then one encoded event per argument.
+/// its interval ms, its burst ms, the webhook feed's gate (as in
+/// [`CREATE`]), then one encoded event per argument.
 ///
 /// Returns `{outcome, detail}`: `{1, TAT before}` when applied (the TAT
 /// counted when a check was asked, `false` when none or a new key), `{0,
@@ -87,6 +115,7 @@ return 1
 /// unless 1.
 const COMMIT: &str = concat!(
     gcra_lua!(),
+    streams_lua!(),
     r"
 local cur = redis.call('HMGET', KEYS[1], 'v', 's')
 if not cur[1] then
@@ -110,8 +139,8 @@ if ARGV[5] == '' then
 else
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
 end
-for k = 4, #KEYS do
-  for i = 10, #ARGV do
+for k = 4, last_stream(ARGV[10]) do
+  for i = 11, #ARGV do
     redis.call('XADD', KEYS[k], '*', 'e', ARGV[i])
   end
 end
@@ -201,37 +230,37 @@ end
 return {more, claimed}
 ";
 
-/// Reads one partition's outbox for a consumer: first entries other
-/// consumers left unacknowledged for too long, then new ones.
+/// Reads outbox partitions for a consumer, in the order given, until
+/// `count` entries are taken: in each, first (when `reclaim` is `1`)
+/// entries other consumers left unacknowledged for `min idle` ms, then new
+/// ones. Standalone and Sentinel pass every partition to visit in one call;
+/// Cluster calls it per partition (one key: one slot).
 ///
-/// KEYS: outbox stream. ARGV: group, consumer, min idle ms, count.
-/// Creates the consumer group (from the stream's start, so no entry written
+/// KEYS: outbox streams. ARGV: group, consumer, min idle ms, count,
+/// reclaim (`1` or `0`).
+/// Creates a consumer group (from the stream's start, so no entry written
 /// before it existed is skipped) when it is missing: on first use, or after a
-/// Redis restart without persistence. Returns a flat list `id, payload, ...`
-/// (payload `''` for an entry without an `e` field, which only a foreign
-/// writer could have added).
+/// Redis restart without persistence. Returns a flat list
+/// `key index, id, payload, ...` (key index from 1; payload `''` for an
+/// entry without an `e` field, which only a foreign writer could have added).
 const READ: &str = r"
-local function autoclaim()
-  return redis.pcall('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
-end
-local claimed = autoclaim()
-if type(claimed) == 'table' and claimed.err then
-  if string.find(claimed.err, 'NOGROUP', 1, true) then
-    local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+local group, consumer, idle = ARGV[1], ARGV[2], ARGV[3]
+local want = tonumber(ARGV[4])
+local reclaim = ARGV[5] == '1'
+local function with_group(key, ...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err and string.find(r.err, 'NOGROUP', 1, true) then
+    local created = redis.pcall('XGROUP', 'CREATE', key, group, '0', 'MKSTREAM')
     if type(created) == 'table' and created.err and not string.find(created.err, 'BUSYGROUP', 1, true) then
       return created
     end
-    claimed = autoclaim()
-    if type(claimed) == 'table' and claimed.err then
-      return claimed
-    end
-  else
-    return claimed
+    r = redis.pcall(...)
   end
+  return r
 end
 local out = {}
 local taken = 0
-local function take(entry)
+local function take(k, entry)
   if entry then
     taken = taken + 1
     local fields = entry[2]
@@ -241,19 +270,34 @@ local function take(entry)
         payload = fields[i + 1]
       end
     end
+    out[#out + 1] = tostring(k)
     out[#out + 1] = entry[1]
     out[#out + 1] = payload
   end
 end
-for _, entry in ipairs(claimed[2]) do
-  take(entry)
-end
-local want = tonumber(ARGV[4]) - taken
-if want > 0 then
-  local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want, 'STREAMS', KEYS[1], '>')
-  if fresh then
-    for _, entry in ipairs(fresh[1][2]) do
-      take(entry)
+for k = 1, #KEYS do
+  if taken >= want then
+    break
+  end
+  local key = KEYS[k]
+  if reclaim then
+    local claimed = with_group(key, 'XAUTOCLAIM', key, group, consumer, idle, '0-0', 'COUNT', want - taken)
+    if type(claimed) == 'table' and claimed.err then
+      return claimed
+    end
+    for _, entry in ipairs(claimed[2]) do
+      take(k, entry)
+    end
+  end
+  if want > taken then
+    local fresh = with_group(key, 'XREADGROUP', 'GROUP', group, consumer, 'COUNT', want - taken, 'STREAMS', key, '>')
+    if type(fresh) == 'table' and fresh.err then
+      return fresh
+    end
+    if fresh then
+      for _, entry in ipairs(fresh[1][2]) do
+        take(k, entry)
+      end
     end
   end
 end
@@ -263,29 +307,42 @@ return out
 /// Acknowledges and deletes outbox entries, so acknowledged events neither
 /// come back nor count in the backlog.
 ///
-/// KEYS: outbox stream. ARGV: group, then entry ids.
+/// KEYS: outbox streams. ARGV: group, then for each key in turn the number
+/// of its ids and the ids. Returns how many entries were deleted.
 const ACK: &str = r"
-local ids = {}
-for i = 2, #ARGV do
-  ids[#ids + 1] = ARGV[i]
+local deleted = 0
+local at = 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  at = at + 1
+  if n > 0 then
+    local ids = {}
+    for i = at, at + n - 1 do
+      ids[#ids + 1] = ARGV[i]
+    end
+    at = at + n
+    redis.call('XACK', KEYS[k], ARGV[1], unpack(ids))
+    deleted = deleted + redis.call('XDEL', KEYS[k], unpack(ids))
+  end
 end
-if #ids == 0 then
-  return 0
-end
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
-return redis.call('XDEL', KEYS[1], unpack(ids))
+return deleted
 ";
 
-/// One partition's outbox backlog: `{length, oldest id or ''}`.
+/// Outbox backlogs: `{length, oldest id or '', ...}`, one pair per key.
 ///
-/// KEYS: outbox stream.
+/// KEYS: outbox streams.
 const BACKLOG: &str = r"
-local n = redis.call('XLEN', KEYS[1])
-if n == 0 then
-  return {0, ''}
+local out = {}
+for k = 1, #KEYS do
+  local n = redis.call('XLEN', KEYS[k])
+  local oldest = ''
+  if n > 0 then
+    oldest = redis.call('XRANGE', KEYS[k], '-', '+', 'COUNT', 1)[1][1]
+  end
+  out[#out + 1] = n
+  out[#out + 1] = oldest
 end
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-return {n, first[1][1]}
+return out
 ";
 
 /// Queues webhook deliveries, each unless already queued (idempotent per

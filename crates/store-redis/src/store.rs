@@ -45,6 +45,11 @@ pub struct RedisStore {
     hooks_written: Arc<Written>,
     /// The key prefix, for the webhook keys.
     key_prefix: String,
+    /// With the webhook feed on and one server: the endpoints' hash, whose
+    /// existence gates the feed (no endpoint, no feed entry to write, read
+    /// and acknowledge). `None`: the feed is written whenever it is on (in
+    /// Cluster the hash is in another slot than the session's keys).
+    hooks_gate: Option<String>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -116,6 +121,7 @@ impl RedisStore {
             claim_rotation: AtomicUsize::new(0),
             hooks_written: Arc::default(),
             key_prefix: config.key_prefix.clone(),
+            hooks_gate: None,
         };
         store.preload_scripts().await?;
         Ok(store)
@@ -124,10 +130,16 @@ impl RedisStore {
     /// With `on`, every `create` and `commit` also appends its events to the
     /// partition's webhook stream (`{pNN}:hooks`, group `webhooks`) in the
     /// same atomic step as the audit outbox, for [`Self::webhook_outbox`]'s
-    /// reader. Off by default: nothing would drain the streams.
+    /// reader. Off by default: nothing would drain the streams. With one
+    /// server (standalone, Sentinel) the same step checks that a webhook
+    /// endpoint exists and writes nothing to the feed otherwise: an
+    /// endpoint gets the events committed after it was created, and a
+    /// deployment without endpoints pays nothing for the feed.
     #[must_use]
     pub fn with_webhook_feed(mut self, on: bool) -> Self {
         self.webhook_feed = on;
+        self.hooks_gate = (on && !self.conn.is_cluster())
+            .then(|| crate::keys::WebhookKeys::new(&self.key_prefix).endpoints);
         self
     }
 
@@ -193,13 +205,17 @@ impl RedisStore {
 
     /// The streams a write of a session in partition `keys` appends its
     /// events to: the audit outbox and the webhook feed, each when on.
-    fn event_streams<'k>(&self, keys: &'k PartitionKeys) -> Vec<&'k str> {
-        let mut streams = Vec::with_capacity(2);
+    /// With the gate, the endpoints' hash follows them (see `CREATE`).
+    fn event_streams<'k>(&'k self, keys: &'k PartitionKeys) -> Vec<&'k str> {
+        let mut streams = Vec::with_capacity(3);
         if self.outbox_enabled {
             streams.push(keys.outbox.as_str());
         }
         if self.webhook_feed {
             streams.push(keys.hooks.as_str());
+            if let Some(gate) = &self.hooks_gate {
+                streams.push(gate.as_str());
+            }
         }
         streams
     }
@@ -230,7 +246,7 @@ impl RedisStore {
 
     /// The arguments a state write shares between `create` and `commit`:
     /// encoded state, TTL, deadline (or empty), member, then `extra` (the
-    /// commit's rate check), then the events.
+    /// commit's rate check), the webhook feed's gate flag, then the events.
     fn write_args(
         &self,
         state: &Session,
@@ -249,6 +265,12 @@ impl RedisStore {
         );
         args.push(state.id.to_string().into_bytes());
         args.extend(extra);
+        // The webhook feed's gate flag (see `CREATE`).
+        args.push(if self.hooks_gate.is_some() && self.webhook_feed {
+            b"1".to_vec()
+        } else {
+            Vec::new()
+        });
         // With both feeds off nothing drains the streams: write no events at all.
         if self.outbox_enabled || self.webhook_feed {
             for event in events {

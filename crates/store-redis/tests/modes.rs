@@ -16,6 +16,23 @@ use store_redis::{PARTITIONS, RedisClock, RedisConfig, RedisMode, RedisStore};
 /// the webhook store's scripts, a walk over every session and the clock on
 /// `store` (built with the webhook feed on).
 async fn exercise(store: &RedisStore) {
+    // An endpoint exists while the sessions below commit: with one server
+    // the feed is written only then (Cluster writes it regardless).
+    let listener = Endpoint {
+        webhook_id: WebhookId::from_uuid(uuid::Uuid::new_v4()),
+        url: "https://receiver.example/feed".into(),
+        event_types: None,
+        description: None,
+        secret: new_secret([2; 32]),
+        created_at_ms: 1_000,
+        disabled: false,
+        disabled_reason: None,
+    };
+    store
+        .webhook_store()
+        .create_endpoint(&listener)
+        .await
+        .expect("creates");
     let mut ids = Vec::new();
     // Enough sessions to land in many partitions (and so on every cluster node).
     for _ in 0..(PARTITIONS * 2) {
@@ -58,6 +75,13 @@ async fn exercise(store: &RedisStore) {
         .await
         .expect("acks");
     assert_eq!(hooks.backlog(0).await.map(|(n, _)| n), Ok(0));
+    assert_eq!(
+        store
+            .webhook_store()
+            .delete_endpoint(listener.webhook_id)
+            .await,
+        Ok(true)
+    );
     exercise_webhooks(store).await;
     assert_eq!(store.delete(ids[0]).await, Ok(true));
     assert_eq!(store.ping().await, Ok(()));

@@ -242,3 +242,86 @@ async fn unknown_ids_are_refused() {
     assert!(store.ack(&["nonsense".to_owned()]).await.is_err());
     assert_eq!(store.ack(&[]).await, Ok(()));
 }
+
+/// Script calls Redis has run, from `INFO commandstats` (`EVALSHA` and
+/// `EVAL`, whichever the client used).
+async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// With one server, a read over many partitions, its acknowledgement and a
+/// backlog measure are one script call each (not one per partition), and
+/// the read still returns every event of every partition.
+#[tokio::test]
+async fn with_one_server_a_read_an_ack_and_a_backlog_are_one_call_each() {
+    let server = common::OwnRedis::start_with(&["--appendonly", "no"]);
+    let mut config = store_redis::RedisConfig::new(server.url());
+    config.key_prefix = "calls:".into();
+    let store = RedisStore::connect(&config)
+        .await
+        .expect("connects")
+        .with_outbox_full_sweep_every(Duration::ZERO);
+    // 200 sessions: events in nearly every one of the 64 partitions.
+    let written = write_events(&store, 200).await;
+    let partitions: BTreeSet<String> = store
+        .read("probe", 1_000, 60_000)
+        .await
+        .expect("reads")
+        .iter()
+        .map(|e| e.id[..2].to_owned())
+        .collect();
+    assert!(partitions.len() > 50, "{} partitions", partitions.len());
+    // Those are leased to `probe` now; take them over (idle 0 ms) below.
+    let mut probe = raw(&server.url()).await;
+
+    let before = script_calls(&mut probe).await;
+    let read = store.read("worker", 1_000, 0).await.expect("reads");
+    assert_eq!(
+        script_calls(&mut probe).await - before,
+        1,
+        "one call to read"
+    );
+    assert_eq!(
+        ids_of(read.iter().map(|e| e.event.clone())),
+        ids_of(written)
+    );
+
+    let before = script_calls(&mut probe).await;
+    let ids: Vec<String> = read.iter().map(|e| e.id.clone()).collect();
+    store.ack(&ids).await.expect("acknowledged");
+    assert_eq!(
+        script_calls(&mut probe).await - before,
+        1,
+        "one call to acknowledge"
+    );
+
+    let before = script_calls(&mut probe).await;
+    assert_eq!(store.backlog(0).await.expect("measured").0, 0);
+    assert_eq!(
+        script_calls(&mut probe).await - before,
+        1,
+        "one call to measure"
+    );
+    assert!(
+        store
+            .read("worker", 1_000, 0)
+            .await
+            .expect("reads")
+            .is_empty()
+    );
+}

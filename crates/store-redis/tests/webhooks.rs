@@ -553,6 +553,12 @@ fn ids(entries: &[kairos_domain::OutboxEntry]) -> Vec<Uuid> {
 #[tokio::test]
 async fn the_webhook_outbox_gets_every_committed_event_and_the_audit_outbox_is_unaffected() {
     for h in both().await {
+        // An endpoint exists: with one Redis server, commits feed the
+        // webhook streams only then (see the test of the gate below).
+        h.webhooks
+            .create_endpoint(&endpoint(41))
+            .await
+            .expect("creates");
         let mut events = create_and_start(h.sessions.as_ref()).await;
         events.extend(create_and_start(h.sessions.as_ref()).await);
         let pushed = presence(&events[0]);
@@ -643,10 +649,10 @@ async fn redis_keeps_the_feed_in_the_partition_and_the_queue_in_one_slot() {
         .await
         .expect("connects")
         .with_webhook_feed(true);
-    let events = create_and_start(&store).await;
     let e = endpoint(1);
     let w = store.webhook_store();
     w.create_endpoint(&e).await.expect("creates");
+    let events = create_and_start(&store).await;
     w.enqueue(&[delivery(&e, 1, 1_000, 1_000)])
         .await
         .expect("enqueues");
@@ -698,4 +704,42 @@ fn the_body_a_delivery_carries_is_the_domain_body() {
     assert_eq!(value["type"], "session_created");
     assert_eq!(value["timestamp"], "1970-01-01T00:00:01.000Z");
     assert_eq!(value["data"]["event_id"], created.event_id.to_string());
+}
+
+/// With one Redis server, a commit writes the webhook feed only while an
+/// endpoint exists (checked in the commit's own atomic step): none, no
+/// entry to write, read and acknowledge; one, every event; deleted again,
+/// none. The audit outbox gets every event throughout.
+#[tokio::test]
+async fn redis_writes_the_feed_only_while_an_endpoint_exists() {
+    let h = redis(true).await;
+    let feed = |h: &Harness| {
+        let hooks = h.hooks.clone();
+        async move { hooks.backlog(0).await.map(|(n, _)| n) }
+    };
+    create_and_start(h.sessions.as_ref()).await;
+    assert_eq!(feed(&h).await, Ok(0), "no endpoint: nothing fed");
+
+    let e = endpoint(42);
+    h.webhooks.create_endpoint(&e).await.expect("creates");
+    let events = create_and_start(h.sessions.as_ref()).await;
+    let fed = h.hooks.read("fanout", 100, 60_000).await.expect("reads");
+    let mut expected: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    expected.sort();
+    assert_eq!(ids(&fed), expected, "an endpoint: every event fed");
+    h.hooks
+        .ack(&fed.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+        .await
+        .expect("acks");
+
+    assert!(
+        h.webhooks
+            .delete_endpoint(e.webhook_id)
+            .await
+            .expect("deletes")
+    );
+    create_and_start(h.sessions.as_ref()).await;
+    assert_eq!(feed(&h).await, Ok(0), "deleted: nothing fed");
+    // Three creates and three starts, all in the audit outbox.
+    assert_eq!(h.audit.backlog(0).await.map(|(n, _)| n), Ok(6));
 }
