@@ -18,59 +18,23 @@
 // `cargo xtask test`, or: cd web && npm ci && node --test tests/admin.test.mjs
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { existsSync, mkdirSync, copyFileSync } from 'node:fs';
+import { mkdirSync, copyFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SERVER_BIN = path.resolve(ROOT, process.env.KAIROS_SERVER_BIN || 'target/debug/kairos-server');
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const ARTIFACTS = path.join(ROOT, 'target', 'browser-artifacts');
+import { ARTIFACTS, ROOT, freePorts, launchChromium, sleep, startServer, waitFor } from './support.mjs';
+
 const SECRET = 'admin-view-test-secret-0123456789abcdef';
 const TEST_TIMEOUT = 45_000;
 
 let server;
-let serverLog = '';
 let baseUrl;
 let browser;
 const pageErrors = [];
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePorts(n) {
-  const servers = await Promise.all(
-    Array.from({ length: n }, () => new Promise((resolve, reject) => {
-      const s = net.createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => resolve(s));
-    })),
-  );
-  const ports = servers.map((s) => s.address().port);
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-  return ports;
-}
-
-async function waitFor(what, fn, timeoutMs = 10_000, everyMs = 25) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${last})`);
-    await sleep(everyMs);
-  }
-}
 
 /** An HS256 JWT signed with the test secret, valid for an hour (`claims`: `sid`, `pid`). */
 function token(role, sub, claims = {}) {
@@ -122,68 +86,20 @@ async function useToken(page, value) {
 }
 
 before(async () => {
-  assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run cargo build --bin kairos-server, or set KAIROS_SERVER_BIN`);
-  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM_PATH`);
-  const [port, metricsPort] = await freePorts(2);
-  baseUrl = `http://127.0.0.1:${port}`;
-  const env = {
-    ...process.env,
-    BIND_ADDR: '127.0.0.1',
-    PORT: String(port),
-    METRICS_PORT: String(metricsPort),
+  server = await startServer({
     JWT_SECRET: SECRET,
-    RATE_LIMITS: 'off',
     // The test's webhook endpoint is a closed loopback port.
     WEBHOOK_ALLOW_HTTP: 'true',
     WEBHOOK_ALLOW_PRIVATE: 'true',
     WEBHOOK_RETRY_SCHEDULE_MS: '200,200,200',
-    SHUTDOWN_DRAIN_SECONDS: '0',
-    RUST_LOG: 'warn',
-  };
-  for (const v of ['REDIS_URL', 'REDIS_MODE', 'DATABASE_URL', 'AUTH_MODE', 'ALLOWED_ORIGINS']) delete env[v];
-  server = spawn(SERVER_BIN, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const killServer = () => {
-    if (server.exitCode === null) {
-      try {
-        process.kill(server.pid, 'SIGKILL');
-      } catch {
-        // Already gone.
-      }
-    }
-  };
-  process.once('exit', killServer);
-  server.stdout.on('data', (d) => {
-    serverLog += d;
   });
-  server.stderr.on('data', (d) => {
-    serverLog += d;
-  });
-  const exited = new Promise((resolve) => server.once('exit', (code) => resolve(code)));
-  await Promise.race([
-    waitFor('the server to be ready', async () => (await fetch(`${baseUrl}/ready`)).ok, 20_000, 50),
-    exited.then((code) => {
-      throw new Error(`the server exited (${code}) before it was ready:\n${serverLog}`);
-    }),
-  ]);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 30_000,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  baseUrl = server.baseUrl;
+  browser = await launchChromium(chromium);
 }, { timeout: 60_000 });
 
 after(async () => {
   await browser?.close().catch(() => {});
-  if (server && server.exitCode === null) {
-    const gone = new Promise((resolve) => server.once('exit', resolve));
-    process.kill(server.pid, 'SIGTERM');
-    const stopped = await Promise.race([gone.then(() => true), sleep(10_000).then(() => false)]);
-    if (!stopped) {
-      process.kill(server.pid, 'SIGKILL');
-      await gone;
-    }
-  }
+  await server?.stop();
 });
 
 describe('admin view in Chromium', { timeout: 180_000 }, () => {

@@ -12,19 +12,14 @@
 // `cargo xtask test`, or: cd web && npm ci && node --test tests/
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, copyFileSync } from 'node:fs';
-import net from 'node:net';
+import { mkdirSync, copyFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SERVER_BIN = path.resolve(ROOT, process.env.KAIROS_SERVER_BIN || 'target/debug/kairos-server');
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const ARTIFACTS = path.join(ROOT, 'target', 'browser-artifacts');
+import { ARTIFACTS, ROOT, launchChromium, sleep, startServer, waitFor } from './support.mjs';
+
 /** Two screens must agree to within this (contract: drift tolerance 50 ms). */
 const AGREEMENT_MS = 50;
 /** How far the shifted page's clock is off. */
@@ -32,41 +27,9 @@ const SHIFT_MS = 5 * 60_000;
 const TEST_TIMEOUT = 45_000;
 
 let server;
-let serverLog = '';
 let baseUrl;
 let browser;
 const pageErrors = [];
-
-/** A port the kernel says is free, held until all are chosen so they differ. */
-async function freePorts(n) {
-  const servers = await Promise.all(
-    Array.from({ length: n }, () => new Promise((resolve, reject) => {
-      const s = net.createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => resolve(s));
-    })),
-  );
-  const ports = servers.map((s) => s.address().port);
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-  return ports;
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(what, fn, timeoutMs = 10_000, everyMs = 25) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${last})`);
-    await sleep(everyMs);
-  }
-}
 
 async function api(method, urlPath, body) {
   const res = await fetch(baseUrl + urlPath, {
@@ -151,83 +114,14 @@ async function alignedSamples(pages, clock) {
 }
 
 before(async () => {
-  assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run cargo build --bin kairos-server, or set KAIROS_SERVER_BIN`);
-  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM_PATH`);
-  const [port, metricsPort] = await freePorts(2);
-  baseUrl = `http://127.0.0.1:${port}`;
-  const env = {
-    ...process.env,
-    BIND_ADDR: '127.0.0.1',
-    PORT: String(port),
-    METRICS_PORT: String(metricsPort),
-    AUTH_MODE: 'off',
-    RATE_LIMITS: 'off',
-    SHUTDOWN_DRAIN_SECONDS: '0',
-    RUST_LOG: 'warn',
-  };
-  // The embedded default, whatever the caller's environment says.
-  for (const v of ['REDIS_URL', 'REDIS_MODE', 'DATABASE_URL', 'JWT_SECRET', 'ALLOWED_ORIGINS']) delete env[v];
-  server = spawn(SERVER_BIN, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  // If this process is stopped (a timeout of the whole run, Ctrl-C), the
-  // server must not outlive it: kill it by pid on the way out.
-  const killServer = () => {
-    if (server.exitCode === null) {
-      try {
-        process.kill(server.pid, 'SIGKILL');
-      } catch {
-        // Already gone.
-      }
-    }
-  };
-  process.once('exit', killServer);
-  for (const signal of ['SIGTERM', 'SIGINT']) {
-    process.once(signal, () => {
-      killServer();
-      process.exit(128 + (signal === 'SIGTERM' ? 15 : 2));
-    });
-  }
-  server.stdout.on('data', (d) => {
-    serverLog += d;
-  });
-  server.stderr.on('data', (d) => {
-    serverLog += d;
-  });
-  const exited = new Promise((resolve) => server.once('exit', (code) => resolve(code)));
-  await Promise.race([
-    waitFor('the server to be ready', async () => (await fetch(`${baseUrl}/ready`)).ok, 20_000, 50),
-    exited.then((code) => {
-      throw new Error(`the server exited (${code}) before it was ready:\n${serverLog}`);
-    }),
-  ]);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 30_000,
-    // A fresh profile every run (playwright makes a temporary
-    // --user-data-dir), and nothing that reaches for the network.
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  server = await startServer({ AUTH_MODE: 'off' });
+  baseUrl = server.baseUrl;
+  browser = await launchChromium(chromium);
 }, { timeout: 60_000 });
 
 after(async () => {
   await browser?.close().catch(() => {});
-  if (server && server.exitCode === null) {
-    const gone = new Promise((resolve) => server.once('exit', resolve));
-    process.kill(server.pid, 'SIGTERM');
-    const stopped = await Promise.race([gone.then(() => true), sleep(10_000).then(() => false)]);
-    if (!stopped) {
-      process.kill(server.pid, 'SIGKILL');
-      await gone;
-    }
-  }
+  await server?.stop();
 });
 
 describe('demo page in Chromium', { timeout: 180_000 }, () => {

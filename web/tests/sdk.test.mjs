@@ -13,12 +13,7 @@
 // node --test tests/sdk.test.mjs
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import net from 'node:net';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
 import {
   KairosClient,
@@ -30,6 +25,8 @@ import {
   joinParticipant,
   leaveParticipant,
 } from '../../crates/http-actix/static/kairos.js';
+
+import { startServer, waitFor } from './support.mjs';
 
 // ---------------------------------------------------------------------------
 // Helpers.
@@ -1252,8 +1249,6 @@ describe('KairosClient time controls', () => {
 // ---------------------------------------------------------------------------
 // Against the real server: presence, joins and leaves through the SDK.
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SERVER_BIN = path.resolve(ROOT, process.env.KAIROS_SERVER_BIN || 'target/debug/kairos-server');
 
 /**
  * A browser-like WebSocket for node: node 22 has one built in; node 20 only
@@ -1267,78 +1262,27 @@ async function nodeWebSocket() {
   return (bundle.default ?? bundle).ws;
 }
 
-async function waitUntil(what, fn, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${last})`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
+const waitUntil = (what, fn, timeoutMs = 10_000) => waitFor(what, fn, timeoutMs);
 
 describe('KairosClient against the real server', { timeout: 60_000 }, () => {
   let server;
-  let serverLog = '';
   let baseUrl;
   let WS;
   const clients = [];
 
   before(async () => {
-    assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run cargo build --bin kairos-server, or set KAIROS_SERVER_BIN`);
     WS = await nodeWebSocket();
-    const sockets = await Promise.all([0, 1].map(() => new Promise((resolve, reject) => {
-      const s = net.createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => resolve(s));
-    })));
-    const [port, metricsPort] = sockets.map((s) => s.address().port);
-    await Promise.all(sockets.map((s) => new Promise((resolve) => s.close(resolve))));
-    baseUrl = `http://127.0.0.1:${port}`;
-    const env = {
-      ...process.env,
-      BIND_ADDR: '127.0.0.1',
-      PORT: String(port),
-      METRICS_PORT: String(metricsPort),
+    server = await startServer({
       AUTH_MODE: 'off',
-      RATE_LIMITS: 'off',
       // presence_left as soon as the last socket closes.
       PRESENCE_LEAVE_DELAY_MS: '0',
-      SHUTDOWN_DRAIN_SECONDS: '0',
-      RUST_LOG: 'warn',
-    };
-    for (const v of ['REDIS_URL', 'REDIS_MODE', 'DATABASE_URL', 'JWT_SECRET', 'ALLOWED_ORIGINS']) delete env[v];
-    server = spawn(SERVER_BIN, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    process.once('exit', () => {
-      if (server.exitCode === null) process.kill(server.pid, 'SIGKILL');
     });
-    server.stdout.on('data', (d) => {
-      serverLog += d;
-    });
-    server.stderr.on('data', (d) => {
-      serverLog += d;
-    });
-    const exited = new Promise((resolve) => server.once('exit', resolve));
-    await Promise.race([
-      waitUntil('the server to be ready', async () => (await fetch(`${baseUrl}/ready`)).ok, 20_000),
-      exited.then((code) => {
-        throw new Error(`the server exited (${code}) before it was ready:\n${serverLog}`);
-      }),
-    ]);
+    baseUrl = server.baseUrl;
   });
 
   after(async () => {
     for (const c of clients) c.close();
-    if (server && server.exitCode === null) {
-      const gone = new Promise((resolve) => server.once('exit', resolve));
-      process.kill(server.pid, 'SIGTERM');
-      await gone;
-    }
+    await server?.stop();
   });
 
   /** A client of `sessionId` whose socket says it is `user` (auth off: `?user=`), open. */

@@ -17,6 +17,10 @@ use crate::subscription::{SubscribeOptions, Subscription};
 use crate::types::ParticipantConfig;
 use crate::types::{Event, EventsQuery, ServerTime, SessionConfig, SessionView};
 
+/// How long the server keeps an idle HTTP connection open (actix's
+/// keep-alive): the client's pool drops idle connections a second sooner.
+const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// A SyncKairos server: its base URL, an optional bearer token, and a
 /// connection pool. Cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
@@ -48,7 +52,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Uses this `reqwest` client (its own timeouts and pool) instead of a new one.
+    /// Uses this `reqwest` client (its own timeouts and pool) instead of a
+    /// new one. Give it a pool idle timeout under the server's 5 s
+    /// keep-alive (the default client's is 4 s): a command sent on a
+    /// connection the server is closing just then fails and is not retried.
     pub fn http_client(mut self, http: reqwest::Client) -> Self {
         self.http = Some(http);
         self
@@ -70,7 +77,14 @@ impl ClientBuilder {
         }
         let http = match self.http {
             Some(http) => http,
-            None => reqwest::Client::builder().timeout(self.timeout).build()?,
+            // Idle connections are dropped before the server's 5 s
+            // keep-alive closes them: a command sent on a connection the
+            // server is closing at that moment would fail, and a POST is
+            // not retried.
+            None => reqwest::Client::builder()
+                .timeout(self.timeout)
+                .pool_idle_timeout(SERVER_KEEP_ALIVE - Duration::from_secs(1))
+                .build()?,
         };
         Ok(Client {
             base,

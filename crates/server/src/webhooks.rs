@@ -43,6 +43,11 @@ const POLL: Duration = Duration::from_secs(2);
 /// While claiming fails, the first retry comes after this long (doubling
 /// to 2 s).
 const RETRY: Duration = Duration::from_millis(250);
+/// The retries this instance scheduled are claimed at most this often:
+/// many failing at once (an endpoint down under load) fall due one after
+/// the other and are claimed in batches, not one claim each. A retry is
+/// sent at most this late.
+const RETRY_GATHER: Duration = Duration::from_millis(50);
 /// A claimed delivery is hidden from other instances this long: one send
 /// (at most [`SEND_TIMEOUT`]) and its bookkeeping fit in it. An instance
 /// killed mid-send has its deliveries sent by another after it.
@@ -264,6 +269,7 @@ pub async fn delivery_worker(worker: Deliverer, mut shutdown: watch::Receiver<bo
     let mut running: JoinSet<()> = JoinSet::new();
     let mut next_poll = Instant::now();
     let mut next_stats = Instant::now();
+    let mut last_claim = Instant::now();
     let mut failing = false;
     let mut pause = RETRY;
     loop {
@@ -292,10 +298,13 @@ pub async fn delivery_worker(worker: Deliverer, mut shutdown: watch::Receiver<bo
                     // The retries due by `now_ms` were claimed (or are
                     // another instance's now); sleep until the next one.
                     let next_retry = worker.retries.settle(now_ms);
+                    last_claim = now;
                     next_poll = if full {
                         Instant::now()
                     } else {
-                        (Instant::now() + POLL).min(worker.instant_of(next_retry))
+                        (Instant::now() + POLL)
+                            .min(worker.instant_of(next_retry))
+                            .max(last_claim + RETRY_GATHER)
                     };
                 }
                 Err(e) => {
@@ -329,7 +338,8 @@ pub async fn delivery_worker(worker: Deliverer, mut shutdown: watch::Receiver<bo
                 next_stats = next_stats.min(Instant::now() + STATS_EVERY);
             }
             () = worker.retries.earlier() => {
-                next_poll = next_poll.min(worker.instant_of(worker.retries.next()));
+                next_poll = next_poll
+                    .min(worker.instant_of(worker.retries.next()).max(last_claim + RETRY_GATHER));
             }
             changed = shutdown.changed() => {
                 if changed.is_err() {

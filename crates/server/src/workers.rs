@@ -479,6 +479,11 @@ pub(crate) async fn pause_or_nudge(
 pub const PRESENCE_IDLE_POLL: Duration = Duration::from_secs(1);
 /// While the registry fails, the worker tries again this often.
 const PRESENCE_RETRY: Duration = Duration::from_millis(100);
+/// The presence worker claims at most this often (unless a claim filled
+/// its batch): the work of a burst of disconnects, or of the leaves they
+/// scheduled falling due one after the other, is claimed in batches rather
+/// than one claim per connection. A leave is sent at most this late.
+const PRESENCE_GATHER: Duration = Duration::from_millis(50);
 /// Leaves (and, apart, absences) claimed per poll.
 const PRESENCE_BATCH: usize = 256;
 /// A claimed leave or absence is hidden from other instances this long;
@@ -557,7 +562,9 @@ impl DueSchedule {
 /// Any instance runs it; the claims' leases share the work.
 ///
 /// It does not poll: it sleeps until the earliest instant in `schedule`
-/// (work this instance scheduled), or [`PRESENCE_IDLE_POLL`] for the rest.
+/// (work this instance scheduled), or [`PRESENCE_IDLE_POLL`] for the rest,
+/// and claims at most every `PRESENCE_GATHER` (50 ms) unless a claim
+/// filled its batch.
 pub async fn presence_worker(
     service: Service,
     metrics: WorkerMetrics,
@@ -572,6 +579,7 @@ pub async fn presence_worker(
         // Read before claiming: what is due by now is claimed below (the
         // claims read the clock again, later).
         let now_ms = service.now_ms();
+        let claimed_at = Instant::now();
         let mut full = false;
         let mut errors = Vec::new();
         match service
@@ -620,25 +628,35 @@ pub async fn presence_worker(
             None => failing = false,
         }
         let next = schedule.settle(now_ms);
+        if full && !failing {
+            continue;
+        }
         let pause = if failing {
             PRESENCE_RETRY
-        } else if full {
-            Duration::ZERO
         } else {
             next.map_or(PRESENCE_IDLE_POLL, |at| {
                 let ms = u64::try_from(at.saturating_sub(service.now_ms())).unwrap_or(0);
                 Duration::from_millis(ms).min(PRESENCE_IDLE_POLL)
             })
         };
-        if pause.is_zero() {
-            continue;
-        }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = schedule.earlier() => {}
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     return;
+                }
+            }
+        }
+        // Not more often than every `PRESENCE_GATHER`.
+        let since = claimed_at.elapsed();
+        if since < PRESENCE_GATHER {
+            tokio::select! {
+                () = tokio::time::sleep(PRESENCE_GATHER - since) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                 }
             }
         }
