@@ -72,7 +72,7 @@ pub mod webhook;
 pub use backend::{AddTime, Delivery, NewWebhook, Presence, PresenceUser, Webhook};
 pub use error::{ApiError, Error, ErrorCode, FieldError};
 pub use offset::OffsetEstimate;
-pub use rest::{Client, ClientBuilder};
+pub use rest::{Client, ClientBuilder, POOL_IDLE_TIMEOUT};
 pub use subscription::{Backoff, ConnectionState, SubscribeOptions, Subscription, Update};
 pub use types::{
     ActionOnTimeout, Event, EventsQuery, GroupConfig, GroupView, ParticipantConfig,

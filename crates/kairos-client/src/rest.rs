@@ -17,9 +17,11 @@ use crate::subscription::{SubscribeOptions, Subscription};
 use crate::types::ParticipantConfig;
 use crate::types::{Event, EventsQuery, ServerTime, SessionConfig, SessionView};
 
-/// How long the server keeps an idle HTTP connection open (actix's
-/// keep-alive): the client's pool drops idle connections a second sooner.
-const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// How long the client's pool keeps an idle HTTP connection: a second less
+/// than the server's 5 s keep-alive, so that a command is never sent on a
+/// connection the server is closing just then (it would fail, and a POST
+/// is not retried). For any other `reqwest` client of a SyncKairos server.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// A SyncKairos server: its base URL, an optional bearer token, and a
 /// connection pool. Cheap to clone (the pool is shared).
@@ -54,8 +56,7 @@ impl ClientBuilder {
 
     /// Uses this `reqwest` client (its own timeouts and pool) instead of a
     /// new one. Give it a pool idle timeout under the server's 5 s
-    /// keep-alive (the default client's is 4 s): a command sent on a
-    /// connection the server is closing just then fails and is not retried.
+    /// keep-alive ([`POOL_IDLE_TIMEOUT`], the default client's).
     pub fn http_client(mut self, http: reqwest::Client) -> Self {
         self.http = Some(http);
         self
@@ -77,13 +78,9 @@ impl ClientBuilder {
         }
         let http = match self.http {
             Some(http) => http,
-            // Idle connections are dropped before the server's 5 s
-            // keep-alive closes them: a command sent on a connection the
-            // server is closing at that moment would fail, and a POST is
-            // not retried.
             None => reqwest::Client::builder()
                 .timeout(self.timeout)
-                .pool_idle_timeout(SERVER_KEEP_ALIVE - Duration::from_secs(1))
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                 .build()?,
         };
         Ok(Client {

@@ -236,18 +236,15 @@ pub(crate) fn ensure_descriptors(sockets: usize) -> Result<()> {
 // ---------------------------------------------------------------------------
 // HTTP.
 
-/// The HTTP client of every scenario: keep-alive, no delay, bounded calls.
-///
-/// Idle connections are dropped before the server's 5 s keep-alive closes
-/// them: a request sent on a connection the server is closing at that
-/// moment fails ("connection closed before message completed"), and a
-/// `POST` is not retried.
+/// The HTTP client of every scenario: keep-alive, no delay, bounded calls,
+/// idle connections dropped before the server's keep-alive closes them
+/// (`kairos_client::POOL_IDLE_TIMEOUT`).
 pub(crate) fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
         .tcp_nodelay(true)
         .pool_max_idle_per_host(4096)
-        .pool_idle_timeout(Duration::from_secs(4))
+        .pool_idle_timeout(kairos_client::POOL_IDLE_TIMEOUT)
         .build()
         .context("could not build the HTTP client")
 }

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::workers::WorkerMetrics;
+use crate::workers::{WorkerMetrics, wait_until_ms};
 
 /// Timeouts applied concurrently by the local timers.
 const FIRE_CONCURRENCY: usize = 64;
@@ -141,10 +141,10 @@ pub async fn timer_worker(
         // When to look again: at the next deadline, converted from the
         // service's clock to the local monotonic one (whole ms, rounded up
         // by the runtime's timer: never early).
-        let wake_at = timers.queue().next_at().map(|at| {
-            let ms = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
-            Instant::now() + Duration::from_millis(ms)
-        });
+        let wake_at = timers
+            .queue()
+            .next_at()
+            .map(|at| Instant::now() + wait_until_ms(at, now));
         tokio::select! {
             Some(joined) = running.join_next(), if !running.is_empty() => {
                 if let Err(e) = joined
@@ -198,19 +198,9 @@ async fn fire(service: Service, metrics: WorkerMetrics, id: SessionId, at: i64) 
 mod tests {
     use adapter_memory::{MemoryBus, MemoryStore, SystemClock};
     use kairos_domain::{Actor, Command, SessionConfig, Status};
-    use prometheus::{IntCounter, Registry};
 
     use super::*;
-
-    fn metrics() -> WorkerMetrics {
-        let registry = Registry::new();
-        let store_errors = IntCounter::new("kairos_store_errors_total", "Primary store errors")
-            .expect("a valid metric");
-        registry
-            .register(Box::new(store_errors.clone()))
-            .expect("registered once");
-        WorkerMetrics::register(&registry, store_errors).expect("registered once")
-    }
+    use crate::workers::tests::test_metrics as metrics;
 
     fn timers() -> LocalTimers {
         LocalTimers::new(

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use webhook_http::{Message, SEND_TIMEOUT, Sender};
 
-use crate::workers::{DueSchedule, WorkerMetrics};
+use crate::workers::{DueSchedule, WorkerMetrics, wait_until_ms};
 
 /// Events moved per batch from the hooks outbox into the queue.
 const FAN_OUT_BATCH: usize = 500;
@@ -389,8 +389,7 @@ impl Deliverer {
     fn instant_of(&self, at_ms: Option<i64>) -> Instant {
         let now = Instant::now();
         at_ms.map_or(now + POLL, |at| {
-            let ms = u64::try_from(at.saturating_sub(self.service.now_ms())).unwrap_or(0);
-            now + Duration::from_millis(ms)
+            now + wait_until_ms(at, self.service.now_ms())
         })
     }
 

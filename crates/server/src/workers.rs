@@ -10,9 +10,10 @@
 //! the transport's `/metrics` renders, and their audit status is a
 //! [`kairos_domain::AuditHealth`] the transport reads through a closure.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use kairos_domain::{
@@ -324,8 +325,8 @@ pub fn outbox_sweep(reclaim_after_ms: i64) -> Duration {
     let half = u64::try_from(reclaim_after_ms / 2).unwrap_or(0);
     Duration::from_millis(half).clamp(Duration::from_millis(100), OUTBOX_SWEEP_MAX)
 }
-/// The backlog gauges (a call per outbox partition) are measured at most
-/// this often while the worker is busy.
+/// The backlog gauges are measured at most this often while the worker is
+/// busy.
 const AUDIT_BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// What the audit worker drains, into what, and as whom.
@@ -497,7 +498,7 @@ const PRESENCE_CLAIM_LEASE_MS: i64 = 5_000;
 /// webhook delivery worker's (the retries its attempts scheduled).
 #[derive(Debug, Default)]
 pub struct DueSchedule {
-    due: std::sync::Mutex<std::collections::BinaryHeap<std::cmp::Reverse<i64>>>,
+    due: Mutex<BinaryHeap<Reverse<i64>>>,
     wake: Notify,
 }
 
@@ -505,10 +506,8 @@ impl DueSchedule {
     /// Work falls due at `at_ms`: the worker looks then (at once if due).
     pub fn add(&self, at_ms: i64) {
         let mut due = self.due();
-        let earlier = due
-            .peek()
-            .is_none_or(|std::cmp::Reverse(first)| at_ms < *first);
-        due.push(std::cmp::Reverse(at_ms));
+        let earlier = due.peek().is_none_or(|Reverse(first)| at_ms < *first);
+        due.push(Reverse(at_ms));
         drop(due);
         if earlier {
             self.wake.notify_one();
@@ -523,7 +522,7 @@ impl DueSchedule {
 
     /// The earliest instant.
     pub(crate) fn next(&self) -> Option<i64> {
-        self.due().peek().map(|std::cmp::Reverse(first)| *first)
+        self.due().peek().map(|Reverse(first)| *first)
     }
 
     /// Waits for an instant earlier than every other to be added.
@@ -535,23 +534,23 @@ impl DueSchedule {
     /// `now_ms` covered them) and returns the earliest left.
     pub(crate) fn settle(&self, now_ms: i64) -> Option<i64> {
         let mut due = self.due();
-        while due
-            .peek()
-            .is_some_and(|std::cmp::Reverse(first)| *first <= now_ms)
-        {
+        while due.peek().is_some_and(|Reverse(first)| *first <= now_ms) {
             due.pop();
         }
-        due.peek().map(|std::cmp::Reverse(first)| *first)
+        due.peek().map(|Reverse(first)| *first)
     }
 
-    fn due(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::BinaryHeap<std::cmp::Reverse<i64>>> {
+    fn due(&self) -> MutexGuard<'_, BinaryHeap<Reverse<i64>>> {
         // Every operation leaves the heap valid before it could panic.
-        self.due
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.due.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// How long from `now_ms` until `at_ms`, both on the service's clock, as a
+/// wait on the local monotonic clock (whole ms, which the runtime's timer
+/// rounds up: never early; zero when `at_ms` has passed).
+pub(crate) fn wait_until_ms(at_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0))
 }
 
 /// Until `shutdown` turns true: sweeps the presence entries of dead
@@ -635,8 +634,7 @@ pub async fn presence_worker(
             PRESENCE_RETRY
         } else {
             next.map_or(PRESENCE_IDLE_POLL, |at| {
-                let ms = u64::try_from(at.saturating_sub(service.now_ms())).unwrap_or(0);
-                Duration::from_millis(ms).min(PRESENCE_IDLE_POLL)
+                wait_until_ms(at, service.now_ms()).min(PRESENCE_IDLE_POLL)
             })
         };
         tokio::select! {
@@ -689,7 +687,7 @@ pub async fn bus_stats_worker(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use adapter_memory::{MemoryBus, MemoryStore, SystemClock};
     use kairos_domain::{Actor, Command, SessionConfig, SessionId, Status};
 
@@ -775,6 +773,18 @@ mod tests {
             // created 1, started 2, expired 3: applied once.
             assert_eq!(view.version, 3, "{id}");
         }
+    }
+
+    /// The workers' metrics in a registry of their own (with the store
+    /// errors counter the transport would register).
+    pub(crate) fn test_metrics() -> WorkerMetrics {
+        let registry = Registry::new();
+        let store_errors = IntCounter::new("kairos_store_errors_total", "Primary store errors")
+            .expect("a valid metric");
+        registry
+            .register(Box::new(store_errors.clone()))
+            .expect("registered once");
+        WorkerMetrics::register(&registry, store_errors).expect("registered once")
     }
 
     /// The service's clock following tokio's (paused) time.
@@ -883,11 +893,7 @@ mod tests {
         )
         .with_presence(registry.clone(), DELAY_MS)
         .with_presence_due_observer(schedule.observer());
-        let registry_metrics = Registry::new();
-        let store_errors = IntCounter::new("kairos_store_errors_total", "Primary store errors")
-            .expect("a valid metric");
-        let metrics =
-            WorkerMetrics::register(&registry_metrics, store_errors).expect("registered once");
+        let metrics = test_metrics();
         let (stop, stopped) = watch::channel(false);
         let worker = tokio::spawn(presence_worker(
             service.clone(),

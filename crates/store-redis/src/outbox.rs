@@ -393,36 +393,35 @@ impl Outbox for RedisOutbox {
             }
         }
         // One call per group of partitions on one node, at most
-        // `ACK_CHUNK` ids each.
+        // `ACK_CHUNK` ids each: its keys, and for each the count of its ids
+        // then the ids (after the group name, added below).
         let mut calls: Vec<(Vec<usize>, Vec<Vec<u8>>)> = Vec::new();
         for group in self.call_groups(by_partition.keys().copied().collect()) {
-            let mut keys = Vec::new();
-            let mut args = vec![self.feed.group().as_bytes().to_vec()];
+            let (mut keys, mut ids, mut counted) = (Vec::new(), Vec::new(), 0);
             for p in group {
                 for chunk in by_partition[&p].chunks(ACK_CHUNK) {
-                    if args.len() + chunk.len() > ACK_CHUNK && !keys.is_empty() {
-                        calls.push((
-                            std::mem::take(&mut keys),
-                            std::mem::replace(
-                                &mut args,
-                                vec![self.feed.group().as_bytes().to_vec()],
-                            ),
-                        ));
+                    if counted + chunk.len() > ACK_CHUNK && !keys.is_empty() {
+                        calls.push((std::mem::take(&mut keys), std::mem::take(&mut ids)));
+                        counted = 0;
                     }
                     keys.push(p);
-                    args.push(chunk.len().to_string().into_bytes());
-                    args.extend(chunk.iter().cloned());
+                    ids.push(chunk.len().to_string().into_bytes());
+                    ids.extend(chunk.iter().cloned());
+                    counted += chunk.len();
                 }
             }
             if !keys.is_empty() {
-                calls.push((keys, args));
+                calls.push((keys, ids));
             }
         }
-        try_join_all(calls.iter().map(|(partitions, args)| {
+        try_join_all(calls.into_iter().map(|(partitions, ids)| {
             let keys: Vec<&str> = partitions.iter().map(|&p| self.stream(p)).collect();
+            let mut args = Vec::with_capacity(ids.len() + 1);
+            args.push(self.feed.group().as_bytes().to_vec());
+            args.extend(ids);
             async move {
                 self.conn
-                    .eval::<i64>("outbox ack", &self.scripts.ack, &keys, args)
+                    .eval::<i64>("outbox ack", &self.scripts.ack, &keys, &args)
                     .await
             }
         }))

@@ -266,7 +266,7 @@ impl RedisStore {
         args.push(state.id.to_string().into_bytes());
         args.extend(extra);
         // The webhook feed's gate flag (see `CREATE`).
-        args.push(if self.hooks_gate.is_some() && self.webhook_feed {
+        args.push(if self.hooks_gate.is_some() {
             b"1".to_vec()
         } else {
             Vec::new()

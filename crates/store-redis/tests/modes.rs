@@ -12,22 +12,27 @@ use kairos_domain::webhook::{Delivery, DeliveryRecord, Endpoint, WebhookId, new_
 use kairos_domain::{Clock, Commit, Outbox, SessionStore, StoreError, WebhookStore};
 use store_redis::{PARTITIONS, RedisClock, RedisConfig, RedisMode, RedisStore};
 
+/// A new enabled endpoint wanting every event, at `url`.
+fn endpoint(url: &str) -> Endpoint {
+    Endpoint {
+        webhook_id: WebhookId::from_uuid(uuid::Uuid::new_v4()),
+        url: url.into(),
+        event_types: None,
+        description: None,
+        secret: new_secret([1; 32]),
+        created_at_ms: 1_000,
+        disabled: false,
+        disabled_reason: None,
+    }
+}
+
 /// Create, commit, CAS conflict, claim, outbox and webhook feed round trips,
 /// the webhook store's scripts, a walk over every session and the clock on
 /// `store` (built with the webhook feed on).
 async fn exercise(store: &RedisStore) {
     // An endpoint exists while the sessions below commit: with one server
     // the feed is written only then (Cluster writes it regardless).
-    let listener = Endpoint {
-        webhook_id: WebhookId::from_uuid(uuid::Uuid::new_v4()),
-        url: "https://receiver.example/feed".into(),
-        event_types: None,
-        description: None,
-        secret: new_secret([2; 32]),
-        created_at_ms: 1_000,
-        disabled: false,
-        disabled_reason: None,
-    };
+    let listener = endpoint("https://receiver.example/feed");
     store
         .webhook_store()
         .create_endpoint(&listener)
@@ -110,16 +115,7 @@ async fn exercise(store: &RedisStore) {
 /// Every webhook store operation once (their keys share the `{wh}` slot).
 async fn exercise_webhooks(store: &RedisStore) {
     let w = store.webhook_store();
-    let e = Endpoint {
-        webhook_id: WebhookId::from_uuid(uuid::Uuid::new_v4()),
-        url: "https://receiver.example/hook".into(),
-        event_types: None,
-        description: None,
-        secret: new_secret([1; 32]),
-        created_at_ms: 1_000,
-        disabled: false,
-        disabled_reason: None,
-    };
+    let e = endpoint("https://receiver.example/hook");
     w.create_endpoint(&e).await.expect("creates");
     assert_eq!(w.list_endpoints().await, Ok(vec![e.clone()]));
     let d = Delivery {
