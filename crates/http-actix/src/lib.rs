@@ -102,7 +102,7 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
 /// HTTP/1 dispatcher once its 101 is written. The settings are
 /// `HttpServer`'s defaults (keep-alive and request timeout 5 s, disconnect
 /// timeout 1 s, the graceful-shutdown signal that ends idle keep-alive
-/// connections on stop).
+/// connections on stop), plus `TCP_NODELAY` on every accepted connection.
 pub fn serve(
     listener: TcpListener,
     state: actix_web::web::Data<AppState>,
@@ -146,6 +146,12 @@ pub fn serve(
                 .keep_alive(actix_http::KeepAlive::Timeout(Duration::from_secs(5)))
                 .client_request_timeout(Duration::from_secs(5))
                 .client_disconnect_timeout(Duration::from_secs(1))
+                // Frames and responses are small and written as they are
+                // ready: with Nagle's algorithm a frame written while the
+                // previous one is unacknowledged waits for the client's
+                // delayed ACK (40 ms on Linux), such as a timeout's `EVENT`
+                // right after its `STATE_UPDATE`.
+                .tcp_nodelay(true)
                 .local_addr(addr)
                 .upgrade(upgrade)
                 .finish(map_config(app(state.clone()), |()| AppConfig::default()))

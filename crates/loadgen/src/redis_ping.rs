@@ -42,7 +42,12 @@ pub(crate) async fn run(args: Args) -> Result<String> {
     } else {
         Duration::ZERO
     };
-    let client = redis::Client::open(url.as_str()).context("bad Redis URL")?;
+    // The server's own TCP settings (`TCP_NODELAY`), so the floor is the
+    // one its store and bus stand on.
+    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .context("bad Redis URL")?
+        .set_tcp_settings(redis_conn::tcp_settings());
+    let client = redis::Client::open(info).context("bad Redis URL")?;
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
         conns.push(

@@ -7,6 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::cluster::ClusterClientBuilder;
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Client, IntoConnectionInfo, RedisResult};
 
@@ -110,9 +111,14 @@ impl RedisTarget {
     /// A client for the one server at [`Self::url`] (standalone), with the
     /// target's TLS roots. Does not connect.
     pub fn client(&self) -> RedisResult<Client> {
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()?
+            .set_tcp_settings(tcp_settings());
         match self.tls_roots() {
-            None => Client::open(self.url.as_str()),
-            Some(roots) => Client::build_with_tls(self.url.as_str(), roots),
+            None => Client::open(info),
+            Some(roots) => Client::build_with_tls(info, roots),
         }
     }
 
@@ -126,7 +132,8 @@ impl RedisTarget {
     ) -> RedisResult<SentinelClient> {
         let info = self.url.as_str().into_connection_info()?;
         let node = SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(info.redis_settings().clone());
+            .set_redis_connection_info(info.redis_settings().clone())
+            .set_tcp_settings(tcp_settings());
         SentinelClient::build(
             sentinels.iter().map(String::as_str).collect(),
             master_name,
@@ -141,7 +148,8 @@ impl RedisTarget {
     pub fn cluster_builder(&self, timeout: Duration) -> ClusterClientBuilder {
         let mut builder = ClusterClientBuilder::new(self.seeds().iter().map(String::as_str))
             .connection_timeout(timeout)
-            .response_timeout(timeout);
+            .response_timeout(timeout)
+            .tcp_settings(tcp_settings());
         if let Some(roots) = self.tls_roots() {
             builder = builder.certs(roots);
         }
@@ -159,6 +167,16 @@ impl RedisTarget {
     }
 }
 
+/// The TCP settings of every connection to a Redis server: `TCP_NODELAY`
+/// on (redis-rs leaves it off). Commands are small and multiplexed: with
+/// Nagle's algorithm, a command written while an earlier one is still
+/// unacknowledged waits for that acknowledgement, so a busy connection
+/// adds up to a round trip to its commands, and a lone write after a quiet
+/// spell can wait for the server's delayed ACK (40 ms on Linux).
+pub fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 /// The contents of a PEM file of CA certificates (`REDIS_TLS_CA_FILE`),
 /// refused when unreadable or without a certificate: a wrong path should
 /// stop the start, not every connect.
@@ -173,6 +191,23 @@ pub fn read_ca_file(path: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_turn_nagle_off_and_keep_the_url_s_login() {
+        let client = RedisTarget::new("redis://alice:hunter2@127.0.0.1:6380/3")
+            .client()
+            .expect("a client");
+        let info = client.get_connection_info();
+        assert!(info.tcp_settings().nodelay());
+        assert_eq!(info.redis_settings().username(), Some("alice"));
+        assert_eq!(info.redis_settings().password(), Some("hunter2"));
+        assert_eq!(info.redis_settings().db(), 3);
+        assert_eq!(
+            info.addr(),
+            &redis::ConnectionAddr::Tcp("127.0.0.1".into(), 6380)
+        );
+        assert!(!TcpSettings::default().nodelay(), "redis-rs leaves it off");
+    }
 
     #[test]
     fn seeds_fall_back_to_the_url_and_debug_hides_passwords() {

@@ -367,9 +367,7 @@ impl Connection {
         match frame {
             Frame::Update { version, texts } => {
                 if self.gate.admit(version) {
-                    for text in texts.iter() {
-                        self.send_shared(text).await?;
-                    }
+                    self.send_together(&texts).await?;
                 }
                 Ok(())
             }
@@ -461,6 +459,35 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends the text frames of one update (its `STATE_UPDATE` and its
+    /// `EVENT`s) in one vectored write, so they leave in one segment where
+    /// they fit instead of one system call each.
+    async fn send_together(&mut self, texts: &[Box<str>]) -> Result<(), Exit> {
+        if let [one] = texts {
+            return self.send_shared(one).await;
+        }
+        let mut heads = vec![[0_u8; 10]; texts.len()];
+        let lens: Vec<usize> = heads
+            .iter_mut()
+            .zip(texts)
+            .map(|(head, text)| frame_header(head, OPCODE_TEXT, text.len()))
+            .collect();
+        let mut bufs: Vec<IoSlice<'_>> = heads
+            .iter()
+            .zip(&lens)
+            .zip(texts)
+            .flat_map(|((head, &len), text)| {
+                [IoSlice::new(&head[..len]), IoSlice::new(text.as_bytes())]
+            })
+            .collect();
+        self.write_vectored_all(&mut bufs).await?;
+        self.state()
+            .metrics
+            .ws_messages_sent
+            .inc_by(u64::try_from(texts.len()).unwrap_or(u64::MAX));
+        Ok(())
+    }
+
     /// Sends what tungstenite has queued (the pong to a client's ping).
     async fn flush(&mut self) -> Result<(), Exit> {
         let timeout = self.state().settings.ws_connection_timeout;
@@ -478,15 +505,22 @@ impl Connection {
     /// timeout is treated as gone, so a stalled reader cannot pin its task
     /// forever.
     async fn write_frame(&mut self, opcode: u8, payload: &[u8]) -> Result<(), Exit> {
+        let mut head = [0_u8; 10];
+        let len = frame_header(&mut head, opcode, payload.len());
+        let mut bufs = [IoSlice::new(&head[..len]), IoSlice::new(payload)];
+        self.write_vectored_all(&mut bufs).await
+    }
+
+    /// Writes whole frames (headers and payloads, in order) to the TCP
+    /// stream, after whatever tungstenite queued, within the connection
+    /// timeout (see [`Self::write_frame`]).
+    async fn write_vectored_all(&mut self, bufs: &mut [IoSlice<'_>]) -> Result<(), Exit> {
         let timeout = self.state().settings.ws_connection_timeout;
         let socket = &mut self.socket;
         let write = async move {
             socket.flush().await.map_err(|_| Exit::Dead)?;
-            let mut head = [0_u8; 10];
-            let len = frame_header(&mut head, opcode, payload.len());
             let io = socket.tcp();
-            let mut bufs = [IoSlice::new(&head[..len]), IoSlice::new(payload)];
-            let mut bufs = &mut bufs[..];
+            let mut bufs = bufs;
             while !bufs.is_empty() {
                 match io.write_vectored(bufs).await {
                     Ok(0) | Err(_) => return Err(Exit::Dead),
