@@ -509,7 +509,10 @@ impl Task {
     async fn connect(&mut self) -> Result<Option<Socket>, String> {
         let handshake = tokio::time::timeout(
             self.options.connect_timeout,
-            tokio_tungstenite::connect_async(self.request.clone()),
+            // `TCP_NODELAY`: a command written while an earlier frame (a
+            // pong, another command) is unacknowledged would otherwise wait
+            // for the server's delayed ACK, up to 40 ms on a clock press.
+            tokio_tungstenite::connect_async_with_config(self.request.clone(), None, true),
         );
         tokio::pin!(handshake);
         loop {
