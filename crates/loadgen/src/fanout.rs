@@ -139,13 +139,14 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         .collect::<Result<_, _>>()?;
     let in_flight = Arc::new(Semaphore::new(4096));
     let start = Instant::now();
+    let sleep = crate::common::PreciseSleep::new()?;
     let mut i: u64 = 0;
     loop {
         let due = start + Duration::from_secs_f64(i as f64 / args.rate);
         if due >= start + duration {
             break;
         }
-        tokio::time::sleep_until(due.into()).await;
+        sleep.until(due).await?;
         let permit = in_flight.clone().acquire_owned().await?;
         let idx = usize::try_from(i).unwrap_or(usize::MAX);
         let k = idx % sessions;
