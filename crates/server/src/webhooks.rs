@@ -24,6 +24,22 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use webhook_http::{Message, SEND_TIMEOUT, Sender};
 
+/// Signs and sends one attempt: [`webhook_http::Sender`] in the server; the
+/// delivery worker's tests use one that does no I/O, so that they can run on
+/// tokio's paused clock.
+#[async_trait::async_trait]
+pub trait SendAttempt: Send + Sync {
+    /// One attempt of `message`, classified.
+    async fn send(&self, message: Message<'_>) -> AttemptOutcome;
+}
+
+#[async_trait::async_trait]
+impl SendAttempt for Sender {
+    async fn send(&self, message: Message<'_>) -> AttemptOutcome {
+        Sender::send(self, message).await
+    }
+}
+
 use crate::workers::{DueSchedule, WorkerMetrics, wait_until_ms};
 
 /// Events moved per batch from the hooks outbox into the queue.
@@ -244,7 +260,7 @@ pub struct Deliverer {
     /// Endpoints, the queue and the delivery log.
     pub store: Arc<dyn WebhookStore>,
     /// Signs and sends.
-    pub sender: Sender,
+    pub sender: Arc<dyn SendAttempt>,
     /// For the clock.
     pub service: Service,
     /// `WEBHOOK_RETRY_SCHEDULE_MS`.
@@ -608,7 +624,7 @@ pub fn spawn_workers(
         delivery_worker(
             Deliverer {
                 store: w.store,
-                sender: w.sender,
+                sender: Arc::new(w.sender),
                 service: w.service,
                 schedule: w.settings.retry_schedule,
                 concurrency: w.settings.concurrency,
@@ -645,6 +661,102 @@ mod tests {
     use kairos_domain::{EventType, SessionId};
 
     use super::*;
+
+    /// Fails its first attempt with a `Retry-After` and accepts the
+    /// others; records when, on tokio's clock, each attempt was made.
+    #[derive(Default)]
+    struct Scripted {
+        retry_after_ms: i64,
+        attempts: std::sync::Mutex<Vec<Instant>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SendAttempt for Scripted {
+        async fn send(&self, _message: Message<'_>) -> AttemptOutcome {
+            let mut attempts = self.attempts.lock().unwrap();
+            attempts.push(Instant::now());
+            if attempts.len() == 1 {
+                AttemptOutcome::Failed {
+                    status: Some(503),
+                    error: "503 Service Unavailable".to_owned(),
+                    retry_after_ms: Some(self.retry_after_ms),
+                }
+            } else {
+                AttemptOutcome::Delivered { status: 200 }
+            }
+        }
+    }
+
+    /// A retry is attempted when it falls due, not at the worker's next
+    /// poll: the attempt that failed scheduled it on the worker's own
+    /// `DueSchedule`. The `Retry-After` of 7 s (the floor of the delay,
+    /// above the 1 s step and its jitter) is off the 2 s poll grid, where
+    /// it would be sent at 8 s. Tokio's time is paused (it jumps to the
+    /// next timer), so the instants are exact, not measured.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_is_sent_when_it_falls_due_not_at_the_next_poll() {
+        use adapter_memory::{MemoryBus, MemoryStore, MemoryWebhookStore};
+
+        const RETRY_AFTER_MS: i64 = 7_000;
+        let store = Arc::new(MemoryWebhookStore::new());
+        let service = Service::new(
+            Arc::new(MemoryStore::new(Duration::from_secs(60))),
+            Arc::new(MemoryBus::new()),
+            Arc::new(crate::workers::tests::TokioClock(Instant::now())),
+        );
+        let hook = endpoint(None, false);
+        store.create_endpoint(&hook).await.unwrap();
+        let now_ms = service.now_ms();
+        let event_id = uuid::Uuid::new_v4();
+        store
+            .enqueue(&[Delivery {
+                webhook_id: hook.webhook_id,
+                event_id,
+                body: "{}".to_owned(),
+                attempt: 1,
+                due_at_ms: now_ms,
+                first_enqueued_at_ms: now_ms,
+            }])
+            .await
+            .unwrap();
+        let sender = Arc::new(Scripted {
+            retry_after_ms: RETRY_AFTER_MS,
+            ..Scripted::default()
+        });
+        let metrics = crate::workers::tests::test_metrics();
+        let (stop, stopped) = watch::channel(false);
+        let worker = tokio::spawn(delivery_worker(
+            Deliverer {
+                store: store.clone(),
+                sender: sender.clone(),
+                service,
+                schedule: RetrySchedule::new(vec![1_000]).unwrap(),
+                concurrency: 4,
+                metrics: metrics.clone(),
+                queued: Arc::new(Notify::new()),
+                retries: Arc::new(DueSchedule::default()),
+            },
+            stopped,
+        ));
+
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let attempts = sender.attempts.lock().unwrap().clone();
+        assert_eq!(attempts.len(), 2, "one failure, one retry, then done");
+        let waited = attempts[1] - attempts[0];
+        assert!(
+            waited >= Duration::from_millis(7_000),
+            "not before it is due: {waited:?}"
+        );
+        assert!(
+            waited <= Duration::from_millis(7_002),
+            "sent when due, not at the next poll: {waited:?}"
+        );
+        let log = store.deliveries(hook.webhook_id, 10).await.unwrap();
+        assert_eq!(log.len(), 2, "{log:?}");
+
+        stop.send(true).unwrap();
+        worker.await.unwrap();
+    }
 
     fn endpoint(types: Option<Vec<EventType>>, disabled: bool) -> Endpoint {
         Endpoint {

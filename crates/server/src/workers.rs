@@ -788,7 +788,7 @@ pub(crate) mod tests {
     }
 
     /// The service's clock following tokio's (paused) time.
-    struct TokioClock(Instant);
+    pub(crate) struct TokioClock(pub(crate) Instant);
 
     impl kairos_domain::Clock for TokioClock {
         fn now_ms(&self) -> i64 {
