@@ -10,7 +10,7 @@
 //! | `kairos:{pNN}:s:<uuid>` | hash | `v` = version (decimal), `s` = encoded state; PEXPIRE = session TTL |
 //! | `kairos:{pNN}:deadlines` | sorted set | member = session uuid, score = deadline (ms), or a claim's lease end |
 //! | `kairos:{pNN}:outbox` | stream | one entry per event, field `e` = the event's JSON; consumer group `audit` |
-//! | `kairos:{pNN}:rl:<uuid>` | string | the session's switch-limit GCRA TAT (ms), counted by the commit script; PEXPIRE = until the TAT |
+//! | `kairos:{pNN}:rlu:<uuid>` | string | the session's switch-limit GCRA TAT (µs), counted by the commit script; PEXPIRE = until the TAT |
 //! | `kairos:{pNN}:hooks` | stream | the same entries for the webhook fan-out (only with the webhook feed on), plus presence events; consumer group `webhooks` |
 //!
 //! Webhooks (contract section 9) are deployment-wide, not per session: their
@@ -101,7 +101,7 @@ pub(crate) struct PartitionKeys {
     pub(crate) outbox: String,
     /// `<prefix>{pNN}:hooks`.
     pub(crate) hooks: String,
-    /// `<prefix>{pNN}:rl:`: a session's rate-limit key is this plus its uuid.
+    /// `<prefix>{pNN}:rlu:`: a session's rate-limit key is this plus its uuid.
     pub(crate) rate_prefix: String,
 }
 
@@ -152,7 +152,7 @@ impl Keys {
                     deadlines: format!("{tag}:deadlines"),
                     outbox: format!("{tag}:outbox"),
                     hooks: format!("{tag}:hooks"),
-                    rate_prefix: format!("{tag}:rl:"),
+                    rate_prefix: format!("{tag}:{RATE_KIND}:"),
                 }
             })
             .collect();
@@ -174,6 +174,12 @@ impl Keys {
         format!("{}{}", self.partition(partition_of(id)).rate_prefix, id)
     }
 }
+
+/// The kind segment of every rate-limit key: `rlu`, TATs in µs. Builds
+/// that kept ms TATs used `rl`; the new name keeps the two apart during a
+/// rolling upgrade (an old instance would read a µs TAT as a time 1,000
+/// times later and refuse every request of that key until it expired).
+pub(crate) const RATE_KIND: &str = "rlu";
 
 /// `<prefix><kind>:{<key>}`: a key whose whole client-chosen part is the
 /// hash tag, so each call on it touches one slot. Braces inside `key` are
@@ -319,7 +325,7 @@ mod tests {
         );
         assert_eq!(keys.partition(p).outbox, format!("kairos:{tag}:outbox"));
         assert_eq!(keys.partition(p).hooks, format!("kairos:{tag}:hooks"));
-        assert_eq!(keys.rate(&s), format!("kairos:{tag}:rl:{s}"));
+        assert_eq!(keys.rate(&s), format!("kairos:{tag}:rlu:{s}"));
     }
 
     #[test]

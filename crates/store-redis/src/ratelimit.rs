@@ -4,14 +4,14 @@
 use async_trait::async_trait;
 use kairos_domain::RateLimiter;
 use kairos_domain::StoreError;
-use kairos_domain::ratelimit::{Limit, RateDecision, gcra};
+use kairos_domain::ratelimit::{Limit, RateDecision, US_PER_MS, gcra};
 use redis::Script;
 
 use crate::conn::RedisConnection;
 
 /// The GCRA step of [`kairos_domain::ratelimit::gcra`], done where the TAT
 /// lives (the Lua function the commit script shares, see `crate::scripts`).
-/// KEYS: the limiter key. ARGV: now, interval, burst. Returns the stored TAT
+/// KEYS: the limiter key. ARGV: now, interval, burst (µs). Returns the stored TAT
 /// before the step (or nil for a new key); the caller recomputes the
 /// decision from it with the same pure function, so the Rust and Lua sides
 /// cannot disagree on what the headers say.
@@ -44,7 +44,7 @@ impl RedisRateLimiter {
 
     /// The Redis key of a limiter key (see [`crate::keys::tagged`]).
     fn key(&self, key: &str) -> String {
-        crate::keys::tagged(&self.prefix, "rl", key)
+        crate::keys::tagged(&self.prefix, crate::keys::RATE_KIND, key)
     }
 }
 
@@ -58,7 +58,6 @@ impl RateLimiter for RedisRateLimiter {
         now_ms: i64,
     ) -> Result<RateDecision, StoreError> {
         let redis_key = self.key(key);
-        let interval = limit.interval();
         let script = self.script.clone();
         let stored: Option<String> = self
             .conn
@@ -68,9 +67,9 @@ impl RateLimiter for RedisRateLimiter {
                 async move {
                     script
                         .key(redis_key)
-                        .arg(now_ms)
-                        .arg(interval)
-                        .arg(limit.period_ms)
+                        .arg(now_ms.saturating_mul(US_PER_MS))
+                        .arg(limit.interval_us())
+                        .arg(limit.burst_us())
                         .invoke_async(&mut conn)
                         .await
                 }
@@ -81,10 +80,10 @@ impl RateLimiter for RedisRateLimiter {
     }
 }
 
-/// A stored TAT as the scripts write it (`%.0f`), or an error naming it.
+/// A stored TAT as the scripts write it (`%.0f`, µs), or an error naming it.
 pub(crate) fn parse_tat(s: &str) -> Result<i64, StoreError> {
-    // Written as a whole number of ms; parsed as a double like Lua did, so
-    // a value from an older build in another notation still reads.
+    // Written as a whole number of µs; parsed as a double like Lua did, so
+    // a value in another notation still reads.
     s.parse::<f64>()
         .map(|t| t as i64)
         .map_err(|_| StoreError::Other(format!("rate limit state {s:?} is not a number")))

@@ -22,8 +22,9 @@ use redis::Script;
 /// the request is allowed, and returns `allowed, stored TAT or false`. The
 /// caller recomputes the decision from that TAT with the same pure function,
 /// so the Rust and Lua sides cannot disagree on what the headers say (a test
-/// runs both on the same inputs). Lua numbers are doubles: epoch
-/// milliseconds stay exact far beyond 2100.
+/// runs both on the same inputs). Times are µs (the TAT's unit, see
+/// [`kairos_domain::ratelimit`]); the key's expiry is whole ms, rounded up.
+/// Lua numbers are doubles: epoch microseconds stay exact until 2255.
 macro_rules! gcra_lua {
     () => {
         r"
@@ -37,7 +38,7 @@ local function gcra(key, now_arg, interval_arg, burst_arg)
   local base = math.max(tat, now)
   local new_tat = base + interval
   if now >= new_tat - burst then
-    redis.call('SET', key, string.format('%.0f', new_tat), 'PX', string.format('%.0f', math.max(1, new_tat - now)))
+    redis.call('SET', key, string.format('%.0f', new_tat), 'PX', string.format('%.0f', math.max(1, math.ceil((new_tat - now) / 1000))))
     return true, stored or false
   end
   return false, stored or false
@@ -103,8 +104,8 @@ return 1
 /// KEYS: state, deadlines, rate (the session's GCRA TAT, same hash tag),
 /// then the streams the events go to and the gate's key (as in
 /// [`CREATE`]). ARGV: expected version, new version, encoded state, ttl ms,
-/// deadline score or `""`, member, rate check's now ms or `""` (no check),
-/// its interval ms, its burst ms, the webhook feed's gate (as in
+/// deadline score or `""`, member, rate check's now in µs or `""` (no
+/// check), its interval µs, its burst µs, the webhook feed's gate (as in
 /// [`CREATE`]), then one encoded event per argument.
 ///
 /// Returns `{outcome, detail}`: `{1, TAT before}` when applied (the TAT

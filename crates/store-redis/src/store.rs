@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use kairos_domain::ratelimit::{RateDecision, gcra};
+use kairos_domain::ratelimit::{RateDecision, US_PER_MS, gcra};
 use kairos_domain::{
     Claimed, Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionPage, SessionStore,
     StoreError, machine,
@@ -443,9 +443,13 @@ impl SessionStore for RedisStore {
         ];
         let rate_args = match commit.rate {
             Some(check) => vec![
-                check.now_ms.to_string().into_bytes(),
-                check.limit.interval().to_string().into_bytes(),
-                check.limit.period_ms.to_string().into_bytes(),
+                check
+                    .now_ms
+                    .saturating_mul(US_PER_MS)
+                    .to_string()
+                    .into_bytes(),
+                check.limit.interval_us().to_string().into_bytes(),
+                check.limit.burst_us().to_string().into_bytes(),
             ],
             None => vec![Vec::new(), Vec::new(), Vec::new()],
         };

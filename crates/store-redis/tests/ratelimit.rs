@@ -80,7 +80,7 @@ async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
         let (session, created) = common::chess(60_000, 1_000);
         store.create(&session, &[created]).await.unwrap();
         let rate_key = format!(
-            "{}{{p{:02}}}:rl:{}",
+            "{}{{p{:02}}}:rlu:{}",
             config.key_prefix,
             store_redis::partition_of(&session.id),
             session.id
@@ -127,5 +127,38 @@ async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
             allowed > 0 && refused > 0,
             "{limit:?}: {allowed} / {refused}"
         );
+    }
+}
+
+/// Above 1,000 a second the spacing is below a millisecond: once the burst
+/// of 4,000 a second is spent, each millisecond admits 4 requests (TATs in
+/// µs), not 1. The spent burst is written directly (the TAT a full burst
+/// leaves), so the test needs no 4,000 calls.
+#[tokio::test]
+async fn limits_above_a_thousand_a_second_hold_their_rate() {
+    use redis::AsyncCommands;
+
+    let (store, config) = common::store().await;
+    let limiter = RedisRateLimiter::new(store.connection(), config.key_prefix.clone());
+    let mut conn = common::raw(&common::redis_url()).await;
+    let limit = Limit::per_second(4_000);
+    let key = format!("time:ip:{}", uuid::Uuid::new_v4());
+    let now = 1_765_000_000_000_i64;
+    let spent = now * 1_000 + limit.burst_us();
+    let _: () = conn
+        .pset_ex(format!("{}rlu:{{{key}}}", config.key_prefix), spent, 60_000)
+        .await
+        .unwrap();
+    let refused = limiter.check(&key, limit, now).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.retry_after_ms, 1, "a quarter ms, rounded up");
+    for ms in 1..=5 {
+        let mut allowed = 0;
+        for _ in 0..6 {
+            if limiter.check(&key, limit, now + ms).await.unwrap().allowed {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 4, "at +{ms} ms");
     }
 }
