@@ -6,46 +6,21 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use actix_web::web;
-use adapter_memory::{MemoryBus, MemoryStore, SystemClock};
 use futures_util::StreamExt;
-use http_actix::{AppState, HttpSettings, Lifecycle};
-use kairos_domain::{Actor, DynSessionService, SessionConfig, SessionId};
-use serde_json::{Value, json};
+use http_actix::Lifecycle;
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
-
-fn state() -> web::Data<AppState> {
-    let bus = Arc::new(MemoryBus::new());
-    let service = DynSessionService::new(
-        Arc::new(MemoryStore::new(Duration::from_secs(60))),
-        bus.clone(),
-        Arc::new(SystemClock::new()),
-    );
-    web::Data::new(AppState::new(service, bus, HttpSettings::default()))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_each_socket_to_send_its_close_frame() {
-    let state = state();
-    let config = SessionConfig::parse(&json!({
-        "sync_mode": "per_participant",
-        "participants": [
-            {"participant_id": "white", "total_time_ms": 60000},
-            {"participant_id": "black", "total_time_ms": 60000}
-        ]
-    }))
-    .unwrap();
-    let id = SessionId::from_uuid(uuid::Uuid::new_v4());
-    state
-        .service
-        .create(&Actor::anonymous_admin(), config, id)
-        .await
-        .unwrap();
+    let state = common::state();
+    let id = common::chess_session(&state).await;
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

@@ -7,28 +7,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web;
-use adapter_memory::{MemoryBus, MemoryStore, SystemClock};
-use http_actix::{AppState, HttpSettings};
-use kairos_domain::{Actor, DynSessionService, SessionConfig, SessionId};
-use serde_json::{Value, json};
+use kairos_domain::SessionId;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn state() -> web::Data<AppState> {
-    let bus = Arc::new(MemoryBus::new());
-    let service = DynSessionService::new(
-        Arc::new(MemoryStore::new(Duration::from_secs(60))),
-        bus.clone(),
-        Arc::new(SystemClock::new()),
-    );
-    web::Data::new(AppState::new(service, bus, HttpSettings::default()))
-}
 
 /// A running server with one two-player session.
 struct Served {
@@ -38,21 +26,8 @@ struct Served {
 }
 
 async fn serve() -> Served {
-    let state = state();
-    let config = SessionConfig::parse(&json!({
-        "sync_mode": "per_participant",
-        "participants": [
-            {"participant_id": "white", "total_time_ms": 60000},
-            {"participant_id": "black", "total_time_ms": 60000}
-        ]
-    }))
-    .unwrap();
-    let id = SessionId::from_uuid(uuid::Uuid::new_v4());
-    state
-        .service
-        .create(&Actor::anonymous_admin(), config, id)
-        .await
-        .unwrap();
+    let state = common::state();
+    let id = common::chess_session(&state).await;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = http_actix::serve(listener, state, Some(1), || {}).unwrap();
