@@ -42,11 +42,11 @@ pub(crate) async fn run(args: Args) -> Result<String> {
     } else {
         Duration::ZERO
     };
-    // The server's own TCP settings (`TCP_NODELAY`), so the floor is the
-    // one its store and bus stand on.
+    // `TCP_NODELAY`, as the server's store and bus connect
+    // (`redis_conn::tcp_settings`), so the floor is the one they stand on.
     let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
         .context("bad Redis URL")?
-        .set_tcp_settings(redis_conn::tcp_settings());
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
     let client = redis::Client::open(info).context("bad Redis URL")?;
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
