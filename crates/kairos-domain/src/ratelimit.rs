@@ -36,12 +36,6 @@ impl Limit {
         }
     }
 
-    /// Time between two requests at the sustained rate (ms, rounded down,
-    /// at least 1). [`gcra`] spaces requests by [`Self::interval_us`].
-    pub fn interval(self) -> i64 {
-        (self.period_ms / i64::from(self.count.max(1))).max(1)
-    }
-
     /// Time between two requests at the sustained rate, in µs (rounded
     /// down, at least 1): the step of a TAT.
     pub fn interval_us(self) -> i64 {

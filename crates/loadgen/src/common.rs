@@ -155,8 +155,6 @@ pub(crate) struct Percentiles {
 // ---------------------------------------------------------------------------
 // CPU, memory, file descriptors.
 
-/// CPU seconds (user + system, all threads) used by process `pid` so far,
-/// from `/proc/<pid>/stat` (Linux's user-visible clock tick is 1/100 s).
 /// Sleeps until an instant to within microseconds, on a Linux `timerfd`
 /// that the runtime's I/O driver watches: the waiting task wakes on its own
 /// runtime thread, with no thread of its own to hand over from.
@@ -219,6 +217,8 @@ impl PreciseSleep {
     }
 }
 
+/// CPU seconds (user + system, all threads) used by process `pid` so far,
+/// from `/proc/<pid>/stat` (Linux's user-visible clock tick is 1/100 s).
 pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are the

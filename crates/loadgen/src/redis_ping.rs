@@ -43,7 +43,7 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         Duration::ZERO
     };
     // `TCP_NODELAY`, as the server's store and bus connect
-    // (`redis_conn::tcp_settings`), so the floor is the one they stand on.
+    // (`redis_conn::target::tcp_settings`), so the floor is the one they stand on.
     let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
         .context("bad Redis URL")?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));

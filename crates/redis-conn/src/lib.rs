@@ -28,5 +28,5 @@ pub mod target;
 pub mod url;
 
 pub use mode::{ConfigError, RedisMode, check_key_prefix};
-pub use target::{RedisTarget, SENTINEL_PRIMARY_URL, read_ca_file, tcp_settings};
+pub use target::{RedisTarget, SENTINEL_PRIMARY_URL, read_ca_file};
 pub use url::{redact_url, split_urls};

@@ -24,22 +24,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use webhook_http::{Message, SEND_TIMEOUT, Sender};
 
-/// Signs and sends one attempt: [`webhook_http::Sender`] in the server; the
-/// delivery worker's tests use one that does no I/O, so that they can run on
-/// tokio's paused clock.
-#[async_trait::async_trait]
-pub trait SendAttempt: Send + Sync {
-    /// One attempt of `message`, classified.
-    async fn send(&self, message: Message<'_>) -> AttemptOutcome;
-}
-
-#[async_trait::async_trait]
-impl SendAttempt for Sender {
-    async fn send(&self, message: Message<'_>) -> AttemptOutcome {
-        Sender::send(self, message).await
-    }
-}
-
 use crate::workers::{DueSchedule, WorkerMetrics, wait_until_ms};
 
 /// Events moved per batch from the hooks outbox into the queue.
@@ -252,6 +236,22 @@ pub fn fan_out<'a>(
         }
     }
     out
+}
+
+/// Signs and sends one attempt: [`webhook_http::Sender`] in the server; the
+/// delivery worker's tests use one that does no I/O, so that they can run on
+/// tokio's paused clock.
+#[async_trait::async_trait]
+pub trait SendAttempt: Send + Sync {
+    /// One attempt of `message`, classified.
+    async fn send(&self, message: Message<'_>) -> AttemptOutcome;
+}
+
+#[async_trait::async_trait]
+impl SendAttempt for Sender {
+    async fn send(&self, message: Message<'_>) -> AttemptOutcome {
+        Sender::send(self, message).await
+    }
 }
 
 /// What the delivery worker needs.
@@ -732,7 +732,7 @@ mod tests {
                 service,
                 schedule: RetrySchedule::new(vec![1_000]).unwrap(),
                 concurrency: 4,
-                metrics: metrics.clone(),
+                metrics,
                 queued: Arc::new(Notify::new()),
                 retries: Arc::new(DueSchedule::default()),
             },

@@ -726,13 +726,7 @@ pub(crate) mod tests {
         // Every one-second clock has run out before the worker starts.
         tokio::time::sleep(Duration::from_millis(1_100)).await;
 
-        let registry = Registry::new();
-        let store_errors = IntCounter::new("kairos_store_errors_total", "Primary store errors")
-            .expect("a valid metric");
-        registry
-            .register(Box::new(store_errors.clone()))
-            .expect("registered once");
-        let metrics = WorkerMetrics::register(&registry, store_errors).expect("registered once");
+        let (registry, metrics) = test_registry_and_metrics();
         let (stop, stopped) = watch::channel(false);
         // No local timers here: the sweep alone, without a grace.
         let sweep = Sweep {
@@ -776,15 +770,21 @@ pub(crate) mod tests {
     }
 
     /// The workers' metrics in a registry of their own (with the store
-    /// errors counter the transport would register).
-    pub(crate) fn test_metrics() -> WorkerMetrics {
+    /// errors counter the transport would register), and that registry.
+    fn test_registry_and_metrics() -> (Registry, WorkerMetrics) {
         let registry = Registry::new();
         let store_errors = IntCounter::new("kairos_store_errors_total", "Primary store errors")
             .expect("a valid metric");
         registry
             .register(Box::new(store_errors.clone()))
             .expect("registered once");
-        WorkerMetrics::register(&registry, store_errors).expect("registered once")
+        let metrics = WorkerMetrics::register(&registry, store_errors).expect("registered once");
+        (registry, metrics)
+    }
+
+    /// The workers' metrics, for tests that do not read the registry.
+    pub(crate) fn test_metrics() -> WorkerMetrics {
+        test_registry_and_metrics().1
     }
 
     /// The service's clock following tokio's (paused) time.

@@ -466,18 +466,19 @@ impl Connection {
         if let [one] = texts {
             return self.send_shared(one).await;
         }
-        let mut heads = vec![[0_u8; 10]; texts.len()];
-        let lens: Vec<usize> = heads
-            .iter_mut()
-            .zip(texts)
-            .map(|(head, text)| frame_header(head, OPCODE_TEXT, text.len()))
+        let heads: Vec<([u8; 10], usize)> = texts
+            .iter()
+            .map(|text| {
+                let mut head = [0_u8; 10];
+                let len = frame_header(&mut head, OPCODE_TEXT, text.len());
+                (head, len)
+            })
             .collect();
         let mut bufs: Vec<IoSlice<'_>> = heads
             .iter()
-            .zip(&lens)
             .zip(texts)
-            .flat_map(|((head, &len), text)| {
-                [IoSlice::new(&head[..len]), IoSlice::new(text.as_bytes())]
+            .flat_map(|((head, len), text)| {
+                [IoSlice::new(&head[..*len]), IoSlice::new(text.as_bytes())]
             })
             .collect();
         self.write_vectored_all(&mut bufs).await?;
