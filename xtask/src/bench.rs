@@ -188,7 +188,7 @@ pub(crate) fn run(args: &[OsString]) -> Result<()> {
 
     println!("==> building the release server and load generator");
     shell::run(shell::cargo().args(["build", "--release", "-p", "server", "-p", "loadgen"]))?;
-    let release = target_dir().join("release");
+    let release = shell::target_dir().join("release");
     let server_bin = release.join("kairos-server");
     let loadgen_bin = release.join("kairos-loadgen");
 
@@ -239,7 +239,7 @@ pub(crate) fn run(args: &[OsString]) -> Result<()> {
     let generated = report.render();
     println!("\n{generated}");
     let (doc, plots) = if quick {
-        let dir = target_dir().join("xtask").join("bench-quick");
+        let dir = shell::target_dir().join("xtask").join("bench-quick");
         (dir.join("performance.md"), dir.join("perf"))
     } else {
         let docs = shell::project_root().join("docs");
@@ -268,13 +268,6 @@ pub(crate) fn run(args: &[OsString]) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// `CARGO_TARGET_DIR`, or `target/` under the workspace.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| shell::project_root().join("target"))
 }
 
 /// Raises our open-file limit (the servers and the load generator inherit
@@ -351,7 +344,7 @@ fn criterion(plan: &Plan) -> Result<BTreeMap<String, f64>> {
     cmd.args(["bench", "-p", "kairos-domain", "--bench", "domain", "--"])
         .args(&plan.criterion_args);
     shell::run(&mut cmd)?;
-    let root = target_dir().join("criterion");
+    let root = shell::target_dir().join("criterion");
     let mut medians = BTreeMap::new();
     for group in ["switch_decide", "view", "switch_path"] {
         for n in ["2", "1000"] {
@@ -572,7 +565,7 @@ impl Run {
     fn scenarios(&mut self, plan: &Plan, profile: Profile) -> Result<()> {
         let d = plan.duration_s.to_string();
         let w = plan.warmup_s.to_string();
-        let logs = target_dir().join("xtask").join("bench-logs");
+        let logs = shell::target_dir().join("xtask").join("bench-logs");
         fs::create_dir_all(&logs)?;
         let tag = profile.label();
         let name = |base: String| profile.name(&base);

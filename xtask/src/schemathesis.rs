@@ -51,17 +51,7 @@ pub(crate) fn run(args: &[OsString]) -> Result<()> {
     fs::create_dir_all(&work).with_context(|| format!("could not create {}", work.display()))?;
     let venv = ensure_venv(&root.join("target").join("xtask"))?;
 
-    let mut build = shell::cargo();
-    build.args(["build", "--bin", "kairos-server"]);
-    println!("==> {}", describe(&build));
-    shell::run(&mut build)?;
-    let bin = target_dir(&root).join("debug").join("kairos-server");
-    if !bin.is_file() {
-        bail!(
-            "cargo built kairos-server, but it is not at {}",
-            bin.display()
-        );
-    }
+    let bin = shell::server_binary()?;
 
     let server = Server::start(&bin, &work.join("server.log"))?;
     let url = format!("http://127.0.0.1:{}/openapi.json", server.port);
@@ -127,14 +117,6 @@ fn ensure_venv(dir: &Path) -> Result<PathBuf> {
     .ensure(&venv)?;
     drop(lock);
     Ok(venv)
-}
-
-/// Cargo's target directory, as `cargo build` run from `root` uses it.
-fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    }
 }
 
 /// The server under test; dropping it stops it.

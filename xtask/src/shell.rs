@@ -4,6 +4,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
@@ -14,6 +15,52 @@ pub(crate) fn project_root() -> PathBuf {
     // `xtask/` sits directly under the root; if that ever changes, fall back
     // to the crate directory rather than guessing further.
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the root) or
+/// `target/` under the root.
+pub(crate) fn target_dir() -> PathBuf {
+    let root = project_root();
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// The `kairos-server` binary this process's test run built and ran its
+/// tests against (see [`server_binary`]).
+static TESTED_SERVER: OnceLock<PathBuf> = OnceLock::new();
+
+/// Records the server binary the workspace tests ran against.
+pub(crate) fn remember_tested_server(bin: PathBuf) {
+    // Set once per process: a second test run builds the same binary.
+    let _ = TESTED_SERVER.set(bin);
+}
+
+/// The debug `kairos-server` for the web tests and schemathesis: the one
+/// the workspace tests of this process built (in `cargo xtask ci` and
+/// `cargo xtask test`), else one built now with `cargo build --bin
+/// kairos-server`. Reusing it saves a second build of the server and its
+/// adapters: `cargo test --workspace` unifies the features the
+/// dev-dependencies ask for, so its server is not the one `cargo build`
+/// makes (same code, other feature set, a minute and 1.5 GB more).
+pub(crate) fn server_binary() -> Result<PathBuf> {
+    if let Some(bin) = TESTED_SERVER.get().filter(|bin| bin.is_file()) {
+        println!("==> the server the tests ran: {}", bin.display());
+        return Ok(bin.clone());
+    }
+    let mut build = cargo();
+    build.args(["build", "--bin", "kairos-server"]);
+    println!("==> {}", describe(&build));
+    run(&mut build)?;
+    let bin = target_dir().join("debug").join("kairos-server");
+    if !bin.is_file() {
+        bail!(
+            "cargo built kairos-server, but it is not at {}",
+            bin.display()
+        );
+    }
+    Ok(bin)
 }
 
 /// A `cargo` command run from the workspace root.

@@ -4,6 +4,8 @@
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::Result;
 
@@ -86,22 +88,33 @@ pub(crate) fn run(extra_args: &[OsString]) -> Result<i32> {
 
     // The service-level suites once more, on the Redis store, bus, clock and
     // limiter and the PostgreSQL audit trail: the same tests, other adapters.
+    // The test binary the run above built is run directly: `cargo test -p
+    // server` would resolve features for that package alone and build the
+    // server and every adapter a second time (over a minute and 1.5 GB).
     if !selects_packages(extra_args) && status.as_ref().is_ok_and(|s| s.success()) {
-        let mut again = shell::cargo();
-        again.args([
-            "test",
-            "-p",
-            "server",
-            "--no-fail-fast",
-            "--test",
-            SERVER_SUITE,
-        ]);
-        again.arg("--").args(redis_filters());
-        again
-            .envs(vars.iter().map(|(k, v)| (k, v)))
-            .env("KAIROS_TEST_ADAPTERS", "redis");
-        println!("==> KAIROS_TEST_ADAPTERS=redis {}", shell::describe(&again));
-        status = shell::status(&mut again);
+        let built = built_by_the_run(extra_args)?;
+        if let Some(server) = built.server {
+            shell::remember_tested_server(server);
+        }
+        status = match built.suite {
+            Some(suite) => {
+                let mut again = Command::new(&suite);
+                again
+                    .current_dir(shell::project_root().join("crates").join("server"))
+                    .args(redis_filters())
+                    .envs(vars.iter().map(|(k, v)| (k, v)))
+                    .env("KAIROS_TEST_ADAPTERS", "redis");
+                println!("==> KAIROS_TEST_ADAPTERS=redis {}", shell::describe(&again));
+                shell::status(&mut again)
+            }
+            None => {
+                println!(
+                    "==> the arguments left out the server's `{SERVER_SUITE}` tests: \
+                     their pass on the Redis adapters is skipped"
+                );
+                status
+            }
+        };
     }
 
     // Stop the servers before reporting, so their shutdown messages do not
@@ -126,6 +139,54 @@ pub(crate) fn run(extra_args: &[OsString]) -> Result<i32> {
 /// only them: `ws::` does not match `ws_security::`.
 fn redis_filters() -> Vec<String> {
     REDIS_SUITES.iter().map(|m| format!("{m}::")).collect()
+}
+
+/// What the workspace test run built that later steps run again.
+#[derive(Debug, Default, PartialEq)]
+struct Built {
+    /// The server's [`SERVER_SUITE`] test binary.
+    suite: Option<PathBuf>,
+    /// The `kairos-server` binary its tests started.
+    server: Option<PathBuf>,
+}
+
+/// What the workspace run with `extra_args` built (asking cargo again
+/// builds nothing): `None`s for what those arguments left out.
+fn built_by_the_run(extra_args: &[OsString]) -> Result<Built> {
+    let mut cmd = shell::cargo();
+    cmd.args(["test", "--workspace", "--no-run", "--message-format=json"])
+        .args(extra_args.iter().take_while(|a| *a != "--"));
+    Ok(built_in_listing(&shell::output(&mut cmd)?))
+}
+
+/// The [`Built`] artifacts in cargo's JSON messages
+/// (`--message-format=json`, one per line).
+fn built_in_listing(listing: &str) -> Built {
+    let mut built = Built::default();
+    for message in listing
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+    {
+        let Some(executable) = message["executable"].as_str().map(PathBuf::from) else {
+            continue;
+        };
+        let name = &message["target"]["name"];
+        let is = |kind: &str| {
+            message["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
+        };
+        // `cargo test` also builds `kairos-server`'s own unit tests (a
+        // `bin` target with the `test` profile, in `deps/`): the binary
+        // is the one outside `deps/`.
+        if *name == SERVER_SUITE && is("test") {
+            built.suite = Some(executable);
+        } else if *name == "kairos-server" && is("bin") && message["profile"]["test"] == false {
+            built.server = Some(executable);
+        }
+    }
+    built
 }
 
 /// Whether the caller picked packages itself. `cargo test --workspace -p x`
@@ -184,6 +245,31 @@ mod tests {
                 "{SERVER_SUITE} has no module {module}"
             );
         }
+    }
+
+    #[test]
+    fn the_suite_and_the_server_are_found_among_cargos_artifacts() {
+        let listing = [
+            r#"{"reason":"compiler-artifact","target":{"name":"integration","kind":["bench"]},"profile":{"test":false},"executable":"/t/debug/deps/integration-bench"}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"server","kind":["lib"]},"profile":{"test":false},"executable":null}"#,
+            "not json",
+            r#"{"reason":"compiler-artifact","target":{"name":"kairos-server","kind":["bin"]},"profile":{"test":true},"executable":"/t/debug/deps/kairos_server-77"}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"integration","kind":["test"]},"profile":{"test":true},"executable":"/t/debug/deps/integration-0123"}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"kairos-server","kind":["bin"]},"profile":{"test":false},"executable":"/t/debug/kairos-server"}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            built_in_listing(&listing),
+            Built {
+                suite: Some(PathBuf::from("/t/debug/deps/integration-0123")),
+                server: Some(PathBuf::from("/t/debug/kairos-server")),
+            }
+        );
+        assert_eq!(
+            built_in_listing(r#"{"reason":"build-finished"}"#),
+            Built::default()
+        );
     }
 
     #[test]

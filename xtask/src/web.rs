@@ -101,17 +101,7 @@ pub(crate) fn run() -> Result<()> {
     ensure_node_modules(&web)?;
     let chromium = ensure_chromium()?;
 
-    let mut build = shell::cargo();
-    build.args(["build", "--bin", "kairos-server"]);
-    println!("==> {}", describe(&build));
-    shell::run(&mut build)?;
-    let server_bin = target_dir(&root).join("debug").join("kairos-server");
-    if !server_bin.is_file() {
-        bail!(
-            "cargo built kairos-server, but it is not at {}",
-            server_bin.display()
-        );
-    }
+    let server_bin = shell::server_binary()?;
 
     let mut cmd = Command::new(node);
     cmd.current_dir(&web)
@@ -177,14 +167,6 @@ fn ensure_chromium() -> Result<PathBuf> {
         }
     }
     Ok(path)
-}
-
-/// Cargo's target directory, as `cargo build` run from `root` uses it.
-fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    }
 }
 
 /// Runs `cmd`, stopping it (SIGTERM, then SIGKILL) if it outlives `limit`.
