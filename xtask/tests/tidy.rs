@@ -32,14 +32,22 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
     (
         "store-redis",
         &["kairos-domain", "redis-conn"],
-        &["adapter-memory"],
+        &["adapter-memory", "test-support"],
     ),
-    ("bus-redis", &["kairos-domain", "redis-conn"], &[]),
+    (
+        "bus-redis",
+        &["kairos-domain", "redis-conn"],
+        &["test-support"],
+    ),
     ("audit-diesel", &["kairos-domain"], &[]),
     // The webhook sender (reqwest, DNS, HMAC): the core's types only.
     ("webhook-http", &["kairos-domain"], &[]),
     // The transport: the core only; tests may run it on the memory adapters.
-    ("http-actix", &["kairos-domain"], &["adapter-memory"]),
+    (
+        "http-actix",
+        &["kairos-domain"],
+        &["adapter-memory", "test-support"],
+    ),
     // The composition root knows everything.
     (
         "server",
@@ -53,7 +61,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
             "webhook-http",
             "http-actix",
         ],
-        &[],
+        &["test-support"],
     ),
     // A client of the wire contract, like any other: through the Rust
     // client only, none of the server's crates.
@@ -63,8 +71,16 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
     (
         "kairos-client",
         &[],
-        &["kairos-domain", "adapter-memory", "http-actix"],
+        &[
+            "kairos-domain",
+            "adapter-memory",
+            "http-actix",
+            "test-support",
+        ],
     ),
+    // What the tests share (free ports, the test Redis, a test's own
+    // sockets): a dev-dependency of the crates above, none of ours itself.
+    ("test-support", &[], &[]),
     ("xtask", &[], &[]),
 ];
 

@@ -10,7 +10,6 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use kairos_domain::SessionId;
@@ -94,38 +93,6 @@ fn text_frames(mut bytes: &[u8]) -> (Vec<Value>, usize) {
     }
 }
 
-/// This process's own descriptor of the server's side of `client`: the
-/// socket whose peer is the client's local address, duplicated through a
-/// pidfd (the server runs in this process).
-fn server_side_of(client: &TcpStream) -> OwnedFd {
-    let client_addr = client.local_addr().unwrap();
-    let me = rustix::process::pidfd_open(
-        rustix::process::getpid(),
-        rustix::process::PidfdFlags::empty(),
-    )
-    .unwrap();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
-        let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(dup) =
-            rustix::process::pidfd_getfd(&me, fd, rustix::process::PidfdGetfdFlags::empty())
-        else {
-            continue;
-        };
-        let peer = rustix::net::getpeername(&dup)
-            .ok()
-            .flatten()
-            .and_then(|a| SocketAddr::try_from(a).ok());
-        if peer == Some(client_addr) {
-            found.push(dup);
-        }
-    }
-    assert_eq!(found.len(), 1, "one server-side socket for {client_addr}");
-    found.pop().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_connections_have_nodelay_and_keep_it_as_websockets() {
     let served = serve().await;
@@ -145,11 +112,19 @@ async fn accepted_connections_have_nodelay_and_keep_it_as_websockets() {
         "{}",
         String::from_utf8_lossy(&buf[..n])
     );
-    assert!(rustix::net::sockopt::tcp_nodelay(server_side_of(&http)).unwrap());
+    assert!(
+        rustix::net::sockopt::tcp_nodelay(test_support::socket_with_peer(
+            http.local_addr().unwrap()
+        ))
+        .unwrap()
+    );
 
     // A WebSocket, after its upgrade took the stream from the HTTP dispatcher.
     let ws = open_socket(&served).await;
-    assert!(rustix::net::sockopt::tcp_nodelay(server_side_of(&ws)).unwrap());
+    assert!(
+        rustix::net::sockopt::tcp_nodelay(test_support::socket_with_peer(ws.local_addr().unwrap()))
+            .unwrap()
+    );
     // The client's own sockets are left as the kernel made them: the check
     // tells the two sides apart.
     assert!(!rustix::net::sockopt::tcp_nodelay(&ws).unwrap());

@@ -7,8 +7,6 @@
 //! that the subscription's socket has `TCP_NODELAY`.
 #![allow(clippy::unwrap_used)] // Helpers outside #[test] fns unwrap too: a panic is a failed test.
 
-use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -313,35 +311,6 @@ async fn versions_in_order_resync_on_a_gap_commands_and_reconnects() {
     );
 }
 
-/// This process's own descriptor of the socket bound to `local`,
-/// duplicated through a pidfd (client and scripted server both run here).
-fn socket_bound_to(local: SocketAddr) -> OwnedFd {
-    let me = rustix::process::pidfd_open(
-        rustix::process::getpid(),
-        rustix::process::PidfdFlags::empty(),
-    )
-    .unwrap();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
-        let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(dup) =
-            rustix::process::pidfd_getfd(&me, fd, rustix::process::PidfdGetfdFlags::empty())
-        else {
-            continue;
-        };
-        let bound = rustix::net::getsockname(&dup)
-            .ok()
-            .and_then(|a| SocketAddr::try_from(a).ok());
-        if bound == Some(local) {
-            found.push(dup);
-        }
-    }
-    assert_eq!(found.len(), 1, "one socket bound to {local}");
-    found.pop().unwrap()
-}
-
 /// Without `TCP_NODELAY` a command or `PING` written while the previous
 /// frame is unacknowledged waits for the server's delayed ACK (40 ms on
 /// Linux); tungstenite leaves Nagle's algorithm on unless asked.
@@ -354,7 +323,7 @@ async fn the_subscriptions_socket_has_nodelay() {
     let (auth_tx, _auth) = mpsc::unbounded_channel();
     // After the handshake's request: the option is set before it is sent.
     let ws = accept(&listener, &auth_tx).await;
-    let client_side = socket_bound_to(ws.get_ref().peer_addr().unwrap());
+    let client_side = test_support::socket_bound_to(ws.get_ref().peer_addr().unwrap());
     assert!(rustix::net::sockopt::tcp_nodelay(&client_side).unwrap());
     // The scripted server's socket is as tokio made it: the check tells the
     // two sides apart.

@@ -2,7 +2,6 @@
 //! Redis servers a test starts and kills itself, sessions, and waiting with
 //! a deadline so that a broken bus fails a test instead of hanging it.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -13,16 +12,8 @@ use futures_util::StreamExt;
 use kairos_domain::{BusMessage, Session, SessionConfig, SessionId, Subscription, machine};
 use tokio::sync::watch;
 
-/// The shared Redis `cargo xtask test` provides.
-pub(crate) fn redis_url() -> String {
-    match std::env::var("KAIROS_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => panic!(
-            "KAIROS_TEST_REDIS_URL is not set: run these tests with `cargo xtask test -p bus-redis`, \
-             which starts Redis and sets it"
-        ),
-    }
-}
+#[allow(unused_imports)] // Each test binary uses its own part of this module.
+pub(crate) use test_support::{free_port, redis_url};
 
 /// The `redis-server` binary, for tests that run their own server.
 pub(crate) fn redis_server_binary() -> String {
@@ -161,28 +152,6 @@ pub(crate) async fn subscribers(
 /// The channel a session's messages travel on, with the default prefix.
 pub(crate) fn channel(id: SessionId) -> String {
     format!("kairos:{{{id}}}:bus")
-}
-
-/// A free loopback port (bound, read back, released).
-pub(crate) fn free_port() -> u16 {
-    // A port is handed out once per test process: a server stopped by one
-    // test frees its port, and a test starting a server right then could
-    // otherwise get the same port, and a client still aiming at the old
-    // server would reach the new one.
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("binds port 0")
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
 }
 
 /// A `redis-server` this test started; killed (by pid) and its directory

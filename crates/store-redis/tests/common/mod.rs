@@ -4,7 +4,6 @@
 
 #![allow(dead_code, unreachable_pub)] // Each test binary uses a different subset.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,15 +11,7 @@ use std::time::{Duration, Instant};
 use kairos_domain::{Event, Session, SessionConfig, SessionId, SessionStore, StoreError, machine};
 use store_redis::{PARTITIONS, RedisConfig, RedisStore, partition_of};
 
-/// The shared test Redis. Panics (never skips) when it is not configured.
-pub fn redis_url() -> String {
-    std::env::var("KAIROS_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "KAIROS_TEST_REDIS_URL is not set: run these tests with `cargo xtask test -p store-redis`, \
-             which starts a throwaway Redis and sets it"
-        )
-    })
-}
+pub use test_support::{free_port, redis_url};
 
 /// A configuration for the shared Redis with a prefix of its own, so tests
 /// running concurrently never see each other's keys.
@@ -294,27 +285,5 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A loopback port nothing listens on (right now).
-pub fn free_port() -> u16 {
-    // A port is handed out once per test process: a server stopped by one
-    // test frees its port, and a test starting a server right then could
-    // otherwise get the same port, and a client still aiming at the old
-    // server would reach the new one.
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("binds port 0")
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
     }
 }

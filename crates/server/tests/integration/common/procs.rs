@@ -2,39 +2,11 @@
 //! need several instances or need to stop Redis under them.
 #![allow(unreachable_pub)] // `pub` here means "shared by the suite's modules".
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    // A port is handed out once per test process: a server stopped by one
-    // test frees its port, and a test starting a server right then could
-    // otherwise get the same port, and a client still aiming at the old
-    // server would reach the new one.
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("binds port 0")
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// The shared test Redis of `cargo xtask test`. Panics (never skips) without it.
-pub fn redis_url() -> String {
-    std::env::var("KAIROS_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!("KAIROS_TEST_REDIS_URL is not set: run the tests with `cargo xtask test`")
-    })
-}
+pub use test_support::{free_port, redis_url};
 
 /// One `kairos-server` process, killed when dropped.
 pub struct Instance {
