@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use kairos_domain::{FieldError, ServiceError, TransitionError};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -285,6 +285,30 @@ pub fn from_service(err: ServiceError, request_id: &str) -> ApiError {
         }
         ServiceError::RateLimited { decision, limit } => ApiError::rate_limited(decision, limit),
     }
+}
+
+/// The answer to a method a route does not serve: 405 `METHOD_NOT_ALLOWED`
+/// in the error format (every resource's `default_service`, so that no
+/// route answers actix's empty 405).
+pub(crate) async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    ApiError::new(
+        Code::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    )
+    .error_response()
+}
+
+/// A resource that serves `GET` with `handler` and answers every other
+/// method with [`method_not_allowed`].
+pub(crate) fn get_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(method_not_allowed))
 }
 
 #[cfg(test)]

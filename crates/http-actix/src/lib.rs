@@ -79,11 +79,8 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
     // The hot path first: every pattern tried before it costs a regex run.
     rest::configure_switch(cfg);
     // Before the REST routes: `/v1/sessions/{id}/{command}` would match it too.
-    cfg.route("/ws", actix_web::web::get().to(ws::ws_query))
-        .route(
-            "/v1/sessions/{id}/ws",
-            actix_web::web::get().to(ws::ws_path),
-        );
+    cfg.service(error::get_only("/ws", ws::ws_query))
+        .service(error::get_only("/v1/sessions/{id}/ws", ws::ws_path));
     rest::configure(cfg);
     webhooks::configure(cfg);
     openapi::configure(cfg);

@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::error::get_only;
 use crate::webhooks::{
     DeliveriesEnvelope, WebhookCreateDoc, WebhookEnvelope, WebhooksEnvelope, WireDelivery,
     WireWebhook,
@@ -87,8 +88,8 @@ async fn to_docs() -> HttpResponse {
 /// Registers `/openapi.json` and the `/docs` page (`/docs` redirects to
 /// `/docs/`; `/` is the demo page, see [`crate::web`]).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(openapi_json))
-        .route("/docs", web::get().to(to_docs))
+    cfg.service(get_only("/openapi.json", openapi_json))
+        .service(get_only("/docs", to_docs))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document()));
 }
 

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::command::CommandName;
 use crate::dto::{CommandBody, JoinBody, WireEvent, WireView};
-use crate::error::{ApiError, Code, from_service};
+use crate::error::{ApiError, Code, from_service, get_only, method_not_allowed};
 use crate::limits::{self, Kind};
 use crate::middleware::request_id;
 use crate::schemas::{
@@ -116,12 +116,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(leave_participant))
             .default_service(not_allowed()),
     )
-    // Any other name: 404 (after the paths above and `/events`).
-    .service(
-        web::resource("/v1/sessions/{id}/{command}")
-            .route(web::post().to(unknown_command))
-            .default_service(not_allowed()),
-    )
+    // Any other name: 404 whatever the method (after the paths above and
+    // `/events`): there is no such resource.
+    .service(web::resource("/v1/sessions/{id}/{command}").default_service(web::to(unknown_command)))
     .service(
         web::resource("/v1/admin/sessions")
             .route(web::get().to(admin_sessions))
@@ -132,9 +129,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(time))
             .default_service(not_allowed()),
     )
-    .service(web::resource("/health").route(web::get().to(health)))
-    .service(web::resource("/ready").route(web::get().to(ready)))
-    .service(web::resource("/metrics").route(web::get().to(metrics_on_main)));
+    .service(get_only("/health", health))
+    .service(get_only("/ready", ready))
+    .service(get_only("/metrics", metrics_on_main));
 }
 
 fn parse_id(raw: &str) -> Result<SessionId, ApiError> {
@@ -827,15 +824,6 @@ async fn metrics_on_main(state: web::Data<AppState>) -> Result<HttpResponse, Api
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     use actix_web::ResponseError;
     ApiError::new(Code::NotFound, format!("no route for {}", req.path())).error_response()
-}
-
-async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    use actix_web::ResponseError;
-    ApiError::new(
-        Code::MethodNotAllowed,
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    )
-    .error_response()
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ use std::sync::OnceLock;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::error::get_only;
+
 /// One embedded file.
 #[derive(Debug)]
 struct Asset {
@@ -147,14 +149,14 @@ async fn admin_css(req: HttpRequest) -> HttpResponse {
 
 /// Registers the demo page, the admin view, their assets and the SDK.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/admin", web::get().to(admin))
-        .route("/admin.js", web::get().to(admin_js))
-        .route("/admin.css", web::get().to(admin_css))
-        .route("/demo.js", web::get().to(demo_js))
-        .route("/demo.css", web::get().to(demo_css))
-        .route("/sdk/kairos.js", web::get().to(sdk_js))
-        .route("/sdk/kairos.d.ts", web::get().to(sdk_dts));
+    cfg.service(get_only("/", index))
+        .service(get_only("/admin", admin))
+        .service(get_only("/admin.js", admin_js))
+        .service(get_only("/admin.css", admin_css))
+        .service(get_only("/demo.js", demo_js))
+        .service(get_only("/demo.css", demo_css))
+        .service(get_only("/sdk/kairos.js", sdk_js))
+        .service(get_only("/sdk/kairos.d.ts", sdk_dts));
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, method_not_allowed};
 use crate::middleware::request_id;
 use crate::rest::read_json;
 use crate::schemas::{AccessErrors, ErrorBody};
@@ -43,15 +43,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(webhook_deliveries))
             .default_service(not_allowed()),
     );
-}
-
-async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    use actix_web::ResponseError;
-    ApiError::new(
-        Code::MethodNotAllowed,
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    )
-    .error_response()
 }
 
 /// A new endpoint, as a client writes it.

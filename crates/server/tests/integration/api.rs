@@ -186,6 +186,40 @@ async fn unknown_and_malformed_ids() {
     assert_eq!((status, error_code(&body)), (404, "NOT_FOUND"));
     let (status, body) = app.call("PUT", "/v1/sessions", None).await;
     assert_eq!((status, error_code(&body)), (405, "METHOD_NOT_ALLOWED"));
+    // Every route answers a wrong method in the error format, not with
+    // an empty 405.
+    for (method, path) in [
+        ("POST", "/health"),
+        ("POST", "/ready"),
+        ("DELETE", "/metrics"),
+        ("POST", "/ws"),
+        (
+            "POST",
+            "/v1/sessions/00000000-0000-0000-0000-000000000000/ws",
+        ),
+        ("PUT", "/openapi.json"),
+        ("POST", "/docs"),
+        ("POST", "/"),
+        ("DELETE", "/admin"),
+    ] {
+        let (status, body) = app.call(method, path, None).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (405, "METHOD_NOT_ALLOWED"),
+            "{method} {path}"
+        );
+    }
+    // A name that is no command is no resource, whatever the method.
+    for method in ["GET", "POST", "DELETE"] {
+        let (status, body) = app
+            .call(
+                method,
+                "/v1/sessions/00000000-0000-0000-0000-000000000000/nope",
+                None,
+            )
+            .await;
+        assert_eq!((status, error_code(&body)), (404, "NOT_FOUND"), "{method}");
+    }
 }
 
 #[tokio::test]

@@ -108,9 +108,7 @@ async fn only_get_is_served() {
         .send()
         .await
         .unwrap();
-    assert!(
-        res.status() == 404 || res.status() == 405,
-        "unexpected {}",
-        res.status()
-    );
+    assert_eq!(res.status(), 405);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED");
 }
