@@ -1230,8 +1230,10 @@ impl Report<'_> {
             s,
             "\nSet-up: release build; Redis on loopback without persistence, PostgreSQL on\n\
              loopback; `AUTH_MODE=off`, default `HTTP_WORKERS` (one per core); one instance for\n\
-             the switch and connection scenarios, three sharing the Redis for fan-out and\n\
-             timeouts. Every instance scenario runs twice: **lab** (`RATE_LIMITS=off`, no\n\
+             the HTTP floor, switch, Redis-command, webhook and connection scenarios (a fresh\n\
+             one for each group), three sharing the Redis for fan-out, timeouts and time\n\
+             controls. Every instance scenario runs twice (the webhook comparison with the\n\
+             defaults only): **lab** (`RATE_LIMITS=off`, no\n\
              `DATABASE_URL`, `WEBHOOKS=off`: no outbox writes) and **defaults** (the settings\n\
              a user gets: rate limits on, raised so that they count every request and refuse\n\
              none; `DATABASE_URL` set, so every commit writes its outbox and the audit worker\n\

@@ -97,7 +97,7 @@ fn tests() -> Result<()> {
 /// The live API against its OpenAPI document; after the tests, which
 /// already built the server binary it starts. With a fixed seed and no
 /// example database (which would replay what earlier runs on the same
-/// machine found), so that the gate tests the same 911 cases on every run
+/// machine found), so that the gate tests the same cases on every run
 /// and a failure reproduces with
 /// `cargo xtask schemathesis --seed 20261122 --generation-database none`;
 /// runs by hand without them explore further.
