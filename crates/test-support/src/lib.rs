@@ -67,50 +67,60 @@ pub fn socket_with_peer(peer: SocketAddr) -> OwnedFd {
     })
 }
 
-/// This process's own descriptor of the TCP socket bound to `local`: in a
-/// test that runs a client in-process, the client's socket, found by the
-/// peer address its server saw.
+/// This process's own descriptor of the connected TCP socket bound to
+/// `local`: in a test that runs a client in-process, the client's socket,
+/// found by the peer address its server saw. (Listening sockets are left
+/// out: one bound to `0` may get the port a connection was given.)
 ///
 /// # Panics
 ///
-/// Unless exactly one socket of this process is bound to that address.
+/// Unless exactly one connected socket of this process is bound to that
+/// address.
 pub fn socket_bound_to(local: SocketAddr) -> OwnedFd {
     own_socket(&format!("bound to {local}"), |fd| {
-        rustix::net::getsockname(fd)
-            .ok()
-            .and_then(|a| SocketAddr::try_from(a).ok())
-            == Some(local)
+        rustix::net::getpeername(fd).ok().flatten().is_some()
+            && rustix::net::getsockname(fd)
+                .ok()
+                .and_then(|a| SocketAddr::try_from(a).ok())
+                == Some(local)
     })
 }
 
-/// The one descriptor of this process that `matches`, duplicated through a
+/// The one socket of this process that `matches`, duplicated through a
 /// pidfd (`pidfd_getfd` on itself: a socket another part of the test owns,
 /// without `unsafe`), so its options can be read.
+///
+/// The descriptors are listed before any is duplicated (a duplicate made
+/// while the directory is read could be listed and matched again), and
+/// descriptors of one socket (the same inode: the code under test may hold
+/// a `dup` of its own) count once.
 fn own_socket(what: &str, matches: impl Fn(&OwnedFd) -> bool) -> OwnedFd {
     let me = rustix::process::pidfd_open(
         rustix::process::getpid(),
         rustix::process::PidfdFlags::empty(),
     )
     .expect("pidfd_open on this process");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/fd").expect("reads /proc/self/fd") {
-        let Some(fd) = entry
-            .ok()
-            .and_then(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        else {
-            continue;
-        };
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .expect("reads /proc/self/fd")
+        .filter_map(|entry| entry.ok()?.file_name().to_string_lossy().parse().ok())
+        .collect();
+    let mut found: Vec<(u64, OwnedFd)> = Vec::new();
+    for fd in fds {
         let Ok(dup) =
             rustix::process::pidfd_getfd(&me, fd, rustix::process::PidfdGetfdFlags::empty())
         else {
             continue;
         };
-        if matches(&dup) {
-            found.push(dup);
+        if !matches(&dup) {
+            continue;
+        }
+        let inode = rustix::fs::fstat(&dup).expect("fstat of a socket").st_ino;
+        if found.iter().all(|(seen, _)| *seen != inode) {
+            found.push((inode, dup));
         }
     }
     assert_eq!(found.len(), 1, "one socket {what}, found {}", found.len());
-    found.pop().expect("one socket")
+    found.pop().expect("one socket").1
 }
 
 #[cfg(test)]
