@@ -39,7 +39,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
         &["kairos-domain", "redis-conn"],
         &["test-support"],
     ),
-    ("audit-diesel", &["kairos-domain"], &[]),
+    ("audit-diesel", &["kairos-domain"], &["test-support"]),
     // The webhook sender (reqwest, DNS, HMAC): the core's types only.
     ("webhook-http", &["kairos-domain"], &[]),
     // The transport: the core only; tests may run it on the memory adapters.

@@ -298,17 +298,20 @@ pub(crate) async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
-/// A resource that serves `GET` with `handler` and answers every other
-/// method with [`method_not_allowed`].
+/// A resource at `path` that answers a method none of its routes serves
+/// with [`method_not_allowed`]: every route of the API is built on it.
+pub(crate) fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// A [`resource`] that serves `GET` with `handler`.
 pub(crate) fn get_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
     F: actix_web::Handler<Args>,
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
-    web::resource(path)
-        .route(web::get().to(handler))
-        .default_service(web::to(method_not_allowed))
+    resource(path).route(web::get().to(handler))
 }
 
 #[cfg(test)]

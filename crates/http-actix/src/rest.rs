@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::command::CommandName;
 use crate::dto::{CommandBody, JoinBody, WireEvent, WireView};
-use crate::error::{ApiError, Code, from_service, get_only, method_not_allowed};
+use crate::error::{ApiError, Code, from_service, get_only, resource};
 use crate::limits::{self, Kind};
 use crate::middleware::request_id;
 use crate::schemas::{
@@ -44,94 +44,41 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// path: the switch, the most frequent request by far, comes first
 /// (profiled: the five patterns tried before it cost 4 % of a switch's CPU).
 pub fn configure_switch(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/v1/sessions/{id}/switch")
-            .route(web::post().to(switch_session))
-            .default_service(web::to(method_not_allowed)),
-    );
+    cfg.service(resource("/v1/sessions/{id}/switch").route(web::post().to(switch_session)));
 }
 
 /// Registers the REST routes but the switch ([`configure_switch`]). Each
 /// path is a resource so that a wrong method gets 405 rather than 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    let not_allowed = || web::to(method_not_allowed);
-    cfg.service(
-        web::resource("/v1/sessions")
-            .route(web::post().to(create_session))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}")
-            .route(web::get().to(get_session))
-            .route(web::delete().to(delete_session))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}/presence")
-            .route(web::get().to(session_presence))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}/events")
-            .route(web::get().to(session_events))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}/start")
-            .route(web::post().to(start_session))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}/pause")
-            .route(web::post().to(pause_session))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}/resume")
-            .route(web::post().to(resume_session))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}/complete")
-            .route(web::post().to(complete_session))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}/cancel")
-            .route(web::post().to(cancel_session))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}/add_time")
-            .route(web::post().to(add_time))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}/participants")
-            .route(web::post().to(join_participant))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/sessions/{id}/participants/{participant_id}")
-            .route(web::delete().to(leave_participant))
-            .default_service(not_allowed()),
-    )
-    // Any other name: 404 whatever the method (after the paths above and
-    // `/events`): there is no such resource.
-    .service(web::resource("/v1/sessions/{id}/{command}").default_service(web::to(unknown_command)))
-    .service(
-        web::resource("/v1/admin/sessions")
-            .route(web::get().to(admin_sessions))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/v1/time")
-            .route(web::get().to(time))
-            .default_service(not_allowed()),
-    )
-    .service(get_only("/health", health))
-    .service(get_only("/ready", ready))
-    .service(get_only("/metrics", metrics_on_main));
+    cfg.service(resource("/v1/sessions").route(web::post().to(create_session)))
+        .service(
+            resource("/v1/sessions/{id}")
+                .route(web::get().to(get_session))
+                .route(web::delete().to(delete_session)),
+        )
+        .service(resource("/v1/sessions/{id}/presence").route(web::get().to(session_presence)))
+        .service(resource("/v1/sessions/{id}/events").route(web::get().to(session_events)))
+        .service(resource("/v1/sessions/{id}/start").route(web::post().to(start_session)))
+        .service(resource("/v1/sessions/{id}/pause").route(web::post().to(pause_session)))
+        .service(resource("/v1/sessions/{id}/resume").route(web::post().to(resume_session)))
+        .service(resource("/v1/sessions/{id}/complete").route(web::post().to(complete_session)))
+        .service(resource("/v1/sessions/{id}/cancel").route(web::post().to(cancel_session)))
+        .service(resource("/v1/sessions/{id}/add_time").route(web::post().to(add_time)))
+        .service(resource("/v1/sessions/{id}/participants").route(web::post().to(join_participant)))
+        .service(
+            resource("/v1/sessions/{id}/participants/{participant_id}")
+                .route(web::delete().to(leave_participant)),
+        )
+        // Any other name: 404 whatever the method (after the paths above and
+        // `/events`): there is no such resource.
+        .service(
+            web::resource("/v1/sessions/{id}/{command}").default_service(web::to(unknown_command)),
+        )
+        .service(resource("/v1/admin/sessions").route(web::get().to(admin_sessions)))
+        .service(resource("/v1/time").route(web::get().to(time)))
+        .service(get_only("/health", health))
+        .service(get_only("/ready", ready))
+        .service(get_only("/metrics", metrics_on_main));
 }
 
 fn parse_id(raw: &str) -> Result<SessionId, ApiError> {

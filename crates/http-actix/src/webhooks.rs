@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, Code, method_not_allowed};
+use crate::error::{ApiError, Code, resource};
 use crate::middleware::request_id;
 use crate::rest::read_json;
 use crate::schemas::{AccessErrors, ErrorBody};
@@ -25,24 +25,17 @@ pub const MAX_DESCRIPTION_CHARS: usize = 500;
 
 /// Registers the routes; a wrong method gets 405.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    let not_allowed = || web::to(method_not_allowed);
     cfg.service(
-        web::resource("/v1/webhooks")
+        resource("/v1/webhooks")
             .route(web::post().to(create_webhook))
-            .route(web::get().to(list_webhooks))
-            .default_service(not_allowed()),
+            .route(web::get().to(list_webhooks)),
     )
     .service(
-        web::resource("/v1/webhooks/{id}")
+        resource("/v1/webhooks/{id}")
             .route(web::get().to(get_webhook))
-            .route(web::delete().to(delete_webhook))
-            .default_service(not_allowed()),
+            .route(web::delete().to(delete_webhook)),
     )
-    .service(
-        web::resource("/v1/webhooks/{id}/deliveries")
-            .route(web::get().to(webhook_deliveries))
-            .default_service(not_allowed()),
-    );
+    .service(resource("/v1/webhooks/{id}/deliveries").route(web::get().to(webhook_deliveries)));
 }
 
 /// A new endpoint, as a client writes it.

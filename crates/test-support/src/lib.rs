@@ -1,8 +1,9 @@
 //! # test-support
 //!
 //! What the workspace's tests share, written once: free loopback ports for
-//! the servers a test starts, the shared Redis that `cargo xtask test`
-//! provides, and a test's own TCP sockets found by address. Only ever a
+//! the servers a test starts, the shared Redis and the `redis-server` that
+//! `cargo xtask test` provides, the two-player chess config most tests
+//! create, and a test's own TCP sockets found by address. Only ever a
 //! dev-dependency: nothing a release binary runs uses it.
 //!
 //! Panics are its error reporting: a helper that cannot do its job fails
@@ -48,6 +49,38 @@ pub fn redis_url() -> String {
              (`-p <crate>` for one crate), which starts a throwaway Redis and sets it"
         ),
     }
+}
+
+/// The `redis-server` binary for tests that run servers of their own, from
+/// `KAIROS_TEST_REDIS_SERVER` (`cargo xtask test` installs Redis when
+/// missing and sets it).
+///
+/// # Panics
+///
+/// When the variable is unset or empty.
+pub fn redis_server_binary() -> String {
+    match std::env::var("KAIROS_TEST_REDIS_SERVER") {
+        Ok(path) if !path.is_empty() => path,
+        _ => panic!(
+            "KAIROS_TEST_REDIS_SERVER is not set: run these tests with `cargo xtask test` \
+             (`-p <crate>` for one crate)"
+        ),
+    }
+}
+
+/// The config of a two-player chess clock (`per_participant`, `white` and
+/// `black` with `bank_ms` each, `increment_ms` per move), as a client sends
+/// it: the session most tests need, for `SessionConfig::parse` or a
+/// `POST /v1/sessions` body.
+pub fn chess(bank_ms: i64, increment_ms: i64) -> serde_json::Value {
+    serde_json::json!({
+        "sync_mode": "per_participant",
+        "participants": [
+            {"participant_id": "white", "total_time_ms": bank_ms},
+            {"participant_id": "black", "total_time_ms": bank_ms}
+        ],
+        "increment_ms": increment_ms
+    })
 }
 
 /// This process's own descriptor of the TCP socket whose peer is `peer`: in

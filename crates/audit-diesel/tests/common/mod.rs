@@ -63,14 +63,7 @@ pub fn apply(state: &mut Session, events: &mut Vec<Event>, command: Command, now
 /// scheduler's `Timeout` expires the session as of the deadline. Returns the
 /// events and that deadline.
 pub fn chess_with_timeout(id: SessionId, t0: i64) -> (Vec<Event>, i64) {
-    let config = SessionConfig::parse(&json!({
-        "sync_mode": "per_participant",
-        "participants": [
-            {"participant_id": "white", "total_time_ms": 60000},
-            {"participant_id": "black", "total_time_ms": 60000}
-        ]
-    }))
-    .unwrap();
+    let config = SessionConfig::parse(&test_support::chess(60_000, 0)).unwrap();
     let (mut s, created) = machine::create(config, id, Some("host".into()), t0);
     let mut events = vec![created];
     apply(&mut s, &mut events, Command::Start, t0 + 1_000);

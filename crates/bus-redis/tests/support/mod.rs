@@ -13,17 +13,7 @@ use kairos_domain::{BusMessage, Session, SessionConfig, SessionId, Subscription,
 use tokio::sync::watch;
 
 #[allow(unused_imports)] // Each test binary uses its own part of this module.
-pub(crate) use test_support::{free_port, redis_url};
-
-/// The `redis-server` binary, for tests that run their own server.
-pub(crate) fn redis_server_binary() -> String {
-    match std::env::var("KAIROS_TEST_REDIS_SERVER") {
-        Ok(path) if !path.is_empty() => path,
-        _ => panic!(
-            "KAIROS_TEST_REDIS_SERVER is not set: run these tests with `cargo xtask test -p bus-redis`"
-        ),
-    }
-}
+pub(crate) use test_support::{free_port, redis_server_binary, redis_url};
 
 /// A fresh random session id, so that concurrent tests never share a channel.
 pub(crate) fn random_id() -> SessionId {
@@ -32,14 +22,7 @@ pub(crate) fn random_id() -> SessionId {
 
 /// A session with the given id and version.
 pub(crate) fn session(id: SessionId, version: u64) -> Session {
-    let config = SessionConfig::parse(&serde_json::json!({
-        "sync_mode": "per_participant",
-        "participants": [
-            {"participant_id": "white", "total_time_ms": 60000},
-            {"participant_id": "black", "total_time_ms": 60000}
-        ]
-    }))
-    .expect("a valid config");
+    let config = SessionConfig::parse(&test_support::chess(60_000, 0)).expect("a valid config");
     let (mut state, _) = machine::create(config, id, None, 1_000);
     state.version = version;
     state

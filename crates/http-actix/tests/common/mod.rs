@@ -10,7 +10,6 @@ use actix_web::web;
 use adapter_memory::{MemoryBus, MemoryStore, SystemClock};
 use http_actix::{AppState, HttpSettings};
 use kairos_domain::{Actor, DynSessionService, SessionConfig, SessionId};
-use serde_json::json;
 
 /// The application state on the memory store and bus, default settings
 /// (no authentication: every caller is an admin).
@@ -27,14 +26,7 @@ pub(crate) fn state() -> web::Data<AppState> {
 /// Creates a pending chess session (`per_participant`, white and black,
 /// 60 s each) in `state`.
 pub(crate) async fn chess_session(state: &web::Data<AppState>) -> SessionId {
-    let config = SessionConfig::parse(&json!({
-        "sync_mode": "per_participant",
-        "participants": [
-            {"participant_id": "white", "total_time_ms": 60000},
-            {"participant_id": "black", "total_time_ms": 60000}
-        ]
-    }))
-    .unwrap();
+    let config = SessionConfig::parse(&test_support::chess(60_000, 0)).unwrap();
     let id = SessionId::from_uuid(uuid::Uuid::new_v4());
     state
         .service

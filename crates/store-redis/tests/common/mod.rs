@@ -209,11 +209,7 @@ impl OwnRedis {
     /// Starts the server (again, on the same port and directory) and waits until it answers.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let binary = std::env::var("KAIROS_TEST_REDIS_SERVER").unwrap_or_else(|_| {
-            panic!(
-                "KAIROS_TEST_REDIS_SERVER is not set: run these tests with `cargo xtask test -p store-redis`"
-            )
-        });
+        let binary = test_support::redis_server_binary();
         let (config_file, options) = match self.extra.first() {
             Some(first) if !first.starts_with("--") => (vec![first.clone()], &self.extra[1..]),
             _ => (Vec::new(), &self.extra[..]),

@@ -9,7 +9,7 @@ pub mod procs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use server::{Application, Settings};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -227,17 +227,7 @@ pub async fn create_session(
         .to_owned()
 }
 
-/// A chess clock: two players, `bank_ms` each, `inc_ms` increment.
-pub fn chess(bank_ms: i64, inc_ms: i64) -> Value {
-    json!({
-        "sync_mode": "per_participant",
-        "participants": [
-            {"participant_id": "white", "total_time_ms": bank_ms},
-            {"participant_id": "black", "total_time_ms": bank_ms}
-        ],
-        "increment_ms": inc_ms
-    })
-}
+pub use test_support::chess;
 
 /// Polls `f` until it returns `Some`, for at most `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>

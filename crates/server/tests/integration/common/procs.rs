@@ -121,8 +121,7 @@ impl OwnRedis {
     }
 
     fn spawn(&mut self) {
-        let bin =
-            std::env::var("KAIROS_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let bin = test_support::redis_server_binary();
         let port = self.port.to_string();
         let mut listen = vec!["--port".to_owned(), port.clone()];
         if self.tls {
