@@ -264,6 +264,12 @@ impl SessionStore for MemoryStore {
     }
 
     async fn commit(&self, commit: &Commit) -> Result<Option<RateDecision>, StoreError> {
+        if !commit.publish.is_empty() {
+            // The port's rule for a store that does not publish: its bus does.
+            return Err(StoreError::Other(
+                "the memory store does not publish: give it a commit without bus messages".into(),
+            ));
+        }
         let mut inner = self.lock()?;
         let now = Instant::now();
         let id = commit.state.id;
@@ -431,6 +437,35 @@ mod tests {
             .parse()
             .expect("a valid id");
         machine::create(cfg, id, None, 0).0
+    }
+
+    /// The port's rule for a store that does not publish: a commit with
+    /// bus messages is refused and writes nothing.
+    #[tokio::test]
+    async fn a_commit_with_messages_to_publish_is_refused() {
+        let store = MemoryStore::new(Duration::from_secs(60));
+        assert!(!store.publishes_commits());
+        let stored = session(1);
+        store.create(&stored, &[]).await.expect("created");
+        let mut next = stored.clone();
+        next.version += 1;
+
+        let refused = store
+            .commit(&Commit {
+                rate: None,
+                deadline: None,
+                expected_version: stored.version,
+                events: vec![],
+                state: next,
+                publish: vec![kairos_domain::EncodedMessage {
+                    channel: "c".into(),
+                    payload: b"p".to_vec(),
+                }],
+            })
+            .await;
+
+        assert!(matches!(refused, Err(StoreError::Other(_))), "{refused:?}");
+        assert_eq!(store.load(stored.id).await, Ok(Some(stored)));
     }
 
     #[tokio::test]

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_core::Stream;
-use kairos_domain::{BusError, BusMessage, EventBus, SessionId, Subscription};
+use kairos_domain::{
+    BusError, BusMessage, EncodedMessage, Event, EventBus, Session, SessionId, Subscription,
+};
+use redis_conn::RedisMode;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -56,6 +59,10 @@ pub struct RedisBus {
     publish_queue: usize,
     /// How long `subscribe` waits for Redis to confirm a new subscription.
     subscribe_timeout: Duration,
+    /// Whether another client may publish this bus's messages
+    /// (`encode_update`): with one server, where messages go by `PUBLISH`;
+    /// not on Cluster (`SPUBLISH`, from this bus only).
+    shareable: bool,
 }
 
 impl fmt::Debug for RedisBus {
@@ -193,6 +200,7 @@ impl RedisBus {
             publish_queue: config.publish_queue,
             // A new subscription may queue behind one batch of others.
             subscribe_timeout: limit * 2,
+            shareable: !matches!(config.redis.mode, RedisMode::Cluster { .. }),
         };
         Ok((bus, tasks))
     }
@@ -249,6 +257,28 @@ impl EventBus for RedisBus {
             Err(mpsc::error::TrySendError::Full(_)) => self.dropped(session_id, "queue full"),
             Err(mpsc::error::TrySendError::Closed(_)) => self.dropped(session_id, "shut down"),
         }
+    }
+
+    /// The update as `publish` would send it, on its session's channel, for
+    /// a store that publishes it with `PUBLISH` inside its commit; `None` on
+    /// Cluster, where this bus sends `SPUBLISH` itself, and for a message
+    /// that cannot be encoded.
+    fn encode_update(
+        &self,
+        state: &Session,
+        events: &[Event],
+        at_ms: i64,
+    ) -> Option<EncodedMessage> {
+        if !self.shareable {
+            return None;
+        }
+        // A failure is left to `publish`, which the service then calls:
+        // it counts and logs it once.
+        let payload = wire::encode_update(state, events, at_ms).ok()?;
+        Some(EncodedMessage {
+            channel: self.channels.name(state.id),
+            payload,
+        })
     }
 
     #[tracing::instrument(skip(self), fields(session_id = %session_id))]

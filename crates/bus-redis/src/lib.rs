@@ -7,8 +7,9 @@
 //! - **One channel per session**, `<prefix>:{<session id>}:bus`. Standalone
 //!   and Sentinel use `PUBLISH`/`SUBSCRIBE`; Cluster uses sharded
 //!   `SPUBLISH`/`SSUBSCRIBE`, so a message travels only to the shard owning
-//!   the session's slot (the braces make the session id the hash tag, the
-//!   same as the store's keys).
+//!   the channel's slot (the braces make the session id its hash tag; the
+//!   store's keys are tagged by partition, `{pNN}`, so that slot is usually
+//!   another).
 //! - **Traffic only for watched sessions.** An instance subscribes a session
 //!   in Redis when it gets its first local subscription and unsubscribes
 //!   when the last one is dropped.
@@ -32,6 +33,14 @@
 //!   store).
 //!   `is_healthy()` (of [`EventBus`](kairos_domain::EventBus)) is false from
 //!   the loss until that is done.
+//! - **Updates are published by the commit that makes them** when there is
+//!   one server (standalone, Sentinel): the service asks the bus to encode
+//!   each version ([`EventBus::encode_update`](kairos_domain::EventBus::encode_update))
+//!   and the store's commit script `PUBLISH`es the bytes in the same atomic
+//!   step, so subscribers learn of every committed version even when the
+//!   committing instance dies right after, and a switch sends Redis one
+//!   command. On Cluster, and for deletions and presence events, the bus
+//!   publishes itself:
 //! - **Publishing never waits on Redis.** `publish` encodes the message
 //!   (MessagePack with field names: the state with its version, the events,
 //!   the instant) and pushes it on a bounded queue; a publisher task sends

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// A snapshot of the bus's counters (monotonic since start) and gauges (now).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BusStats {
-    /// Messages Redis accepted from this instance.
+    /// Messages Redis accepted from this bus's publisher (updates a commit
+    /// script published are not among them: see the crate documentation).
     pub published: u64,
     /// Messages dropped before reaching Redis because the publish queue was
     /// full or the bus was shut down.

@@ -190,6 +190,26 @@ pub(crate) fn encode(message: &BusMessage) -> Result<(SessionId, Vec<u8>), Encod
     Ok((id, bytes))
 }
 
+/// An update's bytes, exactly as [`encode`] writes
+/// [`BusMessage::Updated`], from borrowed parts (the service encodes it
+/// for a store that publishes inside its commit).
+pub(crate) fn encode_update(
+    state: &Session,
+    events: &[Event],
+    at_ms: i64,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut bytes = Vec::with_capacity(INITIAL_CAPACITY);
+    rmp_serde::encode::write_named(
+        &mut bytes,
+        &Outgoing::Updated {
+            state,
+            events,
+            at_ms,
+        },
+    )?;
+    Ok(bytes)
+}
+
 /// Where an encoded message starts: one allocation for the messages of
 /// small sessions.
 const INITIAL_CAPACITY: usize = 1024;
@@ -327,6 +347,21 @@ mod tests {
         assert_eq!(events[0].event_type, EventType::CycleSwitched);
         assert_eq!(events[0].version, 3);
         assert_eq!(events[0].time_elapsed_ms, Some(750));
+    }
+
+    #[test]
+    fn an_update_encoded_from_its_parts_is_the_published_message() {
+        let (state, events) = switched();
+        let message = BusMessage::Updated {
+            state: Arc::new(state.clone()),
+            events: events.clone(),
+            at_ms: 2_750,
+        };
+
+        let parts = encode_update(&state, &events, 2_750).expect("encodable");
+
+        assert_eq!(parts, encode(&message).expect("encodable").1);
+        assert_eq!(decode(&parts).expect("decodable"), message);
     }
 
     #[test]

@@ -96,9 +96,10 @@ pub use event::{Event, EventType};
 pub use ids::{GroupId, IdError, ParticipantId, SessionId};
 pub use machine::{AddMs, AddTarget, Command, Decision, TransitionError};
 pub use ports::{
-    AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, DeliveryLog, EventBus,
-    Outbox, OutboxEntry, PlaceRegistry, PresenceObserver, PresenceRegistry, RateCheck, RateLimiter,
-    SessionPage, SessionStore, StoreError, Subscription, WebhookStore, WithDeliveryLog,
+    AuditError, AuditSink, BusError, BusMessage, Claimed, Clock, Commit, DeliveryLog,
+    EncodedMessage, EventBus, Outbox, OutboxEntry, PlaceRegistry, PresenceObserver,
+    PresenceRegistry, RateCheck, RateLimiter, SessionPage, SessionStore, StoreError, Subscription,
+    WebhookStore, WithDeliveryLog,
 };
 pub use presence::{Absence, PendingLeave, PresenceConnection, PresenceSnapshot, PresenceUser};
 pub use ratelimit::{Limit, RateDecision};

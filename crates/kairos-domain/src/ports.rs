@@ -69,6 +69,23 @@ pub struct Commit {
     /// A rate limit the change counts against, checked in the same atomic
     /// step (the per-session switch limit), or `None`.
     pub rate: Option<RateCheck>,
+    /// The bus messages of the change, one per committed version in version
+    /// order, for a store that publishes inside its commit
+    /// ([`SessionStore::publishes_commits`]); empty otherwise, and then the
+    /// caller publishes on the [`EventBus`] after the commit.
+    pub publish: Vec<EncodedMessage>,
+}
+
+/// A bus message encoded by the [`EventBus`] that carries it
+/// ([`EventBus::encode_update`]), for a store that publishes it in the same
+/// atomic step as the commit it reports: where it goes and the bytes every
+/// instance's bus decodes. Opaque to the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedMessage {
+    /// The channel (the bus's name for the session's messages).
+    pub channel: String,
+    /// The message, in the bus's wire format.
+    pub payload: Vec<u8>,
 }
 
 /// One count against a session's own rate limit, made by the commit that
@@ -133,8 +150,22 @@ pub trait SessionStore: Send + Sync + 'static {
     ///   [`crate::ratelimit::gcra`] on the TAT the store keeps for the
     ///   session (shared by every instance sharing the store).
     ///
+    /// - With `commit.publish` non-empty, the store publishes each message
+    ///   on its channel, in order, in the same atomic step: every instance's
+    ///   bus receives them if and only if the commit applied. A store whose
+    ///   [`Self::publishes_commits`] is false MUST refuse such a commit with
+    ///   [`StoreError::Other`] and write nothing.
+    ///
     /// Returns the rate decision when `commit.rate` was given.
     async fn commit(&self, commit: &Commit) -> Result<Option<RateDecision>, StoreError>;
+
+    /// Whether [`Self::commit`] publishes [`Commit::publish`] itself (a store
+    /// that is also the bus's transport, such as Redis). The service reads
+    /// it once, when it is built. `false` by default: the service publishes
+    /// after each commit.
+    fn publishes_commits(&self) -> bool {
+        false
+    }
 
     /// Removes the session and its deadline entry. Returns whether it existed.
     async fn delete(&self, id: SessionId) -> Result<bool, StoreError>;
@@ -293,6 +324,21 @@ pub trait EventBus: Send + Sync + 'static {
     /// wait for any subscription to read: implementations log and count
     /// their failures; clients recover by version.
     async fn publish(&self, message: BusMessage);
+
+    /// The update `state` with its `events` as of `at_ms`
+    /// ([`BusMessage::Updated`]) encoded as this bus carries it, for a store
+    /// that publishes inside its commit ([`SessionStore::publishes_commits`]):
+    /// what `publish` would send, byte for byte. `None` (the default) when
+    /// this bus's messages cannot be sent by anyone else; the service then
+    /// publishes through [`Self::publish`].
+    fn encode_update(
+        &self,
+        _state: &Session,
+        _events: &[Event],
+        _at_ms: i64,
+    ) -> Option<EncodedMessage> {
+        None
+    }
 
     /// Subscribes to one session's messages. Once it returns `Ok`, every
     /// message published afterwards on any instance MUST reach the

@@ -17,8 +17,8 @@ use crate::event::Event;
 use crate::ids::{ParticipantId, SessionId};
 use crate::machine::{self, Command, Decision, TransitionError};
 use crate::ports::{
-    AuditError, AuditSink, BusMessage, Claimed, Clock, Commit, EventBus, RateCheck, SessionStore,
-    StoreError,
+    AuditError, AuditSink, BusMessage, Claimed, Clock, Commit, EncodedMessage, EventBus, RateCheck,
+    SessionStore, StoreError,
 };
 use crate::ratelimit::{Limit, RateDecision};
 use crate::session::Session;
@@ -194,6 +194,9 @@ pub struct SessionService<S: ?Sized, B: ?Sized, C: ?Sized> {
     deadline_observer: Option<DeadlineObserver>,
     /// Who is connected, with the leave delay (see the `presence` submodule).
     presence: presence::Presence,
+    /// Whether the store publishes each commit's versions itself
+    /// ([`SessionStore::publishes_commits`], read once by [`Self::new`]).
+    store_publishes: bool,
 }
 
 impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
@@ -206,6 +209,7 @@ impl<S: ?Sized, B: ?Sized, C: ?Sized> Clone for SessionService<S, B, C> {
             cache: self.cache.clone(),
             deadline_observer: self.deadline_observer.clone(),
             presence: self.presence.clone(),
+            store_publishes: self.store_publishes,
         }
     }
 }
@@ -220,6 +224,7 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
     /// Wires the service to its ports.
     pub fn new(store: Arc<S>, bus: Arc<B>, clock: Arc<C>) -> Self {
         Self {
+            store_publishes: store.publishes_commits(),
             store,
             bus,
             clock,
@@ -677,12 +682,18 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
                 expired_participant_id,
                 fired_deadlines,
             } = decision;
+            let publish = if self.store_publishes {
+                self.encode_versions(&intermediate, &state, &events, now)
+            } else {
+                Vec::new()
+            };
             let commit = Commit {
                 deadline: machine::next_deadline(&state),
                 expected_version: stored.version,
                 events,
                 state,
                 rate: limit.map(|limit| RateCheck { limit, now_ms: now }),
+                publish,
             };
             match self.store.commit(&commit).await {
                 Ok(rate) => {
@@ -697,8 +708,10 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
                         at_ms: now,
                         rate,
                     });
-                    self.publish_versions(intermediate, state, events, now)
-                        .await;
+                    if commit.publish.is_empty() {
+                        self.publish_versions(intermediate, state, events, now)
+                            .await;
+                    }
                     return Ok(answer);
                 }
                 // Lost a race: decide again on the state the store holds.
@@ -723,6 +736,34 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         Err(ServiceError::Internal(format!(
             "gave up after {MAX_CAS_ATTEMPTS} compare-and-set conflicts"
         )))
+    }
+
+    /// The bus messages [`Self::publish_versions`] would send, encoded by
+    /// the bus for a store that publishes them inside the commit; empty
+    /// when the bus encodes none (then the service publishes after the
+    /// commit, as with any store).
+    fn encode_versions(
+        &self,
+        intermediate: &[Session],
+        state: &Session,
+        events: &[Event],
+        now: i64,
+    ) -> Vec<EncodedMessage> {
+        let mut encoded = Vec::with_capacity(intermediate.len() + 1);
+        let mut rest = events;
+        for state in intermediate {
+            let (mine, later) = rest.split_at(rest.partition_point(|e| e.version <= state.version));
+            rest = later;
+            match self.bus.encode_update(state, mine, state.updated_at_ms) {
+                Some(message) => encoded.push(message),
+                None => return Vec::new(),
+            }
+        }
+        match self.bus.encode_update(state, rest, now) {
+            Some(message) => encoded.push(message),
+            None => return Vec::new(),
+        }
+        encoded
     }
 
     /// Publishes one message per committed version, in version order: the

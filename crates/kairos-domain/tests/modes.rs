@@ -2631,9 +2631,9 @@ mod service {
 
     use kairos_domain::machine::{self, next_deadline};
     use kairos_domain::{
-        Actor, AuditError, BusMessage, Claimed, Command, Event, EventType, MockAuditSink,
-        MockClock, MockEventBus, MockSessionStore, Role, ServiceError, Session, SessionConfig,
-        SessionService, Status, StoreError, TransitionError,
+        Actor, AuditError, BusMessage, Claimed, Command, EncodedMessage, Event, EventType,
+        MockAuditSink, MockClock, MockEventBus, MockSessionStore, Role, ServiceError, Session,
+        SessionConfig, SessionService, Status, StoreError, TransitionError,
     };
     use mockall::Sequence;
     use serde_json::json;
@@ -2694,8 +2694,29 @@ mod service {
         (bus, log)
     }
 
-    fn service(store: MockSessionStore, bus: MockEventBus, clock: MockClock) -> Service {
+    fn service(mut store: MockSessionStore, bus: MockEventBus, clock: MockClock) -> Service {
+        store.expect_publishes_commits().return_const(false);
         SessionService::new(Arc::new(store), Arc::new(bus), Arc::new(clock))
+    }
+
+    /// A bus whose `encode_update` writes `version:event types@at` as the
+    /// payload on channel `ch:<session>` (so a test reads what was encoded),
+    /// and which nobody may `publish` on.
+    fn encoding_bus() -> MockEventBus {
+        let mut bus = MockEventBus::new();
+        bus.expect_encode_update()
+            .returning(|state, events, at_ms| {
+                let types: Vec<String> = events
+                    .iter()
+                    .map(|e| format!("{:?}", e.event_type))
+                    .collect();
+                Some(EncodedMessage {
+                    channel: format!("ch:{}", state.id),
+                    payload: format!("{}:{}@{at_ms}", state.version, types.join(",")).into_bytes(),
+                })
+            });
+        bus.expect_publish().never();
+        bus
     }
 
     /// (version, event types) of every `Updated` message.
@@ -2948,6 +2969,99 @@ mod service {
             })
             .collect();
         assert_eq!(instants, [at(10_000), at(20_000), at(25_000)]);
+    }
+
+    /// The session of [`every_version_is_published_once_in_order`]: two
+    /// per_cycle timeouts pass unnoticed before the command at 25 s.
+    fn per_cycle_started() -> Session {
+        let cfg = SessionConfig::parse(&json!({
+            "sync_mode": "per_cycle", "time_per_cycle_ms": 10000,
+            "participants": [{"participant_id": "a"}, {"participant_id": "b"}],
+            "action_on_timeout": {"type": "skip_cycle"}, "auto_advance": true
+        }))
+        .expect("valid");
+        let (s, _) = machine::create(cfg, sid(), Some("host-1".into()), at(0));
+        machine::decide(&s, &Command::Start, None, at(0))
+            .expect("start")
+            .state
+    }
+
+    #[tokio::test]
+    async fn a_store_that_publishes_gets_every_version_encoded_in_its_commit() {
+        // Arrange
+        let stored = per_cycle_started();
+        let mut store = MockSessionStore::new();
+        store.expect_publishes_commits().return_const(true);
+        store
+            .expect_load()
+            .times(1)
+            .returning(move |_| Ok(Some(stored.clone())));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        store.expect_commit().times(1).returning(move |c| {
+            sink.lock().expect("lock").extend(c.publish.clone());
+            Ok(None)
+        });
+        let svc = SessionService::new(
+            Arc::new(store),
+            Arc::new(encoding_bus()),
+            Arc::new(clock_at(25_000)),
+        );
+
+        // Act
+        let done = svc
+            .execute(&host(), sid(), Command::Pause, None)
+            .await
+            .expect("paused");
+
+        // Assert: one message per version, each with its own events and
+        // instant, in version order; the bus published nothing itself.
+        assert_eq!(done.view.version, 5);
+        let seen = seen.lock().expect("lock");
+        let channel = format!("ch:{}", sid());
+        let channels: Vec<&str> = seen.iter().map(|m| m.channel.as_str()).collect();
+        assert_eq!(channels, [channel.as_str(); 3]);
+        let payloads: Vec<String> = seen
+            .iter()
+            .map(|m| String::from_utf8(m.payload.clone()).expect("utf-8"))
+            .collect();
+        assert_eq!(
+            payloads,
+            [
+                format!("3:CycleTimeout@{}", at(10_000)),
+                format!("4:CycleTimeout@{}", at(20_000)),
+                format!("5:SessionPaused@{}", at(25_000)),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_that_publishes_on_a_bus_that_cannot_encode_leaves_the_publish_to_the_bus() {
+        // Arrange
+        let stored = per_cycle_started();
+        let mut store = MockSessionStore::new();
+        store.expect_publishes_commits().return_const(true);
+        store
+            .expect_load()
+            .times(1)
+            .returning(move |_| Ok(Some(stored.clone())));
+        store
+            .expect_commit()
+            .times(1)
+            .withf(|c| c.publish.is_empty() && c.state.version == 5)
+            .returning(|_| Ok(None));
+        let (mut bus, log) = recording_bus();
+        bus.expect_encode_update().returning(|_, _, _| None);
+        let svc = SessionService::new(Arc::new(store), Arc::new(bus), Arc::new(clock_at(25_000)));
+
+        // Act
+        svc.execute(&host(), sid(), Command::Pause, None)
+            .await
+            .expect("paused");
+
+        // Assert
+        let versions: Vec<u64> = published(&log).into_iter().map(|(v, _)| v).collect();
+        assert_eq!(versions, [3, 4, 5]);
     }
 
     #[tokio::test]

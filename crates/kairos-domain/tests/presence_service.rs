@@ -47,13 +47,11 @@ async fn the_first_connection_is_announced_on_the_bus_and_to_the_observer_once()
     observer
         .expect_observe()
         .returning(move |e| seen.lock().expect("lock").push(e.clone()));
-    let service = SessionService::new(
-        Arc::new(MockSessionStore::new()),
-        Arc::new(bus),
-        Arc::new(clock),
-    )
-    .with_presence(Arc::new(registry), 5_000)
-    .with_presence_observer(Arc::new(observer));
+    let mut store = MockSessionStore::new();
+    store.expect_publishes_commits().return_const(false);
+    let service = SessionService::new(Arc::new(store), Arc::new(bus), Arc::new(clock))
+        .with_presence(Arc::new(registry), 5_000)
+        .with_presence_observer(Arc::new(observer));
 
     let white = "white".parse().ok();
     assert!(

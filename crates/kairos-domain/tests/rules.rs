@@ -908,6 +908,7 @@ fn start_at_is_validated_against_now() {
 async fn the_service_refuses_a_start_at_in_the_past() {
     // Arrange
     let mut store = MockSessionStore::new();
+    store.expect_publishes_commits().return_const(false);
     store.expect_create().never();
     let mut bus = MockEventBus::new();
     bus.expect_publish().never();
@@ -1002,6 +1003,7 @@ async fn warnings_and_scheduled_starts_go_through_the_deadline_index_once() {
     assert_eq!(next_deadline(&stored), Some(at(10_000)));
     let commits: Arc<std::sync::Mutex<Vec<Commit>>> = Arc::default();
     let mut store = MockSessionStore::new();
+    store.expect_publishes_commits().return_const(false);
     let log = commits.clone();
     store.expect_commit().times(1).returning(move |c| {
         log.lock().expect("lock").push(c.clone());

@@ -106,7 +106,14 @@ return 1
 /// [`CREATE`]). ARGV: expected version, new version, encoded state, ttl ms,
 /// deadline score or `""`, member, rate check's now in µs or `""` (no
 /// check), its interval µs, its burst µs, the webhook feed's gate (as in
-/// [`CREATE`]), then one encoded event per argument.
+/// [`CREATE`]), the number `n` of bus messages to publish, `n` pairs of
+/// channel and message, then one encoded event per argument.
+///
+/// The messages are published (`PUBLISH`, in order) only when the commit
+/// applies, in the same atomic step, so that no instance can commit a
+/// version and die before telling the others. One server only: on Cluster a
+/// session's channel is in another slot than its keys, and the bus
+/// publishes instead.
 ///
 /// Returns `{outcome, detail}`: `{1, TAT before}` when applied (the TAT
 /// counted when a check was asked, `false` when none or a new key), `{0,
@@ -140,10 +147,14 @@ if ARGV[5] == '' then
 else
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
 end
+local last_message = 11 + 2 * tonumber(ARGV[11])
 for k = 4, last_stream(ARGV[10]) do
-  for i = 11, #ARGV do
+  for i = last_message + 1, #ARGV do
     redis.call('XADD', KEYS[k], '*', 'e', ARGV[i])
   end
+end
+for i = 12, last_message, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
 end
 return {1, tat}
 "

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use kairos_domain::ratelimit::{RateDecision, US_PER_MS, gcra};
 use kairos_domain::{
-    Claimed, Commit, Event, Outbox, OutboxEntry, Session, SessionId, SessionPage, SessionStore,
-    StoreError, machine,
+    Claimed, Commit, EncodedMessage, Event, Outbox, OutboxEntry, Session, SessionId, SessionPage,
+    SessionStore, StoreError, machine,
 };
 use redis::{FromRedisValue, Script};
 
@@ -246,15 +246,19 @@ impl RedisStore {
 
     /// The arguments a state write shares between `create` and `commit`:
     /// encoded state, TTL, deadline (or empty), member, then `extra` (the
-    /// commit's rate check), the webhook feed's gate flag, then the events.
+    /// commit's rate check), the webhook feed's gate flag, then for a commit
+    /// (`publish` given) the number of bus messages and each one's channel
+    /// and bytes, then the events.
     fn write_args(
         &self,
         state: &Session,
         deadline: Option<i64>,
         extra: Vec<Vec<u8>>,
+        publish: Option<&[EncodedMessage]>,
         events: &[Event],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut args = Vec::with_capacity(4 + extra.len() + events.len());
+        let messages = publish.unwrap_or_default();
+        let mut args = Vec::with_capacity(6 + extra.len() + 2 * messages.len() + events.len());
         args.push(self.codec.encode(state)?);
         args.push(self.ttl_ms.to_string().into_bytes());
         args.push(
@@ -271,6 +275,13 @@ impl RedisStore {
         } else {
             Vec::new()
         });
+        if publish.is_some() {
+            args.push(messages.len().to_string().into_bytes());
+            for message in messages {
+                args.push(message.channel.clone().into_bytes());
+                args.push(message.payload.clone());
+            }
+        }
         // With both feeds off nothing drains the streams: write no events at all.
         if self.outbox_enabled || self.webhook_feed {
             for event in events {
@@ -405,13 +416,26 @@ impl SessionStore for RedisStore {
         bytes.map(|b| StateCodec::decode(&b)).transpose()
     }
 
+    /// With one server (standalone, Sentinel) the commit script publishes
+    /// the commit's bus messages itself; on Cluster a session's channel is
+    /// in another slot than its keys, so the bus publishes them.
+    fn publishes_commits(&self) -> bool {
+        !self.conn.is_cluster()
+    }
+
     #[tracing::instrument(skip(self, state, events), fields(session_id = %state.id, version = state.version))]
     async fn create(&self, state: &Session, events: &[Event]) -> Result<(), StoreError> {
         let p = partition_of(&state.id);
         let keys = self.keys.partition(p);
         let state_key = self.keys.state(&state.id);
         let mut args = vec![state.version.to_string().into_bytes()];
-        args.extend(self.write_args(state, machine::next_deadline(state), Vec::new(), events)?);
+        args.extend(self.write_args(
+            state,
+            machine::next_deadline(state),
+            Vec::new(),
+            None,
+            events,
+        )?);
         let mut script_keys = vec![state_key.as_str(), keys.deadlines.as_str()];
         script_keys.extend(self.event_streams(keys));
         let created = self
@@ -453,7 +477,18 @@ impl SessionStore for RedisStore {
             ],
             None => vec![Vec::new(), Vec::new(), Vec::new()],
         };
-        args.extend(self.write_args(state, commit.deadline, rate_args, &commit.events)?);
+        if !commit.publish.is_empty() && !self.publishes_commits() {
+            return Err(StoreError::Other(
+                "a commit with bus messages to publish on Redis Cluster (its bus publishes)".into(),
+            ));
+        }
+        args.extend(self.write_args(
+            state,
+            commit.deadline,
+            rate_args,
+            Some(&commit.publish),
+            &commit.events,
+        )?);
         // KEYS: state, deadlines, the rate key, then the event streams.
         let mut script_keys = vec![
             state_key.as_str(),

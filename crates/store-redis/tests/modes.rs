@@ -50,6 +50,7 @@ async fn exercise(store: &RedisStore) {
             expected_version: 1,
             deadline: Some(2_000),
             events: vec![],
+            publish: Vec::new(),
         };
         store.commit(&commit).await.expect("commits");
         assert_eq!(
@@ -357,6 +358,7 @@ async fn sentinel_mode_follows_a_failover_to_the_promoted_replica() {
             expected_version: session.version,
             deadline: None,
             events: vec![],
+            publish: Vec::new(),
         })
         .await
         .expect("commits on the new primary");
@@ -443,6 +445,7 @@ async fn cluster_mode_follows_a_failover_to_the_promoted_replica() {
                 expected_version: session.version,
                 deadline: None,
                 events: vec![],
+                publish: Vec::new(),
             })
             .await
             .expect("commits after the failover");

@@ -71,6 +71,7 @@ async fn a_hung_redis_is_unavailable_meanwhile_and_serves_again_when_it_resumes(
         expected_version: 1,
         deadline: None,
         events: vec![],
+        publish: Vec::new(),
     };
     fails_fast("load", store.load(session.id)).await;
     fails_fast("commit", store.commit(&commit)).await;
@@ -113,6 +114,7 @@ async fn a_restarted_redis_is_unavailable_meanwhile_then_serves_the_same_store_a
         expected_version: 1,
         deadline: Some(5_000),
         events: vec![],
+        publish: Vec::new(),
     };
     for _ in 0..3 {
         fails_fast("load", store.load(session.id)).await;

@@ -31,6 +31,7 @@ async fn write_events(store: &RedisStore, n: usize) -> Vec<Event> {
                 expected_version: session.version,
                 events: decision.events,
                 state: decision.state,
+                publish: Vec::new(),
             })
             .await
             .expect("commits");
@@ -223,6 +224,7 @@ async fn with_the_outbox_off_nothing_is_written() {
             expected_version: 1,
             deadline: None,
             events: vec![created],
+            publish: Vec::new(),
         })
         .await
         .expect("commits");

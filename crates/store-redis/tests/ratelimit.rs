@@ -99,6 +99,7 @@ async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
                     deadline: None,
                     events: vec![],
                     state: next.clone(),
+                    publish: Vec::new(),
                 })
                 .await;
             let (want, next_tat) = gcra(tat, now, limit);

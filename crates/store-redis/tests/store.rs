@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{bumped, chess, claim_ids, keys_of, new_id, raw, redis_url, store, with_participants};
-use kairos_domain::{Command, Commit, SessionStore, StoreError, machine};
+use kairos_domain::{Command, Commit, Session, SessionStore, StoreError, machine};
 use redis::AsyncCommands;
 use store_redis::RedisStore;
 
@@ -60,6 +60,7 @@ async fn commit_applies_on_the_expected_version_only() {
         expected_version: session.version,
         events: decision.events,
         state: decision.state,
+        publish: Vec::new(),
     };
 
     store.commit(&started).await.expect("first commit applies");
@@ -118,6 +119,7 @@ async fn commit_on_a_missing_session_is_a_conflict_and_writes_nothing() {
         expected_version: session.version,
         deadline: Some(5_000),
         events: vec![created],
+        publish: Vec::new(),
     };
 
     assert_eq!(
@@ -160,6 +162,7 @@ async fn ttl_is_set_on_create_renewed_on_commit_and_expiry_removes_the_session()
             expected_version: 1,
             deadline: None,
             events: vec![],
+            publish: Vec::new(),
         })
         .await
         .expect("commits");
@@ -177,6 +180,7 @@ async fn ttl_is_set_on_create_renewed_on_commit_and_expiry_removes_the_session()
         expected_version: next.version,
         deadline: None,
         events: vec![],
+        publish: Vec::new(),
     };
     assert_eq!(
         store.commit(&again).await,
@@ -203,6 +207,7 @@ async fn deadline_index_follows_commits_and_delete() {
             expected_version: 1,
             deadline: Some(10_000),
             events: vec![],
+            publish: Vec::new(),
         })
         .await
         .expect("adds");
@@ -215,6 +220,7 @@ async fn deadline_index_follows_commits_and_delete() {
             expected_version: 2,
             deadline: Some(25_000),
             events: vec![],
+            publish: Vec::new(),
         })
         .await
         .expect("moves");
@@ -227,6 +233,7 @@ async fn deadline_index_follows_commits_and_delete() {
             expected_version: 3,
             deadline: None,
             events: vec![],
+            publish: Vec::new(),
         })
         .await
         .expect("removes");
@@ -243,6 +250,7 @@ async fn deadline_index_follows_commits_and_delete() {
             expected_version: 4,
             deadline: Some(30_000),
             events: vec![],
+            publish: Vec::new(),
         })
         .await
         .expect("adds again");
@@ -265,6 +273,7 @@ async fn with_deadline(store: &RedisStore, deadline: i64) -> kairos_domain::Sess
             expected_version: 1,
             deadline: Some(deadline),
             events: vec![],
+            publish: Vec::new(),
         })
         .await
         .expect("commits");
@@ -336,6 +345,7 @@ async fn claim_due_returns_every_due_session_even_past_one_reply_budget() {
                 expected_version: 1,
                 deadline: Some(2_000),
                 events: vec![],
+                publish: Vec::new(),
             })
             .await
             .expect("commits");
@@ -395,6 +405,7 @@ async fn a_commit_after_a_claim_replaces_the_lease_with_the_true_deadline() {
             expected_version: 1,
             deadline: Some(1_000),
             events: vec![],
+            publish: Vec::new(),
         })
         .await
         .expect("commits");
@@ -410,6 +421,7 @@ async fn a_commit_after_a_claim_replaces_the_lease_with_the_true_deadline() {
             expected_version: 2,
             deadline: Some(3_000),
             events: vec![],
+            publish: Vec::new(),
         })
         .await
         .expect("the claimer commits");
@@ -486,4 +498,85 @@ async fn a_walk_returns_every_session_of_its_prefix_once() {
             "{bad:?}"
         );
     }
+}
+
+/// The bus messages a commit carries are published by the commit script,
+/// in order, if and only if the commit applies: a lost compare-and-set and
+/// a refused rate check publish nothing, and a create publishes nothing.
+#[tokio::test]
+async fn a_commit_publishes_its_messages_only_when_it_applies() {
+    use futures_util::StreamExt;
+    use kairos_domain::{EncodedMessage, Limit, RateCheck};
+
+    let (store, _) = store().await;
+    assert!(
+        store.publishes_commits(),
+        "one server: the script publishes"
+    );
+    let (session, created) = chess(60_000, 1_000);
+    let channel = format!("test:{}:bus", session.id);
+    let client = redis::Client::open(redis_url()).expect("a valid URL");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(&channel).await.expect("SUBSCRIBE");
+    let mut messages = pubsub.into_on_message();
+    let message = |payload: &[u8]| EncodedMessage {
+        channel: channel.clone(),
+        payload: payload.to_vec(),
+    };
+    store.create(&session, &[created]).await.expect("created");
+    let v2 = bumped(&session);
+    let commit = |expected: &Session, state: &Session, payloads: &[&[u8]], rate| Commit {
+        rate,
+        deadline: None,
+        expected_version: expected.version,
+        events: vec![],
+        state: state.clone(),
+        publish: payloads.iter().map(|p| message(p)).collect(),
+    };
+
+    // Applied: both messages, in order, each once.
+    store
+        .commit(&commit(&session, &v2, &[b"first\x00\xff", b"second"], None))
+        .await
+        .expect("applies");
+    // Lost: the stored version is v2 now.
+    let lost = store
+        .commit(&commit(&session, &bumped(&v2), &[b"lost"], None))
+        .await;
+    assert!(
+        matches!(lost, Err(StoreError::VersionConflict(Some(_)))),
+        "{lost:?}"
+    );
+    // Refused by the rate check: a limit of one, counted twice at once.
+    let limit = Limit::per_minute(1);
+    let v3 = bumped(&v2);
+    let check = Some(RateCheck {
+        limit,
+        now_ms: 1_765_000_000_000,
+    });
+    store
+        .commit(&commit(&v2, &v3, &[b"third"], check))
+        .await
+        .expect("the first switch is within the limit");
+    let refused = store
+        .commit(&commit(&v3, &bumped(&v3), &[b"refused"], check))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::RateLimited(_))),
+        "{refused:?}"
+    );
+    // A marker from outside, to know that nothing else is on its way.
+    let mut conn = raw(&redis_url()).await;
+    let _: i64 = conn.publish(&channel, "marker").await.expect("PUBLISH");
+
+    let mut got = Vec::new();
+    while got.last().map(Vec::as_slice) != Some(b"marker".as_slice()) {
+        let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the subscription is open");
+        got.push(next.get_payload_bytes().to_vec());
+    }
+    let want: Vec<&[u8]> = vec![b"first\x00\xff", b"second", b"third", b"marker"];
+    assert_eq!(got, want);
 }

@@ -520,6 +520,7 @@ async fn create_and_start(sessions: &dyn SessionStore) -> Vec<Event> {
             events: decision.events,
             state: decision.state,
             rate: None,
+            publish: Vec::new(),
         })
         .await
         .expect("commits");
