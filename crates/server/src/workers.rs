@@ -304,12 +304,34 @@ impl AuditStatus {
     }
 }
 
-/// Events moved per batch from the outbox to the audit trail.
-const AUDIT_BATCH: usize = 500;
+/// Events moved per batch from the outbox to the audit trail: one read,
+/// one write (audit-diesel splits it into statements within PostgreSQL's
+/// bind-parameter limit, in one transaction).
+const AUDIT_BATCH: usize = 5_000;
 /// After a nudge, the audit worker waits this long so that one read takes
 /// the events of many commits (a read visits every outbox partition this
 /// instance wrote to since the last).
 const AUDIT_GATHER: Duration = Duration::from_millis(50);
+/// A read of at least this many events (4,000 a second at
+/// [`AUDIT_GATHER`]) means a burst, such as many deadlines falling due
+/// at once ...
+const AUDIT_BURST: usize = 200;
+/// ... and after it the worker gathers this long instead: fewer, larger
+/// writes, and PostgreSQL's work mostly after the burst instead of on the
+/// same cores as the deadlines still firing (docs/performance.md measures
+/// what that does to timeout lateness). The trail then lags the commits by
+/// up to this much more while the burst lasts.
+const AUDIT_GATHER_BURST: Duration = Duration::from_secs(1);
+
+/// How long the audit worker gathers commits after a nudge, given how
+/// many events its last read returned.
+fn audit_gather(last_read: usize) -> Duration {
+    if last_read >= AUDIT_BURST {
+        AUDIT_GATHER_BURST
+    } else {
+        AUDIT_GATHER
+    }
+}
 /// The longest time between two full sweeps of the outbox
 /// ([`outbox_sweep`]).
 const OUTBOX_SWEEP_MAX: Duration = Duration::from_secs(15);
@@ -358,8 +380,8 @@ pub struct AuditWorker {
 ///
 /// With the outbox drained it does not poll: it waits for this instance's
 /// next commit (`nudge`), then `AUDIT_GATHER` more so that one read takes
-/// many commits' events, or at most [`outbox_sweep`] for other
-/// instances' leftovers.
+/// many commits' events (`AUDIT_GATHER_BURST` after a read of a burst's
+/// size), or at most [`outbox_sweep`] for other instances' leftovers.
 pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<bool>) {
     let AuditWorker {
         outbox,
@@ -383,8 +405,10 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
         }
         // `None`: drained; wait for a nudge.
         let mut pause = None;
+        let mut read = 0;
         match outbox.read(&consumer, AUDIT_BATCH, reclaim_after_ms).await {
             Ok(batch) if !batch.is_empty() => {
+                read = batch.len();
                 let events: Vec<_> = batch.iter().map(|e| e.event.clone()).collect();
                 match audit.write(&events).await {
                     Ok(()) => {
@@ -435,7 +459,7 @@ pub async fn audit_worker(worker: AuditWorker, mut shutdown: watch::Receiver<boo
                 status.set(AuditHealth::Degraded);
             }
         }
-        pause_or_nudge(pause, &nudge, idle_poll, AUDIT_GATHER, &mut shutdown).await;
+        pause_or_nudge(pause, &nudge, idle_poll, audit_gather(read), &mut shutdown).await;
     }
 }
 
@@ -692,6 +716,14 @@ pub(crate) mod tests {
     use kairos_domain::{Actor, Command, SessionConfig, SessionId, Status};
 
     use super::*;
+
+    #[test]
+    fn the_audit_worker_gathers_longer_after_a_burst() {
+        assert_eq!(audit_gather(0), Duration::from_millis(50));
+        assert_eq!(audit_gather(199), Duration::from_millis(50));
+        assert_eq!(audit_gather(200), Duration::from_secs(1));
+        assert_eq!(audit_gather(AUDIT_BATCH), Duration::from_secs(1));
+    }
 
     /// More due sessions than one claim may take, all due at once: the
     /// worker claims again as its queue drains, applies each deadline
