@@ -1009,7 +1009,7 @@ impl Report<'_> {
                 || "–".into(),
                 |v| {
                     format!(
-                        "{:.2} per switch ({} over {} switches: {}); {:.2} publishes per switch",
+                        "{:.2} per switch ({} over {} switches: {}); {:.2} publishes per switch, {:.2} of them run by the commit script",
                         v["per_switch"].as_f64().unwrap_or(f64::NAN),
                         num(&v["commands"]),
                         num(&v["switches"]),
@@ -1022,6 +1022,9 @@ impl Report<'_> {
                                 .join(", "))
                             .unwrap_or_default(),
                         v["publishes_per_switch"].as_f64().unwrap_or(f64::NAN),
+                        v["scripted_publishes_per_switch"]
+                            .as_f64()
+                            .unwrap_or(f64::NAN),
                     )
                 },
             ),
@@ -1915,7 +1918,8 @@ mod tests {
             outcome(
                 "redis-commands",
                 json!({"per_switch": 1.02, "switches": 1000, "commands": 1020,
-                       "by_command": {"EVALSHA": 1000, "HGET": 20}, "publishes_per_switch": 1.0}),
+                       "by_command": {"EVALSHA": 1000, "HGET": 20}, "publishes_per_switch": 1.0,
+                       "scripted_publishes_per_switch": 1.0}),
             ),
             Outcome {
                 name: "idle, 3 instances".into(),
@@ -1926,7 +1930,8 @@ mod tests {
             outcome(
                 "redis-commands [defaults]",
                 json!({"per_switch": 3.0, "switches": 1000, "commands": 3000,
-                       "by_command": {"EVALSHA": 2000, "HGET": 1000}, "publishes_per_switch": 1.0}),
+                       "by_command": {"EVALSHA": 2000, "HGET": 1000}, "publishes_per_switch": 1.0,
+                       "scripted_publishes_per_switch": 0.0}),
             ),
             outcome("switch c=1 [defaults]", json!({"latency": lat(0.12, 0.9)})),
         ];

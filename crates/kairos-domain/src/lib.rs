@@ -43,7 +43,8 @@
 //! - [`timers`]: [`timers::TimerQueue`], the keyed deadline queue behind the
 //!   server's local timers (pure data structure; imports nothing of ours).
 //! - [`service`]: [`SessionService`]: load, decide, commit with compare-and-set,
-//!   publish.
+//!   publish (or have the store publish in the same atomic step as the
+//!   commit, when it can: [`SessionStore::publishes_commits`]).
 //!
 //! # Example
 //!

@@ -51,7 +51,12 @@ pub(crate) struct Args {
 struct Seen {
     /// Commands the server sent naming a session, by name (publishes apart).
     commands: BTreeMap<String, u64>,
+    /// `PUBLISH`/`SPUBLISH` the server sent as commands of their own.
     publishes: u64,
+    /// `PUBLISH`/`SPUBLISH` on our sessions' channels that a script ran
+    /// (the commit script publishes its update with one Redis server).
+    scripted_publishes: u64,
+    /// Commands scripts ran.
     in_scripts: u64,
 }
 
@@ -144,9 +149,10 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         0.0
     };
     eprintln!(
-        "redis-commands: {ok} switches, {total} commands on the request path ({per_switch:.3} per switch) {:?}, {} publishes, {} run inside scripts",
-        seen.commands, seen.publishes, seen.in_scripts
+        "redis-commands: {ok} switches, {total} commands on the request path ({per_switch:.3} per switch) {:?}, {} publishes sent apart, {} by scripts, {} commands run inside scripts",
+        seen.commands, seen.publishes, seen.scripted_publishes, seen.in_scripts
     );
+    let per = |n: u64| if ok > 0 { n as f64 / ok as f64 } else { 0.0 };
     Ok(json!({
         "scenario": "redis-commands",
         "switches": ok,
@@ -155,7 +161,9 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         "per_switch": per_switch,
         "by_command": seen.commands,
         "publishes": seen.publishes,
-        "publishes_per_switch": if ok > 0 { seen.publishes as f64 / ok as f64 } else { 0.0 },
+        "scripted_publishes": seen.scripted_publishes,
+        "publishes_per_switch": per(seen.publishes + seen.scripted_publishes),
+        "scripted_publishes_per_switch": per(seen.scripted_publishes),
         "in_scripts": seen.in_scripts,
         "duration_s": took.as_secs_f64(),
         "loadgen_cpu_percent": cpu.percent(),
@@ -173,19 +181,24 @@ fn classify(line: &str, ids: &HashSet<String>, seen: &mut Seen) {
         .nth(1)
         .unwrap_or_default()
         .to_ascii_uppercase();
+    let publish = name == "PUBLISH" || name == "SPUBLISH";
+    // A UUID is 36 characters; look for any of ours in the line.
+    let names_ours = || {
+        rest.split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+            .any(|w| w.len() == 36 && ids.contains(w))
+    };
     if origin.ends_with(" lua") {
         seen.in_scripts += 1;
+        if publish && names_ours() {
+            seen.scripted_publishes += 1;
+        }
         return;
     }
-    if name == "PUBLISH" || name == "SPUBLISH" {
+    if publish {
         seen.publishes += 1;
         return;
     }
-    // A UUID is 36 characters; look for any of ours in the line.
-    let names_ours = rest
-        .split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
-        .any(|w| w.len() == 36 && ids.contains(w));
-    if names_ours {
+    if names_ours() {
         *seen.commands.entry(name).or_default() += 1;
     }
 }
@@ -205,6 +218,9 @@ mod tests {
             format!(r#"1.7 [0 127.0.0.1:5000] "hget" "k:{{p01}}:s:{id}" "s""#),
             r#"1.8 [0 127.0.0.1:5001] "SPUBLISH" "k:{p01}:ch" "x""#.to_owned(),
             r#"1.9 [0 127.0.0.1:5000] "EVALSHA" "cd34" "1" "k:{p02}:deadlines""#.to_owned(),
+            format!(r#"2.0 [0 lua] "PUBLISH" "k:{{{id}}}:bus" """#),
+            r#"2.1 [0 lua] "PUBLISH" "k:{00000000-0000-0000-0000-000000000000}:bus" "x""#
+                .to_owned(),
         ] {
             classify(&line, &ids, &mut seen);
         }
@@ -212,6 +228,9 @@ mod tests {
             seen.commands,
             BTreeMap::from([("EVALSHA".to_owned(), 1), ("HGET".to_owned(), 1)])
         );
-        assert_eq!((seen.publishes, seen.in_scripts), (1, 1));
+        assert_eq!(
+            (seen.publishes, seen.scripted_publishes, seen.in_scripts),
+            (1, 1, 3)
+        );
     }
 }

@@ -463,9 +463,14 @@ impl Application {
             },
             stop_rx.clone(),
         ));
-        // The outbox drains and webhook sends yield the cores to the hot path.
-        let background = crate::background::Background::start()?;
-        if let Some((outbox, sink)) = audit {
+        // The outbox drains and webhook sends yield the cores to the hot
+        // path; the audit drain's large batches do not hold the sends back.
+        let background = crate::background::Background::start("kairos-webhooks")?;
+        let audit_background = match &audit {
+            Some(_) => Some(crate::background::Background::start("kairos-audit")?),
+            None => None,
+        };
+        if let (Some((outbox, sink)), Some(audit_background)) = (audit, &audit_background) {
             workers.spawn_on(
                 workers::audit_worker(
                     workers::AuditWorker {
@@ -480,7 +485,7 @@ impl Application {
                     },
                     stop_rx.clone(),
                 ),
-                background.handle(),
+                audit_background.handle(),
             );
         }
         if let Some(w) = webhooks {
@@ -572,6 +577,9 @@ impl Application {
         let _ = stop_tx.send(true);
         while workers.join_next().await.is_some() {}
         background.stop().await;
+        if let Some(audit_background) = audit_background {
+            audit_background.stop().await;
+        }
         let _ = adapters_stop.send(true);
         while adapter_tasks.join_next().await.is_some() {}
         tracing::info!("stopped");
