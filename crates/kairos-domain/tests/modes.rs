@@ -2913,16 +2913,7 @@ mod service {
     #[tokio::test]
     async fn every_version_is_published_once_in_order() {
         // Arrange: two per_cycle timeouts passed unnoticed before a pause.
-        let cfg = SessionConfig::parse(&json!({
-            "sync_mode": "per_cycle", "time_per_cycle_ms": 10000,
-            "participants": [{"participant_id": "a"}, {"participant_id": "b"}],
-            "action_on_timeout": {"type": "skip_cycle"}, "auto_advance": true
-        }))
-        .expect("valid");
-        let (s, _) = machine::create(cfg, sid(), Some("host-1".into()), at(0));
-        let stored = machine::decide(&s, &Command::Start, None, at(0))
-            .expect("start")
-            .state;
+        let stored = per_cycle_started();
         let mut store = MockSessionStore::new();
         store
             .expect_load()
@@ -2986,16 +2977,21 @@ mod service {
             .state
     }
 
-    #[tokio::test]
-    async fn a_store_that_publishes_gets_every_version_encoded_in_its_commit() {
-        // Arrange
-        let stored = per_cycle_started();
+    /// A store that publishes its commits and holds `stored` (loaded once).
+    fn publishing_store_of(stored: Session) -> MockSessionStore {
         let mut store = MockSessionStore::new();
         store.expect_publishes_commits().return_const(true);
         store
             .expect_load()
             .times(1)
             .returning(move |_| Ok(Some(stored.clone())));
+        store
+    }
+
+    #[tokio::test]
+    async fn a_store_that_publishes_gets_every_version_encoded_in_its_commit() {
+        // Arrange
+        let mut store = publishing_store_of(per_cycle_started());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
         store.expect_commit().times(1).returning(move |c| {
@@ -3038,13 +3034,7 @@ mod service {
     #[tokio::test]
     async fn a_store_that_publishes_on_a_bus_that_cannot_encode_leaves_the_publish_to_the_bus() {
         // Arrange
-        let stored = per_cycle_started();
-        let mut store = MockSessionStore::new();
-        store.expect_publishes_commits().return_const(true);
-        store
-            .expect_load()
-            .times(1)
-            .returning(move |_| Ok(Some(stored.clone())));
+        let mut store = publishing_store_of(per_cycle_started());
         store
             .expect_commit()
             .times(1)
