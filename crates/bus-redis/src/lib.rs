@@ -35,12 +35,16 @@
 //!   the loss until that is done.
 //! - **Updates are published by the commit that makes them** when there is
 //!   one server (standalone, Sentinel): the service asks the bus to encode
-//!   each version ([`EventBus::encode_update`](kairos_domain::EventBus::encode_update))
+//!   each version a commit makes ([`EventBus::encode_update`](kairos_domain::EventBus::encode_update))
 //!   and the store's commit script `PUBLISH`es the bytes in the same atomic
 //!   step, so subscribers learn of every committed version even when the
 //!   committing instance dies right after, and a switch sends Redis one
-//!   command. On Cluster, and for deletions and presence events, the bus
-//!   publishes itself:
+//!   command. On Cluster, and for creations, deletions and presence events,
+//!   the bus publishes itself (next item). The two paths are not ordered
+//!   with each other: a creation's message may arrive after the session's
+//!   first update, as messages of two instances could always arrive in
+//!   either order; subscribers and the service's cache keep the newest
+//!   version they have seen.
 //! - **Publishing never waits on Redis.** `publish` encodes the message
 //!   (MessagePack with field names: the state with its version, the events,
 //!   the instant) and pushes it on a bounded queue; a publisher task sends

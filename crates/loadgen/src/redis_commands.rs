@@ -51,7 +51,8 @@ pub(crate) struct Args {
 struct Seen {
     /// Commands the server sent naming a session, by name (publishes apart).
     commands: BTreeMap<String, u64>,
-    /// `PUBLISH`/`SPUBLISH` the server sent as commands of their own.
+    /// `PUBLISH`/`SPUBLISH` on our sessions' channels the server sent as
+    /// commands of their own.
     publishes: u64,
     /// `PUBLISH`/`SPUBLISH` on our sessions' channels that a script ran
     /// (the commit script publishes its update with one Redis server).
@@ -195,7 +196,9 @@ fn classify(line: &str, ids: &HashSet<String>, seen: &mut Seen) {
         return;
     }
     if publish {
-        seen.publishes += 1;
+        if names_ours() {
+            seen.publishes += 1;
+        }
         return;
     }
     if names_ours() {
@@ -216,7 +219,8 @@ mod tests {
             format!(r#"1.5 [0 127.0.0.1:5000] "EVALSHA" "ab12" "2" "k:{{p01}}:s:{id}" "7""#),
             format!(r#"1.6 [0 lua] "HSET" "k:{{p01}}:s:{id}" "v" "8""#),
             format!(r#"1.7 [0 127.0.0.1:5000] "hget" "k:{{p01}}:s:{id}" "s""#),
-            r#"1.8 [0 127.0.0.1:5001] "SPUBLISH" "k:{p01}:ch" "x""#.to_owned(),
+            format!(r#"1.8 [0 127.0.0.1:5001] "SPUBLISH" "k:{{{id}}}:bus" "x""#),
+            r#"1.85 [0 127.0.0.1:5001] "PUBLISH" "other:ch" "x""#.to_owned(),
             r#"1.9 [0 127.0.0.1:5000] "EVALSHA" "cd34" "1" "k:{p02}:deadlines""#.to_owned(),
             format!(r#"2.0 [0 lua] "PUBLISH" "k:{{{id}}}:bus" """#),
             r#"2.1 [0 lua] "PUBLISH" "k:{00000000-0000-0000-0000-000000000000}:bus" "x""#

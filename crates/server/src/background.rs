@@ -5,7 +5,7 @@
 //! itself and the webhook workers (fan-out and delivery) share another:
 //! the audit worker decodes and writes up to 5,000 events in one go, which
 //! on a shared thread held the webhook sends back (measured: webhook
-//! delivery p99 40–65 ms against 30 ms, docs/performance.md).
+//! delivery p99 34–65 ms against 30 ms, docs/performance.md).
 //!
 //! Their work is off the hot path by design (the audit trail and webhooks
 //! are fed from durable outboxes, at least once): under overload it waits,

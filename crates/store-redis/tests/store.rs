@@ -501,14 +501,16 @@ async fn a_walk_returns_every_session_of_its_prefix_once() {
 }
 
 /// The bus messages a commit carries are published by the commit script,
-/// in order, if and only if the commit applies: a lost compare-and-set and
-/// a refused rate check publish nothing, and a create publishes nothing.
+/// in order, if and only if the commit applies: a lost compare-and-set, a
+/// commit on a session that is gone and a refused rate check publish
+/// nothing. The messages and the events travel side by side in the
+/// script's arguments: the outbox gets the events and only them.
 #[tokio::test]
 async fn a_commit_publishes_its_messages_only_when_it_applies() {
     use futures_util::StreamExt;
     use kairos_domain::{EncodedMessage, Limit, RateCheck};
 
-    let (store, _) = store().await;
+    let (store, config) = store().await;
     assert!(
         store.publishes_commits(),
         "one server: the script publishes"
@@ -523,8 +525,19 @@ async fn a_commit_publishes_its_messages_only_when_it_applies() {
         channel: channel.clone(),
         payload: payload.to_vec(),
     };
-    store.create(&session, &[created]).await.expect("created");
+    store
+        .create(&session, std::slice::from_ref(&created))
+        .await
+        .expect("created");
     let v2 = bumped(&session);
+    let events: Vec<_> = (0..2)
+        .map(|_| {
+            let mut e = created.clone();
+            e.event_id = uuid::Uuid::new_v4();
+            e.version = v2.version;
+            e
+        })
+        .collect();
     let commit = |expected: &Session, state: &Session, payloads: &[&[u8]], rate| Commit {
         rate,
         deadline: None,
@@ -534,11 +547,16 @@ async fn a_commit_publishes_its_messages_only_when_it_applies() {
         publish: payloads.iter().map(|p| message(p)).collect(),
     };
 
-    // Applied: both messages, in order, each once.
-    store
-        .commit(&commit(&session, &v2, &[b"first\x00\xff", b"second"], None))
-        .await
-        .expect("applies");
+    // Applied: both messages, in order, each once, and both events.
+    let mut first = commit(&session, &v2, &[b"first\x00\xff", b"second"], None);
+    first.events = events.clone();
+    store.commit(&first).await.expect("applies");
+    // Gone: no such session.
+    let (absent, _) = chess(60_000, 1_000);
+    let gone = store
+        .commit(&commit(&absent, &bumped(&absent), &[b"gone"], None))
+        .await;
+    assert_eq!(gone, Err(StoreError::VersionConflict(None)));
     // Lost: the stored version is v2 now.
     let lost = store
         .commit(&commit(&session, &bumped(&v2), &[b"lost"], None))
@@ -579,4 +597,25 @@ async fn a_commit_publishes_its_messages_only_when_it_applies() {
     }
     let want: Vec<&[u8]> = vec![b"first\x00\xff", b"second", b"third", b"marker"];
     assert_eq!(got, want);
+
+    // The outbox: the create's event, then the two events, and nothing of
+    // the messages.
+    let entries: redis::streams::StreamRangeReply = conn
+        .xrange_all(keys_of(&config, &session.id).outbox)
+        .await
+        .expect("XRANGE");
+    let ids: Vec<uuid::Uuid> = entries
+        .ids
+        .iter()
+        .map(|entry| {
+            let bytes: Vec<u8> = entry.get("e").expect("field e");
+            serde_json::from_slice::<kairos_domain::Event>(&bytes)
+                .expect("an event")
+                .event_id
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [created.event_id, events[0].event_id, events[1].event_id]
+    );
 }
