@@ -3,9 +3,10 @@
 //! +10), so that on a busy machine the hot path (HTTP, WebSockets, the
 //! local timers) gets the cores first. The audit drain has a thread to
 //! itself and the webhook workers (fan-out and delivery) share another:
-//! the audit worker decodes and writes up to 5,000 events in one go, which
-//! on a shared thread held the webhook sends back (measured: webhook
-//! delivery p99 34–65 ms against 30 ms, docs/performance.md).
+//! the audit worker decodes and writes a whole batch in one go, which on a
+//! shared thread held the webhook sends back (measured with batches of up
+//! to 5,000 events: webhook delivery p99 34–65 ms against 30 ms,
+//! docs/performance.md).
 //!
 //! Their work is off the hot path by design (the audit trail and webhooks
 //! are fed from durable outboxes, at least once): under overload it waits,
