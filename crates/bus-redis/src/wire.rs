@@ -183,11 +183,7 @@ pub(crate) fn encode(message: &BusMessage) -> Result<(SessionId, Vec<u8>), Encod
         BusMessage::Event { event } => (event.session_id, Outgoing::Event { event }),
         BusMessage::Lagged => return Err(EncodeError::NotPublishable),
     };
-    // Sized for a small session at once (a two-clock update is about 850
-    // bytes) rather than grown by doubling from nothing.
-    let mut bytes = Vec::with_capacity(INITIAL_CAPACITY);
-    rmp_serde::encode::write_named(&mut bytes, &outgoing)?;
-    Ok((id, bytes))
+    Ok((id, write(&outgoing)?))
 }
 
 /// An update's bytes, exactly as [`encode`] writes
@@ -198,15 +194,19 @@ pub(crate) fn encode_update(
     events: &[Event],
     at_ms: i64,
 ) -> Result<Vec<u8>, EncodeError> {
+    write(&Outgoing::Updated {
+        state,
+        events,
+        at_ms,
+    })
+}
+
+/// The bytes of a message: MessagePack with field names.
+fn write(outgoing: &Outgoing<'_>) -> Result<Vec<u8>, EncodeError> {
+    // Sized for a small session at once (a two-clock update is about 850
+    // bytes) rather than grown by doubling from nothing.
     let mut bytes = Vec::with_capacity(INITIAL_CAPACITY);
-    rmp_serde::encode::write_named(
-        &mut bytes,
-        &Outgoing::Updated {
-            state,
-            events,
-            at_ms,
-        },
-    )?;
+    rmp_serde::encode::write_named(&mut bytes, outgoing)?;
     Ok(bytes)
 }
 

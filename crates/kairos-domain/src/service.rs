@@ -749,17 +749,20 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         events: &[Event],
         now: i64,
     ) -> Vec<EncodedMessage> {
+        let ends = version_ends(intermediate, events);
+        let mut start = 0;
         let mut encoded = Vec::with_capacity(intermediate.len() + 1);
-        let mut rest = events;
-        for state in intermediate {
-            let (mine, later) = rest.split_at(rest.partition_point(|e| e.version <= state.version));
-            rest = later;
-            match self.bus.encode_update(state, mine, state.updated_at_ms) {
+        for (state, &end) in intermediate.iter().zip(&ends) {
+            match self
+                .bus
+                .encode_update(state, &events[start..end], state.updated_at_ms)
+            {
                 Some(message) => encoded.push(message),
                 None => return Vec::new(),
             }
+            start = end;
         }
-        match self.bus.encode_update(state, rest, now) {
+        match self.bus.encode_update(state, &events[start..], now) {
             Some(message) => encoded.push(message),
             None => return Vec::new(),
         }
@@ -773,12 +776,15 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         &self,
         intermediate: Vec<Session>,
         state: Arc<Session>,
-        mut events: Vec<Event>,
+        events: Vec<Event>,
         now: i64,
     ) {
-        for state in intermediate {
-            let rest = events.split_off(events.partition_point(|e| e.version <= state.version));
-            let mine: Vec<Event> = std::mem::replace(&mut events, rest);
+        let ends = version_ends(&intermediate, &events);
+        let mut events = events.into_iter();
+        let mut start = 0;
+        for (state, end) in intermediate.into_iter().zip(ends) {
+            let mine: Vec<Event> = events.by_ref().take(end - start).collect();
+            start = end;
             let at_ms = state.updated_at_ms;
             self.bus
                 .publish(BusMessage::Updated {
@@ -791,9 +797,19 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         self.bus
             .publish(BusMessage::Updated {
                 state,
-                events,
+                events: events.collect(),
                 at_ms: now,
             })
             .await;
     }
+}
+
+/// Where the events of each intermediate version end in `events` (sorted by
+/// version): `intermediate[i]`'s are `events[ends[i - 1]..ends[i]]` (from 0
+/// for the first), and the final state's are the rest.
+fn version_ends(intermediate: &[Session], events: &[Event]) -> Vec<usize> {
+    intermediate
+        .iter()
+        .map(|state| events.partition_point(|e| e.version <= state.version))
+        .collect()
 }

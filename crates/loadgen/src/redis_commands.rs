@@ -144,16 +144,12 @@ pub(crate) async fn run(args: Args) -> Result<String> {
     let seen = seen.lock().await;
     let total: u64 = seen.commands.values().sum();
     let ok = switches as u64 - failed;
-    let per_switch = if ok > 0 {
-        total as f64 / ok as f64
-    } else {
-        0.0
-    };
+    let per = |n: u64| if ok > 0 { n as f64 / ok as f64 } else { 0.0 };
+    let per_switch = per(total);
     eprintln!(
         "redis-commands: {ok} switches, {total} commands on the request path ({per_switch:.3} per switch) {:?}, {} publishes sent apart, {} by scripts, {} commands run inside scripts",
         seen.commands, seen.publishes, seen.scripted_publishes, seen.in_scripts
     );
-    let per = |n: u64| if ok > 0 { n as f64 / ok as f64 } else { 0.0 };
     Ok(json!({
         "scenario": "redis-commands",
         "switches": ok,

@@ -466,11 +466,10 @@ impl Application {
         // The outbox drains and webhook sends yield the cores to the hot
         // path; the audit drain's large batches do not hold the sends back.
         let background = crate::background::Background::start("kairos-webhooks")?;
-        let audit_background = match &audit {
-            Some(_) => Some(crate::background::Background::start("kairos-audit")?),
-            None => None,
-        };
-        if let (Some((outbox, sink)), Some(audit_background)) = (audit, &audit_background) {
+        let mut audit_background = None;
+        if let Some((outbox, sink)) = audit {
+            let thread =
+                audit_background.insert(crate::background::Background::start("kairos-audit")?);
             workers.spawn_on(
                 workers::audit_worker(
                     workers::AuditWorker {
@@ -485,7 +484,7 @@ impl Application {
                     },
                     stop_rx.clone(),
                 ),
-                audit_background.handle(),
+                thread.handle(),
             );
         }
         if let Some(w) = webhooks {

@@ -268,13 +268,25 @@ impl RedisConnection {
         keys: &[&str],
         args: &[Vec<u8>],
     ) -> Result<T, StoreError> {
+        self.eval_with(what, script, keys, args).await
+    }
+
+    /// [`Self::eval`] with arguments of any byte form (borrowed ones are
+    /// not copied first).
+    pub(crate) async fn eval_with<T: redis::FromRedisValue, A: AsRef<[u8]> + Sync>(
+        &self,
+        what: &'static str,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[A],
+    ) -> Result<T, StoreError> {
         self.run(what, |mut conn| async move {
             let mut invocation = script.prepare_invoke();
             for key in keys {
                 invocation.key(*key);
             }
             for arg in args {
-                invocation.arg(arg.as_slice());
+                invocation.arg(arg.as_ref());
             }
             invocation.invoke_async(&mut conn).await
         })

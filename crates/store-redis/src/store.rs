@@ -3,6 +3,7 @@
 //! atomic round trip); a deadline claim visits every partition in one script
 //! call (in Cluster mode, one call per partition, concurrently).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -244,48 +245,54 @@ impl RedisStore {
         self.conn.eval(what, script, keys, args).await
     }
 
-    /// The arguments a state write shares between `create` and `commit`:
-    /// encoded state, TTL, deadline (or empty), member, then `extra` (the
-    /// commit's rate check), the webhook feed's gate flag, then for a commit
-    /// (`publish` given) the number of bus messages and each one's channel
-    /// and bytes, then the events.
-    fn write_args(
+    /// The arguments of a state write, shared by `create` and `commit`:
+    /// `versions` (the script's first arguments), encoded state, TTL,
+    /// deadline (or empty), member, then `extra` (the commit's rate check),
+    /// the webhook feed's gate flag, then for a commit (`publish` given) the
+    /// number of bus messages and each one's channel and bytes (borrowed,
+    /// not copied), then the events.
+    fn write_args<'a>(
         &self,
+        versions: &[u64],
         state: &Session,
         deadline: Option<i64>,
         extra: Vec<Vec<u8>>,
-        publish: Option<&[EncodedMessage]>,
+        publish: Option<&'a [EncodedMessage]>,
         events: &[Event],
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
+    ) -> Result<Vec<Cow<'a, [u8]>>, StoreError> {
+        let owned = |bytes: Vec<u8>| -> Cow<'a, [u8]> { Cow::Owned(bytes) };
         let messages = publish.unwrap_or_default();
-        let mut args = Vec::with_capacity(6 + extra.len() + 2 * messages.len() + events.len());
-        args.push(self.codec.encode(state)?);
-        args.push(self.ttl_ms.to_string().into_bytes());
-        args.push(
+        let mut args = Vec::with_capacity(
+            versions.len() + 6 + extra.len() + 2 * messages.len() + events.len(),
+        );
+        args.extend(versions.iter().map(|v| owned(v.to_string().into_bytes())));
+        args.push(owned(self.codec.encode(state)?));
+        args.push(owned(self.ttl_ms.to_string().into_bytes()));
+        args.push(owned(
             deadline
                 .map(|d| d.to_string())
                 .unwrap_or_default()
                 .into_bytes(),
-        );
-        args.push(state.id.to_string().into_bytes());
-        args.extend(extra);
+        ));
+        args.push(owned(state.id.to_string().into_bytes()));
+        args.extend(extra.into_iter().map(owned));
         // The webhook feed's gate flag (see `CREATE`).
-        args.push(if self.hooks_gate.is_some() {
-            b"1".to_vec()
+        args.push(Cow::Borrowed(if self.hooks_gate.is_some() {
+            b"1".as_slice()
         } else {
-            Vec::new()
-        });
+            b"".as_slice()
+        }));
         if publish.is_some() {
-            args.push(messages.len().to_string().into_bytes());
+            args.push(owned(messages.len().to_string().into_bytes()));
             for message in messages {
-                args.push(message.channel.clone().into_bytes());
-                args.push(message.payload.clone());
+                args.push(Cow::Borrowed(message.channel.as_bytes()));
+                args.push(Cow::Borrowed(&message.payload));
             }
         }
         // With both feeds off nothing drains the streams: write no events at all.
         if self.outbox_enabled || self.webhook_feed {
             for event in events {
-                args.push(encode_event(event)?);
+                args.push(owned(encode_event(event)?));
             }
         }
         Ok(args)
@@ -428,18 +435,19 @@ impl SessionStore for RedisStore {
         let p = partition_of(&state.id);
         let keys = self.keys.partition(p);
         let state_key = self.keys.state(&state.id);
-        let mut args = vec![state.version.to_string().into_bytes()];
-        args.extend(self.write_args(
+        let args = self.write_args(
+            &[state.version],
             state,
             machine::next_deadline(state),
             Vec::new(),
             None,
             events,
-        )?);
+        )?;
         let mut script_keys = vec![state_key.as_str(), keys.deadlines.as_str()];
         script_keys.extend(self.event_streams(keys));
         let created = self
-            .eval::<i64>("create", &self.scripts.create, &script_keys, &args)
+            .conn
+            .eval_with::<i64, _>("create", &self.scripts.create, &script_keys, &args)
             .await;
         // Marked whatever the reply: a call that timed out may have run.
         self.mark_written(p);
@@ -461,10 +469,6 @@ impl SessionStore for RedisStore {
         let keys = self.keys.partition(p);
         let state_key = self.keys.state(&state.id);
         let rate_key = self.keys.rate(&state.id);
-        let mut args = vec![
-            commit.expected_version.to_string().into_bytes(),
-            state.version.to_string().into_bytes(),
-        ];
         let rate_args = match commit.rate {
             Some(check) => vec![
                 check
@@ -482,13 +486,14 @@ impl SessionStore for RedisStore {
                 "a commit with bus messages to publish on Redis Cluster (its bus publishes)".into(),
             ));
         }
-        args.extend(self.write_args(
+        let args = self.write_args(
+            &[commit.expected_version, state.version],
             state,
             commit.deadline,
             rate_args,
             Some(&commit.publish),
             &commit.events,
-        )?);
+        )?;
         // KEYS: state, deadlines, the rate key, then the event streams.
         let mut script_keys = vec![
             state_key.as_str(),
@@ -497,7 +502,13 @@ impl SessionStore for RedisStore {
         ];
         script_keys.extend(self.event_streams(keys));
         let reply = self
-            .eval::<(i64, Option<Vec<u8>>)>("commit", &self.scripts.commit, &script_keys, &args)
+            .conn
+            .eval_with::<(i64, Option<Vec<u8>>), _>(
+                "commit",
+                &self.scripts.commit,
+                &script_keys,
+                &args,
+            )
             .await;
         if !commit.events.is_empty() {
             // Whatever the reply: a call that timed out may have run.
