@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use diesel::pg::data_types::PgTimestamp;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{
+    Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -15,17 +17,15 @@ use kairos_domain::{AuditError, AuditSink, Event, SessionId};
 use tokio::sync::watch;
 
 use crate::error;
-use crate::rows::{self, EVENT_COLUMNS, EventRow, SessionColumns, UPSERT_SESSIONS};
+use crate::rows::{self, EventColumns, EventRow, INSERT_EVENTS, SessionColumns, UPSERT_SESSIONS};
 use crate::schema::sync_events;
 use crate::url::DatabaseUrl;
 
-/// PostgreSQL accepts at most 65,535 bind parameters per statement.
-const MAX_BIND_PARAMS: usize = 65_535;
-
-/// Events per multi-row `INSERT`: as many as fit under the bind-parameter
-/// limit (5,461). A larger batch is split into several statements, still in
-/// one transaction.
-pub const MAX_ROWS_PER_INSERT: usize = MAX_BIND_PARAMS / EVENT_COLUMNS;
+/// Events per `INSERT` statement. The rows go as one array per column
+/// (twelve parameters whatever their number); a larger batch is split into
+/// several statements, still in one transaction, so that one statement's
+/// arrays stay a few megabytes.
+pub const MAX_ROWS_PER_INSERT: usize = 5_000;
 
 /// Months of partitions to keep created ahead of the current one. Three
 /// months leaves a whole quarter for a maintenance failure to be noticed
@@ -230,6 +230,25 @@ async fn establish(url: String) -> ConnectionResult<AsyncPgConnection> {
     Ok(conn)
 }
 
+/// Inserts one statement's worth of events (see [`INSERT_EVENTS`]).
+async fn insert_events(conn: &mut AsyncPgConnection, c: &EventColumns<'_>) -> QueryResult<usize> {
+    diesel::sql_query(INSERT_EVENTS)
+        .bind::<Array<SqlUuid>, _>(&c.event_id)
+        .bind::<Array<SqlUuid>, _>(&c.session_id)
+        .bind::<Array<BigInt>, _>(&c.version)
+        .bind::<Array<Text>, _>(&c.event_type)
+        .bind::<Array<Nullable<Text>>, _>(&c.participant_id)
+        .bind::<Array<Nullable<Text>>, _>(&c.group_id)
+        .bind::<Array<BigInt>, _>(&c.at_ms)
+        .bind::<Array<Timestamptz>, _>(&c.at)
+        .bind::<Array<Nullable<BigInt>>, _>(&c.time_remaining_ms)
+        .bind::<Array<Nullable<BigInt>>, _>(&c.time_elapsed_ms)
+        .bind::<Array<Nullable<Text>>, _>(&c.action)
+        .bind::<Array<Jsonb>, _>(&c.metadata)
+        .execute(conn)
+        .await
+}
+
 /// Upserts the batch's session summaries (see [`UPSERT_SESSIONS`]).
 async fn upsert_sessions(conn: &mut AsyncPgConnection, s: &SessionColumns) -> QueryResult<usize> {
     diesel::sql_query(UPSERT_SESSIONS)
@@ -247,25 +266,21 @@ async fn upsert_sessions(conn: &mut AsyncPgConnection, s: &SessionColumns) -> Qu
 
 #[async_trait]
 impl AuditSink for PgAudit {
-    /// One transaction: the events as multi-row `INSERT ... ON CONFLICT DO
-    /// NOTHING` statements of at most [`MAX_ROWS_PER_INSERT`] rows, then one
-    /// upsert of `sync_sessions`. Returns after the commit, which is durable.
+    /// One transaction: the events as `INSERT ... SELECT FROM UNNEST ... ON
+    /// CONFLICT DO NOTHING` statements of at most [`MAX_ROWS_PER_INSERT`]
+    /// rows, then one upsert of `sync_sessions`. Returns after the commit, which is durable.
     #[tracing::instrument(skip_all, fields(events = events.len()))]
     async fn write(&self, events: &[Event]) -> Result<(), AuditError> {
         if events.is_empty() {
             return Ok(());
         }
-        let rows = rows::event_rows(events)?;
+        let statements = rows::event_columns(events, MAX_ROWS_PER_INSERT)?;
         let sessions = rows::session_columns(events)?;
-        let (rows, sessions) = (&rows, &sessions);
+        let (statements, sessions) = (&statements, &sessions);
         self.timed("audit write", OPERATION_TIMEOUT, async |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-                for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
-                    diesel::insert_into(sync_events::table)
-                        .values(chunk)
-                        .on_conflict_do_nothing()
-                        .execute(conn)
-                        .await?;
+                for columns in statements {
+                    insert_events(conn, columns).await?;
                 }
                 upsert_sessions(conn, sessions).await?;
                 Ok(())

@@ -12,9 +12,6 @@ use uuid::Uuid;
 
 use crate::schema::sync_events;
 
-/// Columns bound per inserted event row (`write_seq` comes from its default).
-pub(crate) const EVENT_COLUMNS: usize = 12;
-
 /// Unix milliseconds of PostgreSQL's timestamp epoch, 2000-01-01T00:00:00Z.
 const PG_EPOCH_MS: i64 = 946_684_800_000;
 /// 0001-01-01T00:00:00Z: `at` is clamped to years 1 to 9999, well inside
@@ -34,8 +31,7 @@ pub(crate) fn at_of(at_ms: i64) -> PgTimestamp {
 
 /// One event as inserted: borrows the event's strings, so a 5,000-event batch
 /// costs no copies beyond the metadata.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = sync_events)]
+#[derive(Debug)]
 pub(crate) struct NewEvent<'a> {
     event_id: Uuid,
     session_id: Uuid,
@@ -79,6 +75,80 @@ pub(crate) fn event_rows(events: &[Event]) -> Result<Vec<NewEvent<'_>>, AuditErr
     rows.sort_by_key(|r| (r.session_id, r.version));
     Ok(rows)
 }
+
+/// Rows as one array per column, bound to [`INSERT_EVENTS`]: twelve
+/// parameters for any number of rows, so the statement is parsed once per
+/// connection instead of once per batch, and PostgreSQL binds twelve arrays
+/// rather than twelve values per row.
+#[derive(Debug, Default)]
+pub(crate) struct EventColumns<'a> {
+    pub(crate) event_id: Vec<Uuid>,
+    pub(crate) session_id: Vec<Uuid>,
+    pub(crate) version: Vec<i64>,
+    pub(crate) event_type: Vec<&'static str>,
+    pub(crate) participant_id: Vec<Option<&'a str>>,
+    pub(crate) group_id: Vec<Option<&'a str>>,
+    pub(crate) at_ms: Vec<i64>,
+    pub(crate) at: Vec<PgTimestamp>,
+    pub(crate) time_remaining_ms: Vec<Option<i64>>,
+    pub(crate) time_elapsed_ms: Vec<Option<i64>>,
+    pub(crate) action: Vec<Option<&'a str>>,
+    pub(crate) metadata: Vec<serde_json::Value>,
+}
+
+impl EventColumns<'_> {
+    /// Rows held.
+    pub(crate) fn len(&self) -> usize {
+        self.event_id.len()
+    }
+}
+
+/// [`event_rows`] split into statements of at most `per_statement` rows
+/// (at least one), each as columns, in row order.
+pub(crate) fn event_columns(
+    events: &[Event],
+    per_statement: usize,
+) -> Result<Vec<EventColumns<'_>>, AuditError> {
+    let per_statement = per_statement.max(1);
+    let mut out: Vec<EventColumns<'_>> = Vec::new();
+    for r in event_rows(events)? {
+        if out.last().is_none_or(|c| c.len() >= per_statement) {
+            out.push(EventColumns::default());
+        }
+        let Some(c) = out.last_mut() else {
+            unreachable!("a statement was pushed above");
+        };
+        c.event_id.push(r.event_id);
+        c.session_id.push(r.session_id);
+        c.version.push(r.version);
+        c.event_type.push(r.event_type);
+        c.participant_id.push(r.participant_id);
+        c.group_id.push(r.group_id);
+        c.at_ms.push(r.at_ms);
+        c.at.push(r.at);
+        c.time_remaining_ms.push(r.time_remaining_ms);
+        c.time_elapsed_ms.push(r.time_elapsed_ms);
+        c.action.push(r.action);
+        c.metadata.push(r.metadata);
+    }
+    Ok(out)
+}
+
+/// Inserts [`EventColumns`], idempotently (`ON CONFLICT DO NOTHING` on the
+/// key `(event_id, at)`). `ORDER BY ord` hands the rows to the insert in
+/// array order, so `write_seq` follows it.
+pub(crate) const INSERT_EVENTS: &str = "\
+INSERT INTO sync_events
+    (event_id, session_id, version, event_type, participant_id, group_id,
+     at_ms, at, time_remaining_ms, time_elapsed_ms, action, metadata)
+SELECT event_id, session_id, version, event_type, participant_id, group_id,
+       at_ms, at, time_remaining_ms, time_elapsed_ms, action, metadata
+FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[],
+            $7::int8[], $8::timestamptz[], $9::int8[], $10::int8[], $11::text[], $12::jsonb[])
+     WITH ORDINALITY AS t(event_id, session_id, version, event_type, participant_id, group_id,
+                          at_ms, at, time_remaining_ms, time_elapsed_ms, action, metadata, ord)
+ORDER BY ord
+ON CONFLICT DO NOTHING";
 
 fn version_to_sql(version: u64) -> Result<i64, AuditError> {
     i64::try_from(version)
@@ -327,6 +397,45 @@ mod tests {
                 (2, 1, "session_created"),
             ]
         );
+    }
+
+    #[test]
+    fn columns_keep_the_row_order_and_split_into_statements() {
+        let mut events: Vec<Event> = (0..5)
+            .map(|i| {
+                event(
+                    9 - i,
+                    1,
+                    EventType::SessionCreated,
+                    10 + i64::try_from(i).unwrap(),
+                )
+            })
+            .collect();
+        events[0].participant_id = Some(ParticipantId::parse("white").unwrap());
+        events[0].time_remaining_ms = Some(42);
+        let statements = event_columns(&events, 2).unwrap();
+        assert_eq!(
+            statements.iter().map(EventColumns::len).collect::<Vec<_>>(),
+            vec![2, 2, 1]
+        );
+        // Sessions 5..=9 in order, whatever the batch order was.
+        let sessions: Vec<u128> = statements
+            .iter()
+            .flat_map(|c| c.session_id.iter().map(|u| u.as_u128()))
+            .collect();
+        assert_eq!(sessions, vec![5, 6, 7, 8, 9]);
+        // Every column of a row is taken from the same event (session 9
+        // was the first event).
+        let last = &statements[2];
+        assert_eq!(last.event_id, vec![events[0].event_id]);
+        assert_eq!(last.participant_id, vec![Some("white")]);
+        assert_eq!(last.time_remaining_ms, vec![Some(42)]);
+        assert_eq!(last.at, vec![at_of(10)]);
+        assert_eq!(last.metadata, vec![json!({"sync_mode": "per_participant"})]);
+        assert_eq!(statements[0].participant_id, vec![None, None]);
+        // One statement takes everything when it may; none for no events.
+        assert_eq!(event_columns(&events, 5_000).unwrap().len(), 1);
+        assert!(event_columns(&[], 5_000).unwrap().is_empty());
     }
 
     #[test]
