@@ -305,11 +305,12 @@ impl AuditStatus {
 }
 
 /// Events moved per batch from the outbox to the audit trail: one read,
-/// one write. A read holds Redis for its whole length (one script over
-/// every partition: about 1.5 ms for 1,000 entries, 11 ms for 5,000, on
-/// this project's bench machine), so bursts are read in several batches
-/// of this size, back to back, rather than in one long stall of every
-/// instance's commands.
+/// one write (one PostgreSQL transaction), one acknowledgement. The Redis
+/// store makes a read or an acknowledgement of this many out of several
+/// script calls of at most 200 entries (`store_redis::outbox::CALL_ENTRIES`),
+/// one after the other, so that no call holds Redis, and every instance's
+/// commits behind it, for more than about half a millisecond. Bursts are
+/// drained in batches of this size, back to back.
 const AUDIT_BATCH: usize = 1_000;
 /// After a nudge, the audit worker waits this long so that one read takes
 /// the events of many commits (a read visits every outbox partition this

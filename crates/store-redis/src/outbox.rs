@@ -24,8 +24,15 @@ use crate::conn::RedisConnection;
 use crate::keys::{Keys, PARTITIONS, PartitionKeys, sweep_over};
 use crate::scripts::Scripts;
 
-/// At most this many ids per `ACK` script call (Lua's `unpack` has a stack limit).
-const ACK_CHUNK: usize = 1000;
+/// At most this many entries per script call that reads or acknowledges
+/// (and so within Lua's `unpack` stack limit). Redis runs one script at a
+/// time and every instance's commits wait behind it: a read costs Redis
+/// about 2.5 µs an entry and an acknowledgement about 1.1 µs (measured on
+/// the bench machine, `docs/performance.md`), so a call of 200 holds it for
+/// about half a millisecond. A larger read or acknowledgement is made of
+/// several calls, one after the other, so that the commits in between are
+/// served between them.
+pub const CALL_ENTRIES: usize = 200;
 
 /// Which of the store's streams an outbox drains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,6 +359,10 @@ impl Outbox for RedisOutbox {
         // be left unacknowledged that long by a consumer that died (or
         // failed to write it), and the sweeps come at least as often as
         // the reclaim time asks (the server sets them to half of it).
+        // A read that failed part way returns what it read, and the
+        // partitions are looked at again (so are they after a first call
+        // filled by taking leases over, below).
+        let mut cut_short = false;
         let read = if self.conn.is_cluster() {
             sweep_over(order, max, |p, quota| async move {
                 self.read_partitions(&[p], quota, consumer, reclaim_after_ms, full)
@@ -359,15 +370,43 @@ impl Outbox for RedisOutbox {
             })
             .await
         } else {
-            // One server: one call visits them all, in the rotated order.
+            // One server: each call visits them all, in the rotated order,
+            // and takes at most `CALL_ENTRIES`; the next call starts when
+            // this one has answered. Only the first takes leases over (a
+            // later one could take back what the first just took, were the
+            // reclaim time shorter than a call); if it was filled, the next
+            // read is a full sweep again and takes over more.
             let order: Vec<usize> = order.collect();
-            self.read_partitions(&order, max, consumer, reclaim_after_ms, full)
-                .await
-                .map(|(entries, _)| entries)
+            let mut entries = Vec::new();
+            loop {
+                let quota = (max - entries.len()).min(CALL_ENTRIES);
+                let reclaim = full && entries.is_empty();
+                match self
+                    .read_partitions(&order, quota, consumer, reclaim_after_ms, reclaim)
+                    .await
+                {
+                    Ok((more, filled)) => {
+                        cut_short |= reclaim && filled;
+                        entries.extend(more);
+                        if !filled || entries.len() >= max {
+                            break Ok(entries);
+                        }
+                    }
+                    // What was read stays leased to this consumer and is
+                    // taken over after the reclaim time, like a batch whose
+                    // write failed.
+                    Err(e) if entries.is_empty() => break Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, read = entries.len(), "an outbox read failed part way; returning what it read");
+                        cut_short = true;
+                        break Ok(entries);
+                    }
+                }
+            }
         };
         match &read {
             // A full batch may have left entries behind: look again there.
-            Ok(entries) if entries.len() < max => {}
+            Ok(entries) if entries.len() < max && !cut_short => {}
             _ => {
                 self.written.restore(marks);
                 if full {
@@ -393,14 +432,14 @@ impl Outbox for RedisOutbox {
             }
         }
         // One call per group of partitions on one node, at most
-        // `ACK_CHUNK` ids each: its keys, and for each the count of its ids
+        // `CALL_ENTRIES` ids each: its keys, and for each the count of its ids
         // then the ids (after the group name, added below).
         let mut calls: Vec<(Vec<usize>, Vec<Vec<u8>>)> = Vec::new();
         for group in self.call_groups(by_partition.keys().copied().collect()) {
             let (mut keys, mut ids, mut counted) = (Vec::new(), Vec::new(), 0);
             for p in group {
-                for chunk in by_partition[&p].chunks(ACK_CHUNK) {
-                    if counted + chunk.len() > ACK_CHUNK && !keys.is_empty() {
+                for chunk in by_partition[&p].chunks(CALL_ENTRIES) {
+                    if counted + chunk.len() > CALL_ENTRIES && !keys.is_empty() {
                         calls.push((std::mem::take(&mut keys), std::mem::take(&mut ids)));
                         counted = 0;
                     }
@@ -414,19 +453,17 @@ impl Outbox for RedisOutbox {
                 calls.push((keys, ids));
             }
         }
-        try_join_all(calls.into_iter().map(|(partitions, ids)| {
+        // One after the other (see `CALL_ENTRIES`).
+        for (partitions, ids) in calls {
             let keys: Vec<&str> = partitions.iter().map(|&p| self.stream(p)).collect();
             let mut args = Vec::with_capacity(ids.len() + 1);
             args.push(self.feed.group().as_bytes().to_vec());
             args.extend(ids);
-            async move {
-                self.conn
-                    .eval::<i64>("outbox ack", &self.scripts.ack, &keys, &args)
-                    .await
-            }
-        }))
-        .await
-        .map(|_| ())
+            self.conn
+                .eval::<i64>("outbox ack", &self.scripts.ack, &keys, &args)
+                .await?;
+        }
+        Ok(())
     }
 
     #[tracing::instrument(skip(self), fields(feed = self.feed.group()))]

@@ -11,6 +11,7 @@ use common::{bumped, chess, outbox_keys, raw, redis_now_ms, redis_url, store};
 use kairos_domain::{Command, Commit, Event, Outbox, SessionStore, machine};
 use redis::AsyncCommands;
 use store_redis::RedisStore;
+use store_redis::outbox::CALL_ENTRIES;
 
 /// Creates `n` sessions and starts each: 2 events per session, spread over partitions.
 async fn write_events(store: &RedisStore, n: usize) -> Vec<Event> {
@@ -266,11 +267,14 @@ async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .sum()
 }
 
-/// With one server, a read over many partitions, its acknowledgement and a
-/// backlog measure are one script call each (not one per partition), and
-/// the read still returns every event of every partition.
+/// With one server, a read over many partitions is one script call per
+/// [`CALL_ENTRIES`] entries (not one per partition, nor one for all: Redis
+/// runs one script at a time, and every commit waits behind it), its
+/// acknowledgement one call per [`CALL_ENTRIES`] ids, and a backlog measure
+/// one call; the read still returns every event of every partition.
 #[tokio::test]
-async fn with_one_server_a_read_an_ack_and_a_backlog_are_one_call_each() {
+async fn with_one_server_reads_and_acks_take_a_call_per_200_entries_and_a_backlog_one() {
+    assert_eq!(CALL_ENTRIES, 200);
     let server = common::OwnRedis::start_with(&["--appendonly", "no"]);
     let mut config = store_redis::RedisConfig::new(server.url());
     config.key_prefix = "calls:".into();
@@ -278,38 +282,33 @@ async fn with_one_server_a_read_an_ack_and_a_backlog_are_one_call_each() {
         .await
         .expect("connects")
         .with_outbox_full_sweep_every(Duration::ZERO);
-    // 200 sessions: events in nearly every one of the 64 partitions.
-    let written = write_events(&store, 200).await;
-    let partitions: BTreeSet<String> = store
-        .read("probe", 1_000, 60_000)
-        .await
-        .expect("reads")
-        .iter()
-        .map(|e| e.id[..2].to_owned())
-        .collect();
-    assert!(partitions.len() > 50, "{} partitions", partitions.len());
-    // Those are leased to `probe` now; take them over (idle 0 ms) below.
+    // 250 sessions, 500 events: events in nearly every one of the 64 partitions.
+    let written = write_events(&store, 250).await;
+    assert_eq!(written.len(), 500);
     let mut probe = raw(&server.url()).await;
 
     let before = script_calls(&mut probe).await;
-    let read = store.read("worker", 1_000, 0).await.expect("reads");
+    let read = store.read("worker", 1_000, 60_000).await.expect("reads");
     assert_eq!(
         script_calls(&mut probe).await - before,
-        1,
-        "one call to read"
+        3,
+        "500 entries read in calls of 200, 200 and 100"
     );
+    assert_eq!(read.len(), 500);
     assert_eq!(
         ids_of(read.iter().map(|e| e.event.clone())),
         ids_of(written)
     );
+    let partitions: BTreeSet<&str> = read.iter().map(|e| &e.id[..2]).collect();
+    assert!(partitions.len() > 50, "{} partitions", partitions.len());
 
     let before = script_calls(&mut probe).await;
     let ids: Vec<String> = read.iter().map(|e| e.id.clone()).collect();
     store.ack(&ids).await.expect("acknowledged");
     assert_eq!(
         script_calls(&mut probe).await - before,
-        1,
-        "one call to acknowledge"
+        3,
+        "500 ids acknowledged in calls of at most 200"
     );
 
     let before = script_calls(&mut probe).await;
@@ -319,11 +318,78 @@ async fn with_one_server_a_read_an_ack_and_a_backlog_are_one_call_each() {
         1,
         "one call to measure"
     );
+
+    // A read that ends on a full call looks once more and finds nothing.
+    let before = script_calls(&mut probe).await;
     assert!(
         store
-            .read("worker", 1_000, 0)
+            .read("worker", 1_000, 60_000)
             .await
             .expect("reads")
             .is_empty()
     );
+    assert_eq!(
+        script_calls(&mut probe).await - before,
+        1,
+        "one call to find nothing"
+    );
+
+    // A read capped below one call's worth is one call.
+    write_events(&store, 50).await;
+    let before = script_calls(&mut probe).await;
+    assert_eq!(
+        store.read("worker", 60, 60_000).await.expect("reads").len(),
+        60
+    );
+    assert_eq!(
+        script_calls(&mut probe).await - before,
+        1,
+        "60 entries, one call"
+    );
+}
+
+/// Taking leases over goes a call's worth at a time: the first call of a
+/// read takes over at most [`CALL_ENTRIES`], and while it comes back full
+/// the next read takes over more, until every entry of the dead consumer is
+/// someone else's, each once.
+#[tokio::test]
+async fn leases_are_taken_over_a_call_at_a_time_until_none_is_left() {
+    let (store, _) = store().await;
+    let store = store.with_outbox_full_sweep_every(Duration::ZERO);
+    let written = write_events(&store, 250).await;
+    // `dead` reads all 500 and never acknowledges them.
+    assert_eq!(
+        store
+            .read("dead", 1_000, 60_000)
+            .await
+            .expect("reads")
+            .len(),
+        500
+    );
+
+    // Idle 0 ms: every lease of `dead` may be taken over at once.
+    let mut taken = Vec::new();
+    let mut reads = Vec::new();
+    loop {
+        let batch = store.read("heir", 1_000, 0).await.expect("reads");
+        if batch.is_empty() {
+            break;
+        }
+        reads.push(batch.len());
+        // Acknowledged as the audit worker does once written (with idle
+        // 0 ms, an entry still leased would be taken back at once).
+        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        store.ack(&ids).await.expect("acknowledged");
+        taken.extend(batch);
+        assert!(reads.len() <= 5, "still taking over after {reads:?}");
+    }
+    assert_eq!(reads, vec![200, 200, 100]);
+    let ids: Vec<String> = taken.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        500,
+        "each entry once"
+    );
+    assert_eq!(ids_of(taken.into_iter().map(|e| e.event)), ids_of(written));
+    assert_eq!(store.backlog(0).await.expect("measured").0, 0);
 }
