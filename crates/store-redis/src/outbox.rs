@@ -10,7 +10,7 @@
 //! deletes the entry too (`XACK` + `XDEL`, atomically), so a stream holds
 //! exactly the events not yet handled and its length is the backlog.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -372,22 +372,30 @@ impl Outbox for RedisOutbox {
         } else {
             // One server: each call visits them all, in the rotated order,
             // and takes at most `CALL_ENTRIES`; the next call starts when
-            // this one has answered. Only the first takes leases over (a
-            // later one could take back what the first just took, were the
-            // reclaim time shorter than a call); if it was filled, the next
-            // read is a full sweep again and takes over more.
+            // this one has answered. At a full sweep each call takes leases
+            // over first, until one hands back an entry this read already
+            // has: a lease it took itself, idle for longer than the reclaim
+            // time (zero, say). Then the read stops taking over, and the
+            // next read is a full sweep again.
             let order: Vec<usize> = order.collect();
-            let mut entries = Vec::new();
+            let mut entries: Vec<OutboxEntry> = Vec::new();
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut reclaim = full;
             loop {
                 let quota = (max - entries.len()).min(CALL_ENTRIES);
-                let reclaim = full && entries.is_empty();
                 match self
                     .read_partitions(&order, quota, consumer, reclaim_after_ms, reclaim)
                     .await
                 {
                     Ok((more, filled)) => {
-                        cut_short |= reclaim && filled;
-                        entries.extend(more);
+                        for entry in more {
+                            if seen.insert(entry.id.clone()) {
+                                entries.push(entry);
+                            } else if reclaim {
+                                reclaim = false;
+                                cut_short = true;
+                            }
+                        }
                         if !filled || entries.len() >= max {
                             break Ok(entries);
                         }

@@ -348,16 +348,19 @@ async fn with_one_server_reads_and_acks_take_a_call_per_200_entries_and_a_backlo
     );
 }
 
-/// Taking leases over goes a call's worth at a time: the first call of a
-/// read takes over at most [`CALL_ENTRIES`], and while it comes back full
-/// the next read takes over more, until every entry of the dead consumer is
-/// someone else's, each once.
+/// Taking leases over: a read takes over as many as it may (three calls
+/// for 500) when the leases it takes stay younger than the reclaim time
+/// while it reads; with a reclaim time of zero, where every lease is idle
+/// enough at once, each read stops at the first entry it already took, so
+/// the takeover goes a call's worth per read. Either way, every entry of the
+/// dead consumer is someone else's in the end, each once.
 #[tokio::test]
-async fn leases_are_taken_over_a_call_at_a_time_until_none_is_left() {
+async fn leases_are_taken_over_each_once_whatever_the_reclaim_time() {
     let (store, _) = store().await;
     let store = store.with_outbox_full_sweep_every(Duration::ZERO);
+
+    // Reclaim time 1 s: one read takes all 500 over.
     let written = write_events(&store, 250).await;
-    // `dead` reads all 500 and never acknowledges them.
     assert_eq!(
         store
             .read("dead", 1_000, 60_000)
@@ -366,8 +369,29 @@ async fn leases_are_taken_over_a_call_at_a_time_until_none_is_left() {
             .len(),
         500
     );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let taken = store.read("heir", 1_000, 1_000).await.expect("reads");
+    assert_eq!(taken.len(), 500);
+    let ids: Vec<String> = taken.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        500,
+        "each entry once"
+    );
+    assert_eq!(ids_of(taken.into_iter().map(|e| e.event)), ids_of(written));
+    store.ack(&ids).await.expect("acknowledged");
+    assert_eq!(store.backlog(0).await.expect("measured").0, 0);
 
-    // Idle 0 ms: every lease of `dead` may be taken over at once.
+    // Reclaim time 0: a call's worth per read.
+    let written = write_events(&store, 250).await;
+    assert_eq!(
+        store
+            .read("dead", 1_000, 60_000)
+            .await
+            .expect("reads")
+            .len(),
+        500
+    );
     let mut taken = Vec::new();
     let mut reads = Vec::new();
     loop {
