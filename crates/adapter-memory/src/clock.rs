@@ -35,6 +35,16 @@ impl Clock for SystemClock {
         let prev = self.last.fetch_max(now, Ordering::AcqRel);
         prev.max(now)
     }
+
+    /// The wall clock to the µs, never before the start of the last
+    /// `now_ms` handed out.
+    fn now_us(&self) -> i64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        now.max(self.last.load(Ordering::Acquire).saturating_mul(1000))
+    }
 }
 
 #[cfg(test)]
@@ -49,6 +59,17 @@ mod tests {
         assert!(b >= a);
         // 2020-01-01 as a sanity floor: the clock reads real epoch milliseconds.
         assert!(a > 1_577_836_800_000);
+        let (ms, us) = (c.now_ms(), c.now_us());
+        assert!(
+            us >= ms * 1000 && us < (ms + 1_000) * 1000,
+            "{us} µs, {ms} ms"
+        );
+        c.last.store(i64::MAX / 2000, Ordering::SeqCst);
+        assert_eq!(
+            c.now_us(),
+            (i64::MAX / 2000) * 1000,
+            "not before the last ms"
+        );
         c.last.store(i64::MAX - 1, Ordering::SeqCst);
         assert_eq!(c.now_ms(), i64::MAX - 1);
     }

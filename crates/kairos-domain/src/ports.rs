@@ -388,11 +388,23 @@ pub trait AuditSink: Send + Sync + 'static {
 pub trait Clock: Send + Sync + 'static {
     /// The current instant.
     fn now_ms(&self) -> i64;
+
+    /// The current instant in µs since the Unix epoch, for waking at the
+    /// exact start of a millisecond (a deadline): `now_ms` is this, floored
+    /// to the millisecond, or later. The default knows whole milliseconds
+    /// only (`now_ms * 1000`), which can wake up to a millisecond late.
+    fn now_us(&self) -> i64 {
+        self.now_ms().saturating_mul(1000)
+    }
 }
 
 impl<T: Clock + ?Sized> Clock for Arc<T> {
     fn now_ms(&self) -> i64 {
         (**self).now_ms()
+    }
+
+    fn now_us(&self) -> i64 {
+        (**self).now_us()
     }
 }
 

@@ -289,6 +289,11 @@ impl<S: SessionStore + ?Sized, B: EventBus + ?Sized, C: Clock + ?Sized> SessionS
         self.clock.now_ms()
     }
 
+    /// The same instant to the µs ([`Clock::now_us`]), for timers.
+    pub fn now_us(&self) -> i64 {
+        self.clock.now_us()
+    }
+
     /// Whether the store answers and the bus is connected. The caller bounds
     /// the wait (the domain has no timer): a ping that does not answer in
     /// time means the store is down.

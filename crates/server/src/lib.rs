@@ -25,6 +25,7 @@
 
 pub mod background;
 pub mod config;
+mod precise;
 pub mod startup;
 pub mod telemetry;
 pub mod timers;

@@ -23,7 +23,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::workers::{WorkerMetrics, wait_until_ms};
+use crate::precise::PreciseSleep;
+use crate::workers::WorkerMetrics;
 
 /// Timeouts applied concurrently by the local timers.
 const FIRE_CONCURRENCY: usize = 64;
@@ -122,6 +123,7 @@ pub async fn timer_worker(
 ) {
     let mut running: JoinSet<()> = JoinSet::new();
     let mut stopping = *shutdown.borrow();
+    let sleep = PreciseSleep::new();
     loop {
         if stopping {
             while running.join_next().await.is_some() {}
@@ -138,13 +140,14 @@ pub async fn timer_worker(
             running.spawn(fire(service.clone(), metrics.clone(), id, at));
         }
         let full = running.len() >= FIRE_CONCURRENCY;
-        // When to look again: at the next deadline, converted from the
-        // service's clock to the local monotonic one (whole ms, rounded up
-        // by the runtime's timer: never early).
+        // When to look again: at the start of the next deadline's
+        // millisecond, converted from the service's clock to the local
+        // monotonic one to the µs. Woken early (the offset moved), the loop
+        // finds nothing due and sleeps the rest.
         let wake_at = timers
             .queue()
             .next_at()
-            .map(|at| Instant::now() + wait_until_ms(at, now));
+            .map(|at| Instant::now() + wait_until_us(at, service.now_us()));
         tokio::select! {
             Some(joined) = running.join_next(), if !running.is_empty() => {
                 if let Err(e) = joined
@@ -153,7 +156,7 @@ pub async fn timer_worker(
                     tracing::error!(error = %e, "applying a timeout panicked");
                 }
             }
-            () = sleep_until(wake_at), if !full => {}
+            () = sleep_until(&sleep, wake_at), if !full => {}
             () = timers.earlier.notified(), if !full => {}
             changed = shutdown.changed() => {
                 stopping = changed.is_err() || *shutdown.borrow();
@@ -163,11 +166,19 @@ pub async fn timer_worker(
 }
 
 /// Sleeps until `at`, or forever for `None`.
-async fn sleep_until(at: Option<Instant>) {
+async fn sleep_until(sleep: &PreciseSleep, at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => sleep.until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// How long from `now_us` until the millisecond `at_ms` begins, both on the
+/// service's clock; zero when it has begun.
+fn wait_until_us(at_ms: i64, now_us: i64) -> Duration {
+    Duration::from_micros(
+        u64::try_from(at_ms.saturating_mul(1000).saturating_sub(now_us)).unwrap_or(0),
+    )
 }
 
 /// Applies one session's due deadlines as of the timer that fell due, and

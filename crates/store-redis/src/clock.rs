@@ -158,14 +158,31 @@ impl RedisClock {
     }
 }
 
+impl RedisClock {
+    /// Redis time now, in µs: the local monotonic reading plus the offset.
+    fn raw_us(&self) -> i64 {
+        let state = &self.state;
+        state
+            .local_us()
+            .saturating_add(state.offset_us.load(Ordering::Acquire))
+    }
+}
+
 impl Clock for RedisClock {
     fn now_ms(&self) -> i64 {
-        let state = &self.state;
-        let now_us = state
-            .local_us()
-            .saturating_add(state.offset_us.load(Ordering::Acquire));
-        let now = now_us.div_euclid(1000);
-        let previous = state.last_ms.fetch_max(now, Ordering::AcqRel);
+        let now = self.raw_us().div_euclid(1000);
+        let previous = self.state.last_ms.fetch_max(now, Ordering::AcqRel);
         previous.max(now)
+    }
+
+    /// Never before the start of the last `now_ms` handed out, so that
+    /// `now_ms` is this floored or later.
+    fn now_us(&self) -> i64 {
+        let floor = self
+            .state
+            .last_ms
+            .load(Ordering::Acquire)
+            .saturating_mul(1000);
+        self.raw_us().max(floor)
     }
 }

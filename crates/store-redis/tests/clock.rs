@@ -95,6 +95,14 @@ async fn now_follows_redis_time_and_never_goes_backwards() {
         assert!(next >= last);
         last = next;
     }
+    // The same instant to the µs: never before the start of the last
+    // millisecond handed out, and within that millisecond's neighbourhood.
+    for _ in 0..10_000 {
+        let ms = clock.now_ms();
+        let us = clock.now_us();
+        assert!(us >= ms * 1000, "{us} µs before {ms} ms");
+        assert!(us < (ms + 5) * 1000, "{us} µs far after {ms} ms");
+    }
     drop(_stop);
     tokio::time::timeout(Duration::from_secs(1), task)
         .await
