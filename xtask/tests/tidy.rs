@@ -29,6 +29,9 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
     // How the Redis adapters reach Redis (URL, mode, TLS, timeouts): shared
     // by store and bus so neither depends on the other; knows no port.
     ("redis-conn", &[], &[]),
+    // Sleeping to the microsecond (a timerfd): a utility of the server's
+    // local timers and the load generator's open loops; knows nothing of ours.
+    ("precise-sleep", &[], &[]),
     (
         "store-redis",
         &["kairos-domain", "redis-conn"],
@@ -60,12 +63,13 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str], &[&str])] = &[
             "audit-diesel",
             "webhook-http",
             "http-actix",
+            "precise-sleep",
         ],
         &["test-support"],
     ),
     // A client of the wire contract, like any other: through the Rust
     // client only, none of the server's crates.
-    ("loadgen", &["kairos-client"], &[]),
+    ("loadgen", &["kairos-client", "precise-sleep"], &[]),
     // The Rust client: its own wire types, none of our crates; its tests
     // run the real transport on the memory adapters.
     (

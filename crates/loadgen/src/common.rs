@@ -155,68 +155,6 @@ pub(crate) struct Percentiles {
 // ---------------------------------------------------------------------------
 // CPU, memory, file descriptors.
 
-/// Sleeps until an instant to within microseconds, on a Linux `timerfd`
-/// that the runtime's I/O driver watches: the waiting task wakes on its own
-/// runtime thread, with no thread of its own to hand over from.
-///
-/// What open loops pace their requests with, not `tokio::time::sleep_until`:
-/// tokio's timer counts whole milliseconds and rounds up, so a request
-/// paced by it left up to about a millisecond after its due instant, and a
-/// latency counted from the due instant (as open-loop latencies are)
-/// carried that lateness of the load generator's as the server's.
-#[derive(Debug)]
-pub(crate) struct PreciseSleep(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
-
-impl PreciseSleep {
-    pub(crate) fn new() -> Result<Self> {
-        use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
-        let fd = timerfd_create(
-            TimerfdClockId::Monotonic,
-            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
-        )
-        .context("cannot create a timerfd")?;
-        // Deprecated since tokio 1.54 for file descriptors that a generic
-        // `T` could swap under the reactor; an `OwnedFd` cannot, and the
-        // replacement (`AsyncFd::register`) is `unsafe`, which this
-        // workspace forbids.
-        #[allow(deprecated)]
-        let fd = tokio::io::unix::AsyncFd::new(fd)?;
-        Ok(Self(fd))
-    }
-
-    /// Returns at `at` (at once if it has passed).
-    pub(crate) async fn until(&self, at: Instant) -> Result<()> {
-        use rustix::time::{Itimerspec, TimerfdTimerFlags, Timespec, timerfd_settime};
-        let now = Instant::now();
-        if at <= now {
-            return Ok(());
-        }
-        let wait = at - now;
-        let value = Itimerspec {
-            it_interval: Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: Timespec {
-                tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
-                tv_nsec: i64::from(wait.subsec_nanos()),
-            },
-        };
-        timerfd_settime(self.0.get_ref(), TimerfdTimerFlags::empty(), &value)
-            .context("cannot arm the timerfd")?;
-        loop {
-            let mut ready = self.0.readable().await?;
-            // The expirations count: reading it re-arms the readiness.
-            let mut count = [0_u8; 8];
-            match rustix::io::read(self.0.get_ref(), &mut count) {
-                Ok(_) => return Ok(()),
-                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
 /// CPU seconds (user + system, all threads) used by process `pid` so far,
 /// from `/proc/<pid>/stat` (Linux's user-visible clock tick is 1/100 s).
 pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
@@ -570,28 +508,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[tokio::test]
-    async fn a_precise_sleep_never_returns_early_and_not_at_all_for_the_past() {
-        let sleep = PreciseSleep::new().expect("a timerfd");
-        for wait_us in [50_u64, 300, 1_500, 250, 20_000] {
-            let at = Instant::now() + Duration::from_micros(wait_us);
-            sleep.until(at).await.expect("slept");
-            assert!(
-                Instant::now() >= at,
-                "returned before a wait of {wait_us} us"
-            );
-        }
-        // An instant already passed: no timer is armed, so this would hang
-        // (and the test time out) if it waited for one.
-        let past = Instant::now()
-            .checked_sub(Duration::from_millis(5))
-            .expect("uptime");
-        tokio::time::timeout(Duration::from_secs(5), sleep.until(past))
-            .await
-            .expect("returns at once")
-            .expect("no error");
-    }
 
     #[test]
     fn only_loopback_targets_are_accepted() {

@@ -139,7 +139,7 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         .collect::<Result<_, _>>()?;
     let in_flight = Arc::new(Semaphore::new(4096));
     let start = Instant::now();
-    let sleep = crate::common::PreciseSleep::new()?;
+    let sleep = precise_sleep::PreciseSleep::new()?;
     let mut i: u64 = 0;
     loop {
         let due = start + Duration::from_secs_f64(i as f64 / args.rate);

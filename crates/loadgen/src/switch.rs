@@ -149,7 +149,7 @@ async fn closed_loop(
 /// A fixed rate: request `i` is due at `start + i / rate`, sent at once when
 /// due (or as soon as fewer than `max_in_flight` are outstanding), and its
 /// latency counts from when it was due. Paced by
-/// [`crate::common::PreciseSleep`]: sent within microseconds of its due
+/// [`precise_sleep::PreciseSleep`]: sent within microseconds of its due
 /// instant when the machine lets the generator run.
 pub(crate) async fn open_loop(
     client: &reqwest::Client,
@@ -166,7 +166,7 @@ pub(crate) async fn open_loop(
     let targets = urls.len();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
-    let sleep = crate::common::PreciseSleep::new()?;
+    let sleep = precise_sleep::PreciseSleep::new()?;
     let mut i: u64 = 0;
     loop {
         let due = start + Duration::from_secs_f64(i as f64 / rate);

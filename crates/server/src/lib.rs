@@ -25,7 +25,6 @@
 
 pub mod background;
 pub mod config;
-mod precise;
 pub mod startup;
 pub mod telemetry;
 pub mod timers;

@@ -23,8 +23,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::precise::PreciseSleep;
 use crate::workers::WorkerMetrics;
+use precise_sleep::PreciseSleep;
 
 /// Timeouts applied concurrently by the local timers.
 const FIRE_CONCURRENCY: usize = 64;
@@ -123,7 +123,13 @@ pub async fn timer_worker(
 ) {
     let mut running: JoinSet<()> = JoinSet::new();
     let mut stopping = *shutdown.borrow();
-    let sleep = PreciseSleep::new();
+    let sleep = match PreciseSleep::new() {
+        Ok(sleep) => Some(sleep),
+        Err(e) => {
+            tracing::warn!(error = %e, "no timerfd: local timers wake on tokio's millisecond ticks");
+            None
+        }
+    };
     loop {
         if stopping {
             while running.join_next().await.is_some() {}
@@ -156,7 +162,7 @@ pub async fn timer_worker(
                     tracing::error!(error = %e, "applying a timeout panicked");
                 }
             }
-            () = sleep_until(&sleep, wake_at), if !full => {}
+            () = sleep_until(sleep.as_ref(), wake_at), if !full => {}
             () = timers.earlier.notified(), if !full => {}
             changed = shutdown.changed() => {
                 stopping = changed.is_err() || *shutdown.borrow();
@@ -165,11 +171,18 @@ pub async fn timer_worker(
     }
 }
 
-/// Sleeps until `at`, or forever for `None`.
-async fn sleep_until(sleep: &PreciseSleep, at: Option<Instant>) {
-    match at {
-        Some(at) => sleep.until(at).await,
-        None => std::future::pending().await,
+/// Sleeps until `at` (to the µs with a `timerfd`, else on tokio's
+/// millisecond ticks), or forever for `None`.
+async fn sleep_until(sleep: Option<&PreciseSleep>, at: Option<Instant>) {
+    match (at, sleep) {
+        (Some(at), Some(sleep)) => {
+            if let Err(e) = sleep.until(at.into_std()).await {
+                tracing::warn!(error = %e, "the timerfd failed; sleeping on tokio's ticks");
+                tokio::time::sleep_until(at).await;
+            }
+        }
+        (Some(at), None) => tokio::time::sleep_until(at).await,
+        (None, _) => std::future::pending().await,
     }
 }
 
