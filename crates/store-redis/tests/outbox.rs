@@ -358,40 +358,35 @@ async fn with_one_server_reads_and_acks_take_a_call_per_200_entries_and_a_backlo
 async fn leases_are_taken_over_each_once_whatever_the_reclaim_time() {
     let (store, _) = store().await;
     let store = store.with_outbox_full_sweep_every(Duration::ZERO);
+    // 500 events that `dead` reads and never acknowledges.
+    let abandoned = async || {
+        let written = write_events(&store, 250).await;
+        let leased = store.read("dead", 1_000, 60_000).await.expect("reads");
+        assert_eq!(leased.len(), 500);
+        written
+    };
+    // Every entry written is among those taken, each once; none is left.
+    let taken_once = async |taken: Vec<kairos_domain::OutboxEntry>, written: Vec<Event>| {
+        let ids: Vec<String> = taken.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(
+            ids.iter().collect::<BTreeSet<_>>().len(),
+            500,
+            "each entry once"
+        );
+        assert_eq!(ids_of(taken.into_iter().map(|e| e.event)), ids_of(written));
+        store.ack(&ids).await.expect("acknowledged");
+        assert_eq!(store.backlog(0).await.expect("measured").0, 0);
+    };
 
     // Reclaim time 1 s: one read takes all 500 over.
-    let written = write_events(&store, 250).await;
-    assert_eq!(
-        store
-            .read("dead", 1_000, 60_000)
-            .await
-            .expect("reads")
-            .len(),
-        500
-    );
+    let written = abandoned().await;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let taken = store.read("heir", 1_000, 1_000).await.expect("reads");
     assert_eq!(taken.len(), 500);
-    let ids: Vec<String> = taken.iter().map(|e| e.id.clone()).collect();
-    assert_eq!(
-        ids.iter().collect::<BTreeSet<_>>().len(),
-        500,
-        "each entry once"
-    );
-    assert_eq!(ids_of(taken.into_iter().map(|e| e.event)), ids_of(written));
-    store.ack(&ids).await.expect("acknowledged");
-    assert_eq!(store.backlog(0).await.expect("measured").0, 0);
+    taken_once(taken, written).await;
 
     // Reclaim time 0: a call's worth per read.
-    let written = write_events(&store, 250).await;
-    assert_eq!(
-        store
-            .read("dead", 1_000, 60_000)
-            .await
-            .expect("reads")
-            .len(),
-        500
-    );
+    let written = abandoned().await;
     let mut taken = Vec::new();
     let mut reads = Vec::new();
     loop {
@@ -408,12 +403,5 @@ async fn leases_are_taken_over_each_once_whatever_the_reclaim_time() {
         assert!(reads.len() <= 5, "still taking over after {reads:?}");
     }
     assert_eq!(reads, vec![200, 200, 100]);
-    let ids: Vec<String> = taken.iter().map(|e| e.id.clone()).collect();
-    assert_eq!(
-        ids.iter().collect::<BTreeSet<_>>().len(),
-        500,
-        "each entry once"
-    );
-    assert_eq!(ids_of(taken.into_iter().map(|e| e.event)), ids_of(written));
-    assert_eq!(store.backlog(0).await.expect("measured").0, 0);
+    taken_once(taken, written).await;
 }
