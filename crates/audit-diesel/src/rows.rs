@@ -29,51 +29,16 @@ pub(crate) fn at_of(at_ms: i64) -> PgTimestamp {
     PgTimestamp((at_ms.clamp(MIN_AT_MS, MAX_AT_MS) - PG_EPOCH_MS) * 1000)
 }
 
-/// One event as inserted: borrows the event's strings, so a 5,000-event batch
-/// costs no copies beyond the metadata.
-#[derive(Debug)]
-pub(crate) struct NewEvent<'a> {
-    event_id: Uuid,
-    session_id: Uuid,
-    version: i64,
-    event_type: &'static str,
-    participant_id: Option<&'a str>,
-    group_id: Option<&'a str>,
-    at_ms: i64,
-    at: PgTimestamp,
-    time_remaining_ms: Option<i64>,
-    time_elapsed_ms: Option<i64>,
-    action: Option<&'a str>,
-    metadata: serde_json::Value,
-}
-
-/// Rows for a batch, ordered by (session, version) with the batch order kept
-/// inside a version. Two writers holding overlapping batches then take row
-/// locks in the same order (no deadlock between them), and the events of one
-/// version get `write_seq` in commit order (the history's tie-breaker).
-pub(crate) fn event_rows(events: &[Event]) -> Result<Vec<NewEvent<'_>>, AuditError> {
-    let mut rows = events
-        .iter()
-        .map(|e| {
-            Ok(NewEvent {
-                event_id: e.event_id,
-                session_id: *e.session_id.as_uuid(),
-                version: version_to_sql(e.version)?,
-                event_type: e.event_type.as_str(),
-                participant_id: e.participant_id.as_ref().map(ParticipantId::as_str),
-                group_id: e.group_id.as_ref().map(GroupId::as_str),
-                at_ms: e.at_ms,
-                at: at_of(e.at_ms),
-                time_remaining_ms: e.time_remaining_ms,
-                time_elapsed_ms: e.time_elapsed_ms,
-                action: e.action.as_deref(),
-                metadata: serde_json::Value::Object(e.metadata.clone()),
-            })
-        })
-        .collect::<Result<Vec<_>, AuditError>>()?;
+/// A batch in the order its rows are inserted: by (session, version), the
+/// batch order kept inside a version. Two writers holding overlapping
+/// batches then take row locks in the same order (no deadlock between
+/// them), and the events of one version get `write_seq` in commit order
+/// (the history's tie-breaker).
+pub(crate) fn in_row_order(events: &[Event]) -> Vec<&Event> {
+    let mut rows: Vec<&Event> = events.iter().collect();
     // Stable: events of one version keep their batch (commit) order.
-    rows.sort_by_key(|r| (r.session_id, r.version));
-    Ok(rows)
+    rows.sort_by_key(|e| (*e.session_id.as_uuid(), e.version));
+    rows
 }
 
 /// Rows as one array per column, bound to [`INSERT_EVENTS`]: twelve
@@ -103,33 +68,36 @@ impl EventColumns<'_> {
     }
 }
 
-/// [`event_rows`] split into statements of at most `per_statement` rows
-/// (at least one), each as columns, in row order.
+/// A batch's rows ([`in_row_order`]) split into statements of at most
+/// `per_statement` rows (at least one), each as columns. Borrows the
+/// events' strings; only the metadata is copied.
 pub(crate) fn event_columns(
     events: &[Event],
     per_statement: usize,
 ) -> Result<Vec<EventColumns<'_>>, AuditError> {
     let per_statement = per_statement.max(1);
     let mut out: Vec<EventColumns<'_>> = Vec::new();
-    for r in event_rows(events)? {
+    for e in in_row_order(events) {
         if out.last().is_none_or(|c| c.len() >= per_statement) {
             out.push(EventColumns::default());
         }
         let Some(c) = out.last_mut() else {
             unreachable!("a statement was pushed above");
         };
-        c.event_id.push(r.event_id);
-        c.session_id.push(r.session_id);
-        c.version.push(r.version);
-        c.event_type.push(r.event_type);
-        c.participant_id.push(r.participant_id);
-        c.group_id.push(r.group_id);
-        c.at_ms.push(r.at_ms);
-        c.at.push(r.at);
-        c.time_remaining_ms.push(r.time_remaining_ms);
-        c.time_elapsed_ms.push(r.time_elapsed_ms);
-        c.action.push(r.action);
-        c.metadata.push(r.metadata);
+        c.event_id.push(e.event_id);
+        c.session_id.push(*e.session_id.as_uuid());
+        c.version.push(version_to_sql(e.version)?);
+        c.event_type.push(e.event_type.as_str());
+        c.participant_id
+            .push(e.participant_id.as_ref().map(ParticipantId::as_str));
+        c.group_id.push(e.group_id.as_ref().map(GroupId::as_str));
+        c.at_ms.push(e.at_ms);
+        c.at.push(at_of(e.at_ms));
+        c.time_remaining_ms.push(e.time_remaining_ms);
+        c.time_elapsed_ms.push(e.time_elapsed_ms);
+        c.action.push(e.action.as_deref());
+        c.metadata
+            .push(serde_json::Value::Object(e.metadata.clone()));
     }
     Ok(out)
 }
@@ -383,10 +351,16 @@ mod tests {
             event(1, 3, EventType::SessionExpired, 30),
             event(1, 2, EventType::SessionStarted, 20),
         ];
-        let rows = event_rows(&events).unwrap();
+        let rows = in_row_order(&events);
         let order: Vec<_> = rows
             .iter()
-            .map(|r| (r.session_id.as_u128(), r.version, r.event_type))
+            .map(|e| {
+                (
+                    e.session_id.as_uuid().as_u128(),
+                    e.version,
+                    e.event_type.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             order,

@@ -123,7 +123,7 @@ pub async fn timer_worker(
 ) {
     let mut running: JoinSet<()> = JoinSet::new();
     let mut stopping = *shutdown.borrow();
-    let sleep = match PreciseSleep::new() {
+    let mut sleep = match PreciseSleep::new() {
         Ok(sleep) => Some(sleep),
         Err(e) => {
             tracing::warn!(error = %e, "no timerfd: local timers wake on tokio's millisecond ticks");
@@ -162,7 +162,13 @@ pub async fn timer_worker(
                     tracing::error!(error = %e, "applying a timeout panicked");
                 }
             }
-            () = sleep_until(sleep.as_ref(), wake_at), if !full => {}
+            slept = sleep_until(sleep.as_ref(), wake_at), if !full => {
+                if let Err(e) = slept {
+                    // Once: from here on, tokio's ticks.
+                    tracing::warn!(error = %e, "the timerfd failed; local timers wake on tokio's millisecond ticks");
+                    sleep = None;
+                }
+            }
             () = timers.earlier.notified(), if !full => {}
             changed = shutdown.changed() => {
                 stopping = changed.is_err() || *shutdown.borrow();
@@ -172,16 +178,21 @@ pub async fn timer_worker(
 }
 
 /// Sleeps until `at` (to the µs with a `timerfd`, else on tokio's
-/// millisecond ticks), or forever for `None`.
-async fn sleep_until(sleep: Option<&PreciseSleep>, at: Option<Instant>) {
+/// millisecond ticks), or forever for `None`. A `timerfd` that fails is
+/// reported after the wait, made on tokio's ticks instead.
+async fn sleep_until(sleep: Option<&PreciseSleep>, at: Option<Instant>) -> std::io::Result<()> {
     match (at, sleep) {
         (Some(at), Some(sleep)) => {
-            if let Err(e) = sleep.until(at.into_std()).await {
-                tracing::warn!(error = %e, "the timerfd failed; sleeping on tokio's ticks");
+            let slept = sleep.until(at.into_std()).await;
+            if slept.is_err() {
                 tokio::time::sleep_until(at).await;
             }
+            slept
         }
-        (Some(at), None) => tokio::time::sleep_until(at).await,
+        (Some(at), None) => {
+            tokio::time::sleep_until(at).await;
+            Ok(())
+        }
         (None, _) => std::future::pending().await,
     }
 }

@@ -388,12 +388,16 @@ impl Outbox for RedisOutbox {
                     .await
                 {
                     Ok((more, filled)) => {
+                        // Only a call that took leases over can hand back
+                        // an entry twice (a fresh read never does), so only
+                        // its entries are remembered and checked.
+                        let took_over = reclaim;
                         for entry in more {
-                            if seen.insert(entry.id.clone()) {
-                                entries.push(entry);
-                            } else if reclaim {
+                            if took_over && !seen.insert(entry.id.clone()) {
                                 reclaim = false;
                                 cut_short = true;
+                            } else {
+                                entries.push(entry);
                             }
                         }
                         if !filled || entries.len() >= max {

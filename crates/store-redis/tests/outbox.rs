@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{bumped, chess, outbox_keys, raw, redis_now_ms, redis_url, store};
+use common::{bumped, chess, outbox_keys, raw, redis_now_ms, redis_url, script_calls, store};
 use kairos_domain::{Command, Commit, Event, Outbox, SessionStore, machine};
 use redis::AsyncCommands;
 use store_redis::RedisStore;
@@ -244,27 +244,6 @@ async fn unknown_ids_are_refused() {
     let (store, _) = store().await;
     assert!(store.ack(&["nonsense".to_owned()]).await.is_err());
     assert_eq!(store.ack(&[]).await, Ok(()));
-}
-
-/// Script calls Redis has run, from `INFO commandstats` (`EVALSHA` and
-/// `EVAL`, whichever the client used).
-async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO");
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 /// With one server, a read over many partitions is one script call per

@@ -430,3 +430,38 @@ async fn concurrent_joins_of_one_user_announce_it_once() {
         );
     }
 }
+
+/// A renewal goes to Redis in script calls of at most 100 connections (one
+/// script holds Redis, and every commit behind it, for its whole length),
+/// and renews every connection: none lapses at its first lease's end.
+#[tokio::test]
+async fn a_renewal_is_a_call_per_100_connections_and_renews_them_all() {
+    let server = common::OwnRedis::start_with(&["--appendonly", "no"]);
+    let mut config = store_redis::RedisConfig::new(server.url());
+    config.key_prefix = "renew:".into();
+    let store = store_redis::RedisStore::connect(&config)
+        .await
+        .expect("connects");
+    let r = RedisPresence::new(store.connection(), &config.key_prefix);
+    let s = session();
+    let mut held = Vec::new();
+    for i in 0..250 {
+        let id = format!("c{i}");
+        r.join(&conn(s, &id, &format!("u{i}"), None, 0), 0, LEASE)
+            .await
+            .expect("joins");
+        held.push((s, id));
+    }
+    // Once, so that Redis has the script (a first call may be sent twice:
+    // `EVALSHA`, then again after loading it).
+    r.renew(&held[..1], 800, LEASE).await.expect("renews");
+    let mut probe = common::raw(&server.url()).await;
+    let before = common::script_calls(&mut probe).await;
+    r.renew(&held, 900, LEASE).await.expect("renews");
+    assert_eq!(
+        common::script_calls(&mut probe).await - before,
+        3,
+        "250 connections renewed in calls of 100, 100 and 50"
+    );
+    assert_eq!(counts(&r, s, 1_500).await.0, 250);
+}
