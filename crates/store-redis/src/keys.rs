@@ -7,10 +7,9 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `kairos:{pNN}:s:<uuid>` | hash | `v` = version (decimal), `s` = encoded state; PEXPIRE = session TTL |
+//! | `kairos:{pNN}:s:<uuid>` | hash | `v` = version (decimal), `s` = encoded state, `r` = the switch limit's GCRA TAT (µs, decimal; written by the commit script when it counts the limit); PEXPIRE = session TTL |
 //! | `kairos:{pNN}:deadlines` | sorted set | member = session uuid, score = deadline (ms), or a claim's lease end |
 //! | `kairos:{pNN}:outbox` | stream | one entry per event, field `e` = the event's JSON; consumer group `audit` |
-//! | `kairos:{pNN}:rlu:<uuid>` | string | the session's switch-limit GCRA TAT (µs), counted by the commit script; PEXPIRE = until the TAT |
 //! | `kairos:{pNN}:hooks` | stream | the same entries for the webhook fan-out (only with the webhook feed on), plus presence events; consumer group `webhooks` |
 //!
 //! Webhooks (contract section 9) are deployment-wide, not per session: their
@@ -101,8 +100,6 @@ pub(crate) struct PartitionKeys {
     pub(crate) outbox: String,
     /// `<prefix>{pNN}:hooks`.
     pub(crate) hooks: String,
-    /// `<prefix>{pNN}:rlu:`: a session's rate-limit key is this plus its uuid.
-    pub(crate) rate_prefix: String,
 }
 
 /// The key names of the webhook queue and endpoints, all under the hash
@@ -152,7 +149,6 @@ impl Keys {
                     deadlines: format!("{tag}:deadlines"),
                     outbox: format!("{tag}:outbox"),
                     hooks: format!("{tag}:hooks"),
-                    rate_prefix: format!("{tag}:{RATE_KIND}:"),
                 }
             })
             .collect();
@@ -167,11 +163,6 @@ impl Keys {
     /// The state key of a session.
     pub(crate) fn state(&self, id: &SessionId) -> String {
         format!("{}{}", self.partition(partition_of(id)).state_prefix, id)
-    }
-
-    /// The key of a session's rate-limit TAT, in its partition's slot.
-    pub(crate) fn rate(&self, id: &SessionId) -> String {
-        format!("{}{}", self.partition(partition_of(id)).rate_prefix, id)
     }
 }
 
@@ -325,7 +316,6 @@ mod tests {
         );
         assert_eq!(keys.partition(p).outbox, format!("kairos:{tag}:outbox"));
         assert_eq!(keys.partition(p).hooks, format!("kairos:{tag}:hooks"));
-        assert_eq!(keys.rate(&s), format!("kairos:{tag}:rlu:{s}"));
     }
 
     #[test]

@@ -14,10 +14,12 @@
 
 use redis::Script;
 
-/// The GCRA step of [`kairos_domain::ratelimit::gcra`] as a Lua function,
-/// shared by [`COMMIT`] and the standalone limiter (`RedisRateLimiter`,
-/// the limits other than the switch limit): `gcra(key, now, interval,
-/// burst)` reads the TAT
+/// The GCRA step of [`kairos_domain::ratelimit::gcra`] as Lua functions:
+/// `gcra_step(stored TAT or false, now, interval, burst)` returns
+/// `allowed, next TAT, now` and writes nothing ([`COMMIT`] keeps the
+/// session's switch-limit TAT in the session's own hash); `gcra(key, now,
+/// interval, burst)`, for the standalone limiter (`RedisRateLimiter`, the
+/// limits other than the switch limit), reads the TAT
 /// stored under `key`, stores the next one (with an expiry at its end) when
 /// the request is allowed, and returns `allowed, stored TAT or false`. The
 /// caller recomputes the decision from that TAT with the same pure function,
@@ -28,20 +30,20 @@ use redis::Script;
 macro_rules! gcra_lua {
     () => {
         r"
-local function gcra(key, now_arg, interval_arg, burst_arg)
+local function gcra_step(stored, now_arg, interval_arg, burst_arg)
   local now = tonumber(now_arg)
-  local interval = tonumber(interval_arg)
-  local burst = tonumber(burst_arg)
-  local stored = redis.call('GET', key)
   local tat = now
   if stored then tat = tonumber(stored) end
-  local base = math.max(tat, now)
-  local new_tat = base + interval
-  if now >= new_tat - burst then
+  local new_tat = math.max(tat, now) + tonumber(interval_arg)
+  return now >= new_tat - tonumber(burst_arg), new_tat, now
+end
+local function gcra(key, now_arg, interval_arg, burst_arg)
+  local stored = redis.call('GET', key)
+  local allowed, new_tat, now = gcra_step(stored, now_arg, interval_arg, burst_arg)
+  if allowed then
     redis.call('SET', key, string.format('%.0f', new_tat), 'PX', string.format('%.0f', math.max(1, math.ceil((new_tat - now) / 1000))))
-    return true, stored or false
   end
-  return false, stored or false
+  return allowed, stored or false
 end
 "
     };
@@ -101,9 +103,13 @@ return 1
 
 /// Compare-and-set commit, with the session's rate check folded in.
 ///
-/// KEYS: state, deadlines, rate (the session's GCRA TAT, same hash tag),
-/// then the streams the events go to and the gate's key (as in
-/// [`CREATE`]). ARGV: expected version, new version, encoded state, ttl ms,
+/// The switch limit's GCRA TAT is the state hash's field `r` (µs), read by
+/// the same `HMGET` as the version and written by the same `HSET` as the
+/// state: the check costs the script no command of its own, and the TAT
+/// goes with the session (its TTL, its deletion).
+///
+/// KEYS: state, deadlines, then the streams the events go to and the
+/// gate's key (as in [`CREATE`]). ARGV: expected version, new version, encoded state, ttl ms,
 /// deadline score or `""`, member, rate check's now in µs or `""` (no
 /// check), its interval µs, its burst µs, the webhook feed's gate (as in
 /// [`CREATE`]), the number `n` of bus messages to publish, `n` pairs of
@@ -125,22 +131,24 @@ const COMMIT: &str = concat!(
     gcra_lua!(),
     streams_lua!(),
     r"
-local cur = redis.call('HMGET', KEYS[1], 'v', 's')
+local cur = redis.call('HMGET', KEYS[1], 'v', 's', 'r')
 if not cur[1] then
   return {-1, false}
 end
 if cur[1] ~= ARGV[1] then
   return {0, cur[2]}
 end
-local tat = false
+local tat = cur[3] or false
 if ARGV[7] ~= '' then
-  local allowed
-  allowed, tat = gcra(KEYS[3], ARGV[7], ARGV[8], ARGV[9])
+  local allowed, new_tat = gcra_step(tat, ARGV[7], ARGV[8], ARGV[9])
   if not allowed then
     return {2, tat}
   end
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3], 'r', string.format('%.0f', new_tat))
+else
+  tat = false
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if ARGV[5] == '' then
   redis.call('ZREM', KEYS[2], ARGV[6])
@@ -148,7 +156,7 @@ else
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
 end
 local last_message = 11 + 2 * tonumber(ARGV[11])
-for k = 4, last_stream(ARGV[10]) do
+for k = 3, last_stream(ARGV[10]) do
   for i = last_message + 1, #ARGV do
     redis.call('XADD', KEYS[k], '*', 'e', ARGV[i])
   end

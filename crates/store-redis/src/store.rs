@@ -468,7 +468,6 @@ impl SessionStore for RedisStore {
         let p = partition_of(&state.id);
         let keys = self.keys.partition(p);
         let state_key = self.keys.state(&state.id);
-        let rate_key = self.keys.rate(&state.id);
         let rate_args = match commit.rate {
             Some(check) => vec![
                 check
@@ -494,12 +493,9 @@ impl SessionStore for RedisStore {
             Some(&commit.publish),
             &commit.events,
         )?;
-        // KEYS: state, deadlines, the rate key, then the event streams.
-        let mut script_keys = vec![
-            state_key.as_str(),
-            keys.deadlines.as_str(),
-            rate_key.as_str(),
-        ];
+        // KEYS: state (its field `r` the switch limit's TAT), deadlines,
+        // then the event streams.
+        let mut script_keys = vec![state_key.as_str(), keys.deadlines.as_str()];
         script_keys.extend(self.event_streams(keys));
         let reply = self
             .conn

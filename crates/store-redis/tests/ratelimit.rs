@@ -79,8 +79,8 @@ async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
     for limit in limits {
         let (session, created) = common::chess(60_000, 1_000);
         store.create(&session, &[created]).await.unwrap();
-        let rate_key = format!(
-            "{}{{p{:02}}}:rlu:{}",
+        let state_key = format!(
+            "{}{{p{:02}}}:s:{}",
             config.key_prefix,
             store_redis::partition_of(&session.id),
             session.id
@@ -117,7 +117,8 @@ async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
                 refused += 1;
             }
             assert_eq!(store.load(session.id).await, Ok(Some(current.clone())));
-            let stored: Option<String> = conn.get(&rate_key).await.unwrap();
+            // The TAT is the state hash's field `r`, and no other key holds one.
+            let stored: Option<String> = conn.hget(&state_key, "r").await.unwrap();
             assert_eq!(
                 stored.map(|s| s.parse::<i64>().unwrap()),
                 tat,
@@ -127,6 +128,33 @@ async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
         assert!(
             allowed > 0 && refused > 0,
             "{limit:?}: {allowed} / {refused}"
+        );
+        // A commit that counts no limit (a timeout, limits off) leaves the
+        // TAT as it was.
+        let next = common::bumped(&current);
+        let got = store
+            .commit(&Commit {
+                rate: None,
+                expected_version: current.version,
+                deadline: None,
+                events: vec![],
+                state: next.clone(),
+                publish: Vec::new(),
+            })
+            .await;
+        assert_eq!(got, Ok(None), "{limit:?}");
+        let stored: Option<String> = conn.hget(&state_key, "r").await.unwrap();
+        assert_eq!(stored.map(|s| s.parse::<i64>().unwrap()), tat, "{limit:?}");
+        // No key of its own: earlier builds kept the TAT in `{pNN}:rlu:<uuid>`.
+        let own_key = format!(
+            "{}{{p{:02}}}:rlu:{}",
+            config.key_prefix,
+            store_redis::partition_of(&session.id),
+            session.id
+        );
+        assert!(
+            !conn.exists::<_, bool>(&own_key).await.unwrap(),
+            "{limit:?}"
         );
     }
 }
