@@ -1329,7 +1329,9 @@ impl Report<'_> {
              as the server's store does; `http-ping c=N`: N clients sending `GET /v1/time`\n\
              to the switch's instance, the same HTTP path with no I/O behind it (the Redis\n\
              clock answers from a cached offset; no rate-limit call with `RATE_LIMITS=off`):\n\
-             the HTTP floor under a switch. {} measured seconds each after {} s of warm-up,\n\
+             the HTTP floor under a switch. The closed loops (`c=N`) send on keep-alive\n\
+             connections of each client's own (`loadgen/src/lean_http.rs`); the open loops\n\
+             through a shared `reqwest` pool. {} measured seconds each after {} s of warm-up,\n\
              {} sessions.\n",
             self.plan.duration_s, self.plan.warmup_s, self.plan.switch_sessions
         );

@@ -1,7 +1,8 @@
 //! What the HTTP request-load scenarios (`switch`, `http-ping`) share, so
 //! that their figures are taken the same way and stay comparable: the
 //! outcome of one request, the tally of a measured window, the closed-loop
-//! driver and the fields of the JSON report that `cargo xtask bench` reads.
+//! driver (on [`lean_http`] connections) and the fields of the JSON report
+//! that `cargo xtask bench` reads.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::common::{CpuMeter, Recorder};
+use crate::lean_http::{self, Call, Target};
 
 /// What the measured window produced: latencies of the successes, and the
 /// failures counted by kind (kept out of the percentiles).
@@ -88,18 +90,20 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<(), String>
 }
 
 /// `clients` clients in a closed loop: each sends its next request when the
-/// last one answered, until `warmup + duration` has passed. Client `w` takes
-/// its requests from `requests(w)`, called once per request. Returns the
-/// tally of the requests started in the measured window (after `warmup`)
-/// and the window's length.
+/// last one answered, until `warmup + duration` has passed, on connections
+/// of its own to `targets` ([`lean_http::Client`]). Client `w` takes its
+/// requests from `requests(w)`, called once per request. Returns the tally
+/// of the requests started in the measured window (after `warmup`) and the
+/// window's length.
 pub(crate) async fn closed_loop<F>(
+    targets: &[Target],
     clients: usize,
     warmup: Duration,
     duration: Duration,
     mut requests: impl FnMut(usize) -> F,
 ) -> Result<(Tally, Duration)>
 where
-    F: FnMut() -> reqwest::RequestBuilder + Send + 'static,
+    F: FnMut() -> Call + Send + 'static,
 {
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -107,6 +111,7 @@ where
     let mut tasks = Vec::with_capacity(clients);
     for w in 0..clients {
         let mut next = requests(w);
+        let mut client = lean_http::Client::new(targets.to_vec());
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             loop {
@@ -114,7 +119,8 @@ where
                 if sent >= end {
                     break;
                 }
-                let outcome = send(next()).await;
+                let call = next();
+                let outcome = client.send(&call).await;
                 if sent >= measure_from {
                     tally.add(outcome, sent.elapsed());
                 }

@@ -1,7 +1,7 @@
 //! `http-ping`: the bare HTTP round trip to the service, the floor under
 //! every switch. N clients send `GET /v1/time` in a closed loop, through the
-//! same client, driver and histogram as `switch`, so the two compare
-//! directly.
+//! same client (`lean_http`), driver and histogram as `switch`'s closed
+//! loop, so the two compare directly.
 //!
 //! `/v1/time` goes through the same middleware and JSON response path as a
 //! switch but does no I/O of its own: the Redis clock answers from an offset
@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use reqwest::Url;
+use hyper::Method;
 use serde_json::json;
 
-use crate::common::{CpuMeter, bounded_count, bounded_secs, http_client, http_targets};
+use crate::common::{CpuMeter, bounded_count, bounded_secs, http_targets};
 use crate::http_load;
+use crate::lean_http::{Call, Target};
 
 /// The endpoint measured.
 pub(crate) const PATH: &str = "/v1/time";
@@ -49,26 +50,24 @@ pub(crate) async fn run(args: Args) -> Result<String> {
     } else {
         Duration::ZERO
     };
-    let urls: Arc<Vec<Url>> = Arc::new(
-        targets
-            .iter()
-            .map(|t| t.join(PATH))
-            .collect::<Result<_, _>>()?,
+    let ends: Vec<Target> = targets.iter().map(Target::of).collect::<Result<_>>()?;
+    let calls: Arc<Vec<Call>> = Arc::new(
+        (0..ends.len())
+            .map(|t| Call::new(t, Method::GET, PATH))
+            .collect::<Result<_>>()?,
     );
-    let client = http_client()?;
     eprintln!(
         "http-ping: GET {PATH}, closed loop, {concurrency} clients, {duration:?} after {warmup:?} warm-up"
     );
 
     let cpu = CpuMeter::start();
-    let (tally, window) = http_load::closed_loop(concurrency, warmup, duration, |w| {
-        let client = client.clone();
-        let urls = urls.clone();
+    let (tally, window) = http_load::closed_loop(&ends, concurrency, warmup, duration, |w| {
+        let calls = calls.clone();
         let mut i = w;
         move || {
-            let url = urls[i % urls.len()].clone();
+            let call = calls[i % calls.len()].clone();
             i += 1;
-            client.get(url)
+            call
         }
     })
     .await?;
@@ -77,7 +76,7 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         r.extend([
             ("mode".to_owned(), json!("closed")),
             ("concurrency".to_owned(), json!(concurrency)),
-            ("targets".to_owned(), json!(urls.len())),
+            ("targets".to_owned(), json!(ends.len())),
             ("path".to_owned(), json!(PATH)),
         ]);
     }

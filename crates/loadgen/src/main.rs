@@ -36,6 +36,7 @@ mod fanout;
 mod fleet;
 mod http_load;
 mod http_ping;
+mod lean_http;
 mod redis_commands;
 mod redis_ping;
 mod switch;

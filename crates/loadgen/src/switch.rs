@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
+use hyper::Method;
 use reqwest::Url;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -20,6 +21,7 @@ use crate::common::{
     prepare_sessions, session_config,
 };
 use crate::http_load::{self, Tally};
+use crate::lean_http::{Call, Target};
 
 /// Arguments of `switch`.
 #[derive(Debug, clap::Args)]
@@ -83,7 +85,8 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         (Some(n), None) => {
             let n = bounded_count("--concurrency", n)?;
             eprintln!("switch: closed loop, {n} clients, {duration:?} after {warmup:?} warm-up");
-            let (tally, window) = closed_loop(&client, &urls, n, warmup, duration).await?;
+            let ids: Vec<String> = prepared.iter().map(|s| s.id.clone()).collect();
+            let (tally, window) = closed_loop(&targets, &ids, n, warmup, duration).await?;
             (json!({"mode": "closed", "concurrency": n}), tally, window)
         }
         (None, Some(rate)) => {
@@ -114,19 +117,31 @@ pub(crate) async fn run(args: Args) -> Result<String> {
     Ok(report.to_string())
 }
 
-/// N clients, each on its own slice of the sessions, targets in turn.
-/// Returns the tally of requests started in the measured window and the
-/// window's length.
+/// N clients, each on its own slice of the sessions and its own
+/// connections (`lean_http`), targets in turn. Returns the tally of
+/// requests started in the measured window and the window's length.
 async fn closed_loop(
-    client: &reqwest::Client,
-    urls: &Arc<Vec<Vec<Url>>>,
+    targets: &[Url],
+    session_ids: &[String],
     clients: usize,
     warmup: Duration,
     duration: Duration,
 ) -> Result<(Tally, Duration)> {
-    let sessions = urls.first().map_or(0, Vec::len);
-    let targets = urls.len();
-    http_load::closed_loop(clients, warmup, duration, |w| {
+    let ends: Vec<Target> = targets.iter().map(Target::of).collect::<Result<_>>()?;
+    // calls[target][session]
+    let calls: Arc<Vec<Vec<Call>>> = Arc::new(
+        (0..ends.len())
+            .map(|t| {
+                session_ids
+                    .iter()
+                    .map(|id| Call::new(t, Method::POST, &format!("/v1/sessions/{id}/switch")))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?,
+    );
+    let sessions = session_ids.len();
+    let targets = ends.len();
+    http_load::closed_loop(&ends, clients, warmup, duration, |w| {
         // Disjoint sessions per client when there are enough of them,
         // so clients do not race each other's compare-and-set.
         let mine: Vec<usize> = if sessions >= clients {
@@ -134,13 +149,12 @@ async fn closed_loop(
         } else {
             vec![w % sessions]
         };
-        let client = client.clone();
-        let urls = urls.clone();
+        let calls = calls.clone();
         let mut i = w;
         move || {
-            let url = urls[i % targets][mine[i % mine.len()]].clone();
+            let call = calls[i % targets][mine[i % mine.len()]].clone();
             i += 1;
-            client.post(url)
+            call
         }
     })
     .await
