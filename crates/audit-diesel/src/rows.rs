@@ -320,7 +320,7 @@ mod tests {
             metadata.insert("sync_mode".into(), json!("per_participant"));
         }
         Event {
-            event_id: Event::make_id(session_id, 0, version, 0),
+            event_id: Event::make_id(session_id, 0, version, 0, at_ms),
             session_id,
             version,
             event_type: ty,

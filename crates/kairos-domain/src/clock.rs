@@ -878,7 +878,7 @@ pub(crate) fn push_raw(
         .map(|g| s.groups[g].id.clone())
         .or_else(|| participant.and_then(|p| p.group_id.clone()));
     events.push(Event {
-        event_id: Event::make_id(s.id, s.created_at_ms, s.version, seq),
+        event_id: Event::make_id(s.id, s.created_at_ms, s.version, seq, at),
         session_id: s.id,
         version: s.version,
         event_type: ty,

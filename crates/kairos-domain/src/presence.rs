@@ -189,13 +189,14 @@ pub fn auto_pause_due(
     Some(absent_since_ms.max(segment).saturating_add(period))
 }
 
-/// Namespace of presence event ids (UUIDv5), apart from state events'.
+/// Namespace of the name hash in presence event ids, apart from state events'.
 const PRESENCE_NAMESPACE: Uuid = Uuid::from_u128(0x1d0c_7e52_94a3_4c61_8b0e_2f6a_9d47_c3b5);
 
 /// A `presence_joined` or `presence_left` event: version 0 (not a state
-/// change), `metadata.sub` the user. Its id is UUIDv5 of (session, type,
-/// `key`, `at_ms`): the same leave delivered again after a lost claim
-/// keeps its id, so receivers can drop the duplicate.
+/// change), `metadata.sub` the user. Its id is time-ordered by `at_ms`,
+/// the rest a hash of (session, type, `key`, `at_ms`) (see
+/// [`crate::event`]'s `timed_id`): the same leave delivered again after a
+/// lost claim keeps its id, so receivers can drop the duplicate.
 pub fn presence_event(
     session_id: SessionId,
     event_type: EventType,
@@ -214,7 +215,7 @@ pub fn presence_event(
     let mut metadata = Map::new();
     metadata.insert("sub".into(), sub.into());
     Event {
-        event_id: Uuid::new_v5(&PRESENCE_NAMESPACE, &name),
+        event_id: crate::event::timed_id(&PRESENCE_NAMESPACE, at_ms, &name),
         session_id,
         version: 0,
         event_type,

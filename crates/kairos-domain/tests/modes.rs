@@ -2274,7 +2274,7 @@ fn event_ids_are_unique_and_deterministic() {
         .iter()
         .map(|e| {
             let seq = (0..3)
-                .find(|&k| Event::make_id(sid(), at(0), e.version, k) == e.event_id)
+                .find(|&k| Event::make_id(sid(), at(0), e.version, k, e.at_ms) == e.event_id)
                 .expect("an id of (session, created_at, version, position)");
             (e.version, seq)
         })
@@ -2285,8 +2285,8 @@ fn event_ids_are_unique_and_deterministic() {
     );
     // The same session id reused after deletion (another creation instant) gets fresh ids.
     assert_ne!(
-        Event::make_id(sid(), at(0), 1, 0),
-        Event::make_id(sid(), at(1), 1, 0)
+        Event::make_id(sid(), at(0), 1, 0, at(5)),
+        Event::make_id(sid(), at(1), 1, 0, at(5))
     );
 }
 
