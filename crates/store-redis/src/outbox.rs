@@ -5,6 +5,10 @@
 //! `webhooks`, [`crate::RedisStore::webhook_outbox`]). One code path serves both, told apart
 //! by [`Feed`].
 //!
+//! Between full sweeps (see [`Written`]) a read is plain `XREADGROUP`
+//! calls; the scripts in [`crate::scripts`] take leases over and create
+//! missing consumer groups.
+//!
 //! Entry ids handed to callers are `NN-<stream id>` (`NN` the partition, two
 //! digits), so `ack` knows which stream each belongs to. Acknowledging
 //! deletes the entry too (`XACK` + `XDEL`, atomically), so a stream holds
@@ -24,12 +28,13 @@ use crate::conn::RedisConnection;
 use crate::keys::{Keys, PARTITIONS, PartitionKeys, sweep_over};
 use crate::scripts::Scripts;
 
-/// At most this many entries per script call that reads or acknowledges
-/// (and so within Lua's `unpack` stack limit). Redis runs one script at a
-/// time and every instance's commits wait behind it: a read costs Redis
-/// about 2.5 µs an entry and an acknowledgement about 1.1 µs (measured on
-/// the bench machine, `docs/performance.md`), so a call of 200 holds it for
-/// about half a millisecond. A larger read or acknowledgement is made of
+/// At most this many entries per call that reads (a script, or between
+/// full sweeps a plain `XREADGROUP`) or acknowledges (and so within Lua's
+/// `unpack` stack limit). Redis runs one call at a time and every
+/// instance's commits wait behind it: a scripted read costs Redis about
+/// 2.5 µs an entry and an acknowledgement about 1.1 µs (measured on the
+/// bench machine, `docs/performance.md`), so a call of 200 holds it for
+/// about half a millisecond; a plain `XREADGROUP` costs less. A larger read or acknowledgement is made of
 /// several calls, one after the other, so that the commits in between are
 /// served between them.
 pub const CALL_ENTRIES: usize = 200;
@@ -302,6 +307,105 @@ impl RedisOutbox {
         Ok((entries, filled))
     }
 
+    /// Reads up to `quota` new entries for `consumer` from `partitions` with
+    /// one plain `XREADGROUP` over their streams (keys on one node): the
+    /// common read, with no lease to take over. Redis answers it without a
+    /// script, about half the cost of [`Self::read_partitions`] an entry.
+    /// `COUNT` is per stream, so each stream gives at most `quota / n` (the
+    /// first `quota` streams one each when there are more streams than
+    /// that) and the total stays within `quota`. Returns `None` when a
+    /// stream has no consumer group yet (first use, or Redis restarted
+    /// without persistence): the scripted read creates it. Otherwise a
+    /// [`FreshRead`].
+    async fn read_fresh(
+        &self,
+        partitions: &[usize],
+        quota: usize,
+        consumer: &str,
+    ) -> Result<Option<FreshRead>, StoreError> {
+        let skipped = partitions.len() > quota;
+        let partitions = &partitions[..partitions.len().min(quota)];
+        if partitions.is_empty() {
+            return Ok(Some(FreshRead {
+                entries: Vec::new(),
+                more: skipped,
+                drained: Vec::new(),
+            }));
+        }
+        let per = quota / partitions.len();
+        let keys: Vec<&str> = partitions.iter().map(|&p| self.stream(p)).collect();
+        let group = self.feed.group();
+        let reply: Option<redis::Value> = self
+            .conn
+            .run("outbox read", |mut conn| {
+                let keys = &keys;
+                async move {
+                    let mut cmd = redis::cmd("XREADGROUP");
+                    cmd.arg("GROUP")
+                        .arg(group)
+                        .arg(consumer)
+                        .arg("COUNT")
+                        .arg(per)
+                        .arg("STREAMS")
+                        .arg(keys.as_slice());
+                    for _ in keys {
+                        cmd.arg(">");
+                    }
+                    match cmd.query_async::<redis::Value>(&mut conn).await {
+                        Ok(value) => Ok(Some(value)),
+                        Err(e) if e.code() == Some("NOGROUP") => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+        let Some(reply) = reply else {
+            return Ok(None);
+        };
+        let mut entries = Vec::new();
+        let mut full = Vec::new();
+        let mut poisoned = Vec::new();
+        for (key, items) in stream_replies(reply)? {
+            let p = keys
+                .iter()
+                .position(|k| k.as_bytes() == key.as_slice())
+                .and_then(|i| partitions.get(i))
+                .copied()
+                .ok_or_else(|| StoreError::Other("an outbox read named no partition".into()))?;
+            if items.len() >= per {
+                full.push(p);
+            }
+            for (stream_id, payload) in items {
+                match decode_event(&payload) {
+                    Ok(event) => entries.push(OutboxEntry {
+                        id: entry_id(p, &stream_id),
+                        event,
+                    }),
+                    Err(e) => {
+                        tracing::error!(feed = self.feed.group(), partition = p, stream_id, error = %e, "dropping an undecodable outbox entry");
+                        poisoned.push(entry_id(p, &stream_id));
+                    }
+                }
+            }
+        }
+        if !poisoned.is_empty() {
+            self.ack(&poisoned).await?;
+        }
+        // A stream that gave less than it was asked is drained; one that
+        // gave all may hold more (a stream with nothing new is absent from
+        // the reply, drained too).
+        let drained = partitions
+            .iter()
+            .copied()
+            .filter(|p| !full.contains(p))
+            .collect();
+        Ok(Some(FreshRead {
+            entries,
+            more: skipped || !full.is_empty(),
+            drained,
+        }))
+    }
+
     /// The (length, oldest entry's ms) of each of `partitions`, in one
     /// script call (keys on one node).
     async fn backlog_partitions(
@@ -335,6 +439,91 @@ impl RedisOutbox {
             vec![partitions]
         }
     }
+}
+
+/// What one plain `XREADGROUP` ([`RedisOutbox::read_fresh`]) read.
+#[derive(Debug)]
+struct FreshRead {
+    entries: Vec<OutboxEntry>,
+    /// A stream may hold more: one gave all it was asked, or some were
+    /// left out of the call (more streams than the quota).
+    more: bool,
+    /// The partitions the call found drained of new entries.
+    drained: Vec<usize>,
+}
+
+/// One stream of an `XREADGROUP` reply: its key and its entries, each an id
+/// and the payload of its field `e` (empty without one).
+type StreamReply = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// The streams of an `XREADGROUP` reply: `(key, [(id, payload of field
+/// `e`, or empty)])` each, from RESP2's array of pairs or RESP3's map; no
+/// entries at all is `Nil`.
+fn stream_replies(reply: redis::Value) -> Result<Vec<StreamReply>, StoreError> {
+    use redis::Value;
+    let bad = |what: &str| StoreError::Other(format!("an outbox read's reply: {what}"));
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(pairs) => pairs,
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let entries = kv.pop().unwrap_or(Value::Nil);
+                    let key = kv.pop().unwrap_or(Value::Nil);
+                    Ok((key, entries))
+                }
+                _ => Err(bad("a stream is not a pair")),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad("neither a list nor a map")),
+    };
+    pairs
+        .into_iter()
+        .map(|(key, entries)| {
+            let Value::BulkString(key) = key else {
+                return Err(bad("a stream without a name"));
+            };
+            let entries = match entries {
+                Value::Array(entries) => entries,
+                Value::Nil => Vec::new(),
+                _ => return Err(bad("a stream's entries are not a list")),
+            };
+            let entries = entries
+                .into_iter()
+                .map(|entry| {
+                    let Value::Array(mut parts) = entry else {
+                        return Err(bad("an entry is not a list"));
+                    };
+                    if parts.len() != 2 {
+                        return Err(bad("an entry is not an id and fields"));
+                    }
+                    let fields = parts.pop().unwrap_or(Value::Nil);
+                    let id = match parts.pop() {
+                        Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
+                        Some(Value::SimpleString(id)) => id,
+                        _ => return Err(bad("an entry without an id")),
+                    };
+                    // A foreign writer's entry without an `e` field decodes
+                    // as nothing and is dropped like any undecodable one.
+                    let mut payload = Vec::new();
+                    if let Value::Array(fields) = fields {
+                        let mut it = fields.into_iter();
+                        while let (Some(name), Some(value)) = (it.next(), it.next()) {
+                            if let (Value::BulkString(name), Value::BulkString(value)) =
+                                (name, value)
+                                && name == b"e"
+                            {
+                                payload = value;
+                            }
+                        }
+                    }
+                    Ok((id, payload))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok((key, entries))
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -372,21 +561,40 @@ impl Outbox for RedisOutbox {
         } else {
             // One server: each call visits them all, in the rotated order,
             // and takes at most `CALL_ENTRIES`; the next call starts when
-            // this one has answered. At a full sweep each call takes leases
+            // this one has answered. Between full sweeps a call is a plain
+            // `XREADGROUP` over the partitions not yet found drained (the
+            // script only creates a missing group). At a full sweep each
+            // call is the script, and takes leases
             // over first, until one hands back an entry this read already
             // has: a lease it took itself, idle for longer than the reclaim
             // time (zero, say). Then the read stops taking over, and the
             // next read is a full sweep again.
-            let order: Vec<usize> = order.collect();
+            let mut order: Vec<usize> = order.collect();
             let mut entries: Vec<OutboxEntry> = Vec::new();
             let mut seen: HashSet<String> = HashSet::new();
             let mut reclaim = full;
             loop {
                 let quota = (max - entries.len()).min(CALL_ENTRIES);
-                match self
-                    .read_partitions(&order, quota, consumer, reclaim_after_ms, reclaim)
-                    .await
-                {
+                // No lease to take over: a plain `XREADGROUP`, unless a
+                // stream has no group yet (the script creates it).
+                let fresh = if reclaim {
+                    Ok(None)
+                } else {
+                    self.read_fresh(&order, quota, consumer).await
+                };
+                let call = match fresh {
+                    Ok(Some(read)) => {
+                        // The next call skips what this one drained.
+                        order.retain(|p| !read.drained.contains(p));
+                        Ok((read.entries, read.more && !order.is_empty()))
+                    }
+                    Ok(None) => {
+                        self.read_partitions(&order, quota, consumer, reclaim_after_ms, reclaim)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match call {
                     Ok((more, filled)) => {
                         // Only a call that took leases over can hand back
                         // an entry twice (a fresh read never does), so only

@@ -327,6 +327,80 @@ async fn with_one_server_reads_and_acks_take_a_call_per_200_entries_and_a_backlo
     );
 }
 
+/// `XREADGROUP` calls Redis served so far (those of scripts included).
+async fn xreadgroup_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_xreadgroup:"))
+        .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Between full sweeps, with the consumer groups in place, a read is plain
+/// `XREADGROUP` calls over the partitions this process wrote to (no
+/// script), each taking at most 200 entries spread over the streams, and
+/// it still takes every entry once.
+#[tokio::test]
+async fn between_full_sweeps_reads_are_plain_xreadgroup_calls() {
+    let server = common::OwnRedis::start_with(&["--appendonly", "no"]);
+    let mut config = store_redis::RedisConfig::new(server.url());
+    config.key_prefix = "plain:".into();
+    let store = RedisStore::connect(&config)
+        .await
+        .expect("connects")
+        .with_outbox_full_sweep_every(Duration::from_secs(3_600));
+    let mut probe = raw(&server.url()).await;
+    // The first read is a full sweep (a script, which creates the groups).
+    let first = write_events(&store, 250).await;
+    let read = store.read("worker", 1_000, 60_000).await.expect("reads");
+    assert_eq!(ids_of(read.iter().map(|e| e.event.clone())), ids_of(first));
+    let ids: Vec<String> = read.iter().map(|e| e.id.clone()).collect();
+    store.ack(&ids).await.expect("acknowledged");
+
+    // 500 entries over nearly every partition: about eight a stream.
+    let written = write_events(&store, 250).await;
+    let (scripts, calls) = (
+        script_calls(&mut probe).await,
+        xreadgroup_calls(&mut probe).await,
+    );
+    let read = store.read("worker", 1_000, 60_000).await.expect("reads");
+    assert_eq!(read.len(), 500);
+    assert_eq!(
+        ids_of(read.iter().map(|e| e.event.clone())),
+        ids_of(written)
+    );
+    assert_eq!(script_calls(&mut probe).await - scripts, 0, "no script");
+    let used = xreadgroup_calls(&mut probe).await - calls;
+    assert!((3..=8).contains(&used), "{used} calls of at most 200");
+
+    // A read capped below what waits takes exactly its cap. `COUNT` is per
+    // stream: 60 over the ~45 streams written is one from each, then one
+    // from each of the first streams for the rest.
+    let written = write_events(&store, 50).await;
+    let scripts = script_calls(&mut probe).await;
+    let calls = xreadgroup_calls(&mut probe).await;
+    let capped = store.read("worker", 60, 60_000).await.expect("reads");
+    assert_eq!(capped.len(), 60);
+    let used = xreadgroup_calls(&mut probe).await - calls;
+    assert!((1..=3).contains(&used), "{used} calls");
+    // The rest comes with the next read (its partitions stay marked).
+    let rest = store.read("worker", 1_000, 60_000).await.expect("reads");
+    assert_eq!(rest.len(), 40);
+    assert_eq!(
+        ids_of(capped.into_iter().chain(rest).map(|e| e.event)),
+        ids_of(written)
+    );
+    assert_eq!(
+        script_calls(&mut probe).await - scripts,
+        0,
+        "still no script"
+    );
+}
+
 /// Taking leases over: a read takes over as many as it may (three calls
 /// for 500) when the leases it takes stay younger than the reclaim time
 /// while it reads; with a reclaim time of zero, where every lease is idle
