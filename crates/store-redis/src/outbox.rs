@@ -5,9 +5,9 @@
 //! `webhooks`, [`crate::RedisStore::webhook_outbox`]). One code path serves both, told apart
 //! by [`Feed`].
 //!
-//! Between full sweeps (see [`Written`]) a read is plain `XREADGROUP`
-//! calls; the scripts in [`crate::scripts`] take leases over and create
-//! missing consumer groups.
+//! Between full sweeps (every partition visited, at least every 15 s) a
+//! read is plain `XREADGROUP` calls; scripts take leases over at the full
+//! sweeps and create missing consumer groups.
 //!
 //! Entry ids handed to callers are `NN-<stream id>` (`NN` the partition, two
 //! digits), so `ack` knows which stream each belongs to. Acknowledging
