@@ -241,6 +241,30 @@ impl RedisOutbox {
         self.feed.stream(self.keys.partition(p))
     }
 
+    /// Adds a read entry of partition `p` to `entries`, or its id to
+    /// `poisoned` when it does not decode: an entry nobody can decode would
+    /// otherwise come back on every reclaim forever and hold up the ones
+    /// behind it, so the caller acknowledges (drops) those.
+    fn take(
+        &self,
+        p: usize,
+        stream_id: &str,
+        payload: &[u8],
+        entries: &mut Vec<OutboxEntry>,
+        poisoned: &mut Vec<String>,
+    ) {
+        match decode_event(payload) {
+            Ok(event) => entries.push(OutboxEntry {
+                id: entry_id(p, stream_id),
+                event,
+            }),
+            Err(e) => {
+                tracing::error!(feed = self.feed.group(), partition = p, stream_id, error = %e, "dropping an undecodable outbox entry");
+                poisoned.push(entry_id(p, stream_id));
+            }
+        }
+    }
+
     /// Reads up to `quota` entries for `consumer` from `partitions`, in
     /// that order, in one script call (their keys must be on one node:
     /// one partition in Cluster), taking over entries other consumers left
@@ -287,19 +311,8 @@ impl RedisOutbox {
                 .and_then(|k| partitions.get(k.checked_sub(1)?))
                 .copied()
                 .ok_or_else(|| StoreError::Other("an outbox read named no partition".into()))?;
-            let stream_id = String::from_utf8_lossy(&triple[1]).into_owned();
-            match decode_event(&triple[2]) {
-                Ok(event) => entries.push(OutboxEntry {
-                    id: entry_id(p, &stream_id),
-                    event,
-                }),
-                Err(e) => {
-                    // An entry nobody can decode would otherwise come back on
-                    // every reclaim forever and hold up the ones behind it.
-                    tracing::error!(feed = self.feed.group(), partition = p, stream_id, error = %e, "dropping an undecodable outbox entry");
-                    poisoned.push(entry_id(p, &stream_id));
-                }
-            }
+            let stream_id = String::from_utf8_lossy(&triple[1]);
+            self.take(p, &stream_id, &triple[2], &mut entries, &mut poisoned);
         }
         if !poisoned.is_empty() {
             self.ack(&poisoned).await?;
@@ -376,16 +389,7 @@ impl RedisOutbox {
                 full.push(p);
             }
             for (stream_id, payload) in items {
-                match decode_event(&payload) {
-                    Ok(event) => entries.push(OutboxEntry {
-                        id: entry_id(p, &stream_id),
-                        event,
-                    }),
-                    Err(e) => {
-                        tracing::error!(feed = self.feed.group(), partition = p, stream_id, error = %e, "dropping an undecodable outbox entry");
-                        poisoned.push(entry_id(p, &stream_id));
-                    }
-                }
+                self.take(p, &stream_id, &payload, &mut entries, &mut poisoned);
             }
         }
         if !poisoned.is_empty() {

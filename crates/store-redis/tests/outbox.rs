@@ -329,15 +329,7 @@ async fn with_one_server_reads_and_acks_take_a_call_per_200_entries_and_a_backlo
 
 /// `XREADGROUP` calls Redis served so far (those of scripts included).
 async fn xreadgroup_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO");
-    info.lines()
-        .find(|l| l.starts_with("cmdstat_xreadgroup:"))
-        .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
-        .unwrap_or(0)
+    common::command_calls(conn, &["xreadgroup"]).await
 }
 
 /// Between full sweeps, with the consumer groups in place, a read is plain

@@ -46,13 +46,34 @@ async fn two_instances_share_one_budget_and_agree_with_the_pure_gcra() {
     );
 }
 
+/// Commits `next` over `current` (no events, no deadline, nothing to
+/// publish), counting `rate` when given.
+async fn commit_over(
+    store: &store_redis::RedisStore,
+    current: &kairos_domain::Session,
+    next: &kairos_domain::Session,
+    rate: Option<kairos_domain::RateCheck>,
+) -> Result<Option<kairos_domain::RateDecision>, kairos_domain::StoreError> {
+    use kairos_domain::{Commit, SessionStore};
+    store
+        .commit(&Commit {
+            rate,
+            expected_version: current.version,
+            deadline: None,
+            events: vec![],
+            state: next.clone(),
+            publish: Vec::new(),
+        })
+        .await
+}
+
 /// The per-session switch limit folded into the commit script: on the same
 /// inputs (instants with gaps of every size, limits whose interval divides
 /// the period and limits whose does not) it decides as the pure GCRA, stores
 /// the TAT the pure GCRA computes, and a refused commit writes nothing.
 #[tokio::test]
 async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
-    use kairos_domain::{Commit, RateCheck, SessionStore, StoreError};
+    use kairos_domain::{RateCheck, SessionStore, StoreError};
     use redis::AsyncCommands;
 
     let (store, config) = common::store().await;
@@ -79,12 +100,16 @@ async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
     for limit in limits {
         let (session, created) = common::chess(60_000, 1_000);
         store.create(&session, &[created]).await.unwrap();
-        let state_key = format!(
-            "{}{{p{:02}}}:s:{}",
-            config.key_prefix,
-            store_redis::partition_of(&session.id),
-            session.id
-        );
+        // `<prefix>{pNN}:<kind>:<uuid>`, a key of the session's.
+        let session_key = |kind: &str| {
+            format!(
+                "{}{{p{:02}}}:{kind}:{}",
+                config.key_prefix,
+                store_redis::partition_of(&session.id),
+                session.id
+            )
+        };
+        let state_key = session_key("s");
         let mut current = session.clone();
         let mut tat: Option<i64> = None;
         let mut now = 1_765_000_000_123_i64;
@@ -92,16 +117,13 @@ async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
         for (i, gap) in gaps.iter().enumerate() {
             now += gap;
             let next = common::bumped(&current);
-            let got = store
-                .commit(&Commit {
-                    rate: Some(RateCheck { limit, now_ms: now }),
-                    expected_version: current.version,
-                    deadline: None,
-                    events: vec![],
-                    state: next.clone(),
-                    publish: Vec::new(),
-                })
-                .await;
+            let got = commit_over(
+                &store,
+                &current,
+                &next,
+                Some(RateCheck { limit, now_ms: now }),
+            )
+            .await;
             let (want, next_tat) = gcra(tat, now, limit);
             if want.allowed {
                 assert_eq!(got, Ok(Some(want)), "{limit:?}, commit {i}");
@@ -132,26 +154,12 @@ async fn the_commit_scripts_switch_limit_agrees_with_the_pure_gcra() {
         // A commit that counts no limit (a timeout, limits off) leaves the
         // TAT as it was.
         let next = common::bumped(&current);
-        let got = store
-            .commit(&Commit {
-                rate: None,
-                expected_version: current.version,
-                deadline: None,
-                events: vec![],
-                state: next.clone(),
-                publish: Vec::new(),
-            })
-            .await;
+        let got = commit_over(&store, &current, &next, None).await;
         assert_eq!(got, Ok(None), "{limit:?}");
         let stored: Option<String> = conn.hget(&state_key, "r").await.unwrap();
         assert_eq!(stored.map(|s| s.parse::<i64>().unwrap()), tat, "{limit:?}");
         // No key of its own: earlier builds kept the TAT in `{pNN}:rlu:<uuid>`.
-        let own_key = format!(
-            "{}{{p{:02}}}:rlu:{}",
-            config.key_prefix,
-            store_redis::partition_of(&session.id),
-            session.id
-        );
+        let own_key = session_key("rlu");
         assert!(
             !conn.exists::<_, bool>(&own_key).await.unwrap(),
             "{limit:?}"

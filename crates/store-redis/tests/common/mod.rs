@@ -287,13 +287,23 @@ impl Drop for OwnRedis {
 /// Script calls Redis has run, from `INFO commandstats` (`EVALSHA` and
 /// `EVAL`, whichever the client used).
 pub async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    command_calls(conn, &["evalsha", "eval"]).await
+}
+
+/// Calls Redis served so far of the commands `names` (lower case), those
+/// run inside scripts included (`INFO commandstats`).
+pub async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, names: &[&str]) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
         .await
         .expect("INFO");
     info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter(|l| {
+            l.strip_prefix("cmdstat_")
+                .and_then(|rest| rest.split_once(':'))
+                .is_some_and(|(name, _)| names.contains(&name))
+        })
         .filter_map(|l| {
             l.split("calls=")
                 .nth(1)?
