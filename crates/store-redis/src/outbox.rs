@@ -34,9 +34,9 @@ use crate::scripts::Scripts;
 /// instance's commits wait behind it: a scripted read costs Redis about
 /// 2.5 µs an entry and an acknowledgement about 1.1 µs (measured on the
 /// bench machine, `docs/performance.md`), so a call of 200 holds it for
-/// about half a millisecond; a plain `XREADGROUP` costs less. A larger read or acknowledgement is made of
-/// several calls, one after the other, so that the commits in between are
-/// served between them.
+/// about half a millisecond; a plain `XREADGROUP` costs less. A larger
+/// read or acknowledgement is made of several calls, one after the other,
+/// so that the commits in between are served between them.
 pub const CALL_ENTRIES: usize = 200;
 
 /// Which of the store's streams an outbox drains.
