@@ -179,8 +179,9 @@ pub(crate) fn timed_id(namespace: &Uuid, at_ms: i64, name: &[u8]) -> Uuid {
 
 impl Event {
     /// The deterministic id of the `seq`-th event of `version`, which took
-    /// effect at `at_ms` ([`timed_id`]: ordered by `at_ms`, the rest a hash
-    /// of session, creation instant, version and position).
+    /// effect at `at_ms`: a version 8 UUID whose first 48 bits are `at_ms`
+    /// (so ids sort by it), the rest a hash of session, creation instant,
+    /// version and position.
     pub fn make_id(
         session_id: SessionId,
         created_at_ms: i64,
