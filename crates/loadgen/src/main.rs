@@ -26,6 +26,8 @@
 //!   counted with `MONITOR`.
 //! - [`http_load`]: the request outcome, tally, closed-loop driver and report
 //!   fields shared by `switch` and `http-ping`.
+//! - [`lean_http`]: the closed loops' client, one keep-alive HTTP/1.1
+//!   connection per client and target with requests built once.
 
 // The report on stdout is this tool's output.
 #![allow(clippy::print_stdout)]
