@@ -67,26 +67,18 @@ pub(crate) async fn run(args: Args) -> Result<String> {
         session_config(&[LONG_CLOCK_MS, LONG_CLOCK_MS])
     })
     .await?;
-    // urls[target][session]
-    let urls: Arc<Vec<Vec<Url>>> = Arc::new(
-        targets
-            .iter()
-            .map(|t| {
-                prepared
-                    .iter()
-                    .map(|s| t.join(&format!("/v1/sessions/{}/switch", s.id)))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-    );
+    // paths[session]
+    let paths: Vec<String> = prepared
+        .iter()
+        .map(|s| format!("/v1/sessions/{}/switch", s.id))
+        .collect();
 
     let cpu = CpuMeter::start();
     let (mode, tally, window) = match (args.concurrency, args.rate) {
         (Some(n), None) => {
             let n = bounded_count("--concurrency", n)?;
             eprintln!("switch: closed loop, {n} clients, {duration:?} after {warmup:?} warm-up");
-            let ids: Vec<String> = prepared.iter().map(|s| s.id.clone()).collect();
-            let (tally, window) = closed_loop(&targets, &ids, n, warmup, duration).await?;
+            let (tally, window) = closed_loop(&targets, &paths, n, warmup, duration).await?;
             (json!({"mode": "closed", "concurrency": n}), tally, window)
         }
         (None, Some(rate)) => {
@@ -95,6 +87,13 @@ pub(crate) async fn run(args: Args) -> Result<String> {
                 "--rate must be in (0, 1e6], not {rate}"
             );
             eprintln!("switch: open loop, {rate}/s, {duration:?} after {warmup:?} warm-up");
+            // urls[target][session]
+            let urls: Arc<Vec<Vec<Url>>> = Arc::new(
+                targets
+                    .iter()
+                    .map(|t| paths.iter().map(|path| t.join(path)).collect())
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
             let tally = open_loop(
                 &client,
                 &urls,
@@ -117,12 +116,13 @@ pub(crate) async fn run(args: Args) -> Result<String> {
     Ok(report.to_string())
 }
 
-/// N clients, each on its own slice of the sessions and its own
-/// connections (`lean_http`), targets in turn. Returns the tally of
-/// requests started in the measured window and the window's length.
+/// N clients, each on its own slice of the sessions (`paths`: each one's
+/// switch path) and its own connections (`lean_http`), targets in turn.
+/// Returns the tally of requests started in the measured window and the
+/// window's length.
 async fn closed_loop(
     targets: &[Url],
-    session_ids: &[String],
+    paths: &[String],
     clients: usize,
     warmup: Duration,
     duration: Duration,
@@ -132,14 +132,14 @@ async fn closed_loop(
     let calls: Arc<Vec<Vec<Call>>> = Arc::new(
         (0..ends.len())
             .map(|t| {
-                session_ids
+                paths
                     .iter()
-                    .map(|id| Call::new(t, Method::POST, &format!("/v1/sessions/{id}/switch")))
+                    .map(|path| Call::new(t, Method::POST, path))
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?,
     );
-    let sessions = session_ids.len();
+    let sessions = paths.len();
     let targets = ends.len();
     http_load::closed_loop(&ends, clients, warmup, duration, |w| {
         // Disjoint sessions per client when there are enough of them,

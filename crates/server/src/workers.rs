@@ -307,7 +307,7 @@ impl AuditStatus {
 /// Events moved per batch from the outbox to the audit trail: one read,
 /// one write (one PostgreSQL transaction), one acknowledgement. The Redis
 /// store makes a read or an acknowledgement of this many out of several
-/// script calls of at most 200 entries (`store_redis::outbox::CALL_ENTRIES`),
+/// calls of at most 200 entries (`store_redis::outbox::CALL_ENTRIES`),
 /// one after the other, so that no call holds Redis, and every instance's
 /// commits behind it, for more than about half a millisecond. Bursts are
 /// drained in batches of this size, back to back.

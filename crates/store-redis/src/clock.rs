@@ -156,9 +156,7 @@ impl RedisClock {
     pub fn sample_rtt(&self) -> Duration {
         Duration::from_micros(u64::try_from(self.state.rtt_us.load(Ordering::Acquire)).unwrap_or(0))
     }
-}
 
-impl RedisClock {
     /// Redis time now, in µs: the local monotonic reading plus the offset.
     fn raw_us(&self) -> i64 {
         let state = &self.state;

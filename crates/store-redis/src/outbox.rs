@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
 use kairos_domain::{Outbox, OutboxEntry, StoreError};
+use redis::AsyncCommands;
+use redis::streams::{StreamReadOptions, StreamReadReply};
 
 use crate::codec::decode_event;
 use crate::conn::RedisConnection;
@@ -347,25 +349,22 @@ impl RedisOutbox {
         }
         let per = quota / partitions.len();
         let keys: Vec<&str> = partitions.iter().map(|&p| self.stream(p)).collect();
-        let group = self.feed.group();
-        let reply: Option<redis::Value> = self
+        let options = StreamReadOptions::default()
+            .group(self.feed.group(), consumer)
+            .count(per);
+        let ids = vec![">"; keys.len()];
+        // `None`: a stream has no consumer group.
+        let reply: Option<StreamReadReply> = self
             .conn
             .run("outbox read", |mut conn| {
-                let keys = &keys;
+                let (keys, ids, options) = (&keys, &ids, &options);
                 async move {
-                    let mut cmd = redis::cmd("XREADGROUP");
-                    cmd.arg("GROUP")
-                        .arg(group)
-                        .arg(consumer)
-                        .arg("COUNT")
-                        .arg(per)
-                        .arg("STREAMS")
-                        .arg(keys.as_slice());
-                    for _ in keys {
-                        cmd.arg(">");
-                    }
-                    match cmd.query_async::<redis::Value>(&mut conn).await {
-                        Ok(value) => Ok(Some(value)),
+                    match conn
+                        .xread_options::<_, _, Option<StreamReadReply>>(keys, ids, options)
+                        .await
+                    {
+                        // Nil: nothing new in any of them.
+                        Ok(reply) => Ok(Some(reply.unwrap_or_default())),
                         Err(e) if e.code() == Some("NOGROUP") => Ok(None),
                         Err(e) => Err(e),
                     }
@@ -378,18 +377,24 @@ impl RedisOutbox {
         let mut entries = Vec::new();
         let mut full = Vec::new();
         let mut poisoned = Vec::new();
-        for (key, items) in stream_replies(reply)? {
+        for stream in reply.keys {
             let p = keys
                 .iter()
-                .position(|k| k.as_bytes() == key.as_slice())
+                .position(|k| *k == stream.key)
                 .and_then(|i| partitions.get(i))
                 .copied()
                 .ok_or_else(|| StoreError::Other("an outbox read named no partition".into()))?;
-            if items.len() >= per {
+            if stream.ids.len() >= per {
                 full.push(p);
             }
-            for (stream_id, payload) in items {
-                self.take(p, &stream_id, &payload, &mut entries, &mut poisoned);
+            for mut entry in stream.ids {
+                // Without an `e` field (only a foreign writer could add
+                // one) the entry decodes as nothing and is dropped.
+                let payload = match entry.map.remove("e") {
+                    Some(redis::Value::BulkString(bytes)) => bytes,
+                    _ => Vec::new(),
+                };
+                self.take(p, &entry.id, &payload, &mut entries, &mut poisoned);
             }
         }
         if !poisoned.is_empty() {
@@ -456,80 +461,6 @@ struct FreshRead {
     drained: Vec<usize>,
 }
 
-/// One stream of an `XREADGROUP` reply: its key and its entries, each an id
-/// and the payload of its field `e` (empty without one).
-type StreamReply = (Vec<u8>, Vec<(String, Vec<u8>)>);
-
-/// The streams of an `XREADGROUP` reply: `(key, [(id, payload of field
-/// `e`, or empty)])` each, from RESP2's array of pairs or RESP3's map; no
-/// entries at all is `Nil`.
-fn stream_replies(reply: redis::Value) -> Result<Vec<StreamReply>, StoreError> {
-    use redis::Value;
-    let bad = |what: &str| StoreError::Other(format!("an outbox read's reply: {what}"));
-    let pairs: Vec<(Value, Value)> = match reply {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Map(pairs) => pairs,
-        Value::Array(streams) => streams
-            .into_iter()
-            .map(|stream| match stream {
-                Value::Array(mut kv) if kv.len() == 2 => {
-                    let entries = kv.pop().unwrap_or(Value::Nil);
-                    let key = kv.pop().unwrap_or(Value::Nil);
-                    Ok((key, entries))
-                }
-                _ => Err(bad("a stream is not a pair")),
-            })
-            .collect::<Result<_, _>>()?,
-        _ => return Err(bad("neither a list nor a map")),
-    };
-    pairs
-        .into_iter()
-        .map(|(key, entries)| {
-            let Value::BulkString(key) = key else {
-                return Err(bad("a stream without a name"));
-            };
-            let entries = match entries {
-                Value::Array(entries) => entries,
-                Value::Nil => Vec::new(),
-                _ => return Err(bad("a stream's entries are not a list")),
-            };
-            let entries = entries
-                .into_iter()
-                .map(|entry| {
-                    let Value::Array(mut parts) = entry else {
-                        return Err(bad("an entry is not a list"));
-                    };
-                    if parts.len() != 2 {
-                        return Err(bad("an entry is not an id and fields"));
-                    }
-                    let fields = parts.pop().unwrap_or(Value::Nil);
-                    let id = match parts.pop() {
-                        Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
-                        Some(Value::SimpleString(id)) => id,
-                        _ => return Err(bad("an entry without an id")),
-                    };
-                    // A foreign writer's entry without an `e` field decodes
-                    // as nothing and is dropped like any undecodable one.
-                    let mut payload = Vec::new();
-                    if let Value::Array(fields) = fields {
-                        let mut it = fields.into_iter();
-                        while let (Some(name), Some(value)) = (it.next(), it.next()) {
-                            if let (Value::BulkString(name), Value::BulkString(value)) =
-                                (name, value)
-                                && name == b"e"
-                            {
-                                payload = value;
-                            }
-                        }
-                    }
-                    Ok((id, payload))
-                })
-                .collect::<Result<_, _>>()?;
-            Ok((key, entries))
-        })
-        .collect()
-}
-
 #[async_trait]
 impl Outbox for RedisOutbox {
     #[tracing::instrument(skip(self), fields(feed = self.feed.group()))]
@@ -568,11 +499,11 @@ impl Outbox for RedisOutbox {
             // this one has answered. Between full sweeps a call is a plain
             // `XREADGROUP` over the partitions not yet found drained (the
             // script only creates a missing group). At a full sweep each
-            // call is the script, and takes leases
-            // over first, until one hands back an entry this read already
-            // has: a lease it took itself, idle for longer than the reclaim
-            // time (zero, say). Then the read stops taking over, and the
-            // next read is a full sweep again.
+            // call is the script, and takes leases over first, until one
+            // hands back an entry this read already has: a lease it took
+            // itself, idle for longer than the reclaim time (zero, say).
+            // Then the read stops taking over, and the next read is a full
+            // sweep again.
             let mut order: Vec<usize> = order.collect();
             let mut entries: Vec<OutboxEntry> = Vec::new();
             let mut seen: HashSet<String> = HashSet::new();
@@ -599,12 +530,12 @@ impl Outbox for RedisOutbox {
                     Err(e) => Err(e),
                 };
                 match call {
-                    Ok((more, filled)) => {
+                    Ok((batch, filled)) => {
                         // Only a call that took leases over can hand back
                         // an entry twice (a fresh read never does), so only
                         // its entries are remembered and checked.
                         let took_over = reclaim;
-                        for entry in more {
+                        for entry in batch {
                             if took_over && !seen.insert(entry.id.clone()) {
                                 reclaim = false;
                                 cut_short = true;

@@ -254,13 +254,8 @@ async fn unknown_ids_are_refused() {
 #[tokio::test]
 async fn with_one_server_reads_and_acks_take_a_call_per_200_entries_and_a_backlog_one() {
     assert_eq!(CALL_ENTRIES, 200);
-    let server = common::OwnRedis::start_with(&["--appendonly", "no"]);
-    let mut config = store_redis::RedisConfig::new(server.url());
-    config.key_prefix = "calls:".into();
-    let store = RedisStore::connect(&config)
-        .await
-        .expect("connects")
-        .with_outbox_full_sweep_every(Duration::ZERO);
+    let (server, store) = common::own_store("calls:").await;
+    let store = store.with_outbox_full_sweep_every(Duration::ZERO);
     // 250 sessions, 500 events: events in nearly every one of the 64 partitions.
     let written = write_events(&store, 250).await;
     assert_eq!(written.len(), 500);
@@ -338,13 +333,8 @@ async fn xreadgroup_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 /// it still takes every entry once.
 #[tokio::test]
 async fn between_full_sweeps_reads_are_plain_xreadgroup_calls() {
-    let server = common::OwnRedis::start_with(&["--appendonly", "no"]);
-    let mut config = store_redis::RedisConfig::new(server.url());
-    config.key_prefix = "plain:".into();
-    let store = RedisStore::connect(&config)
-        .await
-        .expect("connects")
-        .with_outbox_full_sweep_every(Duration::from_secs(3_600));
+    let (server, store) = common::own_store("plain:").await;
+    let store = store.with_outbox_full_sweep_every(Duration::from_secs(3_600));
     let mut probe = raw(&server.url()).await;
     // The first read is a full sweep (a script, which creates the groups).
     let first = write_events(&store, 250).await;

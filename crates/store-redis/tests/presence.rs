@@ -436,13 +436,8 @@ async fn concurrent_joins_of_one_user_announce_it_once() {
 /// and renews every connection: none lapses at its first lease's end.
 #[tokio::test]
 async fn a_renewal_is_a_call_per_100_connections_and_renews_them_all() {
-    let server = common::OwnRedis::start_with(&["--appendonly", "no"]);
-    let mut config = store_redis::RedisConfig::new(server.url());
-    config.key_prefix = "renew:".into();
-    let store = store_redis::RedisStore::connect(&config)
-        .await
-        .expect("connects");
-    let r = RedisPresence::new(store.connection(), &config.key_prefix);
+    let (server, store) = common::own_store("renew:").await;
+    let r = RedisPresence::new(store.connection(), "renew:");
     let s = session();
     let mut held = Vec::new();
     for i in 0..250 {

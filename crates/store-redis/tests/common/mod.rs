@@ -284,6 +284,19 @@ impl Drop for OwnRedis {
     }
 }
 
+/// A store on a Redis of the test's own (whose command counts are the
+/// test's alone), without persistence, keys under `prefix`. Keep the
+/// server: dropping it kills Redis.
+pub async fn own_store(prefix: &str) -> (OwnRedis, store_redis::RedisStore) {
+    let server = OwnRedis::start_with(&["--appendonly", "no"]);
+    let mut config = store_redis::RedisConfig::new(server.url());
+    config.key_prefix = prefix.into();
+    let store = store_redis::RedisStore::connect(&config)
+        .await
+        .expect("connects");
+    (server, store)
+}
+
 /// Script calls Redis has run, from `INFO commandstats` (`EVALSHA` and
 /// `EVAL`, whichever the client used).
 pub async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
