@@ -383,6 +383,45 @@ async fn between_full_sweeps_reads_are_plain_xreadgroup_calls() {
     );
 }
 
+/// A consumer group lost between full sweeps (Redis restarted without
+/// persistence, a stream deleted by hand): the plain read answers
+/// `NOGROUP`, and the read falls back to the script, which creates the
+/// group again; no entry is skipped.
+#[tokio::test]
+async fn a_lost_consumer_group_is_created_again_by_the_next_read() {
+    let (server, store) = common::own_store("lost:").await;
+    let store = store.with_outbox_full_sweep_every(Duration::from_secs(3_600));
+    let mut probe = raw(&server.url()).await;
+    let first = write_events(&store, 20).await;
+    let read = store.read("worker", 1_000, 60_000).await.expect("reads");
+    assert_eq!(ids_of(read.iter().map(|e| e.event.clone())), ids_of(first));
+    let ids: Vec<String> = read.iter().map(|e| e.id.clone()).collect();
+    store.ack(&ids).await.expect("acknowledged");
+
+    let mut config = store_redis::RedisConfig::new(server.url());
+    config.key_prefix = "lost:".into();
+    for key in outbox_keys(&config) {
+        let _: redis::Value = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(&key)
+            .arg("audit")
+            .query_async(&mut probe)
+            .await
+            .expect("XGROUP DESTROY");
+    }
+    let written = write_events(&store, 20).await;
+    let scripts = script_calls(&mut probe).await;
+    let read = store.read("worker", 1_000, 60_000).await.expect("reads");
+    assert_eq!(
+        ids_of(read.iter().map(|e| e.event.clone())),
+        ids_of(written)
+    );
+    assert!(
+        script_calls(&mut probe).await - scripts >= 1,
+        "the script created the groups"
+    );
+}
+
 /// Taking leases over: a read takes over as many as it may (three calls
 /// for 500) when the leases it takes stay younger than the reclaim time
 /// while it reads; with a reclaim time of zero, where every lease is idle
